@@ -1,0 +1,27 @@
+// The holdfast command: one file per subcommand, each a thin layer over the library.
+//
+// Each add_X registers subcommand X on the root app (its options bound to state the function
+// owns) and returns the function that runs it once parsing has succeeded. The returned int is the
+// process exit status (see include/holdfast/error.hpp). Errors are thrown as holdfast::Error and
+// printed by main as one line "holdfast X: PATH: CONTEXT: CAUSE".
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace holdfast::cli {
+
+using Run = std::function<int()>;
+
+Run add_lock(CLI::App& root);
+Run add_holder(CLI::App& root);
+Run add_probe(CLI::App& root);
+Run add_ensure(CLI::App& root);
+Run add_status(CLI::App& root);
+Run add_stop(CLI::App& root);
+Run add_write(CLI::App& root);
+Run add_sync(CLI::App& root);
+Run add_digest(CLI::App& root);
+Run add_wait(CLI::App& root);
+
+}  // namespace holdfast::cli

@@ -1,0 +1,112 @@
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <map>
+
+#include "holdfast/identity.hpp"
+#include "support/testing.hpp"
+
+namespace holdfast {
+namespace {
+
+TEST(Identity, SelfIsAliveAndMatchesProc) {
+  auto me = self_identity();
+  EXPECT_EQ(me.pid, ::getpid());
+  EXPECT_GT(me.start_time, 0u);
+  EXPECT_FALSE(me.boot_id.empty());
+  EXPECT_EQ(judge_liveness(me).liveness, Liveness::alive);
+}
+
+TEST(Identity, ExitedAndReapedChildIsDead) {
+  pid_t pid = testing::fork_child([] { return 0; });
+  // Capture identity while the child may still run; then reap it.
+  ProcessIdentity id{pid, 0, this_boot_id(), this_host()};
+  auto live = identity_of(pid);
+  if (live) id = *live;
+  testing::wait_child(pid);
+  auto verdict = judge_liveness(id);
+  EXPECT_EQ(verdict.liveness, Liveness::dead) << verdict.reason;
+}
+
+TEST(Identity, ZombieIsDead) {
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  pid_t pid = testing::fork_child([&] {
+    ::close(pipefd[0]);
+    return 0;
+  });
+  ::close(pipefd[1]);
+  char c;
+  while (::read(pipefd[0], &c, 1) > 0) {
+  }
+  ::close(pipefd[0]);
+  // The child has exited but is not reaped: it is a zombie. Wait until /proc says so.
+  ProcessIdentity id{pid, 0, this_boot_id(), this_host()};
+  for (int i = 0; i < 1000; ++i) {
+    auto e = system_process_table().lookup(pid);
+    if (e.state == ProcessTable::Entry::State::zombie) {
+      id.start_time = e.start_time;
+      break;
+    }
+    ::usleep(1000);
+  }
+  auto verdict = judge_liveness(id);
+  EXPECT_EQ(verdict.liveness, Liveness::dead) << verdict.reason;
+  testing::wait_child(pid);
+}
+
+TEST(Identity, LivePidWithOtherStartTimeIsReused) {
+  auto me = self_identity();
+  me.start_time += 1;
+  auto verdict = judge_liveness(me);
+  EXPECT_EQ(verdict.liveness, Liveness::dead);
+  EXPECT_NE(verdict.reason.find("reused"), std::string::npos) << verdict.reason;
+}
+
+TEST(Identity, OtherHostIsUnknown) {
+  auto me = self_identity();
+  me.host = "some-other-host";
+  me.start_time += 1;  // even a mismatching start time proves nothing on another host
+  EXPECT_EQ(judge_liveness(me).liveness, Liveness::unknown);
+}
+
+TEST(Identity, OtherBootOnThisHostIsDead) {
+  auto me = self_identity();
+  me.boot_id = "00000000-0000-0000-0000-000000000000";
+  EXPECT_EQ(judge_liveness(me).liveness, Liveness::dead);
+}
+
+// A table that models a /proc mounted with hidepid: other users' processes are invisible,
+// and kill(2) answers EPERM.
+class HiddenProcTable final : public ProcessTable {
+ public:
+  Entry lookup(pid_t) const override { return {Entry::State::missing, 0, ENOENT}; }
+  int signal_probe(pid_t) const override { return -EPERM; }
+  const std::string& boot_id() const override { return this_boot_id(); }
+  const std::string& host() const override { return this_host(); }
+};
+
+TEST(Identity, EpermPidBehindHiddenProcIsUnknown) {
+  HiddenProcTable table;
+  ProcessIdentity id{12345, 1, this_boot_id(), this_host()};
+  auto verdict = judge_liveness(id, table);
+  EXPECT_EQ(verdict.liveness, Liveness::unknown) << verdict.reason;
+}
+
+TEST(Identity, UnreadableProcEntryIsUnknown) {
+  class Unreadable final : public ProcessTable {
+   public:
+    Entry lookup(pid_t) const override { return {Entry::State::unreadable, 0, EACCES}; }
+    int signal_probe(pid_t) const override { return -ESRCH; }
+    const std::string& boot_id() const override { return this_boot_id(); }
+    const std::string& host() const override { return this_host(); }
+  } table;
+  ProcessIdentity id{4242, 1, this_boot_id(), this_host()};
+  EXPECT_EQ(judge_liveness(id, table).liveness, Liveness::unknown);
+}
+
+}  // namespace
+}  // namespace holdfast

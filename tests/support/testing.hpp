@@ -1,0 +1,66 @@
+// Helpers shared by every test suite: temp dirs, running the holdfast command, forking workers,
+// and a process-shared barrier so N processes can start racing at the same instant.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace holdfast::testing {
+
+// A fresh directory under $TMPDIR (or /tmp), removed recursively on destruction.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& under = "");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CommandResult {
+  int exit_code = -1;    // exit status, or 128+signal if killed
+  std::string out;
+  std::string err;
+};
+
+// Runs argv (argv[0] resolved via PATH) with optional stdin; captures stdout and stderr.
+CommandResult run(const std::vector<std::string>& argv, const std::string& stdin_data = "",
+                  std::chrono::seconds timeout = std::chrono::seconds(120));
+// Runs the holdfast command built alongside the tests.
+CommandResult holdfast(const std::vector<std::string>& args, const std::string& stdin_data = "");
+// Path of the holdfast command built alongside the tests.
+std::string holdfast_path();
+
+// Forks a child that runs `body` and _exit()s with its return value. Returns the pid.
+pid_t fork_child(const std::function<int()>& body);
+// Waits for `pid`; returns its exit status, or 128+signal.
+int wait_child(pid_t pid);
+
+// A barrier for processes: children block in wait() until the parent calls release(), which
+// wakes all of them at once (they all read from one pipe that the parent closes).
+class StartGun {
+ public:
+  StartGun();
+  ~StartGun();
+  void wait();     // in a child: block until fired
+  void release();  // in the parent: fire
+  void close_in_child();  // children that never wait call this after fork
+
+ private:
+  int read_fd_ = -1;
+  int write_fd_ = -1;
+};
+
+// Anonymous shared memory visible to forked children; zero-initialised.
+void* shared_memory(size_t bytes);
+void free_shared_memory(void* p, size_t bytes);
+
+}  // namespace holdfast::testing
