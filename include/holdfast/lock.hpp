@@ -1,0 +1,163 @@
+// holdfast::Lock — an interprocess lock on a path, with holder records and fencing tokens.
+//
+// Backends:
+//   ofd    open-file-description locks (fcntl F_OFD_SETLKW). The default where they work. Two
+//          Lock objects in one process exclude each other (POSIX record locks would not).
+//   flock  flock(2), for interop with flock(1) users. Same discipline as ofd.
+//   excl   dotlock: the lock is a file created exclusively with its complete holder record
+//          (renameat2 RENAME_NOREPLACE; O_CREAT|O_EXCL where the filesystem lacks it).
+//   link   dotlock: NFS-safe unique temp file + link(2) + link-count/inode check.
+//   automatic  ofd when the filesystem supports it, else a safe fallback (see select_backend).
+//
+// Kernel-lock files are created once and never unlinked: unlinking a lock file would let waiters
+// split across two inodes. After locking, the descriptor's inode is compared with the path's, and
+// the lock is retried if the path was replaced or deleted meanwhile.
+//
+// Dotlocks are stale only on proof of death of every process named in their record (see
+// identity.hpp); a record from another host, an EPERM pid or an unreadable record means held,
+// unless LockOptions::stale_after grants an explicit lease. Reclaim replaces the stale file by an
+// atomic rename, guarded by a per-victim reclaim marker, so exactly one reclaimer wins and a live
+// holder's file is never removed.
+//
+// Every exclusive grant carries a fencing token: strictly increasing per lock path across holders,
+// processes, crashes and reboots (see fence.hpp in src/lock for the epoch scheme).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "holdfast/identity.hpp"
+
+namespace holdfast {
+
+enum class Backend { automatic, ofd, flock, excl, link };
+enum class LockMode { exclusive, shared };
+
+std::string_view to_string(Backend backend) noexcept;
+std::string_view to_string(LockMode mode) noexcept;
+// Parses "auto", "ofd", "flock", "excl", "link"; nullopt otherwise.
+std::optional<Backend> parse_backend(std::string_view name) noexcept;
+
+// What a lock file says about the grant that wrote it. Serialised as one line of JSON.
+struct HolderRecord {
+  // The processes that hold the lock. The first took it; later ones inherited it (for example
+  // the command `holdfast lock` runs). A dotlock is stale only when all of them are dead.
+  std::vector<ProcessIdentity> processes;
+  uint64_t token = 0;              // fencing token of this grant
+  uint64_t nonce = 0;              // random, unique per grant
+  Backend backend = Backend::ofd;
+  LockMode mode = LockMode::exclusive;
+  int64_t acquired_unix_ns = 0;    // wall-clock time of the grant
+  std::vector<std::string> command;  // argv of what runs under the lock
+  int64_t lease_ms = 0;            // >0: the holder refreshes mtime every lease/3 (stale_after)
+
+  std::string to_json() const;
+  // Parses a record; nullopt if it is not a complete, well-formed record.
+  static std::optional<HolderRecord> parse(std::string_view text);
+};
+
+struct LockOptions {
+  Backend backend = Backend::automatic;
+  LockMode mode = LockMode::exclusive;  // dotlocks support exclusive only
+  // Dotlocks only: a record that cannot be proven dead (another host) becomes reclaimable when its
+  // file's mtime is older than this. The holder refreshes mtime every stale_after/3 from a
+  // heartbeat thread. Zero (the default) means never: fail closed.
+  std::chrono::milliseconds stale_after{0};
+  // Recorded in the holder record; empty means this process's /proc/self/cmdline.
+  std::vector<std::string> command;
+};
+
+class Lock {
+ public:
+  // Blocks until the lock on `path` is held in `options.mode`. On return, no other Lock on `path`
+  // holds it in a conflicting mode — in this process or any other — until release() or
+  // destruction; for kernel backends, until every process that inherited fd() has also closed it.
+  // Throws holdfast::Error if the path cannot be locked (missing directory, EACCES, EROFS, a
+  // directory, a refused symlink, an unsupported backend, a corrupt fence file).
+  static Lock acquire(const std::string& path, const LockOptions& options = {});
+
+  // As acquire, but returns nullopt at once if another holder has it.
+  static std::optional<Lock> try_acquire(const std::string& path, const LockOptions& options = {});
+
+  // As acquire, but gives up and returns nullopt when `deadline` passes. Signals that interrupt the
+  // wait (EINTR) do not end it early.
+  static std::optional<Lock> acquire_until(const std::string& path, const LockOptions& options,
+                                           std::chrono::steady_clock::time_point deadline);
+
+  Lock(Lock&&) noexcept;
+  Lock& operator=(Lock&&) noexcept;
+  Lock(const Lock&) = delete;
+  Lock& operator=(const Lock&) = delete;
+  // Releases the lock if still held (errors are ignored; call release() to see them).
+  ~Lock();
+
+  // Releases the lock. Kernel backends unlock and close; the file and its last record stay. A
+  // dotlock file is moved aside by rename and removed only if it is still ours.
+  void release();
+
+  // Forgets the lock without releasing it: the kernel lock stays with every process that
+  // inherited fd() (e.g. an exec'd command), and a dotlock stays until its holders die.
+  void detach() noexcept;
+
+  // Adds `process` to the holder record and rewrites it (e.g. the child a command runs in), so
+  // that a dotlock is not judged stale while that process lives. Exclusive locks only.
+  void add_holder_process(const ProcessIdentity& process);
+
+  const std::string& path() const noexcept;
+  Backend backend() const noexcept;      // the backend actually used (never automatic)
+  LockMode mode() const noexcept;
+  uint64_t token() const noexcept;       // fencing token; for shared locks, the last exclusive one
+  const HolderRecord& record() const noexcept;
+  // The locked descriptor for kernel backends (inheritable by clearing FD_CLOEXEC); for dotlocks,
+  // a read-only descriptor of the lock file. -1 once released.
+  int fd() const noexcept;
+  bool held() const noexcept;
+
+  struct State;  // implementation detail
+
+ private:
+  explicit Lock(std::unique_ptr<State> state) noexcept;
+  std::unique_ptr<State> state_;
+};
+
+// ---- reading a lock without taking it ----
+
+enum class HolderState {
+  free,   // nobody holds it (no kernel lock; no dotlock file)
+  held,   // a holder is verified alive, or cannot be proven dead (fail closed)
+  stale,  // dotlock whose every holder is proven dead (or whose lease expired)
+};
+
+struct HolderInfo {
+  HolderState state = HolderState::free;
+  Backend backend = Backend::ofd;         // what kind of lock file `path` is (best judgment)
+  std::optional<HolderRecord> record;     // the last record written, if readable
+  bool record_corrupt = false;            // a file exists but its record does not parse
+  bool kernel_lock_held = false;          // /proc/locks shows a lock on the file's inode
+  std::vector<std::string> kernel_lock_kinds;  // e.g. "OFDLCK WRITE", "FLOCK READ"
+  std::string reason;                     // one line: why state is what it is
+};
+
+// Reads the holder record in `path` without taking the lock. nullopt if the file has no complete
+// record (absent, empty, or corrupt). Throws holdfast::Error only for unexpected I/O errors.
+std::optional<HolderRecord> read_holder_record(const std::string& path);
+
+// Reports who holds `path`: the record, whether a kernel lock on its inode is really held
+// (from /proc/locks, as lslocks(8) reads it), and — for dotlocks — whether it is stale.
+HolderInfo inspect_holder(const std::string& path);
+
+// The backend `automatic` picks for locks in `directory`, and why. Never returns automatic.
+struct BackendChoice {
+  Backend backend;
+  std::string reason;
+};
+BackendChoice select_backend(const std::string& directory);
+
+}  // namespace holdfast
