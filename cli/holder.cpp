@@ -1,15 +1,87 @@
-// holdfast holder: Show who holds a lock.
+// holdfast holder: who holds a lock, judged without taking it.
+#include <time.h>
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
 #include "commands.hpp"
 #include "holdfast/error.hpp"
+#include "holdfast/lock.hpp"
 
 namespace holdfast::cli {
+namespace {
+
+const char* state_name(HolderState s) {
+  switch (s) {
+    case HolderState::free: return "free";
+    case HolderState::held: return "held";
+    case HolderState::stale: return "stale";
+  }
+  return "?";
+}
+
+std::string join(const std::vector<std::string>& argv) {
+  std::string s;
+  for (const auto& a : argv) s += (s.empty() ? "" : " ") + a;
+  return s;
+}
+
+int run_holder(const std::string& path, bool json) {
+  HolderInfo info = inspect_holder(path);
+  if (json) {
+    nlohmann::json j{{"path", path},
+                     {"state", state_name(info.state)},
+                     {"reason", info.reason},
+                     {"kernel_lock_held", info.kernel_lock_held},
+                     {"kernel_locks", info.kernel_lock_kinds},
+                     {"record_corrupt", info.record_corrupt}};
+    if (info.record) j["record"] = nlohmann::json::parse(info.record->to_json());
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s: %s — %s\n", path.c_str(), state_name(info.state), info.reason.c_str());
+    if (info.record) {
+      const auto& r = *info.record;
+      std::printf("  %s record:\n", info.state == HolderState::free ? "last" : "holder");
+      std::printf("    backend  %s (%s)\n", std::string(to_string(r.backend)).c_str(), std::string(to_string(r.mode)).c_str());
+      std::printf("    token    %llu\n", static_cast<unsigned long long>(r.token));
+      for (const auto& p : r.processes) {
+        std::printf("    process  pid %d, start %llu, host %s, boot %s\n", p.pid,
+                    static_cast<unsigned long long>(p.start_time), p.host.c_str(), p.boot_id.c_str());
+      }
+      std::printf("    command  %s\n", join(r.command).c_str());
+      time_t secs = static_cast<time_t>(r.acquired_unix_ns / 1000000000);
+      char when[64];
+      struct tm tm {};
+      ::localtime_r(&secs, &tm);
+      std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S %z", &tm);
+      std::printf("    since    %s\n", when);
+      if (r.lease_ms > 0) std::printf("    lease    %lld ms\n", static_cast<long long>(r.lease_ms));
+    } else if (info.record_corrupt) {
+      std::printf("  record: corrupt or incomplete\n");
+    }
+  }
+  if (info.record_corrupt && info.state == HolderState::held && !info.kernel_lock_held) return exit_code::data;
+  switch (info.state) {
+    case HolderState::free: return 0;
+    case HolderState::held: return 1;
+    case HolderState::stale: return 2;
+  }
+  return exit_code::software;
+}
+
+}  // namespace
 
 Run add_holder(CLI::App& root) {
-  root.add_subcommand("holder", "Show who holds a lock (not yet implemented)");
-  return [] {
-    throw Error("", "holder", "not yet implemented", exit_code::software);
-    return 0;
-  };
+  auto path = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  auto* cmd = root.add_subcommand("holder", "Show who holds a lock, without taking it");
+  cmd->add_option("path", *path, "Lock file")->required();
+  cmd->add_flag("--json", *json, "One JSON object on stdout");
+  cmd->footer("Exit codes: 0 free, 1 held, 2 stale (dotlock holder proven dead), 65 record corrupt and\n"
+              "no kernel lock on the file (treated as held), 66 missing directory, 77 permission denied.");
+  return [path, json] { return run_holder(*path, *json); };
 }
 
 }  // namespace holdfast::cli

@@ -1,0 +1,119 @@
+// Pieces shared by every lock backend: target checks, records, heartbeat, polling.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <random>
+
+#include "holdfast/error.hpp"
+#include "lock/internal.hpp"
+#include "sys/file.hpp"
+
+namespace holdfast::lock_internal {
+
+Target resolve_target(const std::string& path) {
+  if (path.empty()) throw Error("", "lock path", "empty path", exit_code::usage);
+  if (path.back() == '/') throw Error(path, "lock path", "names a directory", exit_code::cant_create);
+  Target t;
+  t.path = path;
+  t.dir = sys::dirname_of(path);
+  t.base = sys::basename_of(path);
+  struct stat st {};
+  if (int rc = sys::stat_nothrow(t.dir, st); rc < 0) {
+    if (rc == -ENOENT) throw Error(path, "cannot create lock file", "directory " + t.dir + " does not exist", exit_code::no_input);
+    throw Error(-rc, t.dir, "cannot use lock directory");
+  }
+  if (!S_ISDIR(st.st_mode)) throw Error(path, "cannot create lock file", t.dir + " is not a directory", exit_code::no_input);
+  if ((st.st_mode & S_ISVTX) && (st.st_mode & S_IWOTH)) t.extra_open_flags = O_NOFOLLOW;
+  return t;
+}
+
+void throw_open_error(int err, const Target& target, const std::string& file) {
+  if (err == ELOOP && target.extra_open_flags & O_NOFOLLOW) {
+    throw Error(file, "refusing to open lock file",
+                "it is a symbolic link in the sticky world-writable directory " + target.dir, exit_code::no_perm);
+  }
+  if (err == EISDIR) throw Error(file, "cannot use as lock file", "it is a directory", exit_code::cant_create);
+  throw Error(err, file, "cannot open lock file");
+}
+
+Heartbeat::Heartbeat(int fd, std::chrono::milliseconds lease) {
+  auto period = std::max(lease / 3, std::chrono::milliseconds(1));
+  thread_ = std::thread([this, fd, period] {
+    std::unique_lock lk(mu_);
+    while (!cv_.wait_for(lk, period, [this] { return stop_; })) {
+      ::futimens(fd, nullptr);  // mtime = now: "still alive" for hosts that cannot see our pid
+    }
+  });
+}
+
+Heartbeat::~Heartbeat() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& options) {
+  HolderRecord r;
+  r.processes.push_back(self_identity());
+  r.nonce = sys::random_u64();
+  r.backend = backend;
+  r.mode = mode;
+  r.acquired_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
+  r.command = options.command;
+  if (r.command.empty()) {
+    static const std::vector<std::string> self_cmdline = [] {
+      std::vector<std::string> argv;
+      auto text = sys::read_file("/proc/self/cmdline", 64 * 1024);
+      if (!text) return argv;
+      size_t start = 0;
+      for (size_t i = 0; i < text->size(); ++i) {
+        if ((*text)[i] == '\0') {
+          argv.push_back(text->substr(start, i - start));
+          start = i + 1;
+        }
+      }
+      return argv;
+    }();
+    r.command = self_cmdline;
+  }
+  r.lease_ms = options.stale_after.count();
+  return r;
+}
+
+int write_record(int fd, const HolderRecord& record, off_t& file_size) {
+  std::string text = record.to_json();
+  if (static_cast<off_t>(text.size()) < file_size) {
+    // Pad before the final newline so the file stays one parseable line.
+    text.pop_back();
+    text.resize(static_cast<size_t>(file_size) - 1, ' ');
+    text.push_back('\n');
+  }
+  if (int rc = sys::pwrite_all(fd, text, 0); rc < 0) return rc;
+  file_size = std::max(file_size, static_cast<off_t>(text.size()));
+  return 0;
+}
+
+bool poll_sleep(const WaitSpec& wait, int& attempt) {
+  if (wait.kind == WaitSpec::none) return false;
+  thread_local std::minstd_rand rng(static_cast<unsigned>(sys::random_u64()));
+  auto base = std::chrono::microseconds(1000) * (1 << std::min(attempt, 5));  // 1 ms .. 32 ms
+  base = std::min(base, std::chrono::microseconds(25000));
+  auto jitter = std::chrono::microseconds(rng() % static_cast<unsigned>(base.count() / 2 + 1));
+  auto delay = base / 2 + jitter;
+  ++attempt;
+  auto now = Clock::now();
+  if (wait.kind == WaitSpec::until) {
+    if (now >= wait.deadline) return false;
+    delay = std::min(delay, std::chrono::duration_cast<std::chrono::microseconds>(wait.deadline - now));
+  }
+  std::this_thread::sleep_for(delay);
+  return true;
+}
+
+}  // namespace holdfast::lock_internal
