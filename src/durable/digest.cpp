@@ -1,0 +1,150 @@
+#include "holdfast/digest.hpp"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <vector>
+
+#include "holdfast/error.hpp"
+#include "sys/file.hpp"
+
+namespace holdfast {
+
+namespace {
+constexpr size_t kReadBuffer = size_t{1} << 20;  // large reads: fewer syscalls, readahead-friendly
+
+std::string to_hex(const unsigned char* p, size_t n) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(n * 2, '0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = kDigits[p[i] >> 4];
+    out[2 * i + 1] = kDigits[p[i] & 0xf];
+  }
+  return out;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool all_hex(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
+}
+}  // namespace
+
+std::string_view to_string(DigestAlg alg) noexcept {
+  return alg == DigestAlg::sha256 ? "sha256" : "xxh128";
+}
+
+std::optional<DigestAlg> parse_digest_alg(std::string_view name) noexcept {
+  std::string n;
+  for (char c : name) n += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (n == "xxh128" || n == "xxh3-128" || n == "xxh3_128" || n == "xxh3") return DigestAlg::xxh128;
+  if (n == "sha256" || n == "sha-256") return DigestAlg::sha256;
+  return std::nullopt;
+}
+
+size_t hex_length(DigestAlg alg) noexcept { return alg == DigestAlg::sha256 ? 64 : 32; }
+
+std::string Digest::to_string() const { return std::string(holdfast::to_string(alg)) + ":" + hex; }
+
+std::optional<Digest> Digest::parse(std::string_view text) {
+  auto colon = text.find(':');
+  if (colon == std::string_view::npos) return std::nullopt;
+  auto alg = parse_digest_alg(text.substr(0, colon));
+  if (!alg) return std::nullopt;
+  auto hex = text.substr(colon + 1);
+  if (hex.size() != hex_length(*alg) || !all_hex(hex)) return std::nullopt;
+  return Digest{*alg, lower(hex)};
+}
+
+struct Hasher::State {
+  XXH3_state_t* xxh = nullptr;
+  EVP_MD_CTX* evp = nullptr;
+  ~State() {
+    if (xxh != nullptr) XXH3_freeState(xxh);
+    if (evp != nullptr) EVP_MD_CTX_free(evp);
+  }
+};
+
+Hasher::Hasher(DigestAlg alg) : alg_(alg), state_(std::make_unique<State>()) {
+  if (alg == DigestAlg::xxh128) {
+    state_->xxh = XXH3_createState();
+    if (state_->xxh == nullptr || XXH3_128bits_reset(state_->xxh) != XXH_OK) throw std::bad_alloc();
+  } else {
+    state_->evp = EVP_MD_CTX_new();
+    if (state_->evp == nullptr || EVP_DigestInit_ex(state_->evp, EVP_sha256(), nullptr) != 1) {
+      throw Error("", "sha256", "OpenSSL EVP_DigestInit_ex failed", exit_code::software);
+    }
+  }
+}
+
+Hasher::Hasher(Hasher&&) noexcept = default;
+Hasher& Hasher::operator=(Hasher&&) noexcept = default;
+Hasher::~Hasher() = default;
+
+void Hasher::update(std::string_view chunk) noexcept {
+  if (chunk.empty()) return;
+  if (alg_ == DigestAlg::xxh128) {
+    XXH3_128bits_update(state_->xxh, chunk.data(), chunk.size());
+  } else {
+    EVP_DigestUpdate(state_->evp, chunk.data(), chunk.size());
+  }
+}
+
+Digest Hasher::finish() {
+  if (alg_ == DigestAlg::xxh128) {
+    XXH128_canonical_t canon;
+    XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(state_->xxh));
+    return Digest{alg_, to_hex(canon.digest, sizeof canon.digest)};
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(state_->evp, md, &len) != 1) {
+    throw Error("", "sha256", "OpenSSL EVP_DigestFinal_ex failed", exit_code::software);
+  }
+  return Digest{alg_, to_hex(md, len)};
+}
+
+Digest digest_bytes(DigestAlg alg, std::string_view data) {
+  Hasher h(alg);
+  h.update(data);
+  return h.finish();
+}
+
+ContentDigest digest_fd(int fd, DigestAlg alg, const std::string& name) {
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);  // advisory; fails harmlessly on pipes
+  Hasher h(alg);
+  std::vector<char> buf(kReadBuffer);
+  uint64_t size = 0;
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw Error(errno, name, "read");
+    }
+    if (n == 0) break;
+    h.update(std::string_view(buf.data(), static_cast<size_t>(n)));
+    size += static_cast<uint64_t>(n);
+  }
+  return ContentDigest{size, h.finish()};
+}
+
+ContentDigest digest_file(const std::string& path, DigestAlg alg) {
+  if (path == "-") return digest_fd(STDIN_FILENO, alg, "-");
+  auto fd = sys::open_or_throw(AT_FDCWD, path, O_RDONLY | O_NOCTTY, 0, "open");
+  struct stat st {};
+  if (sys::fstat_nothrow(fd.get(), st) == 0 && S_ISDIR(st.st_mode)) {
+    throw Error(EISDIR, path, "digest");
+  }
+  return digest_fd(fd.get(), alg, path);
+}
+
+}  // namespace holdfast

@@ -1,0 +1,36 @@
+// Running a `--via` command: the reader's view of a path, produced where the reader is.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "holdfast/digest.hpp"
+
+namespace holdfast::durable {
+
+struct ViaOutput {
+  int status = -1;                // exit status, 128+signal, or -1 if it could not run / timed out
+  bool timed_out = false;
+  uint64_t size = 0;              // bytes printed on stdout
+  std::vector<Digest> digests;    // of stdout, one per requested algorithm
+  std::string head;               // stdout, if it is at most kHeadLimit bytes (for digest lines)
+  std::string err_line;           // first line of stderr, for messages
+  static constexpr size_t kHeadLimit = 4096;
+};
+
+// Runs `/bin/sh -c command sh path` (with $HOLDFAST_PATH=path), streaming its stdout through the
+// hashers, and kills it (SIGKILL, whole process group) if it is still running at `deadline`.
+ViaOutput run_via(const std::string& command, const std::string& path, const std::vector<DigestAlg>& algs,
+                  std::chrono::steady_clock::time_point deadline);
+
+// A digest line in the `--via` protocol: "ALG:HEX", "ALG:HEX SIZE", "HEX  NAME", "HEX *NAME",
+// "HEX" (HEX of 32 or 64 hex digits -> xxh128 or sha256). Trailing newline allowed; exactly one line.
+struct DigestLine {
+  Digest digest;
+  std::optional<uint64_t> size;
+};
+std::optional<DigestLine> parse_digest_line(std::string_view text);
+
+}  // namespace holdfast::durable
