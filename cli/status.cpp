@@ -1,13 +1,64 @@
-// holdfast status: Show managed instances.
+// holdfast status: show managed instances — ready, running (not ready), stopped or stale.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
 #include "commands.hpp"
+#include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 
 namespace holdfast::cli {
 
+namespace {
+struct StatusArgs {
+  std::string name;
+  std::string state_dir;
+  bool json = false;
+};
+
+nlohmann::json to_json(const InstanceStatus& s) {
+  nlohmann::json j;
+  j["name"] = s.name;
+  j["state"] = std::string(to_string(s.state));
+  j["lock_held"] = s.lock_held;
+  j["reason"] = s.reason;
+  j["record"] = s.record ? nlohmann::json::parse(s.record->to_json()) : nlohmann::json();
+  return j;
+}
+
+void print_line(const InstanceStatus& s) {
+  std::string pid = s.record && s.record->process.pid > 0 ? std::to_string(s.record->process.pid) : "-";
+  std::string ready = s.record ? s.record->ready_mode : "-";
+  std::printf("%-24s %-8s %-8s %-12s %s\n", s.name.c_str(), std::string(to_string(s.state)).c_str(),
+              pid.c_str(), ready.c_str(), s.reason.c_str());
+}
+}  // namespace
+
 Run add_status(CLI::App& root) {
-  root.add_subcommand("status", "Show managed instances (not yet implemented)");
-  return [] {
-    throw Error("", "status", "not yet implemented", exit_code::software);
+  auto args = std::make_shared<StatusArgs>();
+  auto* sub = root.add_subcommand(
+      "status",
+      "Show managed instances: ready (lock held, record verified), running (lock held, not ready),\n"
+      "stopped, or stale (a record but nobody holds the instance lock). Takes no locks. Exit 0.");
+  sub->add_option("name", args->name, "One instance (default: all in the state directory)");
+  sub->add_option("--state-dir", args->state_dir, "State directory (see holdfast ensure --help)");
+  sub->add_flag("--json", args->json, "Print JSON (an object for NAME, else an array)");
+  return [args] {
+    if (!args->name.empty()) {
+      auto s = instance_status(args->name, args->state_dir);
+      if (args->json) std::printf("%s\n", to_json(s).dump().c_str());
+      else print_line(s);
+      return 0;
+    }
+    auto all = list_instances(args->state_dir);
+    if (args->json) {
+      auto arr = nlohmann::json::array();
+      for (const auto& s : all) arr.push_back(to_json(s));
+      std::printf("%s\n", arr.dump().c_str());
+    } else {
+      std::printf("%-24s %-8s %-8s %-12s %s\n", "NAME", "STATE", "PID", "READY", "DETAIL");
+      for (const auto& s : all) print_line(s);
+    }
     return 0;
   };
 }

@@ -1,0 +1,255 @@
+// ensure_running: observe, single-flight spawn, wait for the record to say ready.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "ensure/internal.hpp"
+#include "holdfast/ensure.hpp"
+#include "sys/file.hpp"
+#include "sys/process.hpp"
+
+namespace holdfast {
+
+using namespace ensure_detail;
+using Clock = std::chrono::steady_clock;
+
+StartFailure::StartFailure(std::string name, std::string cause, int exit, int exit_status,
+                           std::string log_tail)
+    : Error(std::move(name), "did not become ready", std::move(cause), exit),
+      exit_status_(exit_status),
+      log_tail_(std::move(log_tail)) {}
+
+namespace {
+
+// Wakes a waiter when the record is replaced: inotify on the state directory (the record is
+// renamed into place), with polling as the fallback when inotify is unavailable (e.g. the
+// per-user instance limit is reached). The watch is created before the state is re-read, so an
+// update between the read and the wait is never missed.
+class RecordWatch {
+ public:
+  explicit RecordWatch(const Paths& paths) : file_(sys::basename_of(paths.record)) {
+    fd_.reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (fd_ && ::inotify_add_watch(fd_.get(), paths.dir.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+      fd_.reset();
+    }
+  }
+
+  // Waits until the record may have changed or `until` passes (capped at a slice so lock-state
+  // changes that touch no file — a killed launcher — are noticed too).
+  void wait(Clock::time_point until) {
+    auto now = Clock::now();
+    auto slice = fd_ ? std::chrono::milliseconds(50) : poll_interval();
+    auto end = std::min(until, now + slice);
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(end - now).count();
+    if (ms <= 0) return;
+    if (!fd_) {
+      ::usleep(static_cast<useconds_t>(ms * 1000));
+      return;
+    }
+    pollfd p{fd_.get(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(ms)) > 0) drain();
+  }
+
+ private:
+  std::chrono::milliseconds poll_interval() {
+    // 1 ms at first, backing off to 20 ms: quick pickup without a hundred clients spinning.
+    auto ms = std::min<int64_t>(20, 1 + polls_++ / 4);
+    return std::chrono::milliseconds(ms);
+  }
+  void drain() {
+    alignas(inotify_event) char buf[4096];
+    while (::read(fd_.get(), buf, sizeof buf) > 0) {
+    }
+  }
+
+  std::string file_;
+  sys::UniqueFd fd_;
+  int64_t polls_ = 0;
+};
+
+struct Observation {
+  bool lock_held = false;
+  std::optional<InstanceRecord> record;
+  bool verified_ready() const {
+    return lock_held && record && record->state == RecordState::ready && verified_alive(*record);
+  }
+};
+
+Observation observe(const Paths& paths) {
+  Observation o;
+  o.lock_held = lock_held(paths.lock);
+  o.record = read_record(paths.record);
+  return o;
+}
+
+Instance make_instance(const std::string& name, const InstanceRecord& record, bool started,
+                       Clock::time_point begin) {
+  Instance inst;
+  inst.name = name;
+  inst.pid = record.process.pid;
+  inst.start_time = record.process.start_time;
+  inst.ready = record.state == RecordState::ready;
+  inst.started = started;
+  inst.waited = Clock::now() - begin;
+  inst.record = record;
+  return inst;
+}
+
+[[noreturn]] void throw_failure(const std::string& name, const InstanceRecord& record) {
+  int exit = exit_code::conflict;
+  if (record.exit_status == exit_code::not_found && record.failure.starts_with("cannot execute")) {
+    exit = exit_code::not_found;
+  } else if (record.exit_status == exit_code::cannot_exec && record.failure.starts_with("cannot execute")) {
+    exit = exit_code::cannot_exec;
+  }
+  std::string cause = record.failure;
+  if (!record.log_path.empty()) cause += " (log: " + record.log_path + ")";
+  throw StartFailure(name, cause, exit, record.exit_status, log_tail(record.log_path, 20));
+}
+
+// A ready record whose process is gone while the lock is still held: the command daemonized
+// itself after readiness (or MAINPID was wrong). Under the spawn lock, point the record at the
+// process that holds the instance lock. Returns true if the record was repaired.
+bool repair_pid(const Paths& paths) {
+  auto spawn = open_lock_file(paths.spawn_lock);
+  if (ofd_try_lock(spawn.get()) != 0) return false;
+  auto o = observe(paths);
+  if (!o.lock_held || !o.record || o.record->state != RecordState::ready || verified_alive(*o.record)) {
+    return false;
+  }
+  struct stat st {};
+  if (::stat(paths.lock.c_str(), &st) != 0) return false;
+  auto holders = sys::processes_locking(st, ::getpid());
+  if (holders.empty()) return false;
+  auto id = identity_of(holders.front());
+  if (!id) return false;
+  auto rec = *o.record;
+  rec.process = *id;
+  rec.forked = true;
+  write_record(paths.record, rec);
+  return true;
+}
+
+std::string fmt_seconds(double secs) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%gs", secs);
+  return buf;
+}
+
+}  // namespace
+
+Instance ensure_running(const std::string& name, const std::vector<std::string>& command,
+                        const EnsureOptions& options) {
+  const auto begin = Clock::now();
+  const int64_t call_boot_ns = sys::boottime_ns();
+  validate_instance_name(name);
+  if (command.empty()) throw Error(name, "ensure", "no command given", exit_code::usage);
+  const auto paths = paths_for(resolve_state_dir(options.state_dir), name);
+  const auto deadline = begin + options.ready_timeout;
+
+  // Fast path: a verified, ready instance.
+  auto o = observe(paths);
+  if (o.verified_ready()) return make_instance(name, *o.record, false, begin);
+
+  std::optional<RecordWatch> watch;
+  uint64_t my_attempt = 0;
+  bool repaired = false;
+  for (;;) {
+    if (!watch) {
+      watch.emplace(paths);
+      o = observe(paths);  // re-read after the watch exists
+    }
+    if (o.verified_ready()) {
+      return make_instance(name, *o.record, o.record->attempt == my_attempt && my_attempt != 0, begin);
+    }
+    // A start that failed while this call was waiting is this call's failure too.
+    if (o.record && o.record->state == RecordState::failed &&
+        (o.record->attempt == my_attempt || o.record->attempt_ended_boot_ns >= call_boot_ns)) {
+      throw_failure(name, *o.record);
+    }
+    if (!o.lock_held && my_attempt == 0) {
+      auto spawn = open_lock_file(paths.spawn_lock);
+      int rc = ofd_try_lock(spawn.get());
+      if (rc != 0 && rc != -EAGAIN) throw Error(-rc, paths.spawn_lock, "cannot lock");
+      if (rc == 0) {
+        // Single flight: re-check under the spawn lock; the previous holder may have finished.
+        auto instance = open_lock_file(paths.lock);
+        o = observe(paths);
+        if (o.record && o.record->state == RecordState::failed && o.record->attempt_ended_boot_ns >= call_boot_ns) {
+          throw_failure(name, *o.record);
+        }
+        int held = ofd_held_elsewhere(instance.get());
+        if (held < 0) throw Error(-held, paths.lock, "cannot test lock (F_OFD_GETLK)");
+        if (held == 0) {
+          int exec_err = 0;
+          auto exe = sys::find_executable(command[0], exec_err);
+          if (!exe) {
+            throw Error(command[0], "cannot run command",
+                        exec_err == ENOENT ? "command not found" : "permission denied (not executable)",
+                        exec_err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
+          }
+          const std::string log_path = options.log_path.empty() ? paths.log : options.log_path;
+          auto log = sys::open_or_throw(AT_FDCWD, log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY,
+                                        0644, "cannot open log");
+          auto null = sys::open_or_throw(AT_FDCWD, "/dev/null", O_RDONLY, 0, "cannot open");
+          SpawnPlan plan;
+          plan.paths = paths;
+          plan.executable = *exe;
+          plan.argv = command;
+          plan.ready = options.ready;
+          plan.log_path = log_path;
+          plan.environment = options.environment;
+          InstanceRecord& rec = plan.record;
+          rec.name = name;
+          rec.process = ProcessIdentity{0, 0, this_boot_id(), this_host()};
+          rec.command = command;
+          rec.state = RecordState::starting;
+          rec.ready_mode = options.ready.to_string();
+          rec.attempt = sys::random_u64() | 1;
+          rec.attempt_started_boot_ns = sys::boottime_ns();
+          rec.log_path = log_path;
+          // The starting record goes in before the instance lock is taken, so nobody can pair a
+          // held lock with the previous instance's ready record.
+          write_record(paths.record, rec);
+          rc = ofd_try_lock(instance.get());
+          if (rc != 0 && rc != -EAGAIN) throw Error(-rc, paths.lock, "cannot lock");
+          if (rc == 0) {
+            start_launcher(plan, spawn.get(), instance.get(), log.get(), null.get());
+            my_attempt = rec.attempt;
+          }
+          // -EAGAIN: something outside the protocol took the instance lock; wait for it like
+          // for any running instance.
+        }
+        // Our copies close here; the launcher (if any) keeps both locks.
+        o = observe(paths);
+        continue;
+      }
+      // Someone else is spawning: wait for their record.
+    }
+    if (o.lock_held && !repaired && o.record && o.record->state == RecordState::ready &&
+        !verified_alive(*o.record)) {
+      repaired = repair_pid(paths);
+      o = observe(paths);
+      continue;
+    }
+    if (Clock::now() >= deadline) {
+      auto secs = std::chrono::duration<double>(options.ready_timeout).count();
+      std::string what = "not ready after " + fmt_seconds(secs);
+      if (o.record && o.record->process.pid > 0 && o.lock_held) {
+        what += " (pid " + std::to_string(o.record->process.pid) + " is " +
+                std::string(to_string(o.record->state)) + ")";
+      }
+      throw Error(name, "ensure", what, exit_code::temp_fail);
+    }
+    watch->wait(deadline);
+    o = observe(paths);
+  }
+}
+
+}  // namespace holdfast

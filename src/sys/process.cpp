@@ -1,0 +1,152 @@
+#include "sys/process.hpp"
+
+#include <dirent.h>
+#include <linux/close_range.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <string_view>
+
+#include "sys/file.hpp"
+
+namespace holdfast::sys {
+
+int pidfd_open_nothrow(pid_t pid) noexcept {
+  long fd = ::syscall(SYS_pidfd_open, pid, 0);  // pidfds are always close-on-exec
+  return fd < 0 ? -errno : static_cast<int>(fd);
+}
+
+int pidfd_signal_nothrow(int pidfd, int sig) noexcept {
+  return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) == 0 ? 0 : -errno;
+}
+
+std::optional<std::string> find_executable(const std::string& name, int& err) {
+  auto usable = [&](const std::string& path) -> bool {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || S_ISDIR(st.st_mode)) return false;
+    if (::access(path.c_str(), X_OK) != 0) {
+      err = EACCES;
+      return false;
+    }
+    return true;
+  };
+  err = ENOENT;
+  if (name.empty()) return std::nullopt;
+  if (name.find('/') != std::string::npos) {
+    if (usable(name)) return name;
+    struct stat st {};
+    if (::stat(name.c_str(), &st) == 0) err = EACCES;
+    return std::nullopt;
+  }
+  const char* env = std::getenv("PATH");
+  std::string_view path = (env != nullptr && *env != '\0') ? env : "/usr/local/bin:/usr/bin:/bin";
+  while (true) {
+    auto colon = path.find(':');
+    std::string dir(path.substr(0, colon));
+    if (dir.empty()) dir = ".";
+    std::string candidate = dir + "/" + name;
+    if (usable(candidate)) return candidate;
+    if (colon == std::string_view::npos) break;
+    path.remove_prefix(colon + 1);
+  }
+  return std::nullopt;
+}
+
+void close_fds_except(const std::vector<int>& keep) noexcept {
+  // `keep` is small; sort it in place on a stack copy to stay allocation-free after fork.
+  int sorted[16];
+  size_t n = 0;
+  for (int fd : keep) {
+    if (fd >= 3 && n < 16) sorted[n++] = fd;
+  }
+  std::sort(sorted, sorted + n);
+  unsigned lo = 3;
+  for (size_t i = 0; i < n; ++i) {
+    auto fd = static_cast<unsigned>(sorted[i]);
+    if (fd > lo) ::syscall(SYS_close_range, lo, fd - 1, 0);
+    lo = fd + 1;
+  }
+  ::syscall(SYS_close_range, lo, UINT_MAX, 0);
+}
+
+void reset_signals() noexcept {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);  // EINVAL for KILL/STOP
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+int64_t boottime_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_BOOTTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+int64_t realtime_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+namespace {
+
+bool is_number(const char* s) {
+  if (*s == '\0') return false;
+  for (; *s != '\0'; ++s) {
+    if (*s < '0' || *s > '9') return false;
+  }
+  return true;
+}
+
+// True if the fdinfo of /proc/PID/fd/FD lists a lock. The fd was already matched to the inode.
+bool fd_has_lock(const std::string& proc, const char* fd) {
+  auto info = read_file(proc + "/fdinfo/" + fd, 1 << 16);
+  if (!info) return false;
+  return info->find("\nlock:\t") != std::string::npos;
+}
+
+}  // namespace
+
+bool process_holds_lock_on(pid_t pid, const struct stat& st) {
+  std::string proc = "/proc/" + std::to_string(pid);
+  DIR* dir = ::opendir((proc + "/fd").c_str());
+  if (dir == nullptr) return false;
+  bool found = false;
+  while (dirent* e = ::readdir(dir)) {
+    if (!is_number(e->d_name)) continue;
+    struct stat fst {};
+    if (::stat((proc + "/fd/" + e->d_name).c_str(), &fst) != 0) continue;
+    if (!same_inode(fst, st)) continue;
+    if (fd_has_lock(proc, e->d_name)) {
+      found = true;
+      break;
+    }
+  }
+  ::closedir(dir);
+  return found;
+}
+
+std::vector<pid_t> processes_locking(const struct stat& st, pid_t except) {
+  std::vector<pid_t> out;
+  DIR* dir = ::opendir("/proc");
+  if (dir == nullptr) return out;
+  while (dirent* e = ::readdir(dir)) {
+    if (!is_number(e->d_name)) continue;
+    auto pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid == except) continue;
+    if (process_holds_lock_on(pid, st)) out.push_back(pid);
+  }
+  ::closedir(dir);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace holdfast::sys

@@ -1,0 +1,44 @@
+// sys/process: thin wrappers for spawning and signalling processes safely (pidfds, PATH lookup,
+// descriptor hygiene before exec, /proc scans for lock holders), used by ensure/status/stop.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace holdfast::sys {
+
+// pidfd_open(2) (always O_CLOEXEC). Returns the fd or -errno.
+int pidfd_open_nothrow(pid_t pid) noexcept;
+// pidfd_send_signal(2). Returns 0 or -errno.
+int pidfd_signal_nothrow(int pidfd, int sig) noexcept;
+
+// Resolves argv[0] as execvp would: a name with '/' is used as is; otherwise each $PATH entry
+// (default "/usr/local/bin:/usr/bin:/bin") is tried. Returns the path of an executable regular
+// file; otherwise nullopt with `err` = ENOENT (nothing found) or EACCES (found, not executable).
+std::optional<std::string> find_executable(const std::string& name, int& err);
+
+// Closes every descriptor >= 3 except those in `keep`. Uses close_range(2); async-signal-safe.
+void close_fds_except(const std::vector<int>& keep) noexcept;
+
+// Resets every signal disposition to default and unblocks all signals (for a child before exec:
+// ignored signals and the mask survive exec).
+void reset_signals() noexcept;
+
+// CLOCK_BOOTTIME and CLOCK_REALTIME in nanoseconds. BOOTTIME is comparable across processes.
+int64_t boottime_ns() noexcept;
+int64_t realtime_ns() noexcept;
+
+// True if process `pid` holds a kernel lock (OFD, flock or POSIX) through a descriptor open on the
+// inode `st` names, per /proc/PID/fd and /proc/PID/fdinfo. False if not, or unreadable.
+bool process_holds_lock_on(pid_t pid, const struct stat& st);
+
+// Every process (other than `except`) that holds a kernel lock on the inode `st` names, found by
+// scanning /proc (as lslocks does). Processes this user cannot inspect are skipped.
+std::vector<pid_t> processes_locking(const struct stat& st, pid_t except = 0);
+
+}  // namespace holdfast::sys
