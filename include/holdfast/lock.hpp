@@ -123,8 +123,37 @@ class Lock {
   struct State;  // implementation detail
 
  private:
+  friend class LockFile;
   explicit Lock(std::unique_ptr<State> state) noexcept;
   std::unique_ptr<State> state_;
+};
+
+// An open lock path, for taking the same lock many times without reopening its files (the lock
+// file for kernel backends, and the fencing-token file). Same exclusion contracts as Lock's static
+// functions. A Lock taken through a LockFile borrows its descriptor: release or destroy the Lock
+// before the LockFile. The backend is resolved once, at open(). Not for concurrent use by several
+// threads at once; use one LockFile per thread (they exclude each other like separate processes).
+class LockFile {
+ public:
+  // Resolves the backend and checks the directory; files are opened on first acquisition.
+  // Throws holdfast::Error as Lock::acquire does.
+  static LockFile open(const std::string& path, const LockOptions& options = {});
+
+  Lock acquire();
+  std::optional<Lock> try_acquire();
+  std::optional<Lock> acquire_until(std::chrono::steady_clock::time_point deadline);
+
+  Backend backend() const noexcept;
+  const std::string& path() const noexcept;
+
+  LockFile(LockFile&&) noexcept;
+  LockFile& operator=(LockFile&&) noexcept;
+  ~LockFile();
+
+ private:
+  struct Impl;
+  explicit LockFile(std::unique_ptr<Impl> impl) noexcept;
+  std::unique_ptr<Impl> impl_;
 };
 
 // ---- reading a lock without taking it ----

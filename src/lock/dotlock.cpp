@@ -227,7 +227,7 @@ bool reclaim(const Target& t, Backend backend, const std::string& name, const Ju
 }  // namespace
 
 std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                             const WaitSpec& wait) {
+                                             const WaitSpec& wait, OpenFiles* files) {
   if (options.mode == LockMode::shared) {
     throw Error(target.path, std::string(to_string(backend)) + " dotlock", "shared mode is not supported by dotlocks",
                 exit_code::usage);
@@ -253,8 +253,10 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
   state->record = std::move(record);
   state->held = true;
   try {
-    auto fence = fence::FenceFile::open(target.path, target.extra_open_flags);
-    state->record.token = fence.next();
+    std::optional<fence::FenceFile> local_fence;
+    auto& fence = files != nullptr ? files->fence : local_fence;
+    if (!fence) fence.emplace(fence::FenceFile::open(target.path, target.extra_open_flags));
+    state->record.token = fence->next();
     if (int rc = write_record(state->fd.get(), state->record, state->file_size); rc < 0) {
       throw Error(-rc, target.path, "cannot write holder record");
     }

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "holdfast/lock.hpp"
+#include "lock/fence.hpp"
 #include "sys/fd.hpp"
 
 namespace holdfast::lock_internal {
@@ -73,11 +74,15 @@ bool poll_sleep(const WaitSpec& wait, int& attempt);
 namespace holdfast {
 
 struct Lock::State {
+  // The lock descriptor: owned, or borrowed from the LockFile the lock was taken through.
+  int descriptor() const { return fd ? fd.get() : borrowed_fd; }
+
   lock_internal::Target target;
   Backend backend = Backend::ofd;
   LockMode mode = LockMode::exclusive;
   HolderRecord record;
   sys::UniqueFd fd;      // kernel: the locked descriptor; dotlock: our lock file
+  int borrowed_fd = -1;  // kernel lock taken through a LockFile: its descriptor
   struct stat st {};     // the inode we hold
   off_t file_size = 0;   // bytes in the lock file (record plus padding)
   std::unique_ptr<lock_internal::Heartbeat> heartbeat;
@@ -85,11 +90,19 @@ struct Lock::State {
 };
 
 namespace lock_internal {
+// What a LockFile keeps open between acquisitions, so a repeated lock costs only the lock itself.
+struct OpenFiles {
+  sys::UniqueFd lock_fd;  // kernel backends: the lock file
+  struct stat st {};      // its inode
+  std::optional<fence::FenceFile> fence;
+};
+
+// `files` may be null (open and close everything per acquisition).
 std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                            const WaitSpec& wait);
+                                            const WaitSpec& wait, OpenFiles* files);
 void kernel_release(Lock::State& state);
 std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                             const WaitSpec& wait);
+                                             const WaitSpec& wait, OpenFiles* files);
 void dotlock_release(Lock::State& state);
 }  // namespace lock_internal
 

@@ -49,41 +49,65 @@ bool lock_fd(int fd, const Target& target, Backend backend, bool exclusive, cons
 }  // namespace
 
 std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                            const WaitSpec& wait) {
+                                            const WaitSpec& wait, OpenFiles* files) {
   const bool exclusive = options.mode == LockMode::exclusive;
   std::optional<sys::DeadlineAlarm> alarm;
   if (wait.kind == WaitSpec::until) alarm.emplace(wait.deadline);
 
   for (;;) {
-    int fd = sys::open_nothrow(AT_FDCWD, target.path, O_RDWR | O_CREAT | O_NOCTTY | target.extra_open_flags, 0644);
-    if (fd < 0) throw_open_error(-fd, target, target.path);
     auto state = std::make_unique<Lock::State>();
-    state->fd.reset(fd);
-    if (sys::fstat_nothrow(fd, state->st) < 0) throw Error(errno, target.path, "cannot stat lock file");
-    if (!S_ISREG(state->st.st_mode)) {
-      throw Error(target.path, "cannot use as lock file", "not a regular file", exit_code::cant_create);
+    if (files != nullptr && files->lock_fd) {
+      state->borrowed_fd = files->lock_fd.get();
+      state->st = files->st;
+    } else {
+      int fd = sys::open_nothrow(AT_FDCWD, target.path, O_RDWR | O_CREAT | O_NOCTTY | target.extra_open_flags, 0644);
+      if (fd < 0) throw_open_error(-fd, target, target.path);
+      sys::UniqueFd owned(fd);
+      if (sys::fstat_nothrow(fd, state->st) < 0) throw Error(errno, target.path, "cannot stat lock file");
+      if (!S_ISREG(state->st.st_mode)) {
+        throw Error(target.path, "cannot use as lock file", "not a regular file", exit_code::cant_create);
+      }
+      if (files != nullptr) {
+        files->lock_fd = std::move(owned);
+        files->st = state->st;
+        state->borrowed_fd = fd;
+      } else {
+        state->fd = std::move(owned);
+      }
     }
+    const int fd = state->descriptor();
     if (!lock_fd(fd, target, backend, exclusive, wait, alarm)) return nullptr;
 
     // The path may have been unlinked or replaced between our open and our lock; then we hold a
     // lock nobody else can see. Only a lock on the inode the path names now counts.
     struct stat now {};
-    if (sys::stat_nothrow(target.path, now) != 0 || !sys::same_inode(state->st, now)) continue;
+    if (sys::stat_nothrow(target.path, now) != 0 || !sys::same_inode(state->st, now)) {
+      sys::kernel_unlock(fd, kind_of(backend));
+      if (files != nullptr) files->lock_fd.reset();  // reopen the path on the next round
+      continue;
+    }
 
     state->target = target;
     state->backend = backend;
     state->mode = options.mode;
     state->file_size = now.st_size;
     state->record = make_record(backend, options.mode, options);
-    auto fence = fence::FenceFile::open(target.path, target.extra_open_flags);
-    state->record.token = exclusive ? fence.next() : fence.current();
-    if (exclusive) {
+    std::optional<fence::FenceFile> local_fence;
+    auto& fence = files != nullptr ? files->fence : local_fence;
+    if (!fence) fence.emplace(fence::FenceFile::open(target.path, target.extra_open_flags));
+    state->held = true;  // from here on, errors release the lock through ~State's owner
+    try {
+      state->record.token = exclusive ? fence->next() : fence->current();
       // Shared holders leave the record alone: several of them would overwrite each other.
-      if (int rc = write_record(fd, state->record, state->file_size); rc < 0) {
-        throw Error(-rc, target.path, "cannot write holder record");
+      if (exclusive) {
+        if (int rc = write_record(fd, state->record, state->file_size); rc < 0) {
+          throw Error(-rc, target.path, "cannot write holder record");
+        }
       }
+    } catch (...) {
+      kernel_release(*state);
+      throw;
     }
-    state->held = true;
     return state;
   }
 }
@@ -91,8 +115,9 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
 void kernel_release(Lock::State& state) {
   // Unlock explicitly before close: the open file description may be shared with children that
   // inherited it, and release() promises the lock is free when it returns.
-  sys::kernel_unlock(state.fd.get(), kind_of(state.backend));
+  sys::kernel_unlock(state.descriptor(), kind_of(state.backend));
   state.fd.reset();
+  state.borrowed_fd = -1;
   state.held = false;
 }
 

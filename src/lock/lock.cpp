@@ -59,13 +59,21 @@ BackendChoice examine_directory(const std::string& directory) {
   return choice;
 }
 
+Backend resolve_backend(const lock_internal::Target& target, Backend requested) {
+  return requested == Backend::automatic ? select_backend(target.dir).backend : requested;
+}
+
 // Returns the held state, or null if the wait ended first.
+std::unique_ptr<Lock::State> acquire_with(const lock_internal::Target& target, Backend backend,
+                                          const LockOptions& options, const WaitSpec& wait,
+                                          lock_internal::OpenFiles* files) {
+  return is_kernel(backend) ? lock_internal::kernel_acquire(target, backend, options, wait, files)
+                            : lock_internal::dotlock_acquire(target, backend, options, wait, files);
+}
+
 std::unique_ptr<Lock::State> acquire_with(const std::string& path, const LockOptions& options, const WaitSpec& wait) {
   auto target = lock_internal::resolve_target(path);
-  Backend backend = options.backend;
-  if (backend == Backend::automatic) backend = select_backend(target.dir).backend;
-  return is_kernel(backend) ? lock_internal::kernel_acquire(target, backend, options, wait)
-                            : lock_internal::dotlock_acquire(target, backend, options, wait);
+  return acquire_with(target, resolve_backend(target, options.backend), options, wait, nullptr);
 }
 
 }  // namespace
@@ -139,6 +147,7 @@ void Lock::detach() noexcept {
   if (!state_) return;
   state_->heartbeat.reset();
   state_->fd.reset();  // close without unlocking: inheritors keep the kernel lock
+  state_->borrowed_fd = -1;
   state_->held = false;
 }
 
@@ -146,7 +155,7 @@ void Lock::add_holder_process(const ProcessIdentity& process) {
   if (!state_ || !state_->held) throw Error("", "add holder process", "lock is not held", exit_code::software);
   if (state_->mode != LockMode::exclusive) return;
   state_->record.processes.push_back(process);
-  if (int rc = lock_internal::write_record(state_->fd.get(), state_->record, state_->file_size); rc < 0) {
+  if (int rc = lock_internal::write_record(state_->descriptor(), state_->record, state_->file_size); rc < 0) {
     throw Error(-rc, state_->target.path, "cannot rewrite holder record");
   }
 }
@@ -156,7 +165,53 @@ Backend Lock::backend() const noexcept { return state_->backend; }
 LockMode Lock::mode() const noexcept { return state_->mode; }
 uint64_t Lock::token() const noexcept { return state_->record.token; }
 const HolderRecord& Lock::record() const noexcept { return state_->record; }
-int Lock::fd() const noexcept { return state_ && state_->held ? state_->fd.get() : -1; }
+int Lock::fd() const noexcept { return state_ && state_->held ? state_->descriptor() : -1; }
 bool Lock::held() const noexcept { return state_ && state_->held; }
+
+}  // namespace holdfast
+
+namespace holdfast {
+
+struct LockFile::Impl {
+  lock_internal::Target target;
+  LockOptions options;
+  Backend backend;
+  lock_internal::OpenFiles files;
+};
+
+LockFile LockFile::open(const std::string& path, const LockOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->target = lock_internal::resolve_target(path);
+  impl->options = options;
+  impl->backend = resolve_backend(impl->target, options.backend);
+  impl->options.backend = impl->backend;
+  return LockFile(std::move(impl));
+}
+
+LockFile::LockFile(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+LockFile::LockFile(LockFile&&) noexcept = default;
+LockFile& LockFile::operator=(LockFile&&) noexcept = default;
+LockFile::~LockFile() = default;
+
+Lock LockFile::acquire() {
+  auto state = acquire_with(impl_->target, impl_->backend, impl_->options, WaitSpec{WaitSpec::forever, {}}, &impl_->files);
+  if (!state) throw Error(impl_->target.path, "lock", "wait ended without the lock", exit_code::software);
+  return Lock(std::move(state));
+}
+
+std::optional<Lock> LockFile::try_acquire() {
+  auto state = acquire_with(impl_->target, impl_->backend, impl_->options, WaitSpec{WaitSpec::none, {}}, &impl_->files);
+  if (!state) return std::nullopt;
+  return Lock(std::move(state));
+}
+
+std::optional<Lock> LockFile::acquire_until(std::chrono::steady_clock::time_point deadline) {
+  auto state = acquire_with(impl_->target, impl_->backend, impl_->options, WaitSpec{WaitSpec::until, deadline}, &impl_->files);
+  if (!state) return std::nullopt;
+  return Lock(std::move(state));
+}
+
+Backend LockFile::backend() const noexcept { return impl_->backend; }
+const std::string& LockFile::path() const noexcept { return impl_->target.path; }
 
 }  // namespace holdfast
