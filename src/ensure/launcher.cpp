@@ -31,6 +31,9 @@ namespace holdfast::ensure_detail {
 namespace {
 
 constexpr int kProbeIntervalMs = 5;
+constexpr const char* kDroppedLock =
+    "its first process exited with status 0 before ready and no process holds the instance lock "
+    "(a command that daemonizes itself must keep fd $HOLDFAST_INSTANCE_FD open, or run in the foreground)";
 
 bool connect_unix(const std::string& path) {
   sockaddr_un addr{};
@@ -209,11 +212,7 @@ void Launcher::daemon_exited(int status) {
       held = lock_held(plan_.paths.lock);
     } catch (...) {
     }
-    if (!held) {
-      fail("exited with status 0 before ready and no process holds the instance lock (a command "
-           "that daemonizes itself must keep fd $HOLDFAST_INSTANCE_FD open; or run it in the foreground)",
-           0);
-    }
+    if (!held) fail(kDroppedLock, 0);
     record_.forked = true;
     pid_t next = main_pid_;
     if (next <= 0) {
@@ -341,7 +340,8 @@ void Launcher::run() {
       fds[nfds++] = {ready_r_, POLLIN, 0};
     }
     // Without a pidfd (the followed process could not be opened) poll the lock instead.
-    int timeout = (probing || watch_fd_ < 0) ? kProbeIntervalMs * (watch_fd_ < 0 ? 4 : 1) : -1;
+    // Probes run every few ms; a followed descendant's lock (which it may close) every 20 ms.
+    int timeout = !watching_child_ || watch_fd_ < 0 ? 4 * kProbeIntervalMs : probing ? kProbeIntervalMs : -1;
     int r = ::poll(fds, nfds, timeout);
     if (r < 0 && errno != EINTR) fail("poll: " + std::string(std::strerror(errno)), -1);
     // Readiness first: a daemon that reports ready and exits at once was still ready.
@@ -353,26 +353,24 @@ void Launcher::run() {
       bool exited = (watch_slot >= 0 && fds[watch_slot].revents != 0) || watch_fd_ < 0;
       if (exited && ::waitpid(daemon_, &status, WNOHANG) == daemon_) daemon_exited(status);
     } else {
+      // Following a daemonized descendant: the instance lives exactly as long as the lock is held.
       bool gone = watch_slot >= 0 && fds[watch_slot].revents != 0;
-      if (gone || watch_fd_ < 0) {
-        bool held = true;
-        try {
-          held = lock_held(plan_.paths.lock);
-        } catch (...) {
-        }
-        if (!held) fail("the daemonized process (pid " + std::to_string(record_.process.pid) +
-                        ") exited before ready", -1);
-        if (gone) {  // the followed pid exited but another still holds the lock: follow it
-          ::close(watch_fd_);
-          watch_fd_ = -1;
-          struct stat st {};
-          if (::stat(plan_.paths.lock.c_str(), &st) == 0) {
-            auto holders = sys::processes_locking(st, ::getpid());
-            if (!holders.empty()) {
-              update_pid(holders.front());
-              write();
-              watch_fd_ = sys::pidfd_open_nothrow(holders.front());
-            }
+      bool held = true;
+      try {
+        held = lock_held(plan_.paths.lock);
+      } catch (...) {
+      }
+      if (!held) fail(kDroppedLock, 0);
+      if (gone) {  // the followed pid exited but another still holds the lock: follow that one
+        ::close(watch_fd_);
+        watch_fd_ = -1;
+        struct stat st {};
+        if (::stat(plan_.paths.lock.c_str(), &st) == 0) {
+          auto holders = sys::processes_locking(st, ::getpid());
+          if (!holders.empty()) {
+            update_pid(holders.front());
+            write();
+            watch_fd_ = sys::pidfd_open_nothrow(holders.front());
           }
         }
       }

@@ -1,0 +1,616 @@
+// Tests for holdfast::ensure_running and `holdfast ensure/status/stop`.
+//
+// The daemon under test is this executable itself, run with HOLDFAST_TEST_DAEMON=MODE (see
+// test_daemon.cpp). Races use forked processes released together by a StartGun.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "holdfast/ensure.hpp"
+#include "holdfast/identity.hpp"
+#include "support/testing.hpp"
+
+namespace holdfast {
+namespace {
+
+using testing::StartGun;
+using testing::TempDir;
+using namespace std::chrono_literals;
+
+std::string self_exe() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+int count_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) ++n;
+  return n;
+}
+
+// The holdfast command built with these tests. (cli_path() is compiled into the
+// support library, which does not get HOLDFAST_CLI_PATH, so it falls back to $PATH.)
+std::string cli_path() { return HOLDFAST_CLI_PATH; }
+testing::CommandResult run_cli(std::vector<std::string> args) {
+  args.insert(args.begin(), cli_path());
+  return testing::run(args);
+}
+
+bool process_alive(pid_t pid) { return identity_of(pid).has_value(); }
+
+// The daemon's environment, for the library (EnsureOptions::environment) or `env` (CLI).
+struct Daemon {
+  std::string mode = "serve";
+  std::string ready = "notify";  // what the daemon does (HF_READY)
+  std::string count_file;
+  std::string marker;
+  int delay_ms = 20;
+  std::vector<std::string> env() const {
+    return {"HOLDFAST_TEST_DAEMON=" + mode, "HF_READY=" + ready, "HF_COUNT_FILE=" + count_file,
+            "HF_READY_MARKER=" + marker, "HF_DELAY_MS=" + std::to_string(delay_ms)};
+  }
+  std::vector<std::string> cli_command() const {
+    std::vector<std::string> c{"env"};
+    auto e = env();
+    c.insert(c.end(), e.begin(), e.end());
+    c.push_back(self_exe());
+    return c;
+  }
+};
+
+class EnsureTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (const auto& n : names_) {
+      StopOptions s;
+      s.state_dir = state_;
+      s.timeout = 2s;
+      s.kill_after = 1s;
+      try {
+        stop_instance(n, s);
+      } catch (...) {
+      }
+    }
+  }
+  EnsureOptions options(const std::string& ready, const Daemon& d) {
+    EnsureOptions o;
+    o.ready = ReadySpec::parse(ready);
+    o.state_dir = state_;
+    o.environment = d.env();
+    o.ready_timeout = 20s;
+    return o;
+  }
+  Daemon daemon(const std::string& tag) {
+    Daemon d;
+    d.count_file = tmp_ / ("count-" + tag);
+    d.marker = tmp_ / ("marker-" + tag);
+    return d;
+  }
+  std::string use(const std::string& name) {
+    names_.push_back(name);
+    return name;
+  }
+  std::vector<std::string> cli(std::vector<std::string> args) {
+    // Right after the subcommand: everything after "--" belongs to the command.
+    args.insert(args.begin() + 1, {"--state-dir", state_});
+    return args;
+  }
+
+  TempDir tmp_;
+  std::string state_ = tmp_ / "state";
+  std::vector<std::string> names_;
+};
+
+struct Slot {
+  pid_t pid;
+  int started;
+  int marker_seen;
+  int ok;
+};
+
+// ---------------------------------------------------------------------------------------------
+// the race: exactly one instance, everyone gets it, nobody returns before ready
+
+// 100 clients x 50 rounds through the library in forked processes (the CLI variant below runs
+// fewer rounds: 100 exec'd commands per round cost ~1 s on two cores).
+TEST_F(EnsureTest, HundredConcurrentClientsFiftyRoundsExactlyOneInstance) {
+  const int clients = 100;
+  const int rounds = std::getenv("HOLDFAST_SOAK") ? 500 : 50;
+  const std::string name = use("race");
+  auto* slots = static_cast<Slot*>(testing::shared_memory(sizeof(Slot) * clients));
+  const char* modes[] = {"notify", "fd:5", "file"};
+  for (int round = 0; round < rounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    Daemon d = daemon(std::to_string(round));
+    std::string mode = modes[round % 3];
+    std::string ready_flag = mode;
+    if (mode == "file") {
+      d.ready = "file:" + (tmp_ / ("ready-" + std::to_string(round)));
+      ready_flag = d.ready;
+    } else {
+      d.ready = mode;
+    }
+    auto opts = options(ready_flag, d);
+    std::memset(static_cast<void*>(slots), 0, sizeof(Slot) * clients);
+    StartGun gun;
+    std::vector<pid_t> kids;
+    for (int i = 0; i < clients; ++i) {
+      kids.push_back(testing::fork_child([&, i] {
+        gun.wait();
+        auto inst = ensure_running(name, {self_exe()}, opts);
+        slots[i] = {inst.pid, inst.started ? 1 : 0, exists(d.marker) ? 1 : 0, 1};
+        return 0;
+      }));
+    }
+    gun.release();
+    for (pid_t k : kids) ASSERT_EQ(testing::wait_child(k), 0);
+    EXPECT_EQ(count_lines(d.count_file), 1) << "instances started this round";
+    std::set<pid_t> pids;
+    int started = 0, markers = 0;
+    for (int i = 0; i < clients; ++i) {
+      pids.insert(slots[i].pid);
+      started += slots[i].started;
+      markers += slots[i].marker_seen;
+    }
+    EXPECT_EQ(pids.size(), 1u) << "distinct pids reported";
+    EXPECT_EQ(started, 1) << "clients that report having started it";
+    EXPECT_EQ(markers, clients) << "clients that returned after the daemon's ready marker";
+    auto status = instance_status(name, state_);
+    EXPECT_EQ(status.state, InstanceState::ready) << status.reason;
+    ASSERT_TRUE(status.record);
+    EXPECT_EQ(status.record->process.pid, *pids.begin());
+    StopOptions s;
+    s.state_dir = state_;
+    auto stopped = stop_instance(name, s);
+    EXPECT_TRUE(stopped.was_running);
+    EXPECT_FALSE(process_alive(*pids.begin()));
+    if (::testing::Test::HasFailure()) break;
+  }
+  testing::free_shared_memory(slots, sizeof(Slot) * clients);
+}
+
+TEST_F(EnsureTest, HundredConcurrentCliClientsExactlyOneInstance) {
+  const int clients = 100;
+  const int rounds = std::getenv("HOLDFAST_SOAK") ? 50 : 5;
+  const std::string name = use("cli-race");
+  auto* slots = static_cast<Slot*>(testing::shared_memory(sizeof(Slot) * clients));
+  for (int round = 0; round < rounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    Daemon d = daemon("cli" + std::to_string(round));
+    std::memset(static_cast<void*>(slots), 0, sizeof(Slot) * clients);
+    std::vector<std::string> args = cli({"ensure", name, "--ready", "notify", "--json"});
+    args.push_back("--");
+    for (auto& c : d.cli_command()) args.push_back(c);
+    StartGun gun;
+    std::vector<pid_t> kids;
+    for (int i = 0; i < clients; ++i) {
+      kids.push_back(testing::fork_child([&, i] {
+        gun.wait();
+        auto r = run_cli(args);
+        if (r.exit_code != 0) return 10 + r.exit_code % 100;
+        auto j = nlohmann::json::parse(r.out);
+        slots[i] = {j.at("pid").get<pid_t>(), j.at("started").get<bool>() ? 1 : 0,
+                    exists(d.marker) ? 1 : 0, 1};
+        return 0;
+      }));
+    }
+    gun.release();
+    for (pid_t k : kids) ASSERT_EQ(testing::wait_child(k), 0);
+    EXPECT_EQ(count_lines(d.count_file), 1);
+    std::set<pid_t> pids;
+    int started = 0, markers = 0;
+    for (int i = 0; i < clients; ++i) {
+      pids.insert(slots[i].pid);
+      started += slots[i].started;
+      markers += slots[i].marker_seen;
+    }
+    EXPECT_EQ(pids.size(), 1u);
+    EXPECT_EQ(started, 1);
+    EXPECT_EQ(markers, clients);
+    auto r = run_cli(cli({"stop", name}));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_FALSE(process_alive(*pids.begin()));
+  }
+  testing::free_shared_memory(slots, sizeof(Slot) * clients);
+}
+
+TEST_F(EnsureTest, WarmEnsureReturnsTheRunningInstance) {
+  Daemon d = daemon("warm");
+  auto opts = options("notify", d);
+  auto first = ensure_running(use("warm"), {self_exe()}, opts);
+  EXPECT_TRUE(first.started);
+  EXPECT_TRUE(first.ready);
+  EXPECT_EQ(first.record.status, "serving");  // STATUS= from sd_notify is recorded
+  auto second = ensure_running("warm", {self_exe()}, opts);
+  EXPECT_FALSE(second.started);
+  EXPECT_EQ(second.pid, first.pid);
+  EXPECT_EQ(second.start_time, first.start_time);
+  auto r = run_cli(cli({"ensure", "warm", "--", "false"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, std::to_string(first.pid) + "\n");
+  EXPECT_EQ(count_lines(d.count_file), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// readiness protocols
+
+TEST_F(EnsureTest, EachReadinessProtocol) {
+  std::string sock = tmp_ / "d.sock";
+  // Pick a free port: bind 0, read it, close (a small race with other users of the port range).
+  int port = 0;
+  {
+    int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    ::close(s);
+  }
+  struct Case {
+    std::string flag, daemon_ready;
+  } cases[] = {
+      {"notify", "notify"},
+      {"fd:3", "fd:3"},
+      {"fd:7", "fd:7"},
+      {"file:" + (tmp_ / "ready-file"), "file:" + (tmp_ / "ready-file")},
+      {"unix:" + sock, "unix:" + sock},
+      {"tcp:127.0.0.1:" + std::to_string(port), "tcp:" + std::to_string(port)},
+  };
+  int i = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.flag);
+    Daemon d = daemon("proto" + std::to_string(i));
+    d.ready = c.daemon_ready;
+    d.delay_ms = 100;
+    std::string name = use("proto" + std::to_string(i++));
+    auto inst = ensure_running(name, {self_exe()}, options(c.flag, d));
+    EXPECT_TRUE(exists(d.marker)) << "returned before the daemon signalled readiness";
+    EXPECT_TRUE(inst.ready);
+    EXPECT_GE(inst.waited, 90ms);
+  }
+}
+
+TEST_F(EnsureTest, NotifyOverAbstractSocketWhenThePathIsTooLong) {
+  // A state directory so deep that STATE/NAME.notify exceeds sun_path: NOTIFY_SOCKET=@...
+  std::string deep = tmp_ / std::string(60, 'd') + "/" + std::string(60, 'e');
+  state_ = deep;
+  Daemon d = daemon("abstract");
+  auto inst = ensure_running(use("abstract"), {self_exe()}, options("notify", d));
+  EXPECT_TRUE(inst.ready);
+  EXPECT_TRUE(exists(d.marker));
+}
+
+// ---------------------------------------------------------------------------------------------
+// failures: each a clear result, never a hang
+
+TEST_F(EnsureTest, DaemonDyingBeforeReadyReportsStatusAndLogTail) {
+  Daemon d = daemon("die");
+  d.mode = "die";
+  try {
+    ensure_running(use("dies"), {self_exe()}, options("notify", d));
+    FAIL() << "expected StartFailure";
+  } catch (const StartFailure& e) {
+    EXPECT_EQ(e.exit_status(), 3);
+    EXPECT_EQ(e.exit_code(), exit_code::conflict);
+    EXPECT_NE(std::string(e.what()).find("exited with status 3 before ready"), std::string::npos) << e.what();
+    EXPECT_NE(e.log_tail().find("log line 25"), std::string::npos) << e.log_tail();
+    EXPECT_EQ(e.log_tail().find("log line 3\n"), std::string::npos) << "only the tail";
+  }
+  // The CLI: exit 1, the cause and the tail on stderr.
+  Daemon d2 = daemon("die2");
+  d2.mode = "die";
+  std::vector<std::string> args = cli({"ensure", "dies", "--ready", "notify", "--"});
+  for (auto& c : d2.cli_command()) args.push_back(c);
+  auto r = run_cli(args);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("exited with status 3 before ready"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("log line 25"), std::string::npos) << r.err;
+  auto s = instance_status("dies", state_);
+  EXPECT_EQ(s.state, InstanceState::stopped);
+}
+
+TEST_F(EnsureTest, ConcurrentClientsShareOneFailedStart) {
+  Daemon d = daemon("die-many");
+  d.mode = "die";
+  d.delay_ms = 100;
+  auto opts = options("notify", d);
+  const int clients = 20;
+  auto* codes = static_cast<int*>(testing::shared_memory(sizeof(int) * clients));
+  StartGun gun;
+  std::vector<pid_t> kids;
+  const std::string name = use("die-many");
+  for (int i = 0; i < clients; ++i) {
+    kids.push_back(testing::fork_child([&, i] {
+      gun.wait();
+      try {
+        ensure_running(name, {self_exe()}, opts);
+        codes[i] = 0;
+      } catch (const StartFailure& e) {
+        codes[i] = e.exit_status();
+      }
+      return 0;
+    }));
+  }
+  gun.release();
+  for (pid_t k : kids) ASSERT_EQ(testing::wait_child(k), 0);
+  EXPECT_EQ(count_lines(d.count_file), 1) << "one start, shared by every concurrent client";
+  for (int i = 0; i < clients; ++i) EXPECT_EQ(codes[i], 3) << "client " << i;
+  testing::free_shared_memory(codes, sizeof(int) * clients);
+}
+
+TEST_F(EnsureTest, NeverReadyTimesOutWithTempFail) {
+  Daemon d = daemon("never");
+  d.mode = "never";
+  std::vector<std::string> args = cli({"ensure", use("never"), "--ready", "notify", "--ready-timeout", "0.5", "--"});
+  for (auto& c : d.cli_command()) args.push_back(c);
+  auto begin = std::chrono::steady_clock::now();
+  auto r = run_cli(args);
+  auto took = std::chrono::steady_clock::now() - begin;
+  EXPECT_EQ(r.exit_code, exit_code::temp_fail) << r.err;
+  EXPECT_NE(r.err.find("not ready after 0.5s"), std::string::npos) << r.err;
+  EXPECT_LT(took, 5s);
+  // It keeps starting; a second client also times out rather than starting another.
+  auto r2 = run_cli(args);
+  EXPECT_EQ(r2.exit_code, exit_code::temp_fail);
+  EXPECT_EQ(count_lines(d.count_file), 1);
+  auto s = instance_status("never", state_);
+  EXPECT_EQ(s.state, InstanceState::running) << s.reason;
+  auto stop = run_cli(cli({"stop", "never"}));
+  EXPECT_EQ(stop.exit_code, 0) << stop.err;
+  EXPECT_EQ(instance_status("never", state_).state, InstanceState::stopped);
+}
+
+TEST_F(EnsureTest, DoubleForkingDaemonIsFollowedByMainPid) {
+  Daemon d = daemon("df");
+  d.mode = "doublefork";
+  auto inst = ensure_running(use("df"), {self_exe()}, options("notify", d));
+  EXPECT_TRUE(inst.ready);
+  // The recorded pid is the surviving child (MAINPID=), not the first process that exited.
+  auto lines = count_lines(d.count_file);
+  EXPECT_EQ(lines, 1);
+  std::ifstream in(d.count_file);
+  pid_t child = 0;
+  in >> child;
+  EXPECT_EQ(inst.pid, child);
+  EXPECT_TRUE(process_alive(inst.pid));
+  EXPECT_EQ(instance_status("df", state_).state, InstanceState::ready);
+  auto stop = stop_instance("df", StopOptions{state_});
+  EXPECT_EQ(stop.pid, child);
+  EXPECT_FALSE(process_alive(child));
+}
+
+TEST_F(EnsureTest, DoubleForkingDaemonWithoutReadinessIsFoundByItsLock) {
+  Daemon d = daemon("df2");
+  d.mode = "doublefork";
+  d.ready = "none";
+  // --ready file: the first process exits 0 before ready; the launcher follows the lock holder.
+  std::string flag = "file:" + d.marker;
+  auto inst = ensure_running(use("df2"), {self_exe()}, options(flag, d));
+  std::ifstream in(d.count_file);
+  pid_t child = 0;
+  in >> child;
+  EXPECT_EQ(inst.pid, child);
+  EXPECT_TRUE(inst.record.forked);
+  // --ready none: ready at exec with the first pid; the next ensure repairs the record.
+  Daemon d3 = daemon("df3");
+  d3.mode = "doublefork";
+  d3.ready = "none";
+  auto first = ensure_running(use("df3"), {self_exe()}, options("none", d3));
+  std::this_thread::sleep_for(100ms);
+  auto again = ensure_running("df3", {self_exe()}, options("none", d3));
+  std::ifstream in3(d3.count_file);
+  pid_t child3 = 0;
+  in3 >> child3;
+  EXPECT_EQ(again.pid, child3);
+  EXPECT_FALSE(again.started);
+  EXPECT_EQ(count_lines(d3.count_file), 1);
+  (void)first;
+}
+
+TEST_F(EnsureTest, DaemonThatDropsTheLockWhenForkingIsAClearFailure) {
+  Daemon d = daemon("dfc");
+  d.mode = "doublefork-close";
+  try {
+    ensure_running(use("dfc"), {self_exe()}, options("notify", d));
+    FAIL() << "expected StartFailure";
+  } catch (const StartFailure& e) {
+    EXPECT_NE(std::string(e.what()).find("no process holds the instance lock"), std::string::npos) << e.what();
+    EXPECT_EQ(e.exit_status(), 0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// crashes and PID reuse
+
+TEST_F(EnsureTest, SigkilledInstanceIsReplacedByTheNextEnsure) {
+  Daemon d = daemon("kill");
+  auto first = ensure_running(use("killed"), {self_exe()}, options("notify", d));
+  ASSERT_EQ(::kill(first.pid, SIGKILL), 0);
+  for (int i = 0; i < 200 && process_alive(first.pid); ++i) std::this_thread::sleep_for(5ms);
+  auto s = run_cli(cli({"status", "killed", "--json"}));
+  EXPECT_EQ(nlohmann::json::parse(s.out).at("state"), "stale") << s.out;
+  auto second = ensure_running("killed", {self_exe()}, options("notify", d));
+  EXPECT_TRUE(second.started);
+  EXPECT_NE(second.pid, first.pid);
+  EXPECT_EQ(count_lines(d.count_file), 2);
+}
+
+TEST_F(EnsureTest, SpawningClientKilledMidWaitDoesNotLoseTheInstance) {
+  Daemon d = daemon("clientkill");
+  d.delay_ms = 300;
+  auto opts = options("notify", d);
+  pid_t client = testing::fork_child([&] {
+    ensure_running("clientkill", {self_exe()}, opts);
+    return 0;
+  });
+  use("clientkill");
+  std::this_thread::sleep_for(100ms);  // the daemon is starting, not yet ready
+  ::kill(client, SIGKILL);
+  testing::wait_child(client);
+  auto inst = ensure_running("clientkill", {self_exe()}, opts);
+  EXPECT_FALSE(inst.started);
+  EXPECT_TRUE(inst.ready);
+  EXPECT_EQ(count_lines(d.count_file), 1);
+}
+
+TEST_F(EnsureTest, StopNeverSignalsAProcessWhoseStartTimeDiffers) {
+  Daemon d = daemon("reuse");
+  auto inst = ensure_running(use("reuse"), {self_exe()}, options("notify", d));
+  std::string record_path = state_ + "/reuse.json";
+  std::string original;
+  {
+    std::ifstream in(record_path);
+    std::getline(in, original);
+  }
+  auto j = nlohmann::json::parse(original);
+  j["start_time"] = j["start_time"].get<uint64_t>() + 1;  // as if the pid had been recycled
+  std::ofstream(record_path) << j.dump() << "\n";
+  auto r = run_cli(cli({"stop", "reuse"}));
+  EXPECT_EQ(r.exit_code, exit_code::data) << r.err;
+  EXPECT_NE(r.err.find("reused"), std::string::npos) << r.err;
+  std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(process_alive(inst.pid));
+  std::ofstream(record_path) << original << "\n";
+}
+
+TEST_F(EnsureTest, StopNeverSignalsAnUnrelatedLiveProcessNamedByTheRecord) {
+  Daemon d = daemon("unrelated");
+  auto inst = ensure_running(use("unrelated"), {self_exe()}, options("notify", d));
+  pid_t bystander = testing::fork_child([] {
+    ::execlp("sleep", "sleep", "30", nullptr);
+    return 127;
+  });
+  std::this_thread::sleep_for(50ms);
+  auto id = identity_of(bystander);
+  ASSERT_TRUE(id);
+  std::string record_path = state_ + "/unrelated.json";
+  std::string original;
+  {
+    std::ifstream in(record_path);
+    std::getline(in, original);
+  }
+  auto j = nlohmann::json::parse(original);
+  j["pid"] = bystander;
+  j["start_time"] = id->start_time;  // a perfect identity — but it does not hold the lock
+  std::ofstream(record_path) << j.dump() << "\n";
+  auto r = run_cli(cli({"stop", "unrelated", "--signal", "KILL"}));
+  EXPECT_EQ(r.exit_code, exit_code::data) << r.err;
+  EXPECT_NE(r.err.find("does not hold the instance lock"), std::string::npos) << r.err;
+  std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(process_alive(bystander));
+  EXPECT_TRUE(process_alive(inst.pid));
+  ::kill(bystander, SIGKILL);
+  testing::wait_child(bystander);
+  std::ofstream(record_path) << original << "\n";
+}
+
+TEST_F(EnsureTest, StopEscalatesToSigkillAfterKillAfter) {
+  Daemon d = daemon("stubborn");
+  d.mode = "ignore-term";
+  auto inst = ensure_running(use("stubborn"), {self_exe()}, options("notify", d));
+  auto r = run_cli(cli({"stop", "stubborn", "--timeout", "0.2"}));
+  EXPECT_EQ(r.exit_code, exit_code::temp_fail) << r.err;
+  EXPECT_TRUE(process_alive(inst.pid));
+  r = run_cli(cli({"stop", "stubborn", "--kill-after", "0.2", "--timeout", "2"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("SIGKILL"), std::string::npos) << r.err;
+  EXPECT_FALSE(process_alive(inst.pid));
+  r = run_cli(cli({"stop", "stubborn"}));
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.err.find("not running"), std::string::npos);
+}
+
+TEST_F(EnsureTest, StatusListsEveryInstance) {
+  Daemon d = daemon("st");
+  ensure_running(use("st-a"), {self_exe()}, options("notify", d));
+  Daemon d2 = daemon("st2");
+  d2.mode = "die";
+  EXPECT_THROW(ensure_running(use("st-b"), {self_exe()}, options("notify", d2)), StartFailure);
+  auto r = run_cli(cli({"status", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 2u) << r.out;
+  EXPECT_EQ(j[0]["name"], "st-a");
+  EXPECT_EQ(j[0]["state"], "ready");
+  EXPECT_EQ(j[1]["name"], "st-b");
+  EXPECT_EQ(j[1]["state"], "stopped");
+  r = run_cli(cli({"status"}));
+  EXPECT_NE(r.out.find("st-a"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bad input
+
+TEST_F(EnsureTest, BadNamesAreUsageErrors) {
+  for (std::string bad : std::vector<std::string>{"../x", "a/b", ".hidden", "", std::string(65, 'n'), "sp ace"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(validate_instance_name(bad), Error);
+    auto r = run_cli(cli({"ensure", bad, "--", "true"}));
+    EXPECT_EQ(r.exit_code, exit_code::usage) << r.err;
+  }
+  auto stop = run_cli(cli({"stop", "../x"}));
+  EXPECT_EQ(stop.exit_code, exit_code::usage) << stop.err;
+  EXPECT_EQ(run_cli(cli({"status", "../x"})).exit_code, exit_code::usage);
+  EXPECT_EQ(run_cli(cli({"ensure", "x", "--ready", "fd:1", "--", "true"})).exit_code, exit_code::usage);
+  EXPECT_EQ(run_cli(cli({"ensure", "x", "--ready", "bogus", "--", "true"})).exit_code, exit_code::usage);
+  EXPECT_FALSE(exists(state_ + "/x.lock"));
+}
+
+TEST_F(EnsureTest, CommandNotFoundOrNotExecutable) {
+  auto r = run_cli(cli({"ensure", "nf", "--", "holdfast-no-such-command"}));
+  EXPECT_EQ(r.exit_code, exit_code::not_found) << r.err;
+  EXPECT_NE(r.err.find("command not found"), std::string::npos) << r.err;
+  std::string script = tmp_ / "not-executable";
+  std::ofstream(script) << "#!/bin/sh\n";
+  r = run_cli(cli({"ensure", "ne", "--", script}));
+  EXPECT_EQ(r.exit_code, exit_code::cannot_exec) << r.err;
+}
+
+TEST_F(EnsureTest, UnwritableStateDirectoryAsAnotherUser) {
+  ::chmod(tmp_.path().c_str(), 0755);
+  ::mkdir(state_.c_str(), 0755);  // root's, not writable by uid 65534
+  ::mkdir((tmp_ / "holdfast").c_str(), 0700);  // what the child's XDG dir resolves to (root's)
+  pid_t child = testing::fork_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
+    auto r = run_cli(cli({"ensure", "ro", "--", "sleep", "10"}));
+    if (r.exit_code != exit_code::no_perm) return 91;
+    if (r.err.find(state_ + "/ro.") == std::string::npos) return 92;
+    if (r.err.find("Permission denied") == std::string::npos) return 93;
+    // The default state directory must be ours: one owned by root is refused.
+    ::setenv("XDG_RUNTIME_DIR", tmp_.path().c_str(), 1);
+    auto d = testing::run({cli_path(), "ensure", "ro", "--", "sleep", "10"});
+    if (d.exit_code != exit_code::no_perm) return 94;
+    if (d.err.find("unsafe state directory") == std::string::npos) return 95;
+    return 0;
+  });
+  EXPECT_EQ(testing::wait_child(child), 0);
+}
+
+}  // namespace
+}  // namespace holdfast

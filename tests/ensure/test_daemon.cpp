@@ -1,0 +1,141 @@
+// A small daemon for the ensure tests, built into the test executable: when the executable runs
+// with HOLDFAST_TEST_DAEMON=MODE it acts as the daemon from a global constructor and never reaches
+// GoogleTest. Tests start it as {exe, ...} with the mode in the environment.
+//
+// Environment:
+//   HOLDFAST_TEST_DAEMON   serve | die | never | doublefork | doublefork-close | ignore-term
+//   HF_COUNT_FILE          append "PID\n" here on start (counts starts)
+//   HF_READY_MARKER        created just before readiness is signalled
+//   HF_READY               none | notify | fd:N | file:PATH | unix:PATH | tcp:PORT
+//   HF_DELAY_MS            sleep this long before signalling readiness (default 20)
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  if (path.empty()) return;
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  std::string l = line + "\n";
+  if (::write(fd, l.data(), l.size()) < 0) std::perror("append");
+  ::close(fd);
+}
+
+void touch(const std::string& path) {
+  if (path.empty()) return;
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd >= 0) ::close(fd);
+}
+
+// sd_notify(3), written out: one datagram to $NOTIFY_SOCKET ('@' = abstract namespace).
+void sd_notify(const std::string& message) {
+  std::string where = env("NOTIFY_SOCKET");
+  if (where.empty()) return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (where.size() >= sizeof addr.sun_path) return;
+  std::memcpy(addr.sun_path, where.data(), where.size());
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + where.size());
+  if (where[0] == '@') addr.sun_path[0] = '\0';
+  else len += 1;
+  int s = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ::sendto(s, message.data(), message.size(), 0, reinterpret_cast<sockaddr*>(&addr), len);
+  ::close(s);
+}
+
+int listen_on(const std::string& ready) {
+  if (ready.rfind("unix:", 0) == 0) {
+    int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::string path = ready.substr(5);
+    std::memcpy(addr.sun_path, path.data(), std::min(path.size(), sizeof addr.sun_path - 1));
+    ::unlink(path.c_str());
+    ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    ::listen(s, 128);
+    return s;
+  }
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(std::atoi(ready.substr(4).c_str())));
+  ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::listen(s, 128);
+  return s;
+}
+
+void signal_ready() {
+  std::string ready = env("HF_READY");
+  touch(env("HF_READY_MARKER"));
+  if (ready == "notify") {
+    sd_notify("STATUS=serving\nMAINPID=" + std::to_string(::getpid()) + "\nREADY=1\n");
+  } else if (ready.rfind("fd:", 0) == 0) {
+    int fd = std::atoi(ready.substr(3).c_str());
+    if (::write(fd, "\n", 1) < 0) std::perror("ready fd");
+    ::close(fd);
+  } else if (ready.rfind("file:", 0) == 0) {
+    touch(ready.substr(5));
+  } else if (ready.rfind("unix:", 0) == 0 || ready.rfind("tcp:", 0) == 0) {
+    listen_on(ready);  // kept open for the daemon's life
+  }
+}
+
+[[noreturn]] void serve_forever() {
+  for (;;) ::pause();
+}
+
+[[noreturn]] void run_daemon(const std::string& mode) {
+  ::alarm(120);  // never outlive a broken test run by much
+  int delay = env("HF_DELAY_MS").empty() ? 20 : std::atoi(env("HF_DELAY_MS").c_str());
+  if (mode == "die") {
+    append_line(env("HF_COUNT_FILE"), std::to_string(::getpid()));
+    for (int i = 1; i <= 25; ++i) std::printf("log line %d\n", i);
+    std::fflush(stdout);
+    ::usleep(static_cast<useconds_t>(delay) * 1000);
+    ::_exit(3);
+  }
+  if (mode == "doublefork" || mode == "doublefork-close") {
+    pid_t child = ::fork();
+    if (child != 0) ::_exit(0);  // the first process exits at once, as a classic daemon does
+    ::setsid();
+    if (mode == "doublefork-close") {
+      // A daemon that closes every inherited descriptor: the instance lock goes with them.
+      ::close(std::atoi(env("HOLDFAST_INSTANCE_FD").c_str()));
+      ::sleep(3);
+      ::_exit(0);
+    }
+  }
+  append_line(env("HF_COUNT_FILE"), std::to_string(::getpid()));
+  if (mode == "ignore-term") ::signal(SIGTERM, SIG_IGN);
+  if (mode == "never") serve_forever();
+  ::usleep(static_cast<useconds_t>(delay) * 1000);
+  signal_ready();
+  serve_forever();
+}
+
+__attribute__((constructor)) void maybe_run_daemon() {
+  const char* mode = std::getenv("HOLDFAST_TEST_DAEMON");
+  if (mode != nullptr && *mode != '\0') run_daemon(mode);
+}
+
+}  // namespace
