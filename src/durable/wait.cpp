@@ -130,7 +130,10 @@ Observation observe_via(const std::string& path, const Expected& expected, const
 Observation observe_until(const std::string& path, const Expected& expected, const WaitOptions& options,
                           Clock::time_point deadline) {
   if (expected.digests.empty()) throw Error(path, "wait", "no expected digest", exit_code::usage);
-  return options.via.empty() ? observe_local(path, expected) : observe_via(path, expected, options, deadline);
+  if (options.via.empty()) return observe_local(path, expected);
+  // Each run gets at least max(interval, 1s), so the final check at the deadline can finish.
+  auto floor = Clock::now() + std::max(options.interval, milliseconds(1000));
+  return observe_via(path, expected, options, std::max(deadline, floor));
 }
 
 }  // namespace

@@ -1,0 +1,95 @@
+// Small file helpers for the durable hand-off tests.
+#pragma once
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "support/testing.hpp"
+
+namespace holdfast::testing::durable {
+
+// The holdfast command under test. (support's holdfast_path() is compiled into a library that
+// does not see HOLDFAST_CLI_PATH, so this suite resolves it itself.)
+inline std::string cli_path() {
+#ifdef HOLDFAST_CLI_PATH
+  return HOLDFAST_CLI_PATH;
+#else
+  return holdfast_path();
+#endif
+}
+
+// Runs the holdfast command (named hf: `holdfast` alone is also the namespace).
+inline CommandResult hf(const std::vector<std::string>& args, const std::string& stdin_data = "") {
+  std::vector<std::string> argv{cli_path()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run(argv, stdin_data);
+}
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void spit(const std::string& path, const std::string& data, mode_t mode = 0644) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) throw std::runtime_error("open " + path);
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
+}
+
+inline std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") out.push_back(n);
+  }
+  ::closedir(d);
+  return out;
+}
+
+inline mode_t mode_of(const std::string& path) {
+  struct stat st {};
+  ::stat(path.c_str(), &st);
+  return st.st_mode & 07777;
+}
+
+// Deterministic pseudo-random bytes.
+inline std::string pattern(size_t n, uint64_t seed) {
+  std::string s(n, '\0');
+  uint64_t x = seed * 0x9E3779B97F4A7C15ULL + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    s[i] = static_cast<char>(x & 0xff);
+  }
+  return s;
+}
+
+inline int64_t mono_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The filesystems every durable test runs on: tmpfs and ext4 (/tmp here).
+inline std::vector<std::string> test_roots() { return {"/dev/shm", "/tmp"}; }
+
+}  // namespace holdfast::testing::durable
