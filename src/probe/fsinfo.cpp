@@ -1,0 +1,161 @@
+// Filesystem facts for a directory: statfs type and its line in /proc/self/mountinfo.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "holdfast/error.hpp"
+#include "holdfast/probe.hpp"
+#include "probe/internal.hpp"
+#include "sys/file.hpp"
+
+namespace holdfast {
+
+namespace probe_internal {
+
+std::string fs_type_name(uint64_t magic) {
+  static const std::pair<uint64_t, const char*> kNames[] = {
+      {0xEF53, "ext4"},          {0x01021994, "tmpfs"},     {0x58465342, "xfs"},
+      {0x9123683E, "btrfs"},     {0x6969, "nfs"},           {0x65735546, "fuse"},
+      {0x794c7630, "overlayfs"}, {0x4d44, "vfat"},          {0x2011BAB0, "exfat"},
+      {0x5346544e, "ntfs"},      {0x7366746e, "ntfs3"},     {0xFF534D42, "cifs"},
+      {0xFE534D42, "smb2"},      {0x01021997, "9p"},        {0x2fc12fc1, "zfs"},
+      {0x00c36400, "ceph"},      {0x858458f6, "ramfs"},     {0x9fa0, "proc"},
+      {0x62656572, "sysfs"},     {0xF2F52010, "f2fs"},      {0x73717368, "squashfs"},
+      {0x958458f6, "hugetlbfs"}, {0xf15f, "ecryptfs"},      {0x01161970, "gfs2"},
+      {0x0BD00BD0, "lustre"},    {0x5346414F, "afs"},       {0x6a656a63, "fakeowner"},
+      {0x517B, "smb"},           {0x3153464a, "jfs"},       {0x52654973, "reiserfs"},
+      {0x137d, "ext"},           {0x9660, "isofs"},         {0x15013346, "udf"},
+  };
+  for (const auto& [m, name] : kNames) {
+    if (m == magic) return name;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "unknown(0x%llx)", static_cast<unsigned long long>(magic));
+  return buf;
+}
+
+namespace {
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      int v = 0;
+      bool ok = true;
+      for (size_t k = 1; k <= 3; ++k) {
+        char c = s[i + k];
+        if (c < '0' || c > '7') ok = false;
+        v = v * 8 + (c - '0');
+      }
+      if (ok) {
+        out.push_back(static_cast<char>(v));
+        i += 3;
+        continue;
+      }
+    }
+    out.push_back(s[i]);
+  }
+  return out;
+}
+
+struct MountLine {
+  uint64_t id = 0;
+  unsigned major = 0, minor = 0;
+  std::string mount_point, mount_options, fstype, source, super_options;
+};
+
+std::vector<MountLine> read_mountinfo() {
+  std::vector<MountLine> out;
+  auto text = sys::read_file("/proc/self/mountinfo", 16 << 20);
+  if (!text) return out;
+  std::istringstream in(*text);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    MountLine m;
+    std::string parent, majmin, root, field;
+    f >> m.id >> parent >> majmin >> root >> m.mount_point >> m.mount_options;
+    while (f >> field && field != "-") {
+    }
+    f >> m.fstype >> m.source >> m.super_options;
+    auto colon = majmin.find(':');
+    if (colon == std::string::npos) continue;
+    m.major = static_cast<unsigned>(std::stoul(majmin.substr(0, colon)));
+    m.minor = static_cast<unsigned>(std::stoul(majmin.substr(colon + 1)));
+    m.mount_point = unescape(m.mount_point);
+    m.source = unescape(m.source);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace probe_internal
+
+FilesystemInfo filesystem_info(const std::string& directory) {
+  using namespace probe_internal;
+  FilesystemInfo info;
+  struct statfs sfs{};
+  if (::statfs(directory.c_str(), &sfs) != 0) throw Error(errno, directory, "statfs");
+  info.magic = static_cast<uint64_t>(sfs.f_type);
+  info.type = fs_type_name(info.magic);
+  struct stat st{};
+  if (int rc = sys::stat_nothrow(directory, st); rc != 0) throw Error(-rc, directory, "stat");
+  info.dev = st.st_dev;
+
+  // The mount: by statx mount ID where the kernel has it, else the deepest mount point on the
+  // same device that prefixes the directory's real path.
+  uint64_t mnt_id = 0;
+#ifdef STATX_MNT_ID
+  struct statx sx{};
+  if (::statx(AT_FDCWD, directory.c_str(), 0, STATX_MNT_ID, &sx) == 0 &&
+      (sx.stx_mask & STATX_MNT_ID) != 0) {
+    mnt_id = sx.stx_mnt_id;
+  }
+#endif
+  char* real = ::realpath(directory.c_str(), nullptr);
+  std::string real_path = real != nullptr ? real : directory;
+  std::free(real);
+  const MountLine* best = nullptr;
+  auto mounts = read_mountinfo();
+  for (const auto& m : mounts) {
+    if (mnt_id != 0) {
+      if (m.id == mnt_id) best = &m;
+      continue;
+    }
+    if (m.major != major(st.st_dev) || m.minor != minor(st.st_dev)) continue;
+    bool prefix = real_path == m.mount_point || m.mount_point == "/" ||
+                  real_path.rfind(m.mount_point + "/", 0) == 0;
+    if (prefix && (best == nullptr || m.mount_point.size() >= best->mount_point.size())) best = &m;
+  }
+  if (best != nullptr) {
+    info.mount_type = best->fstype;
+    info.mount_point = best->mount_point;
+    info.source = best->source;
+    // Per-mount options, then superblock options not already listed.
+    std::vector<std::string> seen;
+    for (const auto* list : {&best->mount_options, &best->super_options}) {
+      std::istringstream opts(*list);
+      std::string opt;
+      while (std::getline(opts, opt, ',')) {
+        if (opt.empty() || std::find(seen.begin(), seen.end(), opt) != seen.end()) continue;
+        seen.push_back(opt);
+        info.options += (info.options.empty() ? "" : ",") + opt;
+      }
+    }
+  }
+  return info;
+}
+
+}  // namespace holdfast
