@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 
@@ -190,13 +191,19 @@ void AtomicWriter::commit() {
     if (r < 0) fail(-r, "fsync temp file");
   }
   if (s.anonymous) {
-    // Give the O_TMPFILE inode a name just long enough to rename it over the target.
+    // Give the O_TMPFILE inode a name just long enough to rename it over the target. AT_EMPTY_PATH
+    // is one cheap call but needs CAP_DAC_READ_SEARCH; /proc/self/fd works for everyone.
+    static std::atomic<bool> empty_path_works{true};
     std::string proc = "/proc/self/fd/" + std::to_string(s.tmpfd.get());
     for (int attempt = 0; attempt < 100; ++attempt) {
       std::string name = temp_name(s.base);
-      int r = ::linkat(AT_FDCWD, proc.c_str(), s.dirfd.get(), name.c_str(), AT_SYMLINK_FOLLOW);
-      if (r != 0 && errno == ENOENT) {
-        r = ::linkat(s.tmpfd.get(), "", s.dirfd.get(), name.c_str(), AT_EMPTY_PATH);  // no /proc
+      int r = -1;
+      if (empty_path_works.load(std::memory_order_relaxed)) {
+        r = ::linkat(s.tmpfd.get(), "", s.dirfd.get(), name.c_str(), AT_EMPTY_PATH);
+        if (r != 0 && (errno == ENOENT || errno == EPERM)) empty_path_works.store(false, std::memory_order_relaxed);
+      }
+      if (r != 0 && !empty_path_works.load(std::memory_order_relaxed)) {
+        r = ::linkat(AT_FDCWD, proc.c_str(), s.dirfd.get(), name.c_str(), AT_SYMLINK_FOLLOW);
       }
       if (r == 0) {
         s.tmpname = name;

@@ -122,16 +122,17 @@ Digest digest_bytes(DigestAlg alg, std::string_view data) {
 ContentDigest digest_fd(int fd, DigestAlg alg, const std::string& name) {
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);  // advisory; fails harmlessly on pipes
   Hasher h(alg);
-  std::vector<char> buf(kReadBuffer);
+  // Not zero-filled: only the pages a read touches are faulted in (small files stay cheap).
+  std::unique_ptr<char[]> buf(new char[kReadBuffer]);
   uint64_t size = 0;
   for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+    ssize_t n = ::read(fd, buf.get(), kReadBuffer);
     if (n < 0) {
       if (errno == EINTR) continue;
       throw Error(errno, name, "read");
     }
     if (n == 0) break;
-    h.update(std::string_view(buf.data(), static_cast<size_t>(n)));
+    h.update(std::string_view(buf.get(), static_cast<size_t>(n)));
     size += static_cast<uint64_t>(n);
   }
   return ContentDigest{size, h.finish()};

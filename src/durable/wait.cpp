@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <fmt/format.h>
 
@@ -150,15 +151,16 @@ Expected expected_from_file(const std::string& path, const std::vector<DigestAlg
   Expected e;
   std::vector<Hasher> hashers;
   for (auto alg : algs) hashers.emplace_back(alg);
-  std::vector<char> buf(size_t{1} << 20);
+  constexpr size_t kBuf = size_t{1} << 20;
+  std::unique_ptr<char[]> buf(new char[kBuf]);
   for (;;) {
-    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    ssize_t n = ::read(fd.get(), buf.get(), kBuf);
     if (n < 0) {
       if (errno == EINTR) continue;
       throw Error(errno, path, "read source");
     }
     if (n == 0) break;
-    for (auto& h : hashers) h.update(std::string_view(buf.data(), static_cast<size_t>(n)));
+    for (auto& h : hashers) h.update(std::string_view(buf.get(), static_cast<size_t>(n)));
     e.size += static_cast<uint64_t>(n);
   }
   for (auto& h : hashers) e.digests.push_back(h.finish());
