@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -189,6 +190,13 @@ int run_probe_ensure(int workers, int rounds, const std::vector<std::string>& co
   std::vector<std::string> wrapped{"/bin/sh", "-c", kWrapper, "holdfast-probe", *exe};
   wrapped.insert(wrapped.end(), command.begin() + 1, command.end());
 
+  // Orphaned daemons and launchers are reparented to us, so their zombies are reaped here rather
+  // than left to an init that may not reap (containers).
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  auto reap = [] {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+  };
   Phase naive, ensured;
   for (int round = 0; round < rounds; ++round) {
     // naive: pidfile check-then-spawn
@@ -201,6 +209,7 @@ int run_probe_ensure(int workers, int rounds, const std::vector<std::string>& co
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let the wrappers record starts
     record_round(naive, pids, naive_starts);
     kill_started(naive_starts);
+    reap();
 
     // holdfast ensure
     const std::string starts = scratch + "/ensure-starts-" + std::to_string(round);
@@ -220,6 +229,7 @@ int run_probe_ensure(int workers, int rounds, const std::vector<std::string>& co
     } catch (const Error&) {
     }
     kill_started(starts);  // anything that survived (a command that ignores the protocol)
+    reap();
   }
   std::error_code ec;
   if (state_dir.empty()) {
