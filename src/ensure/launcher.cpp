@@ -148,6 +148,9 @@ void Launcher::fail(const std::string& cause, int exit_status) {
   // Into the log first, so the tail a client shows after reading the record includes it.
   std::fprintf(stderr, "holdfast launcher: %s: %s\n", plan_.paths.name.c_str(), cause.c_str());
   std::fflush(stderr);
+  // Drop our instance-lock copy before publishing, so nobody sees "failed" with the lock held.
+  if (instance_fd_ >= 0) ::close(instance_fd_);
+  instance_fd_ = -1;
   write();
   if (plan_.ready.kind == ReadySpec::Kind::notify) ::unlink(plan_.paths.notify.c_str());
   ::_exit(1);
@@ -159,7 +162,8 @@ void Launcher::succeed() {
   record_.ready_unix_ns = sys::realtime_ns();
   record_.attempt_ended_boot_ns = sys::boottime_ns();
   // Close our instance-lock copy before publishing: from here the daemon alone holds it.
-  ::close(instance_fd_);
+  if (instance_fd_ >= 0) ::close(instance_fd_);
+  instance_fd_ = -1;
   write();
   if (plan_.ready.kind == ReadySpec::Kind::notify) ::unlink(plan_.paths.notify.c_str());
   ::_exit(0);  // releases the spawn lock

@@ -204,6 +204,17 @@ StopResult stop_instance(const std::string& name, const StopOptions& options) {
       std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     }
   }
+  // Stopped while starting: its launcher is recording the outcome under the spawn lock; wait for
+  // that (bounded by the deadline) so the record is final when we return.
+  if (rec.state == RecordState::starting) {
+    try {
+      auto spawn = open_lock_file(paths.spawn_lock);
+      while (ofd_held_elsewhere(spawn.get()) == 1 && Clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    } catch (const Error&) {
+    }
+  }
   result.waited = Clock::now() - begin;
   mark_stopped(paths, rec.attempt);
   result.message = name + ": stopped " + who + (result.killed ? " (SIGKILL)" : "");
