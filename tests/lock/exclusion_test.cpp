@@ -1,0 +1,271 @@
+// Mutual exclusion under real multi-process contention, for every backend.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "holdfast/error.hpp"
+#include "holdfast/lock.hpp"
+#include "support/testing.hpp"
+
+namespace holdfast {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Lives in shared memory; every field is touched only through atomics.
+struct Detector {
+  std::atomic<int> inside;
+  std::atomic<int> overlaps;
+  std::atomic<uint64_t> entries;
+  std::atomic<uint64_t> last_token;
+  std::atomic<int> token_regressions;
+  std::atomic<int> readers_inside;
+  std::atomic<int> max_readers;
+};
+
+Detector* make_detector() {
+  auto* d = static_cast<Detector*>(testing::shared_memory(sizeof(Detector)));
+  new (d) Detector{};
+  return d;
+}
+
+bool soak() { return std::getenv("HOLDFAST_SOAK") != nullptr; }
+
+// Inside the critical section: count entries, detect overlap and token order, and linger a
+// little so an overlap has a real chance to show.
+void critical_section(Detector* d, uint64_t token, int i) {
+  if (d->inside.fetch_add(1) != 0) d->overlaps.fetch_add(1);
+  uint64_t last = d->last_token.load();
+  if (token <= last) d->token_regressions.fetch_add(1);
+  d->last_token.store(token);
+  d->entries.fetch_add(1);
+  if (i % 7 == 0) sched_yield();
+  d->inside.fetch_sub(1);
+}
+
+class ExclusionTest : public ::testing::TestWithParam<Backend> {};
+
+TEST_P(ExclusionTest, SixteenProcessesNeverOverlap) {
+  const Backend backend = GetParam();
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  Detector* d = make_detector();
+  constexpr int kProcs = 16;
+  const int per_proc = soak() ? 20000 : 2000;
+  testing::StartGun gun;
+  std::vector<pid_t> kids;
+  for (int p = 0; p < kProcs; ++p) {
+    kids.push_back(testing::fork_child([&] {
+      gun.wait();
+      auto lf = LockFile::open(path, LockOptions{backend, LockMode::exclusive, {}, {}});
+      for (int i = 0; i < per_proc; ++i) {
+        Lock l = lf.acquire();
+        critical_section(d, l.token(), i);
+        l.release();
+      }
+      return 0;
+    }));
+  }
+  gun.release();
+  for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
+  EXPECT_EQ(d->overlaps.load(), 0);
+  EXPECT_EQ(d->token_regressions.load(), 0) << "fencing tokens must strictly increase across handoffs";
+  EXPECT_EQ(d->entries.load(), static_cast<uint64_t>(kProcs * per_proc));
+  testing::free_shared_memory(d, sizeof(Detector));
+}
+
+// Control: the same detector with no lock at all must see overlaps, or it proves nothing.
+TEST(ExclusionDetector, CatchesUnlockedAccess) {
+  Detector* d = make_detector();
+  testing::StartGun gun;
+  std::vector<pid_t> kids;
+  for (int p = 0; p < 16; ++p) {
+    kids.push_back(testing::fork_child([&] {
+      gun.wait();
+      for (int i = 0; i < 20000; ++i) critical_section(d, static_cast<uint64_t>(i) + 1, i);
+      return 0;
+    }));
+  }
+  gun.release();
+  for (pid_t k : kids) testing::wait_child(k);
+  EXPECT_GT(d->overlaps.load(), 0);
+  testing::free_shared_memory(d, sizeof(Detector));
+}
+
+TEST_P(ExclusionTest, TwoHandlesInOneProcessExcludeEachOther) {
+  // OFD and flock locks belong to the open file description, dotlocks to the file: unlike POSIX
+  // record locks, a second handle in the same process must not be granted.
+  testing::TempDir dir;
+  LockOptions options{GetParam(), LockMode::exclusive, {}, {}};
+  auto first = Lock::try_acquire(dir / "lock", options);
+  ASSERT_TRUE(first);
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", options));
+  first->release();
+  EXPECT_TRUE(Lock::try_acquire(dir / "lock", options));
+}
+
+TEST_P(ExclusionTest, SigkilledHolderIsReplacedPromptly) {
+  const Backend backend = GetParam();
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  pid_t holder = testing::fork_child([&] {
+    auto l = Lock::acquire(path, LockOptions{backend, LockMode::exclusive, {}, {}});
+    char c = 'r';
+    if (::write(ready[1], &c, 1) != 1) return 1;
+    ::pause();
+    return 0;
+  });
+  char c;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  ASSERT_FALSE(Lock::try_acquire(path, LockOptions{backend, LockMode::exclusive, {}, {}}));
+  ::kill(holder, SIGKILL);
+  testing::wait_child(holder);
+  // Kernel backends: the kernel drops the lock with the process. Dotlocks: the record names a
+  // pid that no longer exists, which is proof of death. Either way the waiter gets it.
+  auto l = Lock::acquire_until(path, LockOptions{backend, LockMode::exclusive, {}, {}},
+                               std::chrono::steady_clock::now() + 30s);
+  ASSERT_TRUE(l);
+  EXPECT_TRUE(l->held());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, ExclusionTest,
+                         ::testing::Values(Backend::ofd, Backend::flock, Backend::excl, Backend::link),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+class SharedTest : public ::testing::TestWithParam<Backend> {};
+
+TEST_P(SharedTest, ManyReadersTogetherNoWriter) {
+  const Backend backend = GetParam();
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  Detector* d = make_detector();
+  constexpr int kReaders = 6;
+  int release_pipe[2];
+  ASSERT_EQ(::pipe(release_pipe), 0);
+  std::vector<pid_t> kids;
+  for (int r = 0; r < kReaders; ++r) {
+    kids.push_back(testing::fork_child([&] {
+      ::close(release_pipe[1]);
+      auto l = Lock::acquire(path, LockOptions{backend, LockMode::shared, {}, {}});
+      d->readers_inside.fetch_add(1);
+      char c;
+      while (::read(release_pipe[0], &c, 1) < 0) {
+      }
+      d->readers_inside.fetch_sub(1);
+      return 0;
+    }));
+  }
+  ::close(release_pipe[0]);
+  // All readers get in at the same time: a shared lock admits many.
+  for (int i = 0; i < 30000 && d->readers_inside.load() < kReaders; ++i) ::usleep(1000);
+  EXPECT_EQ(d->readers_inside.load(), kReaders);
+  // A writer is excluded while they hold it.
+  EXPECT_FALSE(Lock::try_acquire(path, LockOptions{backend, LockMode::exclusive, {}, {}}));
+  // A further reader is admitted.
+  EXPECT_TRUE(Lock::try_acquire(path, LockOptions{backend, LockMode::shared, {}, {}}));
+  ::close(release_pipe[1]);
+  for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
+  auto w = Lock::try_acquire(path, LockOptions{backend, LockMode::exclusive, {}, {}});
+  EXPECT_TRUE(w);
+  // And while a writer holds it, readers are excluded.
+  EXPECT_EQ(testing::wait_child(testing::fork_child([&] {
+              return Lock::try_acquire(path, LockOptions{backend, LockMode::shared, {}, {}}) ? 1 : 0;
+            })),
+            0);
+  testing::free_shared_memory(d, sizeof(Detector));
+}
+
+TEST_P(SharedTest, SharedTokenIsTheLastExclusiveOne) {
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  uint64_t exclusive_token = 0;
+  {
+    auto w = Lock::acquire(path, LockOptions{GetParam(), LockMode::exclusive, {}, {}});
+    exclusive_token = w.token();
+  }
+  auto r = Lock::acquire(path, LockOptions{GetParam(), LockMode::shared, {}, {}});
+  EXPECT_EQ(r.token(), exclusive_token);
+}
+
+INSTANTIATE_TEST_SUITE_P(KernelBackends, SharedTest, ::testing::Values(Backend::ofd, Backend::flock),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+TEST(DotlockShared, IsRefusedWithAUsageError) {
+  testing::TempDir dir;
+  try {
+    Lock::acquire(dir / "lock", LockOptions{Backend::link, LockMode::shared, {}, {}});
+    FAIL() << "shared dotlock was granted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::usage);
+  }
+}
+
+// A waiter blocked on the old inode of a lock file that is then replaced must not believe it
+// holds the lock that the path now names.
+TEST(KernelLock, ReplacedPathIsNotGrantedThroughTheOldInode) {
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto first = Lock::acquire(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
+  int acquired[2];
+  ASSERT_EQ(::pipe(acquired), 0);
+  pid_t waiter = testing::fork_child([&] {
+    auto l = Lock::acquire(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
+    char c = 'a';
+    (void)!::write(acquired[1], &c, 1);
+    return 0;
+  });
+  ::close(acquired[1]);
+  ::usleep(100000);  // let the waiter block on the old inode
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  auto second = Lock::acquire(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});  // new inode
+  first.release();  // the waiter now gets the old inode, must notice, and wait on the new one
+  pollfd pfd{acquired[0], POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 300), 0) << "waiter was granted a lock on a replaced file";
+  second.release();
+  char c;
+  EXPECT_EQ(::read(acquired[0], &c, 1), 1);
+  EXPECT_EQ(testing::wait_child(waiter), 0);
+  ::close(acquired[0]);
+}
+
+TEST(KernelLock, DeadlineEndsABlockedWaitAndSurvivesOtherSignals) {
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto held = Lock::acquire(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
+  int rc = testing::wait_child(testing::fork_child([&] {
+    // SIGUSR1 arrives during the wait; without SA_RESTART it interrupts the fcntl, and the wait
+    // must go on rather than fail early.
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    ::sigaction(SIGUSR1, &sa, nullptr);
+    pid_t self = ::getpid();
+    std::thread pester([self] {
+      for (int i = 0; i < 5; ++i) {
+        ::usleep(20000);
+        ::kill(self, SIGUSR1);
+      }
+    });
+    auto start = std::chrono::steady_clock::now();
+    auto l = Lock::acquire_until(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}}, start + 300ms);
+    auto waited = std::chrono::steady_clock::now() - start;
+    pester.join();
+    if (l) return 1;                 // must not be granted
+    if (waited < 290ms) return 2;    // must not end early on a stray signal
+    return 0;
+  }));
+  EXPECT_EQ(rc, 0);
+}
+
+}  // namespace
+}  // namespace holdfast
