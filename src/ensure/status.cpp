@@ -204,6 +204,14 @@ StopResult stop_instance(const std::string& name, const StopOptions& options) {
       std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     }
   }
+  // The kernel drops a process's locks while it exits, a moment before it is a zombie: wait for
+  // the pidfd to report the exit so "stopped" also means the signalled process is gone.
+  if (pidfd) {
+    pollfd p{pidfd.get(), POLLIN, 0};
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    while (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left, 1))) < 0 && errno == EINTR) {
+    }
+  }
   // Stopped while starting: its launcher is recording the outcome under the spawn lock; wait for
   // that (bounded by the deadline) so the record is final when we return.
   if (rec.state == RecordState::starting) {
