@@ -136,6 +136,33 @@ bool repair_pid(const Paths& paths) {
   return true;
 }
 
+// A start whose launcher is gone (the spawn lock is free while the record says starting and the
+// instance lock is held): nobody will record readiness. Under the spawn lock, if the readiness
+// can be observed by anyone (none, tcp, unix, file), probe it and record it; notify and fd
+// readiness went to the launcher and are lost. Returns true if the start is orphaned.
+bool adopt_orphaned_start(const Paths& paths) {
+  auto spawn = open_lock_file(paths.spawn_lock);
+  if (ofd_try_lock(spawn.get()) != 0) return false;  // a launcher (or spawner) is at work
+  auto o = observe(paths);
+  if (!o.lock_held || !o.record || o.record->state != RecordState::starting) return false;
+  auto rec = *o.record;
+  if (!verified_alive(rec)) return true;
+  std::optional<ReadySpec> spec;
+  try {
+    spec = ReadySpec::parse(rec.ready_mode);
+  } catch (const Error&) {
+    return true;
+  }
+  using Kind = ReadySpec::Kind;
+  if (spec->kind == Kind::notify || spec->kind == Kind::fd) return true;
+  if (spec->kind != Kind::none && !probe_ready(*spec)) return true;
+  rec.state = RecordState::ready;
+  rec.ready_unix_ns = sys::realtime_ns();
+  rec.attempt_ended_boot_ns = sys::boottime_ns();
+  write_record(paths.record, rec);
+  return true;
+}
+
 std::string fmt_seconds(double secs) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%gs", secs);
@@ -238,12 +265,25 @@ Instance ensure_running(const std::string& name, const std::vector<std::string>&
       o = observe(paths);
       continue;
     }
+    bool orphaned = false;
+    if (o.lock_held && o.record && o.record->state == RecordState::starting &&
+        o.record->process.pid > 0) {
+      orphaned = adopt_orphaned_start(paths);
+      if (orphaned) {
+        o = observe(paths);
+        if (o.verified_ready()) continue;
+      }
+    }
     if (Clock::now() >= deadline) {
       auto secs = std::chrono::duration<double>(options.ready_timeout).count();
       std::string what = "not ready after " + fmt_seconds(secs);
       if (o.record && o.record->process.pid > 0 && o.lock_held) {
         what += " (pid " + std::to_string(o.record->process.pid) + " is " +
                 std::string(to_string(o.record->state)) + ")";
+      }
+      if (orphaned) {
+        what += "; its launcher is gone, so " + o.record->ready_mode +
+                " readiness can no longer be received: `holdfast stop " + name + "` and retry";
       }
       throw Error(name, "ensure", what, exit_code::temp_fail);
     }

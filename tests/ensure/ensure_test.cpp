@@ -479,6 +479,45 @@ TEST_F(EnsureTest, SpawningClientKilledMidWaitDoesNotLoseTheInstance) {
   EXPECT_EQ(count_lines(d.count_file), 1);
 }
 
+TEST_F(EnsureTest, StartWhoseLauncherWasKilledIsAdoptedOrReportedClearly) {
+  // file readiness can be observed by anyone: a later client records it.
+  Daemon d = daemon("orphan");
+  d.mode = "never";
+  std::string ready_file = tmp_ / "orphan-ready";
+  auto opts = options("file:" + ready_file, d);
+  opts.ready_timeout = 300ms;
+  EXPECT_THROW(ensure_running(use("orphan"), {self_exe()}, opts), Error);
+  auto rec = instance_status("orphan", state_).record;
+  ASSERT_TRUE(rec);
+  ASSERT_GT(rec->launcher_pid, 0);
+  ASSERT_EQ(::kill(rec->launcher_pid, SIGKILL), 0);
+  for (int i = 0; i < 200 && process_alive(rec->launcher_pid); ++i) std::this_thread::sleep_for(5ms);
+  std::ofstream(ready_file) << "ok\n";
+  opts.ready_timeout = 5s;
+  auto inst = ensure_running("orphan", {self_exe()}, opts);
+  EXPECT_TRUE(inst.ready);
+  EXPECT_FALSE(inst.started);
+  EXPECT_EQ(inst.pid, rec->process.pid);
+  // notify readiness went to the dead launcher: a clear timeout, not a second instance.
+  Daemon n = daemon("orphan-notify");
+  n.mode = "never";
+  auto nopts = options("notify", n);
+  nopts.ready_timeout = 300ms;
+  EXPECT_THROW(ensure_running(use("orphan-notify"), {self_exe()}, nopts), Error);
+  auto nrec = instance_status("orphan-notify", state_).record;
+  ASSERT_TRUE(nrec);
+  ::kill(nrec->launcher_pid, SIGKILL);
+  for (int i = 0; i < 200 && process_alive(nrec->launcher_pid); ++i) std::this_thread::sleep_for(5ms);
+  try {
+    ensure_running("orphan-notify", {self_exe()}, nopts);
+    FAIL() << "expected a timeout";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::temp_fail);
+    EXPECT_NE(std::string(e.what()).find("launcher is gone"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(count_lines(n.count_file), 1);
+}
+
 TEST_F(EnsureTest, StopNeverSignalsAProcessWhoseStartTimeDiffers) {
   Daemon d = daemon("reuse");
   auto inst = ensure_running(use("reuse"), {self_exe()}, options("notify", d));
