@@ -1,6 +1,7 @@
 #include "holdfast/wait.hpp"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -179,6 +180,14 @@ WaitResult wait_for_content(const std::string& path, const Expected& expected, c
   std::vector<std::string> names{sys::basename_of(path)};
   if (options.via.empty() && options.use_inotify && watch.valid() && watch.add(sys::dirname_of(path)) == 0) {
     result.used_inotify = true;
+    // A symlink's target changes in its own directory: watch that too (best effort).
+    if (char* real = ::realpath(path.c_str(), nullptr)) {
+      std::string r = real;
+      ::free(real);
+      if (sys::dirname_of(r) != sys::dirname_of(path) && watch.add(sys::dirname_of(r)) == 0) {
+        names.push_back(sys::basename_of(r));
+      }
+    }
   }
   for (;;) {
     result.last = observe_until(path, expected, options, deadline);

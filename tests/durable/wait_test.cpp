@@ -262,3 +262,41 @@ TEST(Wait, LibraryObserve) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Wait, ProgressLineOnlyOnATty) {
+  TempDir dir;
+  spit(dir / "src", std::string(20, 'a'));
+  spit(dir / "dst", std::string(10, 'a'));
+  auto plain = hf({"wait", "--like", dir / "src", "--timeout", "300ms", dir / "dst"});
+  EXPECT_EQ(plain.err.find("waiting for"), std::string::npos) << plain.err;
+  // script(1) gives the command a pseudo-terminal.
+  auto tty = run({"script", "-qec", cli_path() + " wait --like " + (dir / "src") + " --timeout 600ms " + (dir / "dst"),
+                  "/dev/null"});
+  if (tty.exit_code == 127) GTEST_SKIP() << "no script(1)";
+  EXPECT_NE(tty.out.find("waiting for " + (dir / "dst")), std::string::npos) << tty.out;
+  EXPECT_NE(tty.out.find("size 10/20"), std::string::npos) << tty.out;
+}
+
+TEST(Wait, FollowsSymlinkedPathEvents) {
+  TempDir dir;
+  TempDir other;
+  std::string data = pattern(4096, 21);
+  spit(dir / "src", data);
+  spit(other / "real", "old");
+  ASSERT_EQ(::symlink((other / "real").c_str(), (dir / "link").c_str()), 0);
+  std::thread later([&] {
+    std::this_thread::sleep_for(300ms);
+    spit(other / "real", data);
+  });
+  auto t0 = mono_us();
+  // A long interval: only an event on the target's directory can end this quickly.
+  auto r = hf({"wait", "--like", dir / "src", "--interval", "5s", "--timeout", "10s", dir / "link"});
+  auto took = mono_us() - t0;
+  later.join();
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LT(took, 2000000);
+}
+
+}  // namespace
