@@ -300,3 +300,22 @@ TEST(Wait, FollowsSymlinkedPathEvents) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Wait, CatchesAnFsyncThatLies) {
+  if (auto why = FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+  FaultFs fs("delay_data=600,fsync_lies");
+  TempDir dir;
+  std::string data = pattern(50000, 22);
+  spit(dir / "src", data);
+  // write "succeeds" (its fsyncs lie), yet the reader gets the bytes only ~600 ms later.
+  ASSERT_EQ(hf({"write", fs / "cfg"}, data).exit_code, 0);
+  int64_t written = mono_us();
+  auto r = hf({"wait", "--like", dir / "src", "--interval", "100ms", "--timeout", "10s", fs / "cfg"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_GE(mono_us() - written, 500000) << "wait trusted the lying fsync";
+  EXPECT_EQ(slurp(fs / "cfg"), data);
+}
+
+}  // namespace
