@@ -35,7 +35,7 @@ class RecordWatch {
  public:
   explicit RecordWatch(const Paths& paths) : file_(sys::basename_of(paths.record)) {
     fd_.reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-    if (fd_ && ::inotify_add_watch(fd_.get(), paths.dir.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+    if (fd_ && ::inotify_add_watch(fd_.get(), paths.dir.c_str(), IN_MOVED_TO) < 0) {
       fd_.reset();
     }
   }
@@ -52,8 +52,13 @@ class RecordWatch {
       ::usleep(static_cast<useconds_t>(ms * 1000));
       return;
     }
-    pollfd p{fd_.get(), POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(ms)) > 0) drain();
+    // Other instances' records share the directory: keep waiting until ours is renamed in.
+    for (;;) {
+      pollfd p{fd_.get(), POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(ms)) <= 0 || drain_saw_record()) return;
+      ms = std::chrono::ceil<std::chrono::milliseconds>(end - Clock::now()).count();
+      if (ms <= 0) return;
+    }
   }
 
  private:
@@ -62,10 +67,19 @@ class RecordWatch {
     auto ms = std::min<int64_t>(20, 1 + polls_++ / 4);
     return std::chrono::milliseconds(ms);
   }
-  void drain() {
+  // Reads every queued event; true if one names our record (or the queue overflowed).
+  bool drain_saw_record() {
     alignas(inotify_event) char buf[4096];
-    while (::read(fd_.get(), buf, sizeof buf) > 0) {
+    bool saw = false;
+    ssize_t n;
+    while ((n = ::read(fd_.get(), buf, sizeof buf)) > 0) {
+      for (ssize_t off = 0; off < n;) {
+        const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+        if ((ev->mask & IN_Q_OVERFLOW) != 0 || (ev->len > 0 && file_ == ev->name)) saw = true;
+        off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+      }
     }
+    return saw;
   }
 
   std::string file_;
