@@ -137,6 +137,7 @@ int run_lock(const LockArgs& a) {
   int go[2];
   if (::pipe2(go, O_CLOEXEC) != 0) throw Error(errno, a.path, "cannot create pipe");
   const bool kernel = lock->backend() == Backend::ofd || lock->backend() == Backend::flock;
+  const pid_t parent = ::getpid();
   pid_t child = ::fork();
   if (child < 0) throw Error(errno, a.path, "cannot fork");
   if (child == 0) {
@@ -147,6 +148,7 @@ int run_lock(const LockArgs& a) {
       // With -o only holdfast holds the lock: if holdfast dies the command must not go on
       // unprotected, so it dies with it. Daemons it spawns are not affected (that is why -o).
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(exit_code::software);  // it died before prctl took effect
     }
     char byte;
     ssize_t n;

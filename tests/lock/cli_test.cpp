@@ -1,0 +1,300 @@
+// `holdfast lock` and `holdfast holder` as a user runs them: flock(1) compatibility, signals,
+// the lock outliving a killed holdfast, and every documented error exit code.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "holdfast/error.hpp"
+#include "holdfast/lock.hpp"
+#include "support/testing.hpp"
+
+namespace holdfast {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::holdfast;
+
+// Starts `holdfast ARGS...` in the background; returns its pid.
+pid_t spawn_holdfast(std::vector<std::string> args) {
+  args.insert(args.begin(), testing::holdfast_path());
+  return testing::fork_child([&] {
+    int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    ::dup2(null, 1);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    return 127;
+  });
+}
+
+// Waits until `path` holds a record naming `n` processes (holdfast + its command).
+std::optional<HolderRecord> wait_for_record(const std::string& path, size_t n) {
+  for (int i = 0; i < 5000; ++i) {
+    try {
+      auto r = read_holder_record(path);
+      if (r && r->processes.size() >= n) return r;
+    } catch (const Error&) {
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  return std::nullopt;
+}
+
+TEST(LockCli, PassesExitCodeAndEnvironment) {
+  testing::TempDir dir;
+  auto r = holdfast({"lock", dir / "l", "--", "sh", "-c", "echo $HOLDFAST_LOCK $HOLDFAST_TOKEN; exit 42"});
+  EXPECT_EQ(r.exit_code, 42);
+  std::string lock;
+  unsigned long long token = 0;
+  std::istringstream(r.out) >> lock >> token;
+  EXPECT_EQ(lock, dir / "l");
+  EXPECT_GT(token, 0u);
+  auto c = holdfast({"lock", dir / "l", "-c", "exit 3"});
+  EXPECT_EQ(c.exit_code, 3);
+}
+
+TEST(LockCli, JsonReportsTheGrant) {
+  testing::TempDir dir;
+  auto r = holdfast({"lock", "--json", "--backend", "link", dir / "l", "--", "true"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j["acquired"].get<bool>());
+  EXPECT_EQ(j["backend"], "link");
+  EXPECT_GT(j["token"].get<uint64_t>(), 0u);
+}
+
+TEST(LockCli, ConflictNonblockTimeoutAndConflictExitCode) {
+  testing::TempDir dir;
+  auto held = Lock::acquire(dir / "l", LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
+  EXPECT_EQ(holdfast({"lock", "-n", dir / "l", "--", "true"}).exit_code, 1);
+  EXPECT_EQ(holdfast({"lock", "-n", "-E", "42", dir / "l", "--", "true"}).exit_code, 42);
+  auto t = holdfast({"lock", "-w", "0.2", "--verbose", dir / "l", "--", "true"});
+  EXPECT_EQ(t.exit_code, 1);
+  EXPECT_NE(t.err.find("timeout"), std::string::npos) << t.err;
+  held.release();
+  EXPECT_EQ(holdfast({"lock", "-w", "0.2", dir / "l", "--", "true"}).exit_code, 0);
+}
+
+TEST(LockCli, InteroperatesWithFlock1) {
+  testing::TempDir dir;
+  // flock(1) holds it: holdfast's flock backend must see the conflict, and vice versa.
+  pid_t f = testing::fork_child([&] {
+    ::execlp("flock", "flock", (dir / "l").c_str(), "sleep", "2", static_cast<char*>(nullptr));
+    return 127;
+  });
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(holdfast({"lock", "-n", "--backend", "flock", dir / "l", "--", "true"}).exit_code, 1);
+  ::kill(f, SIGKILL);
+  testing::wait_child(f);
+  pid_t h = spawn_holdfast({"lock", "--backend", "flock", dir / "l", "--", "sleep", "2"});
+  ASSERT_TRUE(wait_for_record(dir / "l", 2));
+  EXPECT_EQ(testing::run({"flock", "-n", dir / "l", "true"}).exit_code, 1);
+  ::kill(h, SIGTERM);
+  testing::wait_child(h);
+}
+
+TEST(LockCli, ForwardsTerminationSignalsToTheCommand) {
+  testing::TempDir dir;
+  pid_t h = spawn_holdfast({"lock", dir / "l", "--", "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"});
+  ASSERT_TRUE(wait_for_record(dir / "l", 2));
+  std::this_thread::sleep_for(100ms);  // let the shell install its trap
+  ::kill(h, SIGTERM);
+  EXPECT_EQ(testing::wait_child(h), 7);
+}
+
+class LockCliBackend : public ::testing::TestWithParam<std::string> {};
+
+// Like flock(1): killing holdfast itself does not free a lock that its command still holds —
+// the kernel lock lives in the inherited descriptor, a dotlock's record names the command.
+TEST_P(LockCliBackend, LockOutlivesAKilledHoldfastWhileTheCommandRuns) {
+  testing::TempDir dir;
+  pid_t h = spawn_holdfast({"lock", "--backend", GetParam(), dir / "l", "--", "sleep", "30"});
+  auto record = wait_for_record(dir / "l", 2);
+  ASSERT_TRUE(record);
+  ::kill(h, SIGKILL);
+  testing::wait_child(h);
+  EXPECT_EQ(holdfast({"lock", "-n", "--backend", GetParam(), dir / "l", "--", "true"}).exit_code, 1);
+  EXPECT_EQ(holdfast({"holder", dir / "l"}).exit_code, 1);
+  // Once the command is gone too, the lock is free (kernel) or provably stale (dotlock).
+  pid_t command = record->processes.back().pid;
+  ::kill(command, SIGKILL);
+  for (int i = 0; i < 500 && ::kill(command, 0) == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(holdfast({"lock", "-w", "10", "--backend", GetParam(), dir / "l", "--", "true"}).exit_code, 0);
+}
+
+// With -o the command does not hold the lock; so that it never runs unprotected, it dies with
+// holdfast.
+TEST_P(LockCliBackend, CloseBeforeExecTiesTheCommandToHoldfast) {
+  testing::TempDir dir;
+  pid_t h = spawn_holdfast({"lock", "-o", "--backend", GetParam(), dir / "l", "--", "sleep", "30"});
+  auto record = wait_for_record(dir / "l", 2);
+  ASSERT_TRUE(record);
+  pid_t command = record->processes.back().pid;
+  ::kill(h, SIGKILL);
+  testing::wait_child(h);
+  bool gone = false;
+  for (int i = 0; i < 500 && !gone; ++i) {
+    gone = ::kill(command, 0) != 0;
+    if (!gone) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(gone) << "command outlived holdfast with -o";
+  EXPECT_EQ(holdfast({"lock", "-w", "10", "--backend", GetParam(), dir / "l", "--", "true"}).exit_code, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, LockCliBackend, ::testing::Values("ofd", "flock", "excl", "link"));
+
+TEST(LockCli, SharedLocksRunTogether) {
+  testing::TempDir dir;
+  pid_t a = spawn_holdfast({"lock", "-s", dir / "l", "--", "sleep", "1"});
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(holdfast({"lock", "-s", "-n", dir / "l", "--", "true"}).exit_code, 0);
+  EXPECT_EQ(holdfast({"lock", "-x", "-n", dir / "l", "--", "true"}).exit_code, 1);
+  testing::wait_child(a);
+}
+
+TEST(HolderCli, ReportsFreeHeldAndStale) {
+  testing::TempDir dir;
+  EXPECT_EQ(holdfast({"holder", dir / "none"}).exit_code, 0);
+  {
+    auto l = Lock::acquire(dir / "k", LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
+    auto r = holdfast({"holder", "--json", dir / "k"});
+    EXPECT_EQ(r.exit_code, 1);
+    auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["state"], "held");
+    EXPECT_TRUE(j["kernel_lock_held"].get<bool>());
+    EXPECT_EQ(j["record"]["processes"][0]["pid"].get<int>(), ::getpid());
+  }
+  auto after = holdfast({"holder", dir / "k"});
+  EXPECT_EQ(after.exit_code, 0) << after.out;
+  EXPECT_NE(after.out.find("free"), std::string::npos);
+  // A dotlock whose holder was SIGKILLed: stale.
+  pid_t h = spawn_holdfast({"lock", "--backend", "link", dir / "d", "--", "sleep", "30"});
+  auto record = wait_for_record(dir / "d", 2);
+  ASSERT_TRUE(record);
+  ::kill(record->processes.back().pid, SIGKILL);
+  ::kill(h, SIGKILL);
+  testing::wait_child(h);
+  for (int i = 0; i < 500 && ::kill(record->processes.back().pid, 0) == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(holdfast({"holder", dir / "d"}).exit_code, 2);
+}
+
+// ---- every error path: one line naming the path and cause, a documented exit code ----
+
+void expect_error(const testing::CommandResult& r, int code, const std::string& path, const std::string& cause) {
+  EXPECT_EQ(r.exit_code, code) << r.err;
+  EXPECT_NE(r.err.find(path), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(cause), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "not one line: " << r.err;
+}
+
+TEST(LockErrors, MissingDirectory) {
+  testing::TempDir dir;
+  expect_error(holdfast({"lock", dir / "no/such/l", "--", "true"}), exit_code::no_input, dir / "no/such/l",
+               "does not exist");
+}
+
+TEST(LockErrors, DirectoryAsLockFile) {
+  testing::TempDir dir;
+  expect_error(holdfast({"lock", dir.path(), "--", "true"}), exit_code::cant_create, dir.path(), "directory");
+}
+
+TEST(LockErrors, SymlinkInStickyWorldWritableDirectoryIsRefused) {
+  testing::TempDir dir;
+  ::chmod(dir.path().c_str(), 01777);
+  std::ofstream(dir / "victim") << "precious";
+  ASSERT_EQ(::symlink((dir / "victim").c_str(), (dir / "l").c_str()), 0);
+  for (const char* backend : {"ofd", "flock"}) {
+    expect_error(holdfast({"lock", "--backend", backend, dir / "l", "--", "true"}), exit_code::no_perm, dir / "l",
+                 "symbolic link");
+  }
+  std::ifstream in(dir / "victim");
+  std::string content;
+  in >> content;
+  EXPECT_EQ(content, "precious");
+}
+
+TEST(LockErrors, PermissionDenied) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to drop to another user";
+  testing::TempDir dir;
+  ::chmod(dir.path().c_str(), 0755);  // root-owned, not writable by nobody
+  int rc = testing::wait_child(testing::fork_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 100;
+    auto r = holdfast({"lock", dir / "l", "--", "true"});
+    bool names = r.err.find(dir / "l") != std::string::npos && r.err.find("Permission denied") != std::string::npos;
+    return names ? r.exit_code : 101;
+  }));
+  EXPECT_EQ(rc, exit_code::no_perm);
+}
+
+// Mounts a small tmpfs at a temp dir for the test's lifetime; skips the test if it cannot.
+class TmpfsMount {
+ public:
+  TmpfsMount(const std::string& at, const std::string& options) : at_(at) {
+    mounted_ = ::mount("tmpfs", at.c_str(), "tmpfs", 0, options.c_str()) == 0;
+  }
+  ~TmpfsMount() {
+    if (mounted_) ::umount2(at_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  void remount(unsigned long flags) { ::mount(nullptr, at_.c_str(), nullptr, MS_REMOUNT | flags, nullptr); }
+
+ private:
+  std::string at_;
+  bool mounted_;
+};
+
+TEST(LockErrors, ReadOnlyFilesystem) {
+  testing::TempDir dir;
+  TmpfsMount fs(dir.path(), "size=1m");
+  if (!fs.mounted()) GTEST_SKIP() << "cannot mount tmpfs here";
+  fs.remount(MS_RDONLY);
+  expect_error(holdfast({"lock", dir / "l", "--", "true"}), exit_code::cant_create, dir / "l", "Read-only file system");
+}
+
+TEST(LockErrors, NoSpaceLeft) {
+  testing::TempDir dir;
+  TmpfsMount fs(dir.path(), "size=4k,nr_inodes=3");
+  if (!fs.mounted()) GTEST_SKIP() << "cannot mount tmpfs here";
+  {
+    std::ofstream fill(dir / "fill");
+    fill << std::string(1 << 16, 'x');
+  }
+  auto r = holdfast({"lock", dir / "l", "--", "true"});
+  EXPECT_EQ(r.exit_code, exit_code::io_error) << r.err;
+  EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(dir.path()), std::string::npos) << r.err;
+}
+
+TEST(LockErrors, CorruptRecordAndFence) {
+  testing::TempDir dir;
+  std::ofstream(dir / "l") << "{\"holdfast\":1,\"proc";  // truncated record, no kernel lock
+  auto h = holdfast({"holder", dir / "l"});
+  EXPECT_EQ(h.exit_code, exit_code::data) << h.out << h.err;
+  EXPECT_NE(h.out.find("corrupt"), std::string::npos) << h.out;
+  std::ofstream(dir / "m.fence") << std::string(128, '?');
+  expect_error(holdfast({"lock", dir / "m", "--", "true"}), exit_code::data, dir / "m.fence", "corrupt");
+}
+
+TEST(LockErrors, UsageAndCommandErrors) {
+  testing::TempDir dir;
+  EXPECT_EQ(holdfast({"lock", "--no-such-flag", dir / "l", "--", "true"}).exit_code, exit_code::usage);
+  EXPECT_EQ(holdfast({"lock", "--backend", "nfs", dir / "l", "--", "true"}).exit_code, exit_code::usage);
+  EXPECT_EQ(holdfast({"lock", dir / "l"}).exit_code, exit_code::usage);
+  EXPECT_EQ(holdfast({"lock", "-s", "-x", dir / "l", "--", "true"}).exit_code, exit_code::usage);
+  EXPECT_EQ(holdfast({"lock", dir / "l", "--", "/no/such/command"}).exit_code, exit_code::not_found);
+  std::ofstream(dir / "noexec") << "#!/bin/sh\n";
+  EXPECT_EQ(holdfast({"lock", dir / "l", "--", dir / "noexec"}).exit_code, exit_code::cannot_exec);
+}
+
+}  // namespace
+}  // namespace holdfast

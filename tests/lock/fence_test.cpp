@@ -1,0 +1,132 @@
+// Fencing tokens: strictly increasing across processes, restarts and (simulated) reboots.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "holdfast/error.hpp"
+#include "holdfast/lock.hpp"
+#include "support/testing.hpp"
+
+namespace holdfast {
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void spit(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+struct TokenLog {
+  std::atomic<uint64_t> last;
+  std::atomic<uint64_t> max;
+  std::atomic<int> regressions;
+  std::atomic<int> handoffs;
+};
+
+class FenceTest : public ::testing::TestWithParam<Backend> {};
+
+TEST_P(FenceTest, TenThousandHandoffsStrictlyIncreaseAndSurviveRestart) {
+  const Backend backend = GetParam();
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto* log = static_cast<TokenLog*>(testing::shared_memory(sizeof(TokenLog)));
+  new (log) TokenLog{};
+  testing::StartGun gun;
+  std::vector<pid_t> kids;
+  for (int p = 0; p < 4; ++p) {
+    kids.push_back(testing::fork_child([&] {
+      gun.wait();
+      auto lf = LockFile::open(path, LockOptions{backend, LockMode::exclusive, {}, {}});
+      for (int i = 0; i < 2500; ++i) {
+        auto l = lf.acquire();
+        if (l.token() <= log->last.load()) log->regressions.fetch_add(1);
+        log->last = l.token();
+        log->handoffs.fetch_add(1);
+      }
+      return 0;
+    }));
+  }
+  gun.release();
+  for (pid_t k : kids) ASSERT_EQ(testing::wait_child(k), 0);
+  EXPECT_EQ(log->handoffs.load(), 10000);
+  EXPECT_EQ(log->regressions.load(), 0);
+
+  // Restart: fresh processes (all earlier ones are gone) continue above the last token.
+  const uint64_t before_restart = log->last.load();
+  int rc = testing::wait_child(testing::fork_child([&] {
+    auto l = Lock::acquire(path, LockOptions{backend, LockMode::exclusive, {}, {}});
+    return l.token() > before_restart ? 0 : 1;
+  }));
+  EXPECT_EQ(rc, 0);
+  testing::free_shared_memory(log, sizeof(TokenLog));
+}
+
+// A crash loses what was not synced: the counter region may come back older than the last token
+// handed out. The machine then boots with a new boot id. Tokens must still go up.
+TEST_P(FenceTest, SimulatedCrashAndRebootStillIncreases) {
+  const Backend backend = GetParam();
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  const LockOptions options{backend, LockMode::exclusive, {}, {}};
+  uint64_t first = Lock::acquire(path, options).token();
+  const std::string durable_snapshot = slurp(path + ".fence");  // as synced at the epoch bump
+  uint64_t last = 0;
+  for (int i = 0; i < 50; ++i) last = Lock::acquire(path, options).token();
+  ASSERT_GT(last, first);
+
+  // Roll the file back to the synced snapshot, with another boot id in the durable line.
+  std::string crashed = durable_snapshot;
+  auto pos = crashed.find(this_boot_id());
+  ASSERT_NE(pos, std::string::npos);
+  crashed.replace(pos, this_boot_id().size(), "00000000-dead-beef-0000-000000000000");
+  spit(path + ".fence", crashed);
+  EXPECT_GT(Lock::acquire(path, options).token(), last);
+}
+
+// The counter region lost entirely (torn or zeroed) moves to a new epoch, never backwards.
+TEST_P(FenceTest, LostCounterMovesToANewEpoch) {
+  const Backend backend = GetParam();
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  const LockOptions options{backend, LockMode::exclusive, {}, {}};
+  uint64_t last = 0;
+  for (int i = 0; i < 10; ++i) last = Lock::acquire(path, options).token();
+  std::string text = slurp(path + ".fence");
+  ASSERT_EQ(text.size(), 128u);
+  text.replace(96, 32, std::string(32, '\0'));
+  spit(path + ".fence", text);
+  uint64_t next = Lock::acquire(path, options).token();
+  EXPECT_GT(next, last);
+  EXPECT_GT(next >> 32, last >> 32) << "a lost counter must start a new epoch";
+}
+
+TEST_P(FenceTest, CorruptEpochFailsClosedNamingTheFile) {
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  const LockOptions options{GetParam(), LockMode::exclusive, {}, {}};
+  Lock::acquire(path, options).release();
+  spit(path + ".fence", std::string(128, 'x'));
+  try {
+    Lock::acquire(path, options);
+    FAIL() << "granted with a corrupt fencing epoch";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::data);
+    EXPECT_NE(std::string(e.what()).find(path + ".fence"), std::string::npos) << e.what();
+  }
+  // The failed attempt released what it took: a dotlock file is not left behind.
+  EXPECT_EQ(inspect_holder(path).state, HolderState::free);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, FenceTest,
+                         ::testing::Values(Backend::ofd, Backend::flock, Backend::excl, Backend::link),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+}  // namespace
+}  // namespace holdfast
