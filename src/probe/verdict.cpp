@@ -117,7 +117,10 @@ KernelLockVerdict kernel_lock_verdict(const std::string& directory) {
   KernelLockVerdict v = test_directory(directory);
   if (v.tested) {
     std::lock_guard lock(g_mutex);
-    g_cache[st.st_dev] = v;
+    // A mount change while testing may mean we tested a different filesystem than we key by.
+    invalidate_on_mount_change();
+    struct stat now{};
+    if (sys::stat_nothrow(directory, now) == 0 && now.st_dev == st.st_dev) g_cache[st.st_dev] = v;
   }
   return v;
 }
