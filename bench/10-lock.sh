@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Locks: holdfast against the syscalls it cannot avoid, bare kernel locks, python3-filelock and
+# flock(1), all in this one run, on tmpfs and on disk. Prints markdown tables of the ratios.
+#
+#   bash bench/10-lock.sh            (or `make bench`, which runs every bench/NN-*.sh)
+#
+# Environment: BUILD_DIR (default ./build), HOLDFAST (default $BUILD_DIR/holdfast),
+# LOCK_BENCH (default $BUILD_DIR/bench/holdfast_lock_bench), LOCK_BENCH_TMPFS (default /dev/shm),
+# LOCK_BENCH_DISK (default /var/tmp), LOCK_BENCH_OUT (a directory to keep the raw JSON in),
+# LOCK_BENCH_QUICK=1 (fewer repetitions, for checking the script itself).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+BUILD_DIR=${BUILD_DIR:-$(cd "$here/.." && pwd)/build}
+HOLDFAST=${HOLDFAST:-$BUILD_DIR/holdfast}
+LOCK_BENCH=${LOCK_BENCH:-$BUILD_DIR/bench/holdfast_lock_bench}
+TMPFS_DIR=${LOCK_BENCH_TMPFS:-/dev/shm}
+DISK_DIR=${LOCK_BENCH_DISK:-/var/tmp}
+PY=/usr/bin/python3  # Debian's python3, the one python3-filelock is installed for
+
+for bin in "$HOLDFAST" "$LOCK_BENCH"; do
+  [ -x "$bin" ] || { echo "10-lock.sh: $bin not built (make build, or set BUILD_DIR)" >&2; exit 1; }
+done
+for tool in hyperfine flock "$PY"; do
+  command -v "$tool" >/dev/null || { echo "10-lock.sh: $tool missing (make deps)" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+cmd_dirs=()
+cleanup() {
+  rm -rf "$work"
+  for d in "${cmd_dirs[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+
+if [ "${LOCK_BENCH_QUICK:-0}" = 1 ]; then
+  reps=2 min_time=0.05 py_n=2000 hf_args=(--runs 30)
+else
+  reps=5 min_time=0.2 py_n=20000 hf_args=()
+fi
+
+fs_type() { findmnt -no FSTYPE -T "$1" 2>/dev/null | head -n1 | grep . || stat -f -c %T "$1"; }
+echo "machine: $(uname -sr), $(nproc) cores, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)," \
+     "$(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+echo "dirs: tmpfs=$TMPFS_DIR ($(fs_type "$TMPFS_DIR")), disk=$DISK_DIR ($(fs_type "$DISK_DIR"))"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# 1. In-process: LockFile handle vs the syscall mirror vs bare primitive vs Lock::acquire(path).
+echo "running holdfast_lock_bench ($reps repetitions, interleaved)..." >&2
+HOLDFAST_LOCK_BENCH_DIRS="tmpfs=$TMPFS_DIR,disk=$DISK_DIR" "$LOCK_BENCH" \
+  --benchmark_repetitions="$reps" --benchmark_min_time="$min_time" \
+  --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true \
+  --benchmark_format=json --benchmark_out="$work/gbench.json" --benchmark_out_format=json \
+  >/dev/null 2>"$work/gbench.log" || { cat "$work/gbench.log" >&2; exit 1; }
+
+# 2. The mirror must make exactly holdfast's syscalls: count them per operation under strace.
+if command -v strace >/dev/null; then
+  echo "counting syscalls per operation under strace..." >&2
+  for be in ofd flock excl link; do
+    for v in handle syscalls; do
+      HOLDFAST_LOCK_BENCH_DIRS="tmpfs=$TMPFS_DIR" HOLDFAST_LOCK_BENCH_ITERS=2000 \
+        strace -f -c -o "$work/strace-$be-$v.txt" "$LOCK_BENCH" --benchmark_filter="^tmpfs:$be:$v/" \
+        >/dev/null 2>"$work/strace-run.log" || { cat "$work/strace-run.log" >&2; exit 1; }
+    done
+  done
+fi
+
+# 3. python3-filelock acquire+release on an existing FileLock object, per op (median of 5 timeit runs).
+echo "running python3-filelock..." >&2
+for fs in tmpfs disk; do
+  dir=$TMPFS_DIR; [ $fs = disk ] && dir=$DISK_DIR
+  py_dir=$(mktemp -d "$dir/holdfast-lock-bench-py.XXXXXX")
+  cmd_dirs+=("$py_dir")
+  "$PY" -c '
+import json, statistics, sys, timeit
+import filelock
+lock = filelock.FileLock(sys.argv[1])
+n = int(sys.argv[2])
+def op():
+    lock.acquire()
+    lock.release()
+op()
+runs = timeit.repeat(op, number=n, repeat=5)
+print(json.dumps({"ns": statistics.median(runs) / n * 1e9, "min_ns": min(runs) / n * 1e9,
+                  "version": filelock.__version__, "class": type(lock).__name__}))
+' "$py_dir/py.lock" "$py_n" >"$work/py-$fs.json"
+done
+
+# 4. The command: holdfast lock F -- true against flock F true.
+echo "running hyperfine..." >&2
+for fs in tmpfs disk; do
+  dir=$TMPFS_DIR; [ $fs = disk ] && dir=$DISK_DIR
+  cmd_dir=$(mktemp -d "$dir/holdfast-lock-bench-cmd.XXXXXX")
+  cmd_dirs+=("$cmd_dir")
+  hyperfine -N --warmup 20 "${hf_args[@]}" --style none --export-json "$work/hf-$fs.json" \
+    "$HOLDFAST lock $cmd_dir/a.lock -- true" \
+    "$HOLDFAST lock --backend flock $cmd_dir/b.lock -- true" \
+    "flock $cmd_dir/c.lock true" >/dev/null
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+[ -n "${LOCK_BENCH_OUT:-}" ] && mkdir -p "$LOCK_BENCH_OUT" && cp "$work"/*.json "$LOCK_BENCH_OUT"/
+
+"$PY" - "$work" <<'EOF'
+import glob, json, os, sys
+
+work = sys.argv[1]
+gb = json.load(open(os.path.join(work, "gbench.json")))
+med = {}  # (fs, backend, variant) -> (real ns, cpu ns)
+for b in gb["benchmarks"]:
+    if b.get("aggregate_name") != "median":
+        continue
+    fs, backend, variant = b["run_name"].split("/")[0].split(":")
+    assert b["time_unit"] == "ns"
+    med[(fs, backend, variant)] = (b["real_time"], b["cpu_time"])
+
+def ok(cond):
+    return "yes" if cond else "**NO**"
+
+print()
+print(f"Google Benchmark, median of "
+      f"{gb['benchmarks'][0].get('repetitions', '?')} interleaved repetitions; ns per acquire+release "
+      "(wall clock; CPU-time ratio in brackets).")
+print()
+print("| fs | backend | holdfast handle | syscall mirror | handle / mirror | ≤ 1.15x | bare primitive | handle / bare | Lock::acquire(path) |")
+print("|---|---|---:|---:|---:|:---:|---:|---:|---:|")
+for fs in ("tmpfs", "disk"):
+    for be in ("ofd", "flock", "excl", "link"):
+        h, m, b, p = (med[(fs, be, v)] for v in ("handle", "syscalls", "bare", "path"))
+        r, rc = h[0] / m[0], h[1] / m[1]
+        print(f"| {fs} | {be} | {h[0]:,.0f} | {m[0]:,.0f} | {r:.2f}x ({rc:.2f}x) | {ok(r <= 1.15)} | "
+              f"{b[0]:,.0f} | {h[0] / b[0]:.1f}x | {p[0]:,.0f} |")
+
+straces = sorted(glob.glob(os.path.join(work, "strace-*-handle.txt")))
+if straces:
+    def per_op(path):
+        counts = {}
+        for line in open(path):
+            f = line.split()
+            if len(f) >= 5 and f[-1] != "total" and f[0][0].isdigit() and f[3].isdigit():
+                n = int(f[3]) / 2000
+                if n >= 0.9:
+                    counts[f[-1]] = round(n, 1)
+        return counts
+    print()
+    print("Syscalls per acquire+release under `strace -f -c` (tmpfs, 2000 iterations):")
+    print()
+    print("| backend | holdfast handle | mirror identical |")
+    print("|---|---|:---:|")
+    for path in straces:
+        be = os.path.basename(path).split("-")[1]
+        h, m = per_op(path), per_op(path.replace("-handle.txt", "-syscalls.txt"))
+        desc = " ".join(f"{k}×{v:g}" for k, v in sorted(h.items()))
+        print(f"| {be} | {sum(h.values()):g}: {desc} | {ok(h == m)} |")
+
+print()
+print("python3-filelock: FileLock.acquire()+release() in a timeit loop vs holdfast, per op (ns):")
+print()
+print("| fs | python filelock | holdfast ofd handle | x faster | holdfast flock handle | x faster | Lock::acquire(path) ofd | x faster | ≥ 20x |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+for fs in ("tmpfs", "disk"):
+    py = json.load(open(os.path.join(work, f"py-{fs}.json")))
+    ho, hf, hp = med[(fs, "ofd", "handle")][0], med[(fs, "flock", "handle")][0], med[(fs, "ofd", "path")][0]
+    print(f"| {fs} | {py['ns']:,.0f} | {ho:,.0f} | {py['ns'] / ho:.1f}x | {hf:,.0f} | {py['ns'] / hf:.1f}x | "
+          f"{hp:,.0f} | {py['ns'] / hp:.1f}x | {ok(py['ns'] / ho >= 20)} |")
+print(f"(filelock {py['version']}, {py['class']})")
+
+print()
+print("The command, hyperfine -N --warmup 20 (median ms per run; ratio to flock(1)):")
+print()
+print("| fs | holdfast lock F -- true | holdfast lock --backend flock F -- true | flock F true | holdfast / flock(1) | ≤ 1.00x |")
+print("|---|---:|---:|---:|---:|:---:|")
+for fs in ("tmpfs", "disk"):
+    res = json.load(open(os.path.join(work, f"hf-{fs}.json")))["results"]
+    a, b, c = (r["median"] * 1e3 for r in res)
+    print(f"| {fs} | {a:.3f} ({a / c:.2f}x) | {b:.3f} ({b / c:.2f}x) | {c:.3f} | {a / c:.2f}x | {ok(a <= c)} |")
+EOF

@@ -1,0 +1,349 @@
+// Lock acquisition cost: holdfast against the syscalls it cannot avoid, in the same run.
+//
+// For every backend and filesystem (tmpfs and disk) this registers, side by side:
+//   <fs>:<backend>:handle    LockFile::open once, then acquire + release per iteration
+//   <fs>:<backend>:syscalls  a hand-written loop of exactly the syscalls strace shows the handle
+//                            loop making per acquisition (same fds kept open, same byte counts,
+//                            the fencing counter really incremented), with no other work
+//   <fs>:<backend>:bare      the bare primitive: OFD lock+unlock / flock LOCK_EX+LOCK_UN on an open
+//                            fd; for dotlocks open(O_EXCL)+close+unlink / link+unlink
+//   <fs>:<backend>:path      Lock::acquire(path) + release (opens lock and fence files each time)
+// bench/10-lock.sh turns the JSON output into ratios. Keep the syscalls loops in step with
+// src/lock: `bash bench/10-lock.sh` prints holdfast's and the mirror's syscalls per operation
+// (under strace, when installed) so a drift shows up as a mismatch.
+//
+// Environment:
+//   HOLDFAST_LOCK_BENCH_DIRS   fs=dir pairs, comma-separated (default tmpfs=/dev/shm,disk=/var/tmp)
+//   HOLDFAST_LOCK_BENCH_ITERS  fixed iteration count for every benchmark (for strace counting)
+#include <benchmark/benchmark.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "holdfast/lock.hpp"
+
+namespace {
+
+using holdfast::Backend;
+using holdfast::Lock;
+using holdfast::LockFile;
+using holdfast::LockOptions;
+
+[[noreturn]] void die(const std::string& what) {
+  throw std::runtime_error(what + ": " + std::strerror(errno));
+}
+
+void check(bool ok, const std::string& what) {
+  if (!ok) die(what);
+}
+
+std::string read_all(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check(fd >= 0, "open " + path);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+// Lowercase hex of `v` into 16 chars at `out` (what the dotlock code formats its names with).
+void hex16(uint64_t v, char* out) {
+  static const char digits[] = "0123456789abcdef";
+  for (int i = 15; i >= 0; --i) {
+    out[i] = digits[v & 0xf];
+    v >>= 4;
+  }
+}
+
+uint64_t random_u64() {
+  uint64_t v = 0;
+  check(::getrandom(&v, sizeof v, 0) == static_cast<ssize_t>(sizeof v), "getrandom");
+  return v;
+}
+
+// The fence file's counter line "C <16 hex epoch> <8 hex counter>" lives at offset 96, 32 bytes.
+// The mirror increments it in place, like FenceFile::next does on the same boot.
+constexpr size_t kFenceRead = 128;
+constexpr size_t kCounterOffset = 96;
+constexpr size_t kCounterSize = 32;
+constexpr size_t kCounterDigits = kCounterOffset + 19;  // after "C " + 16 hex + " "
+
+void increment_counter(char* fence) {
+  char* d = fence + kCounterDigits;
+  for (int i = 7; i >= 0; --i) {
+    char& c = d[i];
+    if (c == '9') { c = 'a'; return; }
+    if (c == 'f') { c = '0'; continue; }
+    ++c;
+    return;
+  }
+}
+
+const char* fs_dir_prefix = "holdfast-lock-bench.";
+
+struct Dir {
+  std::string fs;    // label: tmpfs, disk
+  std::string path;  // private directory for this run's lock files
+};
+
+std::vector<Dir> g_dirs;
+int64_t g_fixed_iters = 0;
+
+void make_dirs() {
+  const char* env = std::getenv("HOLDFAST_LOCK_BENCH_DIRS");
+  std::string spec = env && *env ? env : "tmpfs=/dev/shm,disk=/var/tmp";
+  size_t start = 0;
+  while (start <= spec.size()) {
+    size_t end = spec.find(',', start);
+    if (end == std::string::npos) end = spec.size();
+    std::string item = spec.substr(start, end - start);
+    start = end + 1;
+    if (item.empty()) continue;
+    auto eq = item.find('=');
+    if (eq == std::string::npos) throw std::runtime_error("HOLDFAST_LOCK_BENCH_DIRS: want fs=dir, got " + item);
+    std::string base = item.substr(eq + 1) + "/" + fs_dir_prefix + std::to_string(::getpid());
+    check(::mkdir(base.c_str(), 0700) == 0 || errno == EEXIST, "mkdir " + base);
+    g_dirs.push_back({item.substr(0, eq), base});
+  }
+}
+
+void remove_dirs() {
+  for (const auto& d : g_dirs) {
+    ::nftw(d.path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+           FTW_DEPTH | FTW_PHYS);
+  }
+}
+
+void set_counters(benchmark::State& state) {
+  state.counters["ops_per_s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+// ---- holdfast ----
+
+void bm_handle(benchmark::State& state, std::string path, Backend backend) {
+  auto lf = LockFile::open(path, LockOptions{backend});
+  for (auto _ : state) {
+    auto l = lf.acquire();
+    l.release();
+  }
+  set_counters(state);
+}
+
+void bm_path(benchmark::State& state, std::string path, Backend backend) {
+  for (auto _ : state) {
+    auto l = Lock::acquire(path, LockOptions{backend});
+    l.release();
+  }
+  set_counters(state);
+}
+
+// One real acquisition through a LockFile, so the files exist (fence epoch already durable, as
+// in any steady state) and the record bytes the mirror writes are the ones holdfast writes.
+struct Sample {
+  std::string record;        // final record (with token), as in the lock file
+  size_t first_record = 0;   // dotlocks: bytes of the token-0 record written before the rename
+};
+
+Sample sample_record(const std::string& path, Backend backend) {
+  auto lf = LockFile::open(path, LockOptions{backend});
+  auto l = lf.acquire();
+  Sample s;
+  s.record = l.record().to_json();
+  holdfast::HolderRecord zero = l.record();
+  zero.token = 0;
+  s.first_record = zero.to_json().size();
+  if (backend == Backend::ofd || backend == Backend::flock) {
+    l.release();
+    s.record = read_all(path);  // padded to the file's size, as write_record pads
+  }
+  return s;
+}
+
+// ---- the syscalls each backend makes per acquisition (see strace -f of the handle loop) ----
+
+void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backend) {
+  const Sample s = sample_record(path, backend);
+  const std::string fence_path = path + ".fence";
+  int fd = ::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+  int fence = ::open(fence_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+  check(fd >= 0 && fence >= 0, "open " + path);
+  const bool ofd = backend == Backend::ofd;
+  struct flock wr {};
+  wr.l_type = F_WRLCK;
+  wr.l_whence = SEEK_SET;
+  struct flock un {};
+  un.l_type = F_UNLCK;
+  un.l_whence = SEEK_SET;
+  char fbuf[kFenceRead];
+  for (auto _ : state) {
+    if (ofd) {
+      check(::fcntl(fd, F_OFD_SETLKW, &wr) == 0, "F_OFD_SETLKW");  // kernel_lock
+    } else {
+      check(::flock(fd, LOCK_EX) == 0, "flock");
+    }
+    struct stat now;
+    check(::stat(path.c_str(), &now) == 0, "stat");  // inode re-check
+    benchmark::DoNotOptimize(::getpid());             // self_identity() fork check
+    benchmark::DoNotOptimize(random_u64());           // record nonce
+    check(::pread(fence, fbuf, sizeof fbuf, 0) == static_cast<ssize_t>(sizeof fbuf), "pread fence");
+    increment_counter(fbuf);
+    check(::pwrite(fence, fbuf + kCounterOffset, kCounterSize, kCounterOffset) == kCounterSize, "pwrite fence");
+    check(::pwrite(fd, s.record.data(), s.record.size(), 0) == static_cast<ssize_t>(s.record.size()), "pwrite record");
+    if (ofd) {
+      check(::fcntl(fd, F_OFD_SETLK, &un) == 0, "F_OFD_SETLK unlock");
+    } else {
+      check(::flock(fd, LOCK_UN) == 0, "flock LOCK_UN");
+    }
+  }
+  ::close(fence);
+  ::close(fd);
+  set_counters(state);
+}
+
+void bm_dotlock_syscalls(benchmark::State& state, std::string path, Backend backend) {
+  const Sample s = sample_record(path, backend);
+  const std::string fence_path = path + ".fence";
+  int fence = ::open(fence_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+  check(fence >= 0, "open " + fence_path);
+  const std::string dir = path.substr(0, path.rfind('/'));
+  const std::string base = path.substr(path.rfind('/') + 1);
+  std::string tmp = dir + "/." + base + ".new.0123456789abcdef";
+  std::string aside = dir + "/." + base + ".gone.0123456789abcdef";
+  char* tmp_hex = tmp.data() + tmp.size() - 16;
+  char* aside_hex = aside.data() + aside.size() - 16;
+  const bool link_backend = backend == Backend::link;
+  char fbuf[kFenceRead];
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(::getpid());    // self_identity() fork check
+    benchmark::DoNotOptimize(random_u64());  // record nonce
+    hex16(random_u64(), tmp_hex);             // temp name
+    int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0644);
+    check(fd >= 0, "open temp");
+    check(::pwrite(fd, s.record.data(), s.first_record, 0) == static_cast<ssize_t>(s.first_record), "pwrite temp");
+    struct stat mine, now;
+    check(::fstat(fd, &mine) == 0, "fstat");
+    if (link_backend) {
+      check(::link(tmp.c_str(), path.c_str()) == 0, "link");
+      check(::fstat(fd, &now) == 0 && now.st_nlink >= 2, "fstat link count");
+      check(::unlink(tmp.c_str()) == 0, "unlink temp");
+    } else {
+      check(::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0, "renameat2");
+    }
+    check(::stat(path.c_str(), &now) == 0, "stat");  // post-create check
+    check(::pread(fence, fbuf, sizeof fbuf, 0) == static_cast<ssize_t>(sizeof fbuf), "pread fence");
+    increment_counter(fbuf);
+    check(::pwrite(fence, fbuf + kCounterOffset, kCounterSize, kCounterOffset) == kCounterSize, "pwrite fence");
+    check(::pwrite(fd, s.record.data(), s.record.size(), 0) == static_cast<ssize_t>(s.record.size()), "pwrite record");
+    // release: move aside, check it is ours, unlink
+    hex16(random_u64(), aside_hex);
+    check(::rename(path.c_str(), aside.c_str()) == 0, "rename aside");
+    check(::stat(aside.c_str(), &now) == 0, "stat aside");
+    check(::unlink(aside.c_str()) == 0, "unlink aside");
+    ::close(fd);
+  }
+  ::close(fence);
+  set_counters(state);
+}
+
+// ---- the bare primitives ----
+
+void bm_bare(benchmark::State& state, std::string path, Backend backend) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOCTTY | O_CLOEXEC, 0644);
+  check(fd >= 0, "open " + path);
+  struct flock wr {};
+  wr.l_type = F_WRLCK;
+  wr.l_whence = SEEK_SET;
+  struct flock un {};
+  un.l_type = F_UNLCK;
+  un.l_whence = SEEK_SET;
+  const std::string dotlock = path + ".dot";
+  for (auto _ : state) {
+    switch (backend) {
+      case Backend::ofd:
+        check(::fcntl(fd, F_OFD_SETLKW, &wr) == 0, "F_OFD_SETLKW");
+        check(::fcntl(fd, F_OFD_SETLK, &un) == 0, "F_OFD_SETLK unlock");
+        break;
+      case Backend::flock:
+        check(::flock(fd, LOCK_EX) == 0, "flock");
+        check(::flock(fd, LOCK_UN) == 0, "flock LOCK_UN");
+        break;
+      case Backend::excl: {
+        int d = ::open(dotlock.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        check(d >= 0, "open O_EXCL");
+        ::close(d);
+        check(::unlink(dotlock.c_str()) == 0, "unlink");
+        break;
+      }
+      default:
+        check(::link(path.c_str(), dotlock.c_str()) == 0, "link");
+        check(::unlink(dotlock.c_str()) == 0, "unlink");
+        break;
+    }
+  }
+  ::close(fd);
+  set_counters(state);
+}
+
+void register_all() {
+  const std::pair<const char*, Backend> backends[] = {
+      {"ofd", Backend::ofd}, {"flock", Backend::flock}, {"excl", Backend::excl}, {"link", Backend::link}};
+  for (const auto& d : g_dirs) {
+    for (const auto& [bname, backend] : backends) {
+      const std::string prefix = d.fs + ":" + bname + ":";
+      const std::string path = d.path + "/" + bname + ".lock";
+      const std::string bare_path = d.path + "/" + bname + ".bare";
+      const bool kernel = backend == Backend::ofd || backend == Backend::flock;
+      std::vector<benchmark::internal::Benchmark*> regs = {
+          benchmark::RegisterBenchmark((prefix + "handle").c_str(), bm_handle, path, backend),
+          benchmark::RegisterBenchmark((prefix + "syscalls").c_str(), kernel ? bm_kernel_syscalls : bm_dotlock_syscalls,
+                                       path, backend),
+          benchmark::RegisterBenchmark((prefix + "bare").c_str(), bm_bare, bare_path, backend),
+          benchmark::RegisterBenchmark((prefix + "path").c_str(), bm_path, path, backend),
+      };
+      for (auto* r : regs) {
+        r->UseRealTime()->Unit(benchmark::kNanosecond);
+        if (g_fixed_iters > 0) r->Iterations(g_fixed_iters);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (const char* it = std::getenv("HOLDFAST_LOCK_BENCH_ITERS"); it && *it) g_fixed_iters = std::atoll(it);
+  int rc = 0;
+  try {
+    make_dirs();
+    register_all();
+    benchmark::AddCustomContext("lock_dirs", [] {
+      std::string s;
+      for (const auto& d : g_dirs) s += (s.empty() ? "" : ",") + d.fs + "=" + d.path;
+      return s;
+    }());
+    benchmark::RunSpecifiedBenchmarks();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lock_bench: %s\n", e.what());
+    rc = 1;
+  }
+  benchmark::Shutdown();
+  remove_dirs();
+  return rc;
+}
