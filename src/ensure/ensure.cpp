@@ -1,13 +1,13 @@
 // ensure_running: observe, single-flight spawn, wait for the record to say ready.
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "ensure/internal.hpp"
 #include "holdfast/ensure.hpp"
@@ -27,72 +27,51 @@ StartFailure::StartFailure(std::string name, std::string cause, int exit, int ex
 
 namespace {
 
-// Wakes a waiter when the record is replaced: inotify on the state directory (the record is
-// renamed into place), with polling as the fallback when inotify is unavailable (e.g. the
-// per-user instance limit is reached). The watch is created before the state is re-read, so an
-// update between the read and the wait is never missed.
-class RecordWatch {
- public:
-  explicit RecordWatch(const Paths& paths) : file_(sys::basename_of(paths.record)) {
-    fd_.reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-    if (fd_ && ::inotify_add_watch(fd_.get(), paths.dir.c_str(), IN_MOVED_TO) < 0) {
-      fd_.reset();
-    }
-  }
-
-  // Waits until the record may have changed or `until` passes (capped at a slice so lock-state
-  // changes that touch no file — a killed launcher — are noticed too).
-  void wait(Clock::time_point until) {
-    auto now = Clock::now();
-    auto slice = fd_ ? std::chrono::milliseconds(50) : poll_interval();
-    auto end = std::min(until, now + slice);
-    auto ms = std::chrono::ceil<std::chrono::milliseconds>(end - now).count();
-    if (ms <= 0) return;
-    if (!fd_) {
-      ::usleep(static_cast<useconds_t>(ms * 1000));
-      return;
-    }
-    // Other instances' records share the directory: keep waiting until ours is renamed in.
-    for (;;) {
-      pollfd p{fd_.get(), POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(ms)) <= 0 || drain_saw_record()) return;
-      ms = std::chrono::ceil<std::chrono::milliseconds>(end - Clock::now()).count();
-      if (ms <= 0) return;
-    }
-  }
-
- private:
-  std::chrono::milliseconds poll_interval() {
-    // 1 ms at first, backing off to 20 ms: quick pickup without a hundred clients spinning.
-    auto ms = std::min<int64_t>(20, 1 + polls_++ / 4);
-    return std::chrono::milliseconds(ms);
-  }
-  // Reads every queued event; true if one names our record (or the queue overflowed).
-  bool drain_saw_record() {
-    alignas(inotify_event) char buf[4096];
-    bool saw = false;
-    ssize_t n;
-    while ((n = ::read(fd_.get(), buf, sizeof buf)) > 0) {
-      for (ssize_t off = 0; off < n;) {
-        const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
-        if ((ev->mask & IN_Q_OVERFLOW) != 0 || (ev->len > 0 && file_ == ev->name)) saw = true;
-        off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
-      }
-    }
-    return saw;
-  }
-
-  std::string file_;
-  sys::UniqueFd fd_;
-  int64_t polls_ = 0;
-};
-
 struct Observation {
   bool lock_held = false;
   std::optional<InstanceRecord> record;
   bool verified_ready() const {
     return lock_held && record && record->state == RecordState::ready && verified_alive(*record);
   }
+};
+
+// Wakes a waiter when the start it waits for has ended. The launcher exits right after it writes
+// the final record (ready or failed), so a pidfd on the launcher named in the record is a precise,
+// cheap wake-up for any number of waiters. (inotify was the first design: closing an inotify
+// instance waits for an SRCU grace period — 20 to 200 ms measured here — which every client paid
+// on return.) Before the launcher has recorded itself, and after it is gone, waiters poll with a
+// short, growing interval.
+class StartWatch {
+ public:
+  void wait(const Observation& o, Clock::time_point until) {
+    pid_t launcher = (o.record && o.record->state == RecordState::starting) ? o.record->launcher_pid : 0;
+    if (launcher != watched_) {
+      watched_ = launcher;
+      launcher_exited_ = false;
+      int fd = launcher > 0 ? sys::pidfd_open_nothrow(launcher) : -1;
+      pidfd_.reset(fd >= 0 ? fd : -1);
+    }
+    auto now = Clock::now();
+    if (pidfd_ && !launcher_exited_) {
+      // A recycled launcher pid would only cost a slice: the state is re-read after every wake.
+      auto end = std::min(until, now + std::chrono::milliseconds(50));
+      auto ms = std::chrono::ceil<std::chrono::milliseconds>(end - now).count();
+      if (ms <= 0) return;
+      pollfd p{pidfd_.get(), POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(ms)) > 0) launcher_exited_ = true;
+      return;
+    }
+    // 1 ms at first, backing off to 20 ms.
+    auto interval = std::chrono::milliseconds(std::min<int64_t>(20, 1 + polls_++ / 8));
+    auto end = std::min(until, now + interval);
+    if (end > now) std::this_thread::sleep_for(end - now);
+  }
+
+ private:
+  pid_t watched_ = 0;
+  bool launcher_exited_ = false;
+  sys::UniqueFd pidfd_;
+  int64_t polls_ = 0;
 };
 
 Observation observe(const Paths& paths) {
@@ -198,14 +177,10 @@ Instance ensure_running(const std::string& name, const std::vector<std::string>&
   auto o = observe(paths);
   if (o.verified_ready()) return make_instance(name, *o.record, false, begin);
 
-  std::optional<RecordWatch> watch;
+  StartWatch watch;
   uint64_t my_attempt = 0;
   bool repaired = false;
   for (;;) {
-    if (!watch) {
-      watch.emplace(paths);
-      o = observe(paths);  // re-read after the watch exists
-    }
     if (o.verified_ready()) {
       return make_instance(name, *o.record, o.record->attempt == my_attempt && my_attempt != 0, begin);
     }
@@ -301,7 +276,7 @@ Instance ensure_running(const std::string& name, const std::vector<std::string>&
       }
       throw Error(name, "ensure", what, exit_code::temp_fail);
     }
-    watch->wait(deadline);
+    watch.wait(o, deadline);
     o = observe(paths);
   }
 }
