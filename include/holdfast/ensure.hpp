@@ -17,8 +17,8 @@
 // its readiness (sd_notify datagram, a newline on fd N, a connectable socket, a file), writes the
 // record, then closes its copies of the locks and exits. Killing any client — even the spawning
 // one — neither releases the instance lock nor loses the readiness report. Every client waits for
-// the record (inotify on the state directory, polling as a fallback) until ready, failed, or its
-// own timeout. See docs/ENSURE.md.
+// the record (woken by a pidfd on the launcher, which exits right after writing it; short polling
+// otherwise) until ready, failed, or its own timeout. See docs/ENSURE.md.
 #pragma once
 
 #include <sys/types.h>
