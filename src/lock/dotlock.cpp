@@ -236,11 +236,19 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
   HolderRecord record = make_record(backend, options.mode, options);
   Owned owned;
   int attempt = 0;
+  int stale_handles = 0;
   for (;;) {
-    if (create_exclusive(target, backend, target.path, record, owned) == Create::created) break;
-    Judgment j = judge(target, target.path, options);
-    if (j.kind == Judgment::vanished) continue;
-    if (j.kind == Judgment::stale && reclaim(target, backend, target.path, j, record, options, 0, owned)) break;
+    try {
+      if (create_exclusive(target, backend, target.path, record, owned) == Create::created) break;
+      Judgment j = judge(target, target.path, options);
+      if (j.kind == Judgment::vanished) continue;
+      if (j.kind == Judgment::stale && reclaim(target, backend, target.path, j, record, options, 0, owned)) break;
+    } catch (const Error& e) {
+      // Network and FUSE filesystems answer ESTALE when a file we just looked up was replaced
+      // under us: the race moved on, so look again (a few times, then report it).
+      if (e.error_number() != ESTALE || ++stale_handles > 8) throw;
+      continue;
+    }
     if (!poll_sleep(wait, attempt)) return nullptr;
   }
   auto state = std::make_unique<Lock::State>();

@@ -4,13 +4,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <map>
-#include <mutex>
 
 #include "holdfast/error.hpp"
+#include "holdfast/probe.hpp"
 #include "lock/internal.hpp"
 #include "sys/file.hpp"
-#include "sys/kernel_lock.hpp"
 
 namespace holdfast {
 namespace {
@@ -19,44 +17,16 @@ using lock_internal::WaitSpec;
 
 bool is_kernel(Backend b) { return b == Backend::ofd || b == Backend::flock; }
 
-// Does a kernel lock of `kind` exclude a second open file description of the same file? Two
-// descriptions in one process conflict for OFD and flock locks exactly as they would across
-// processes, so this detects filesystems that accept locks without enforcing them.
-// Returns 1 enforced, 0 accepted but not enforced, -errno if unsupported.
-int kernel_lock_enforced(const std::string& file, sys::KernelLockKind kind) {
-  sys::UniqueFd a(sys::open_nothrow(AT_FDCWD, file, O_RDWR | O_NOFOLLOW));
-  sys::UniqueFd b(sys::open_nothrow(AT_FDCWD, file, O_RDWR | O_NOFOLLOW));
-  if (!a || !b) return -EIO;
-  if (int rc = sys::kernel_lock(a.get(), kind, true, false); rc < 0) return rc;
-  int rc = sys::kernel_lock(b.get(), kind, true, false);
-  if (rc == 0) return 0;
-  return rc == -EWOULDBLOCK ? 1 : rc;
-}
-
-BackendChoice examine_directory(const std::string& directory) {
-  const std::string file = directory + "/.holdfast-select." + std::to_string(::getpid()) + "." +
-                           std::to_string(sys::random_u64() & 0xffffff);
+// Can this directory's filesystem make hard links? (link dotlocks need them.)
+bool hard_links_work(const std::string& directory) {
+  const std::string file = directory + "/.holdfast-linkcheck." + std::to_string(sys::random_u64());
   sys::UniqueFd fd(sys::open_nothrow(AT_FDCWD, file, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600));
-  if (!fd) return {Backend::ofd, "could not test " + directory + " (not writable?); assuming OFD locks work"};
-  fd.reset();
-  BackendChoice choice{Backend::ofd, "OFD locks are enforced on this filesystem"};
-  int ofd = kernel_lock_enforced(file, sys::KernelLockKind::ofd);
-  if (ofd != 1) {
-    std::string why = ofd == 0 ? "OFD locks are accepted but NOT enforced on this filesystem"
-                               : "OFD locks are not supported on this filesystem";
-    int fl = kernel_lock_enforced(file, sys::KernelLockKind::flock);
-    if (fl == 1) {
-      choice = {Backend::flock, why + "; flock(2) is enforced, using flock"};
-    } else {
-      const std::string other = file + ".link";
-      bool can_link = ::link(file.c_str(), other.c_str()) == 0;
-      ::unlink(other.c_str());
-      choice = can_link ? BackendChoice{Backend::link, why + ", and flock(2) too; falling back to link dotlocks"}
-                        : BackendChoice{Backend::excl, why + ", and flock(2) too; no hard links: falling back to excl dotlocks"};
-    }
-  }
+  if (!fd) return true;  // cannot test here; link will report its own error if it fails
+  const std::string other = file + ".2";
+  bool ok = ::link(file.c_str(), other.c_str()) == 0;
+  ::unlink(other.c_str());
   ::unlink(file.c_str());
-  return choice;
+  return ok;
 }
 
 Backend resolve_backend(const lock_internal::Target& target, Backend requested) {
@@ -79,20 +49,15 @@ std::unique_ptr<Lock::State> acquire_with(const std::string& path, const LockOpt
 }  // namespace
 
 BackendChoice select_backend(const std::string& directory) {
-  // One examination per filesystem per process: the answer depends on the filesystem, not the
-  // directory, and costs a few syscalls plus a temp file.
-  static std::mutex mu;
-  static std::map<dev_t, BackendChoice> cache;
-  struct stat st {};
-  if (sys::stat_nothrow(directory, st) != 0) return {Backend::ofd, "cannot stat " + directory};
-  {
-    std::lock_guard lk(mu);
-    if (auto it = cache.find(st.st_dev); it != cache.end()) return it->second;
-  }
-  BackendChoice choice = examine_directory(directory);
-  std::lock_guard lk(mu);
-  cache.emplace(st.st_dev, choice);
-  return choice;
+  // kernel_lock_verdict caches per filesystem and forgets on any mount or unmount (device
+  // numbers of FUSE and network mounts are reused).
+  KernelLockVerdict v = kernel_lock_verdict(directory);
+  if (!v.tested) return {Backend::ofd, v.reason + "; assuming OFD locks work"};
+  if (v.ofd_excludes) return {Backend::ofd, "OFD locks are enforced on this " + v.filesystem + " filesystem"};
+  const std::string why = "OFD locks are accepted but NOT enforced on this " + v.filesystem + " filesystem";
+  if (v.flock_excludes) return {Backend::flock, why + "; flock(2) is enforced: using flock"};
+  if (hard_links_work(directory)) return {Backend::link, why + ", nor flock(2): falling back to link dotlocks"};
+  return {Backend::excl, why + ", nor flock(2), and it has no hard links: falling back to excl dotlocks"};
 }
 
 Lock::Lock(std::unique_ptr<State> state) noexcept : state_(std::move(state)) {}

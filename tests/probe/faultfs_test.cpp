@@ -148,13 +148,24 @@ int race(const std::string& dir, const std::string& op, int racers) {
   return n;
 }
 
+// The most winners seen in up to `attempts` races (fresh directories): on a loaded machine the
+// racers may wake too far apart for one race to overlap inside the fault's window.
+int most_winners(FaultFs& fs, const std::string& op, int racers, int attempts) {
+  int most = 0;
+  for (int a = 0; a < attempts && most <= 1; ++a) {
+    std::string name = op + "." + std::to_string(a);
+    // Made in the backing dir: a fresh mkdir through the mount would be hidden a while.
+    if (::mkdir((fs.backing_path() + "/" + name).c_str(), 0755) != 0) return -1;
+    most = std::max(most, race(fs / name, op, racers));
+  }
+  return most;
+}
+
 TEST(FaultFs, NonatomicCreateLetsRacersAllWin) {
   SKIP_WITHOUT_FUSE();
   FaultFs fs("nonatomic_create");
   for (std::string op : {"mkdir", "excl", "rename"}) {
-    std::string dir = fs / op;  // made in the backing dir: a fresh mkdir would be hidden a while
-    ASSERT_EQ(::mkdir((fs.backing_path() + "/" + op).c_str(), 0755), 0);
-    EXPECT_GT(race(dir, op, 8), 1) << op << ": expected several winners";
+    EXPECT_GT(most_winners(fs, op, 8, 5), 1) << op << ": expected several winners";
   }
   std::string dir = fs / "link";
   ASSERT_EQ(::mkdir((fs.backing_path() + "/link").c_str(), 0755), 0);
@@ -177,7 +188,7 @@ TEST(FaultFs, NonatomicCreateSwitchedAtRunTime) {
   std::string dir = fs / "d";
   ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
   fs.control("nonatomic_create=3000");
-  EXPECT_GT(race(dir, "mkdir", 6), 1);
+  EXPECT_GT(std::max(race(dir, "mkdir", 6), most_winners(fs, "mkdir", 6, 4)), 1);
   std::string dir2 = fs / "d2";
   ASSERT_EQ(::mkdir((fs.backing_path() + "/d2").c_str(), 0755), 0);
   fs.control("nonatomic_create=off");
