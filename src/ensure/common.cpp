@@ -89,8 +89,16 @@ std::string default_state_dir() {
 
 std::string resolve_state_dir(const std::string& dir) {
   if (dir.empty()) return default_state_dir();
-  make_dir(dir, true);
-  return dir;
+  // Absolute: the record, log and NOTIFY_SOCKET paths must survive a daemon's chdir.
+  std::string abs = dir;
+  if (abs.front() != '/') {
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) throw Error(errno, dir, "cannot resolve state directory");
+    abs = std::string(cwd) + "/" + dir;
+  }
+  while (abs.size() > 1 && abs.back() == '/') abs.pop_back();
+  make_dir(abs, true);
+  return abs;
 }
 
 // ---------------------------------------------------------------------------------------------

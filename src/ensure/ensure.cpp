@@ -210,7 +210,11 @@ Instance ensure_running(const std::string& name, const std::vector<std::string>&
                         exec_err == ENOENT ? "command not found" : "permission denied (not executable)",
                         exec_err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
           }
-          const std::string log_path = options.log_path.empty() ? paths.log : options.log_path;
+          std::string log_path = options.log_path.empty() ? paths.log : options.log_path;
+          if (log_path.front() != '/') {
+            char cwd[4096];
+            if (::getcwd(cwd, sizeof cwd) != nullptr) log_path = std::string(cwd) + "/" + log_path;
+          }
           auto log = sys::open_or_throw(AT_FDCWD, log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY,
                                         0644, "cannot open log");
           auto null = sys::open_or_throw(AT_FDCWD, "/dev/null", O_RDONLY, 0, "cannot open");

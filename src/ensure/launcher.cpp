@@ -32,8 +32,8 @@ namespace {
 
 constexpr int kProbeIntervalMs = 5;
 constexpr const char* kDroppedLock =
-    "its first process exited with status 0 before ready and no process holds the instance lock "
-    "(a command that daemonizes itself must keep fd $HOLDFAST_INSTANCE_FD open, or run in the foreground)";
+    "exited with status 0 before ready, and no process holds the instance lock (if the command "
+    "daemonizes itself, the daemon must keep fd $HOLDFAST_INSTANCE_FD open; or run it in the foreground)";
 
 bool connect_unix(const std::string& path) {
   sockaddr_un addr{};
