@@ -20,10 +20,6 @@ namespace {
 
 using testing::FaultFs;
 
-#define SKIP_WITHOUT_FUSE()                                                  \
-  do {                                                                       \
-    if (auto why = FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why; \
-  } while (0)
 
 int open_rw(const std::string& path) { return ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644); }
 
@@ -70,7 +66,7 @@ int lock_here(int fd, const std::string& kind) {
 class FaultFsLocks : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FaultFsLocks, EnforcedWithoutNolocks) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("");
   std::string path = fs / "lockfile";
   int fd = open_rw(path);
@@ -82,7 +78,7 @@ TEST_P(FaultFsLocks, EnforcedWithoutNolocks) {
 }
 
 TEST_P(FaultFsLocks, NolocksGrantsBoth) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nolocks");
   std::string path = fs / "lockfile";
   int fd = open_rw(path);
@@ -95,14 +91,14 @@ TEST_P(FaultFsLocks, NolocksGrantsBoth) {
 INSTANTIATE_TEST_SUITE_P(Kinds, FaultFsLocks, ::testing::Values("flock", "ofd", "posix"));
 
 TEST(FaultFs, NolocksCannotChangeAtRunTime) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nolocks");
   EXPECT_THROW(fs.control("nolocks=off"), std::runtime_error);
   EXPECT_NE(fs.control_state().find("nolocks=on"), std::string::npos) << fs.control_state();
 }
 
 TEST(FaultFs, ControlRejectsUnknownOption) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("");
   EXPECT_THROW(fs.control("bogus=1"), std::runtime_error);
   EXPECT_THROW(fs.control("fail_write=2:EWHAT"), std::runtime_error);
@@ -162,7 +158,7 @@ int most_winners(FaultFs& fs, const std::string& op, int racers, int attempts) {
 }
 
 TEST(FaultFs, NonatomicCreateLetsRacersAllWin) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nonatomic_create");
   for (std::string op : {"mkdir", "excl", "rename"}) {
     EXPECT_GT(most_winners(fs, op, 8, 5), 1) << op << ": expected several winners";
@@ -173,7 +169,7 @@ TEST(FaultFs, NonatomicCreateLetsRacersAllWin) {
 }
 
 TEST(FaultFs, AtomicCreateWithoutTheFault) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("");
   for (std::string op : {"mkdir", "excl", "rename", "link"}) {
     std::string dir = fs / op;  // made in the backing dir: a fresh mkdir would be hidden a while
@@ -183,7 +179,7 @@ TEST(FaultFs, AtomicCreateWithoutTheFault) {
 }
 
 TEST(FaultFs, NonatomicCreateSwitchedAtRunTime) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("");
   std::string dir = fs / "d";
   ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
@@ -196,7 +192,7 @@ TEST(FaultFs, NonatomicCreateSwitchedAtRunTime) {
 }
 
 TEST(FaultFs, DelayDataShowsSizeBeforeBytes) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("delay_data=400");
   std::string path = fs / "data";
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -217,7 +213,7 @@ TEST(FaultFs, DelayDataShowsSizeBeforeBytes) {
 }
 
 TEST(FaultFs, DelayDataOverwriteShowsOldBytes) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("");
   std::string path = fs / "data";
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -231,7 +227,7 @@ TEST(FaultFs, DelayDataOverwriteShowsOldBytes) {
 }
 
 TEST(FaultFs, FsyncLandsDelayedDataUnlessItLies) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("delay_data=5000");
   std::string path = fs / "synced";
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -250,7 +246,7 @@ TEST(FaultFs, FsyncLandsDelayedDataUnlessItLies) {
 }
 
 TEST(FaultFs, FailWriteNthCall) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("fail_write=2:EIO");
   std::string path = fs / "f";
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -275,7 +271,7 @@ TEST(FaultFs, FailWriteNthCall) {
 }
 
 TEST(FaultFs, PassthroughBasics) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("");
   std::string path = fs / "a";
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);

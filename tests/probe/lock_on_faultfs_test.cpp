@@ -21,10 +21,6 @@ namespace {
 
 using testing::FaultFs;
 
-#define SKIP_WITHOUT_FUSE()                                                             \
-  do {                                                                                  \
-    if (auto why = FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why;   \
-  } while (0)
 
 struct Counters {
   std::atomic<int> inside;
@@ -89,7 +85,7 @@ Tally contend(const std::string& path, Backend backend, int procs, int per_proc)
 }
 
 TEST(LockOnFaultFs, AutomaticNeverDoubleGrantsWithNolocks) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nolocks");
   auto c = contend(fs / "auto.lock", Backend::automatic, 4, 50);
   EXPECT_EQ(c.overlaps, 0) << "automatic double-granted on a filesystem that ignores locks";
@@ -101,7 +97,7 @@ TEST(LockOnFaultFs, AutomaticNeverDoubleGrantsWithNolocks) {
 }
 
 TEST(LockOnFaultFs, LinkDotlockStaysExclusiveWithNonatomicCreate) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nonatomic_create");
   const char* soak = std::getenv("HOLDFAST_SOAK");
   int per = soak != nullptr && std::string(soak) == "1" ? 2500 : 250;
@@ -119,7 +115,7 @@ TEST(LockOnFaultFs, LinkDotlockStaysExclusiveWithNonatomicCreate) {
 // be exclusive there: nothing built on a non-atomic create can. What holdfast owes is to say so:
 // probe must flag both primitives UNSAFE on that filesystem (docs/PROBE.md).
 TEST(LockOnFaultFs, ExclDotlockOnNonatomicCreateIsFlaggedByProbe) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nonatomic_create");
   auto c = contend(fs / "excl.lock", Backend::excl, 4, 100);
   RecordProperty("excl_overlaps", c.overlaps);

@@ -108,13 +108,9 @@ TEST(Probe, LeavesNoScratchBehind) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
-#define SKIP_WITHOUT_FUSE()                                                             \
-  do {                                                                                  \
-    if (auto why = FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why;   \
-  } while (0)
 
 TEST(ProbeFaultFs, FindsDoubleGrantsWithNonatomicCreate) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nonatomic_create");
   auto r = run_probe(fs.mount_path(), 20, 8,
                      {Primitive::mkdir, Primitive::excl, Primitive::link, Primitive::rename, Primitive::ofd});
@@ -133,7 +129,7 @@ TEST(ProbeFaultFs, FindsDoubleGrantsWithNonatomicCreate) {
 }
 
 TEST(ProbeFaultFs, ReportsKernelLocksUnsafeWithNolocks) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nolocks");
   auto r = run_probe(fs.mount_path(), 30, 8, {Primitive::link, Primitive::flock, Primitive::ofd, Primitive::posix});
   for (Primitive p : {Primitive::flock, Primitive::ofd, Primitive::posix}) {
@@ -170,7 +166,7 @@ TEST(KernelLockVerdict, UntestableDirectoryIsNotTested) {
 }
 
 TEST(KernelLockVerdict, NolocksIsCaughtAndNotCachedAcrossMounts) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   for (int i = 0; i < 2; ++i) {
     {
       FaultFs fs("nolocks");
@@ -224,7 +220,7 @@ TEST(ProbeCli, UsageErrors) {
 }
 
 TEST(ProbeCli, NolocksFaultFsExitStatusFollowsAutomatic) {
-  SKIP_WITHOUT_FUSE();
+  HOLDFAST_SKIP_WITHOUT_FUSE();
   FaultFs fs("nolocks");
   auto r = testing::run({HOLDFAST_CLI_PATH, "probe", fs.mount_path(), "--rounds", "10", "--workers", "4", "--json"});
   auto j = nlohmann::json::parse(r.out, nullptr, false);

@@ -79,3 +79,9 @@ namespace {
 #endif
 
 }  // namespace holdfast::testing
+
+// Skips the current GoogleTest test, saying why, where faultfs cannot be mounted.
+#define HOLDFAST_SKIP_WITHOUT_FUSE()                                                               \
+  do {                                                                                             \
+    if (auto why = ::holdfast::testing::FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why; \
+  } while (0)
