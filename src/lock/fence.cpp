@@ -44,27 +44,71 @@ struct State {
   uint64_t counter = 0;
 };
 
-State parse(const std::string& bytes) {
+// Parses exactly `digits` lowercase hex digits at s[pos]; false if any is not one.
+bool parse_hex(std::string_view s, size_t pos, size_t digits, uint64_t& out) {
+  if (pos + digits > s.size()) return false;
+  uint64_t v = 0;
+  for (size_t i = pos; i < pos + digits; ++i) {
+    const char c = s[i];
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return false;
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  out = v;
+  return true;
+}
+
+// Parsed by position (the layout is fixed): this runs on every grant, and sscanf was most of
+// its cost.
+State parse(std::string_view bytes) {
   State s;
-  if (bytes.size() >= kEpochSize) {
-    char boot[64] = {};
+  // "E <epoch:16> <boot id> <host:16>"
+  if (bytes.size() >= kEpochSize && bytes.substr(0, 2) == "E " && bytes[18] == ' ') {
+    auto boot_end = bytes.find(' ', 19);
     uint64_t epoch = 0, host = 0;
-    if (std::sscanf(bytes.c_str(), "E %16" SCNx64 " %63s %16" SCNx64, &epoch, boot, &host) == 3 && epoch > 0) {
+    if (boot_end != std::string_view::npos && boot_end < kEpochSize && parse_hex(bytes, 2, 16, epoch) &&
+        parse_hex(bytes, boot_end + 1, 16, host) && epoch > 0) {
       s.epoch_valid = true;
       s.epoch = epoch;
-      s.boot_id = boot;
+      s.boot_id = std::string(bytes.substr(19, boot_end - 19));
       s.host = host;
     }
   }
+  // "C <epoch:16> <counter:8>"
   if (bytes.size() >= kCounterOffset + kCounterSize) {
+    auto c = bytes.substr(kCounterOffset, kCounterSize);
     uint64_t epoch = 0, counter = 0;
-    if (std::sscanf(bytes.c_str() + kCounterOffset, "C %16" SCNx64 " %8" SCNx64, &epoch, &counter) == 2) {
+    if (c.substr(0, 2) == "C " && c[18] == ' ' && parse_hex(c, 2, 16, epoch) && parse_hex(c, 19, 8, counter)) {
       s.counter_valid = true;
       s.counter_epoch = epoch;
       s.counter = counter;
     }
   }
   return s;
+}
+
+// Writes `value` as exactly `digits` lowercase hex digits at `out`.
+void format_hex(char* out, uint64_t value, int digits) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (int i = digits - 1; i >= 0; --i) {
+    out[i] = kHex[value & 0xf];
+    value >>= 4;
+  }
+}
+
+// Reads the whole (128-byte) file into `buf`; returns the byte count or -errno.
+ssize_t read_state(int fd, char (&buf)[kEpochSize + kCounterSize]) {
+  size_t got = 0;
+  while (got < sizeof buf) {
+    ssize_t n = ::pread(fd, buf + got, sizeof buf - got, static_cast<off_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(got);
 }
 
 uint64_t unix_seconds() {
@@ -86,10 +130,12 @@ FenceFile FenceFile::open(const std::string& lock_path, int extra_open_flags) {
 }
 
 uint64_t FenceFile::next() {
-  auto bytes = sys::pread_all(fd_.get(), kEpochSize + kCounterSize);
-  if (!bytes) throw Error(errno, path_, "cannot read fencing-token file");
-  State s = parse(*bytes);
-  if (!bytes->empty() && !s.epoch_valid) {
+  char buf[kEpochSize + kCounterSize];
+  const ssize_t n = read_state(fd_.get(), buf);
+  if (n < 0) throw Error(static_cast<int>(-n), path_, "cannot read fencing-token file");
+  const std::string_view bytes(buf, static_cast<size_t>(n));
+  State s = parse(bytes);
+  if (!bytes.empty() && !s.epoch_valid) {
     // The durable region was written with fdatasync; if it is unreadable we cannot know which
     // tokens were issued, and guessing could hand out a smaller one. Fail closed.
     throw Error(path_, "fencing-token file is corrupt",
@@ -112,7 +158,7 @@ uint64_t FenceFile::next() {
       throw Error(-rc, path_, "cannot write fencing epoch");
     }
     if (::fdatasync(fd_.get()) != 0) throw Error(errno, path_, "cannot sync fencing epoch");
-    if (created_ || bytes->empty()) {
+    if (created_ || bytes.empty()) {
       // The file's directory entry must survive a crash too, or the epoch would restart.
       sys::UniqueFd dir(sys::open_nothrow(AT_FDCWD, sys::dirname_of(path_), O_RDONLY | O_DIRECTORY));
       if (dir && sys::fsync_nothrow(dir.get()) < 0) throw Error(errno, sys::dirname_of(path_), "cannot sync directory");
@@ -120,18 +166,23 @@ uint64_t FenceFile::next() {
     }
     counter = 1;
   }
-  char line[kCounterSize + 1];
-  std::snprintf(line, sizeof line, "C %016" PRIx64 " %08" PRIx64, epoch, counter);
-  if (int rc = sys::pwrite_all(fd_.get(), padded(line, kCounterSize), kCounterOffset); rc < 0) {
+  char line[kCounterSize];
+  std::memset(line, ' ', sizeof line);
+  line[0] = 'C';
+  format_hex(line + 2, epoch, 16);
+  format_hex(line + 19, counter, 8);
+  line[kCounterSize - 1] = '\n';
+  if (int rc = sys::pwrite_all(fd_.get(), std::string_view(line, sizeof line), kCounterOffset); rc < 0) {
     throw Error(-rc, path_, "cannot write fencing counter");
   }
   return (epoch << 32) | counter;
 }
 
 uint64_t FenceFile::current() const {
-  auto bytes = sys::pread_all(fd_.get(), kEpochSize + kCounterSize);
-  if (!bytes) return 0;
-  State s = parse(*bytes);
+  char buf[kEpochSize + kCounterSize];
+  const ssize_t n = read_state(fd_.get(), buf);
+  if (n < 0) return 0;
+  State s = parse(std::string_view(buf, static_cast<size_t>(n)));
   if (!s.epoch_valid || !s.counter_valid || s.counter_epoch != s.epoch) return 0;
   return (s.epoch << 32) | s.counter;
 }

@@ -1,0 +1,76 @@
+// The holder record's hand-written JSON must parse back (with nlohmann) to the same record.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "holdfast/lock.hpp"
+
+namespace holdfast {
+namespace {
+
+HolderRecord sample() {
+  HolderRecord r;
+  r.processes = {{4242, 96412, "f63de502-9bd1-4522-9452-b57274632256", "build-7"},
+                 {4243, 18446744073709551615ULL, "boot", "host \"quoted\" \\ back"}};
+  r.token = 7710624558805417987ULL;
+  r.nonce = 18446744073709551615ULL;
+  r.backend = Backend::link;
+  r.mode = LockMode::exclusive;
+  r.acquired_unix_ns = 1795269680448845894;
+  r.command = {"sh", "-c", "printf 'a\tb\n' \"$x\"", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92", std::string("nul\0x", 5),
+               "\x01\x1f\x7f"};
+  r.lease_ms = 1500;
+  return r;
+}
+
+TEST(HolderRecord, RoundTripsThroughAJsonParser) {
+  HolderRecord r = sample();
+  std::string text = r.to_json();
+  ASSERT_EQ(text.back(), '\n');
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1) << "a record is one line";
+  ASSERT_TRUE(nlohmann::json::accept(text)) << text;
+  auto back = HolderRecord::parse(text);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->processes, r.processes);
+  EXPECT_EQ(back->token, r.token);
+  EXPECT_EQ(back->nonce, r.nonce);
+  EXPECT_EQ(back->backend, r.backend);
+  EXPECT_EQ(back->mode, r.mode);
+  EXPECT_EQ(back->acquired_unix_ns, r.acquired_unix_ns);
+  EXPECT_EQ(back->command, r.command);
+  EXPECT_EQ(back->lease_ms, r.lease_ms);
+}
+
+TEST(HolderRecord, BytesThatAreNotUtf8BecomeReplacementCharacters) {
+  HolderRecord r = sample();
+  r.command = {"latin1 \xe9t\xe9", "truncated \xe2\x82", "lone \x80 continuation"};
+  std::string text = r.to_json();
+  ASSERT_TRUE(nlohmann::json::accept(text)) << "a record must always be valid JSON";
+  auto back = HolderRecord::parse(text);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->command[0], "latin1 \xef\xbf\xbdt\xef\xbf\xbd");
+  EXPECT_EQ(back->command[1], "truncated \xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_EQ(back->command[2], "lone \xef\xbf\xbd continuation");
+}
+
+TEST(HolderRecord, PaddedRecordStillParses) {
+  std::string text = sample().to_json();
+  text.pop_back();
+  text += std::string(100, ' ') + "\n";
+  EXPECT_TRUE(HolderRecord::parse(text));
+}
+
+TEST(HolderRecord, TruncatedOrForeignRecordsDoNotParse) {
+  std::string text = sample().to_json();
+  for (size_t cut : {size_t{0}, size_t{1}, text.size() / 2, text.size() - 3}) {
+    EXPECT_FALSE(HolderRecord::parse(text.substr(0, cut))) << cut;
+  }
+  EXPECT_FALSE(HolderRecord::parse(R"({"holdfast":2,"processes":[]})"));
+  EXPECT_FALSE(HolderRecord::parse(R"({"holdfast":1,"processes":[],"token":1,"nonce":1,"backend":"ofd",)"
+                                   R"("mode":"exclusive","acquired_unix_ns":1,"command":[]})"))
+      << "a record names at least one process";
+  EXPECT_FALSE(HolderRecord::parse("12345\n")) << "a pid alone (a classic pidfile) is not a record";
+}
+
+}  // namespace
+}  // namespace holdfast
