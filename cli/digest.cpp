@@ -74,28 +74,28 @@ int run_check(const DigestArgs& args, std::optional<DigestAlg> forced) {
     try {
       auto got = digest_file(c->path, c->digest.alg);
       if (got.digest == c->digest) {
-        std::printf("%s: OK\n", c->path.c_str());
+        (void)std::printf("%s: OK\n", c->path.c_str());
         ++ok;
       } else {
-        std::printf("%s: FAILED\n", c->path.c_str());
+        (void)std::printf("%s: FAILED\n", c->path.c_str());
         ++failed;
       }
     } catch (const Error& e) {
-      std::fprintf(stderr, "holdfast digest: %s\n", e.what());
-      std::printf("%s: FAILED open or read\n", c->path.c_str());
+      (void)std::fprintf(stderr, "holdfast digest: %s\n", e.what());
+      (void)std::printf("%s: FAILED open or read\n", c->path.c_str());
       ++failed;
     }
   }
-  std::fflush(stdout);
+  (void)std::fflush(stdout);
   if (malformed > 0) {
-    std::fprintf(stderr, "holdfast digest: %s: WARNING: %d line%s improperly formatted\n", args.check.c_str(),
+    (void)std::fprintf(stderr, "holdfast digest: %s: WARNING: %d line%s improperly formatted\n", args.check.c_str(),
                  malformed, malformed == 1 ? " is" : "s are");
   }
   if (ok + failed == 0) {
     throw Error(args.check, "check", "no properly formatted digest lines found", exit_code::data);
   }
   if (failed > 0) {
-    std::fprintf(stderr, "holdfast digest: WARNING: %d of %d computed digest%s did NOT match\n", failed, ok + failed,
+    (void)std::fprintf(stderr, "holdfast digest: WARNING: %d of %d computed digest%s did NOT match\n", failed, ok + failed,
                  ok + failed == 1 ? "" : "s");
     return exit_code::conflict;
   }
@@ -127,10 +127,10 @@ Run add_digest(CLI::App& root) {
     for (const auto& p : args->paths) {
       try {
         auto d = digest_file(p, *alg);
-        std::printf("%s  %s\n", args->tag ? d.digest.to_string().c_str() : d.digest.hex.c_str(), p.c_str());
+        (void)std::printf("%s  %s\n", args->tag ? d.digest.to_string().c_str() : d.digest.hex.c_str(), p.c_str());
       } catch (const Error& e) {
-        std::fflush(stdout);
-        std::fprintf(stderr, "holdfast digest: %s\n", e.what());
+        (void)std::fflush(stdout);
+        (void)std::fprintf(stderr, "holdfast digest: %s\n", e.what());
         if (rc == exit_code::ok) rc = e.exit_code();
       }
     }

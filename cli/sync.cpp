@@ -36,7 +36,7 @@ Run add_sync(CLI::App& root) {
           sync_path(p);
         }
       } catch (const Error& e) {
-        std::fprintf(stderr, "holdfast sync: %s\n", e.what());
+        (void)std::fprintf(stderr, "holdfast sync: %s\n", e.what());
         if (rc == exit_code::ok) rc = e.exit_code();
       }
     }

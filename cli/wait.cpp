@@ -103,12 +103,12 @@ Run add_wait(CLI::App& root) {
     if (tty) {
       opts.on_check = [&label](const Observation& o, std::chrono::milliseconds elapsed) {
         if (o.matched) return;
-        std::fprintf(stderr, "\r\033[Kwaiting for %s: %s, %s", label.c_str(), seconds(elapsed).c_str(), o.differs.c_str());
-        std::fflush(stderr);
+        (void)std::fprintf(stderr, "\r\033[Kwaiting for %s: %s, %s", label.c_str(), seconds(elapsed).c_str(), o.differs.c_str());
+        (void)std::fflush(stderr);
       };
     }
     auto clear_progress = [tty] {
-      if (tty) std::fprintf(stderr, "\r\033[K");
+      if (tty) (void)std::fprintf(stderr, "\r\033[K");
     };
     bool proceed = args->on_timeout == "proceed";
 
@@ -128,9 +128,9 @@ Run add_wait(CLI::App& root) {
           oj["expected_digest"] = e.digest.to_string();
           j["remaining"].push_back(oj);
         }
-        std::printf("%s\n", j.dump().c_str());
+        (void)std::printf("%s\n", j.dump().c_str());
       } else if (tty) {
-        std::fprintf(stderr, "%zu pending write%s confirmed in %s\n", r.cleared.size(), r.cleared.size() == 1 ? "" : "s",
+        (void)std::fprintf(stderr, "%zu pending write%s confirmed in %s\n", r.cleared.size(), r.cleared.size() == 1 ? "" : "s",
                      seconds(r.elapsed).c_str());
       }
       if (r.all_matched) return exit_code::ok;
@@ -138,7 +138,7 @@ Run add_wait(CLI::App& root) {
                                      r.remaining.size() + r.cleared.size(), seconds(r.elapsed));
       for (const auto& [e, o] : r.remaining) what += fmt::format("; {}: {}", e.path, o.differs);
       if (proceed) {
-        std::fprintf(stderr, "holdfast wait: warning: %s: timed out: %s; proceeding\n", journal.c_str(), what.c_str());
+        (void)std::fprintf(stderr, "holdfast wait: warning: %s: timed out: %s; proceeding\n", journal.c_str(), what.c_str());
         return exit_code::ok;
       }
       throw Error(journal, "timed out", what, exit_code::conflict);
@@ -172,14 +172,14 @@ Run add_wait(CLI::App& root) {
       j["inotify"] = r.used_inotify;
       j["expected_size"] = expected.size;
       j["expected_digest"] = expected.digests.front().to_string();
-      std::printf("%s\n", j.dump().c_str());
+      (void)std::printf("%s\n", j.dump().c_str());
     } else if (tty && r.matched) {
-      std::fprintf(stderr, "%s: matched after %s\n", args->path.c_str(), seconds(r.elapsed).c_str());
+      (void)std::fprintf(stderr, "%s: matched after %s\n", args->path.c_str(), seconds(r.elapsed).c_str());
     }
     if (r.matched) return exit_code::ok;
     std::string what = fmt::format("timed out after {}: {}", seconds(r.elapsed), r.last.differs);
     if (proceed) {
-      std::fprintf(stderr, "holdfast wait: warning: %s: %s; proceeding\n", args->path.c_str(), what.c_str());
+      (void)std::fprintf(stderr, "holdfast wait: warning: %s: %s; proceeding\n", args->path.c_str(), what.c_str());
       return exit_code::ok;
     }
     throw Error(args->path, "wait", what, exit_code::conflict);

@@ -9,7 +9,7 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstdio>
+#include <fmt/format.h>
 
 #include "holdfast/error.hpp"
 #include "holdfast/wait.hpp"
@@ -19,11 +19,7 @@ namespace holdfast {
 
 namespace {
 
-std::string hex16(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
+std::string hex16(uint64_t v) { return fmt::format("{:016x}", v); }
 
 // ".BASE.holdfast-tmp.HEX16", with BASE shortened so the name stays under NAME_MAX.
 std::string temp_name(const std::string& base) {

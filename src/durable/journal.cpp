@@ -21,7 +21,8 @@ namespace holdfast {
 namespace {
 
 std::string env(const char* name) {
-  const char* v = std::getenv(name);
+  // holdfast never modifies its environment, so reading it cannot race.
+  const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe)
   return v != nullptr ? v : "";
 }
 

@@ -10,6 +10,9 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <string_view>
+
+extern "C" char** environ;  // unistd.h declares it only under _GNU_SOURCE
 
 namespace holdfast::durable {
 
@@ -69,6 +72,16 @@ ViaOutput run_via(const std::string& command, const std::string& path, const std
     ::close(out[1]);
     return result;
   }
+  // Everything the child needs is built before fork: after fork only async-signal-safe calls.
+  std::string path_var = "HOLDFAST_PATH=" + path;
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).starts_with("HOLDFAST_PATH=")) continue;
+    envp.push_back(*e);
+  }
+  envp.push_back(path_var.data());
+  envp.push_back(nullptr);
+  const char* argv[] = {"sh", "-c", command.c_str(), "sh", path.c_str(), nullptr};
   pid_t pid = ::fork();
   if (pid < 0) {
     for (int fd : {out[0], out[1], err[0], err[1]}) ::close(fd);
@@ -76,13 +89,14 @@ ViaOutput run_via(const std::string& command, const std::string& path, const std
   }
   if (pid == 0) {
     ::setpgid(0, 0);  // own group, so a timeout kills ssh and friends too
-    ::signal(SIGPIPE, SIG_DFL);
-    int devnull = ::open("/dev/null", O_RDONLY);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    (void)::sigaction(SIGPIPE, &dfl, nullptr);
+    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) ::dup2(devnull, 0);
     ::dup2(out[1], 1);
     ::dup2(err[1], 2);
-    ::setenv("HOLDFAST_PATH", path.c_str(), 1);
-    ::execl("/bin/sh", "sh", "-c", command.c_str(), "sh", path.c_str(), static_cast<char*>(nullptr));
+    ::execve("/bin/sh", const_cast<char* const*>(argv), envp.data());
     ::_exit(127);
   }
   ::setpgid(pid, pid);
@@ -90,6 +104,7 @@ ViaOutput run_via(const std::string& command, const std::string& path, const std
   ::close(err[1]);
 
   std::vector<Hasher> hashers;
+  hashers.reserve(algs.size());
   for (auto alg : algs) hashers.emplace_back(alg);
   std::vector<char> buf(size_t{1} << 16);
   std::string err_text;

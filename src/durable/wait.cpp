@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <system_error>
 #include <thread>
 #include <fmt/format.h>
 
@@ -61,7 +62,7 @@ Observation observe_local(const std::string& path, const Expected& expected) {
   Observation obs;
   int fd = sys::open_nothrow(AT_FDCWD, path, O_RDONLY | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) {
-    obs.differs = fd == -ENOENT ? "missing" : fmt::format("unreadable: {}", std::strerror(-fd));
+    obs.differs = fd == -ENOENT ? "missing" : fmt::format("unreadable: {}", std::generic_category().message(-fd));
     return obs;
   }
   sys::UniqueFd owned(fd);
@@ -84,7 +85,8 @@ Observation observe_local(const std::string& path, const Expected& expected) {
     judge_content(obs, expected, got.size, {got.digest});
   } catch (const Error& e) {
     obs.exists = true;
-    obs.differs = fmt::format("read error: {}", e.error_number() != 0 ? std::strerror(e.error_number()) : e.what());
+    obs.differs = fmt::format("read error: {}", e.error_number() != 0 ? std::generic_category().message(e.error_number())
+                                                                    : std::string(e.what()));
   }
   return obs;
 }
@@ -151,6 +153,7 @@ Expected expected_from_file(const std::string& path, const std::vector<DigestAlg
   auto fd = sys::open_or_throw(AT_FDCWD, path, O_RDONLY | O_NOCTTY, 0, "open source");
   Expected e;
   std::vector<Hasher> hashers;
+  hashers.reserve(algs.size());
   for (auto alg : algs) hashers.emplace_back(alg);
   constexpr size_t kBuf = size_t{1} << 20;
   std::unique_ptr<char[]> buf(new char[kBuf]);
