@@ -242,7 +242,8 @@ TEST(Wait, ViaBecomesTrueLater) {
   later.join();
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_GE(took, 350000);
-  EXPECT_LT(took, 400000 + 100000 + 600000);
+  // Ended by a poll, well before the 5 s timeout (a generous bound: a loaded machine is slow).
+  EXPECT_LT(took, 4000000);
 }
 
 TEST(Wait, LibraryObserve) {
@@ -298,7 +299,8 @@ TEST(Wait, FollowsSymlinkedPathEvents) {
   auto took = mono_us() - t0;
   later.join();
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_LT(took, 2000000);
+  // Before the first 5 s poll: only the inotify event can explain it.
+  EXPECT_LT(took, 4500000);
 }
 
 }  // namespace

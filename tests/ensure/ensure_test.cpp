@@ -374,7 +374,8 @@ TEST_F(EnsureTest, NeverReadyTimesOutWithTempFail) {
   auto took = std::chrono::steady_clock::now() - begin;
   EXPECT_EQ(r.exit_code, exit_code::temp_fail) << r.err;
   EXPECT_NE(r.err.find("not ready after 0.5s"), std::string::npos) << r.err;
-  EXPECT_LT(took, 5s);
+  // Only a hang is an error here (no timing assertions: the machine may be slow).
+  EXPECT_LT(took, 120s);
   // It keeps starting; a second client also times out rather than starting another.
   auto r2 = run_cli(args);
   EXPECT_EQ(r2.exit_code, exit_code::temp_fail);

@@ -37,6 +37,18 @@ pid_t spawn_holdfast(std::vector<std::string> args) {
   });
 }
 
+// Waits until the kernel shows a lock on `path`'s inode (as lslocks would).
+bool wait_for_kernel_lock(const std::string& path) {
+  for (int i = 0; i < 5000; ++i) {
+    try {
+      if (inspect_holder(path).kernel_lock_held) return true;
+    } catch (const Error&) {
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  return false;
+}
+
 // Waits until `path` holds a record naming `n` processes (holdfast + its command).
 std::optional<HolderRecord> wait_for_record(const std::string& path, size_t n) {
   for (int i = 0; i < 5000; ++i) {
@@ -89,12 +101,13 @@ TEST(LockCli, InteroperatesWithFlock1) {
   testing::TempDir dir;
   // flock(1) holds it: holdfast's flock backend must see the conflict, and vice versa.
   pid_t f = testing::fork_child([&] {
-    ::execlp("flock", "flock", (dir / "l").c_str(), "sleep", "2", static_cast<char*>(nullptr));
+    ::setpgid(0, 0);  // so flock and the sleep that inherits its lock can be killed together
+    ::execlp("flock", "flock", (dir / "l").c_str(), "sleep", "30", static_cast<char*>(nullptr));
     return 127;
   });
-  std::this_thread::sleep_for(300ms);
+  ASSERT_TRUE(wait_for_kernel_lock(dir / "l"));
   EXPECT_EQ(holdfast({"lock", "-n", "--backend", "flock", dir / "l", "--", "true"}).exit_code, 1);
-  ::kill(f, SIGKILL);
+  ::kill(-f, SIGKILL);
   testing::wait_child(f);
   pid_t h = spawn_holdfast({"lock", "--backend", "flock", dir / "l", "--", "sleep", "2"});
   ASSERT_TRUE(wait_for_record(dir / "l", 2));
@@ -105,9 +118,12 @@ TEST(LockCli, InteroperatesWithFlock1) {
 
 TEST(LockCli, ForwardsTerminationSignalsToTheCommand) {
   testing::TempDir dir;
-  pid_t h = spawn_holdfast({"lock", dir / "l", "--", "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"});
+  const std::string trapped = dir / "trapped";
+  pid_t h = spawn_holdfast(
+      {"lock", dir / "l", "--", "sh", "-c", "trap 'exit 7' TERM; : > \"$0\"; while :; do sleep 0.05; done", trapped});
   ASSERT_TRUE(wait_for_record(dir / "l", 2));
-  std::this_thread::sleep_for(100ms);  // let the shell install its trap
+  struct stat st {};
+  for (int i = 0; i < 5000 && ::stat(trapped.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(2ms);
   ::kill(h, SIGTERM);
   EXPECT_EQ(testing::wait_child(h), 7);
 }
@@ -155,10 +171,11 @@ INSTANTIATE_TEST_SUITE_P(Backends, LockCliBackend, ::testing::Values("ofd", "flo
 
 TEST(LockCli, SharedLocksRunTogether) {
   testing::TempDir dir;
-  pid_t a = spawn_holdfast({"lock", "-s", dir / "l", "--", "sleep", "1"});
-  std::this_thread::sleep_for(200ms);
+  pid_t a = spawn_holdfast({"lock", "-s", dir / "l", "--", "sleep", "30"});
+  ASSERT_TRUE(wait_for_kernel_lock(dir / "l"));
   EXPECT_EQ(holdfast({"lock", "-s", "-n", dir / "l", "--", "true"}).exit_code, 0);
   EXPECT_EQ(holdfast({"lock", "-x", "-n", dir / "l", "--", "true"}).exit_code, 1);
+  ::kill(a, SIGTERM);
   testing::wait_child(a);
 }
 
