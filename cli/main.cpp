@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -22,21 +23,23 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(HOLDFAST_VERSION_STRING));
 
+  // Registering a subcommand builds its whole option table; when argv names one, only that one
+  // is built (a `holdfast lock` start pays for `lock` alone). Otherwise all are, for --help.
+  static constexpr std::pair<const char*, cli::Run (*)(CLI::App&)> kSubcommands[] = {
+      {"lock", cli::add_lock},     {"holder", cli::add_holder}, {"probe", cli::add_probe},
+      {"ensure", cli::add_ensure}, {"status", cli::add_status}, {"stop", cli::add_stop},
+      {"write", cli::add_write},   {"sync", cli::add_sync},     {"digest", cli::add_digest},
+      {"wait", cli::add_wait},
+  };
+  const std::string requested = argc > 1 ? argv[1] : "";
+  const bool known = std::any_of(std::begin(kSubcommands), std::end(kSubcommands),
+                                 [&](const auto& s) { return requested == s.first; });
   std::vector<std::pair<CLI::App*, cli::Run>> commands;
-  auto add = [&](cli::Run (*adder)(CLI::App&)) {
+  for (const auto& [name, adder] : kSubcommands) {
+    if (known && requested != name) continue;
     auto run = adder(app);
     commands.emplace_back(app.get_subcommands({}).back(), std::move(run));
-  };
-  add(cli::add_lock);
-  add(cli::add_holder);
-  add(cli::add_probe);
-  add(cli::add_ensure);
-  add(cli::add_status);
-  add(cli::add_stop);
-  add(cli::add_write);
-  add(cli::add_sync);
-  add(cli::add_digest);
-  add(cli::add_wait);
+  }
 
   try {
     app.parse(argc, argv);
