@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs holdfast into a temp prefix and builds a program against it twice: with
+# find_package(holdfast) and with pkg-config. Proves the installed package is complete.
+set -euo pipefail
+build_dir=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cmake --install "$build_dir" --prefix "$work/prefix" > /dev/null
+mkdir -p "$work/src"
+cat > "$work/src/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.25)
+project(consumer CXX)
+set(CMAKE_CXX_STANDARD 20)
+find_package(holdfast REQUIRED)
+add_executable(consumer main.cpp)
+target_link_libraries(consumer PRIVATE holdfast::holdfast)
+CMAKE
+cat > "$work/src/main.cpp" <<'CPP'
+#include <holdfast/lock.hpp>
+#include <cstdio>
+int main(int, char** argv) {
+  auto lock = holdfast::Lock::acquire(argv[1]);
+  std::printf("%llu\n", static_cast<unsigned long long>(lock.token()));
+  return lock.token() > 0 ? 0 : 1;
+}
+CPP
+cmake -S "$work/src" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" > /dev/null
+cmake --build "$work/build" > /dev/null
+"$work/build/consumer" "$work/cmake.lock"
+g++ -std=c++20 "$work/src/main.cpp" -o "$work/pc_consumer" \
+  $(PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig" pkg-config --define-prefix --cflags --libs --static holdfast)
+"$work/pc_consumer" "$work/pc.lock"
+echo "installed package: find_package and pkg-config consumers build and run"
