@@ -53,28 +53,36 @@ size_t utf8_sequence(std::string_view s, size_t i) {
 // always be writable, and its command line is informative only.
 void append_string(std::string& out, std::string_view s) {
   out.push_back('"');
+  size_t run = 0;  // start of the pending run of bytes copied as they are
+  auto flush = [&](size_t i) {
+    out.append(s.data() + run, i - run);
+  };
   for (size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(static_cast<char>(c));
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
       ++i;
+      continue;
+    }
+    if (c >= 0x80) {
+      if (size_t len = utf8_sequence(s, i); len > 0) {
+        i += len;
+        continue;
+      }
+    }
+    flush(i);
+    if (c == '"' || c == '\\') {
+      const char esc[] = {'\\', static_cast<char>(c)};
+      out.append(esc, sizeof esc);
     } else if (c < 0x20) {
       static constexpr char kHex[] = "0123456789abcdef";
       const char esc[] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xf]};
       out.append(esc, sizeof esc);
-      ++i;
-    } else if (c < 0x80) {
-      out.push_back(static_cast<char>(c));
-      ++i;
-    } else if (size_t len = utf8_sequence(s, i); len > 0) {
-      out.append(s.substr(i, len));
-      i += len;
     } else {
-      out.append("\xef\xbf\xbd");
-      ++i;
+      out.append("\xef\xbf\xbd");  // not UTF-8
     }
+    run = ++i;
   }
+  flush(s.size());
   out.push_back('"');
 }
 
