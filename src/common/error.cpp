@@ -37,9 +37,10 @@ int exit_code::for_errno(int err) noexcept {
 namespace {
 std::string describe(const std::string& path, const std::string& context, const std::string& cause) {
   std::string s;
-  if (!path.empty()) s += path + ": ";
-  s += context;
-  if (!cause.empty()) s += ": " + cause;
+  s.reserve(path.size() + context.size() + cause.size() + 4);
+  if (!path.empty()) s.append(path).append(": ");
+  s.append(context);
+  if (!cause.empty()) s.append(": ").append(cause);
   return s;
 }
 }  // namespace
