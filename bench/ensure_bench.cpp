@@ -57,7 +57,7 @@ std::string state_dir() { return scratch() + "/state"; }
 int spawn_wait(const std::vector<std::string>& argv) {
   pid_t pid = ::fork();
   if (pid == 0) {
-    int null = ::open("/dev/null", O_WRONLY);
+    int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
     ::dup2(null, 1);
     ::dup2(null, 2);
     std::vector<char*> args;

@@ -75,7 +75,7 @@ pid_t naive_ensure(const std::string& pidfile, const std::vector<std::string>& a
   pid_t child = ::fork();
   if (child == 0) {
     ::setsid();
-    int null = ::open("/dev/null", O_RDWR);
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
     ::dup2(null, 0);
     ::dup2(null, 1);
     ::dup2(null, 2);

@@ -33,7 +33,7 @@ int write_and_kill(const std::string& target, const std::string& data, int64_t d
   pid_t pid = ::fork();
   if (pid == 0) {
     ::dup2(in[0], 0);
-    int devnull = ::open("/dev/null", O_WRONLY);
+    int devnull = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
     ::dup2(devnull, 2);
     ::execl(hf.c_str(), hf.c_str(), "write", target.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);

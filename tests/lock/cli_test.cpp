@@ -26,7 +26,7 @@ using testing::holdfast;
 pid_t spawn_holdfast(std::vector<std::string> args) {
   args.insert(args.begin(), testing::holdfast_path());
   return testing::fork_child([&] {
-    int null = ::open("/dev/null", O_RDWR);
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
     ::dup2(null, 0);
     ::dup2(null, 1);
     std::vector<char*> argv;
