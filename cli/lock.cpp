@@ -168,7 +168,9 @@ int run_lock(const LockArgs& a) {
   struct sigaction sa {};
   sa.sa_handler = forward_signal;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
+  // No SA_RESTART: waitpid below loops on EINTR, and a runtime that defers handlers to the next
+  // interrupted call (ThreadSanitizer does) would otherwise never forward the signal.
+  sa.sa_flags = 0;
   for (int s : kForwarded) ::sigaction(s, &sa, nullptr);
   ::sigprocmask(SIG_SETMASK, &previous, nullptr);
 
@@ -179,7 +181,10 @@ int run_lock(const LockArgs& a) {
     ::waitpid(child, nullptr, 0);
     throw;
   }
-  if (::write(go[1], "g", 1) != 1) {
+  ssize_t sent;
+  while ((sent = ::write(go[1], "g", 1)) < 0 && errno == EINTR) {
+  }
+  if (sent != 1) {
     ::kill(child, SIGKILL);
     ::waitpid(child, nullptr, 0);
     throw Error(errno, a.path, "cannot start command");
