@@ -12,7 +12,9 @@
 #include "commands.hpp"
 #include "holdfast/error.hpp"
 
-int main(int argc, char** argv) {
+// Everything a subcommand throws is caught below; what could still escape (std::bad_alloc while
+// building the parser) ends the process with terminate's message, which is acceptable there.
+int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   using namespace holdfast;
   CLI::App app{"holdfast — exact tools for processes that coordinate through the filesystem:\n"
                "locks, exactly-one instances, durable hand-offs and filesystem probes.\n"

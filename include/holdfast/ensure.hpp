@@ -106,7 +106,7 @@ struct Instance {
 // instance's log (for the caller to show).
 class StartFailure : public Error {
  public:
-  StartFailure(std::string name, std::string cause, int exit, int exit_status, std::string log_tail);
+  StartFailure(std::string name, const std::string& cause, int exit, int exit_status, std::string log_tail);
   int exit_status() const noexcept { return exit_status_; }  // -1 if it never ran
   const std::string& log_tail() const noexcept { return log_tail_; }
 

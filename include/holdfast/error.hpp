@@ -35,9 +35,9 @@ int for_errno(int err) noexcept;
 class Error : public std::runtime_error {
  public:
   // An error from a system call; the cause is strerror(err).
-  Error(int err, std::string path, std::string context);
+  Error(int err, std::string path, const std::string& context);
   // An error without an errno (corrupt data, unsupported primitive); `exit` is an exit_code value.
-  Error(std::string path, std::string context, std::string cause, int exit);
+  Error(std::string path, const std::string& context, const std::string& cause, int exit);
 
   int error_number() const noexcept { return errno_; }  // 0 if not from a system call
   const std::string& path() const noexcept { return path_; }

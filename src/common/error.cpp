@@ -45,13 +45,13 @@ std::string describe(const std::string& path, const std::string& context, const 
 }
 }  // namespace
 
-Error::Error(int err, std::string path, std::string context)
+Error::Error(int err, std::string path, const std::string& context)
     : std::runtime_error(describe(path, context, std::strerror(err))),
       errno_(err),
       path_(std::move(path)),
       exit_(exit_code::for_errno(err)) {}
 
-Error::Error(std::string path, std::string context, std::string cause, int exit)
+Error::Error(std::string path, const std::string& context, const std::string& cause, int exit)
     : std::runtime_error(describe(path, context, cause)), errno_(0), path_(std::move(path)), exit_(exit) {}
 
 }  // namespace holdfast

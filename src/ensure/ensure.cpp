@@ -19,9 +19,9 @@ namespace holdfast {
 using namespace ensure_detail;
 using Clock = std::chrono::steady_clock;
 
-StartFailure::StartFailure(std::string name, std::string cause, int exit, int exit_status,
+StartFailure::StartFailure(std::string name, const std::string& cause, int exit, int exit_status,
                            std::string log_tail)
-    : Error(std::move(name), "did not become ready", std::move(cause), exit),
+    : Error(std::move(name), "did not become ready", cause, exit),
       exit_status_(exit_status),
       log_tail_(std::move(log_tail)) {}
 

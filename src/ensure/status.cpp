@@ -93,9 +93,8 @@ std::vector<InstanceStatus> list_instances(const std::string& state_dir) {
     std::string_view f(e->d_name);
     std::string_view base;
     if (f.ends_with(".spawn.lock")) continue;
-    if (f.ends_with(".lock")) base = f.substr(0, f.size() - 5);
-    else if (f.ends_with(".json")) base = f.substr(0, f.size() - 5);
-    else continue;
+    if (!f.ends_with(".lock") && !f.ends_with(".json")) continue;
+    base = f.substr(0, f.size() - 5);  // both suffixes are 5 bytes
     try {
       validate_instance_name(base);
       names.emplace(base);

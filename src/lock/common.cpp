@@ -69,7 +69,7 @@ HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& opti
   if (r.command.empty()) {
     static const std::vector<std::string> self_cmdline = [] {
       std::vector<std::string> argv;
-      auto text = sys::read_file("/proc/self/cmdline", 64 * 1024);
+      auto text = sys::read_file("/proc/self/cmdline", size_t{64} * 1024);
       if (!text) return argv;
       size_t start = 0;
       for (size_t i = 0; i < text->size(); ++i) {

@@ -135,7 +135,7 @@ Judgment judge(const Target& t, const std::string& name, const LockOptions& opti
   if (fd < 0) throw_open_error(-fd, t, name);
   j.fd.reset(fd);
   if (sys::fstat_nothrow(fd, j.st) < 0) throw Error(errno, name, "cannot stat lock file");
-  auto text = sys::pread_all(fd, 256 * 1024);
+  auto text = sys::pread_all(fd, size_t{256} * 1024);
   auto record = text ? HolderRecord::parse(*text) : std::nullopt;
 
   int64_t lease_ms = options.stale_after.count();

@@ -66,7 +66,7 @@ State parse(std::string_view bytes) {
   if (bytes.size() >= kEpochSize && bytes.substr(0, 2) == "E " && bytes[18] == ' ') {
     auto boot_end = bytes.find(' ', 19);
     uint64_t epoch = 0, host = 0;
-    if (boot_end != std::string_view::npos && boot_end < kEpochSize && parse_hex(bytes, 2, 16, epoch) &&
+    if (boot_end < kEpochSize && parse_hex(bytes, 2, 16, epoch) &&
         parse_hex(bytes, boot_end + 1, 16, host) && epoch > 0) {
       s.epoch_valid = true;
       s.epoch = epoch;

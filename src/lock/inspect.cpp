@@ -44,7 +44,7 @@ std::optional<HolderRecord> read_holder_record(const std::string& path) {
   if (fd == -ENOENT) return std::nullopt;
   if (fd < 0) throw Error(-fd, path, "cannot read holder record");
   sys::UniqueFd owned(fd);
-  auto text = sys::pread_all(fd, 256 * 1024);
+  auto text = sys::pread_all(fd, size_t{256} * 1024);
   if (!text) throw Error(errno, path, "cannot read holder record");
   return HolderRecord::parse(*text);
 }
@@ -65,7 +65,7 @@ HolderInfo inspect_holder(const std::string& path) {
   struct stat st {};
   if (sys::fstat_nothrow(fd, st) < 0) throw Error(errno, path, "cannot stat lock file");
   if (S_ISDIR(st.st_mode)) throw Error(path, "cannot inspect lock", "it is a directory", exit_code::cant_create);
-  auto text = sys::pread_all(fd, 256 * 1024);
+  auto text = sys::pread_all(fd, size_t{256} * 1024);
   if (!text) throw Error(errno, path, "cannot read holder record");
   info.record = HolderRecord::parse(*text);
   info.record_corrupt = !info.record && !text->empty();

@@ -125,7 +125,7 @@ LockSemantics check_semantics(Primitive kind, const std::string& scratch_dir, st
 }
 
 bool is_unsupported_errno(int err) noexcept {
-  return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == ENOTSUP || err == EPERM ||
+  return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == EPERM ||
          err == ENOLCK;
 }
 
