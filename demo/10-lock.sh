@@ -21,7 +21,7 @@ for i in 1 2 3; do "$HOLDFAST" lock "$d/counter.lock" -- sh -c 'echo "  token $H
 
 echo "While a command holds the lock, 'holdfast holder' shows who, checked against /proc/locks:"
 "$HOLDFAST" lock "$d/counter.lock" -- sleep 2 &
-sleep 0.3
+until "$HOLDFAST" holder "$d/counter.lock" >/dev/null 2>&1; [ $? -eq 1 ]; do sleep 0.01; done
 "$HOLDFAST" holder "$d/counter.lock" | sed 's/^/  /' || true
 echo "  a second 'holdfast lock -n' gives up at once: exit $("$HOLDFAST" lock -n "$d/counter.lock" -- true; echo $?)"
 echo "  and 'holdfast lock -w 0.3' after 0.3 s: exit $("$HOLDFAST" lock -w 0.3 "$d/counter.lock" -- true; echo $?)"
@@ -31,8 +31,8 @@ echo "A dotlock (for filesystems whose kernel locks do not work) whose holder is
 "$HOLDFAST" lock --backend link "$d/dot.lock" -- sleep 30 &
 holder=$!
 disown "$holder"
-sleep 0.3
-command_pid=$(pgrep -P "$holder" sleep)
+command_pid=
+for _ in $(seq 500); do command_pid=$(pgrep -P "$holder" -x sleep || true); [ -n "$command_pid" ] && break; sleep 0.01; done
 kill -9 "$holder"
 echo "  holdfast killed; its command (pid $command_pid) still runs, so the lock is held: exit $("$HOLDFAST" lock -n --backend link "$d/dot.lock" -- true; echo $?)"
 kill -9 "$command_pid"; sleep 0.1

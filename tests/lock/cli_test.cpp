@@ -49,6 +49,18 @@ bool wait_for_kernel_lock(const std::string& path) {
   return false;
 }
 
+// Waits until process `pid` has exec'd `program` (the command holdfast released to run).
+bool wait_for_exec(pid_t pid, const std::string& program) {
+  const std::string comm = "/proc/" + std::to_string(pid) + "/comm";
+  for (int i = 0; i < 5000; ++i) {
+    std::ifstream in(comm);
+    std::string name;
+    if (std::getline(in, name) && name == program) return true;
+    std::this_thread::sleep_for(2ms);
+  }
+  return false;
+}
+
 // Waits until `path` holds a record naming `n` processes (holdfast + its command).
 std::optional<HolderRecord> wait_for_record(const std::string& path, size_t n) {
   for (int i = 0; i < 5000; ++i) {
@@ -137,6 +149,9 @@ TEST_P(LockCliBackend, LockOutlivesAKilledHoldfastWhileTheCommandRuns) {
   pid_t h = spawn_holdfast({"lock", "--backend", GetParam(), dir / "l", "--", "sleep", "30"});
   auto record = wait_for_record(dir / "l", 2);
   ASSERT_TRUE(record);
+  // Killed before it released the command, holdfast would take the command with it (tested
+  // implicitly: the command never runs unnamed). Here the command is running.
+  ASSERT_TRUE(wait_for_exec(record->processes.back().pid, "sleep"));
   ::kill(h, SIGKILL);
   testing::wait_child(h);
   EXPECT_EQ(holdfast({"lock", "-n", "--backend", GetParam(), dir / "l", "--", "true"}).exit_code, 1);
@@ -156,6 +171,7 @@ TEST_P(LockCliBackend, CloseBeforeExecTiesTheCommandToHoldfast) {
   auto record = wait_for_record(dir / "l", 2);
   ASSERT_TRUE(record);
   pid_t command = record->processes.back().pid;
+  ASSERT_TRUE(wait_for_exec(command, "sleep"));
   ::kill(h, SIGKILL);
   testing::wait_child(h);
   bool gone = false;
@@ -198,6 +214,7 @@ TEST(HolderCli, ReportsFreeHeldAndStale) {
   pid_t h = spawn_holdfast({"lock", "--backend", "link", dir / "d", "--", "sleep", "30"});
   auto record = wait_for_record(dir / "d", 2);
   ASSERT_TRUE(record);
+  ASSERT_TRUE(wait_for_exec(record->processes.back().pid, "sleep"));
   ::kill(record->processes.back().pid, SIGKILL);
   ::kill(h, SIGKILL);
   testing::wait_child(h);
