@@ -44,7 +44,7 @@ Run add_write(CLI::App& root) {
       "Exit codes: 0 ok, 64 usage, 66 missing directory, 73 read-only fs / PATH is a directory,\n"
       "74 I/O error (EIO, ENOSPC, failed fsync), 77 permission / refused symlink.");
   cmd->add_option("PATH", args->path, "File to replace")->required();
-  cmd->add_option("--mode", args->mode, "Octal mode of the result (default: keep the target's; new files 0666&~umask)");
+  cmd->add_option("--mode", args->mode, "Octal mode for a new file (default 0666&~umask); an existing target keeps its mode");
   cmd->add_flag("--no-sync", args->no_sync, "Atomic only: skip the fsyncs (a power loss may lose the new content)");
   cmd->add_flag("--record", args->record, "Record (path, size, digest, time) in the pending-write journal for `wait --pending`");
   cmd->add_option("--journal", args->journal, "Journal file (default $HOLDFAST_JOURNAL, $XDG_STATE_HOME/holdfast/pending.jsonl)");

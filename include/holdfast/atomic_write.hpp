@@ -27,8 +27,9 @@ struct WriteOptions {
   // fsync the data and the directory. false = atomic only (readers and a process crash see old or
   // new; a power loss may lose the new content).
   bool sync = true;
-  // If set, the result has exactly this mode (umask is not applied). Otherwise an existing
-  // target's mode is kept, and a new file gets 0666 & ~umask.
+  // The mode of a NEW file, exactly (umask is not applied); without it, 0666 & ~umask. An
+  // existing target always keeps its mode, so a caller that passes a mode for new files never
+  // loosens (or tightens) a file someone already set up, e.g. a 0600 secret.
   std::optional<mode_t> mode;
   // Append (path, size, digest, time) to the pending-write journal after a successful commit, so
   // `holdfast wait --pending` can later confirm the reader sees it (see wait.hpp).

@@ -130,7 +130,7 @@ AtomicWriter AtomicWriter::open(const std::string& path, const WriteOptions& opt
     s->hasher.emplace(options.record_alg);
   }
 
-  mode_t create_mode = options.mode ? *options.mode : exists ? (existing.st_mode & 07777) : 0666;
+  mode_t create_mode = exists ? (existing.st_mode & 07777) : options.mode ? *options.mode : 0666;
   int fd = sys::open_nothrow(s->dirfd.get(), ".", O_TMPFILE | O_WRONLY, create_mode);
   if (fd >= 0) {
     s->anonymous = true;

@@ -39,6 +39,11 @@ TEST_P(AtomicWrite, ModeOptionIsExact) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(mode_of(dir / "cli"), 0600u);
   EXPECT_EQ(hf({"write", "--mode", "9z", dir / "cli"}, "x").exit_code, exit_code::usage);
+  // An existing target keeps its mode whatever --mode says: it is the mode for new files.
+  ::chmod((dir / "cli").c_str(), 0600);
+  ASSERT_EQ(hf({"write", "--mode", "0644", dir / "cli"}, "new data").exit_code, 0);
+  EXPECT_EQ(mode_of(dir / "cli"), 0600u);
+  EXPECT_EQ(slurp(dir / "cli"), "new data");
 }
 
 TEST_P(AtomicWrite, ReplaceKeepsModeAndOwner) {
