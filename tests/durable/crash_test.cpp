@@ -99,6 +99,9 @@ Outcome soak(const std::string& root, int runs, uint64_t seed) {
 
 TEST(CrashSafety, SigkillAtRandomPointsExt4) {
   int runs = std::getenv("HOLDFAST_SOAK") != nullptr ? 5000 : 700;
+#ifdef HOLDFAST_SANITIZED
+  runs = 100;  // each run starts a sanitized holdfast and fsyncs on ext4: 700 exceed the budget
+#endif
   auto o = soak("/tmp", runs, 1);
   std::printf("ext4: %d runs: old %d, new %d (completed %d), temps left %d\n", runs, o.old_seen, o.new_seen,
               o.completed, o.temps_left);
@@ -109,6 +112,9 @@ TEST(CrashSafety, SigkillAtRandomPointsExt4) {
 
 TEST(CrashSafety, SigkillAtRandomPointsTmpfs) {
   int runs = std::getenv("HOLDFAST_SOAK") != nullptr ? 5000 : 300;
+#ifdef HOLDFAST_SANITIZED
+  runs = 100;
+#endif
   auto o = soak("/dev/shm", runs, 2);
   std::printf("tmpfs: %d runs: old %d, new %d (completed %d), temps left %d\n", runs, o.old_seen, o.new_seen,
               o.completed, o.temps_left);
