@@ -157,6 +157,18 @@ void Launcher::fail(const std::string& cause, int exit_status) {
 }
 
 void Launcher::succeed() {
+  if (watching_child_) {
+    // Readiness and the first process's exit can arrive in one poll round. If it already exited
+    // 0 (a self-daemonizing command), the instance is the descendant holding the lock: follow it
+    // before recording, rather than publish a pid that is gone. Peek without reaping (WNOWAIT)
+    // so any other exit is still handled where it was.
+    siginfo_t info{};
+    if (::waitid(P_PID, static_cast<id_t>(daemon_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid == daemon_ && info.si_code == CLD_EXITED && info.si_status == 0) {
+      int status = 0;
+      if (::waitpid(daemon_, &status, WNOHANG) == daemon_) daemon_exited(status);
+    }
+  }
   if (main_pid_ > 0) update_pid(main_pid_);
   record_.state = RecordState::ready;
   record_.ready_unix_ns = sys::realtime_ns();
