@@ -186,6 +186,8 @@ class Board:
             if any(c in mode for c in "wax+"):
                 return board.fs.open_write(p, mode.replace("t", "") if "b" in mode else mode)
             data = board.fs.read(p)
+            if board.args.corrupt_reads and data:
+                data = bytes([data[0] ^ 0x20]) + data[1:]
             if "b" in mode:
                 return BoardFile(data)
             return io.StringIO(data.decode())
@@ -423,7 +425,7 @@ class Board:
                 self.line = b""
                 self.write("\r\n>>> ")
             elif b == b"\x04":
-                if not self.line:
+                if not self.line and not self.args.mute_reboot:
                     self.soft_reboot(from_raw=False)
             elif b == b"\r":
                 self.line = b""
@@ -536,6 +538,8 @@ def main():
     ap.add_argument("--old-firmware", action="store_true", help="no raw-paste at all (answers 'ra...')")
     ap.add_argument("--no-hashlib", action="store_true")
     ap.add_argument("--no-crc32", action="store_true")
+    ap.add_argument("--corrupt-reads", action="store_true", help="code reads a flipped first byte")
+    ap.add_argument("--mute-reboot", action="store_true", help="Ctrl-D in the friendly REPL does nothing")
     ap.add_argument("--window", type=int, default=128)
     ap.add_argument("--slow", action="store_true", help="a slow line: paced output, delayed grants")
     ap.add_argument("--reset-after-bytes", type=int, default=0,
