@@ -38,7 +38,7 @@ inline constexpr int board_reset = 86;      // the board reset (banner) in the m
 // A failure talking to a board; exit_code() is one of the codes above or a shared one.
 class DeviceError : public std::runtime_error {
  public:
-  DeviceError(std::string message, int exit) : std::runtime_error(std::move(message)), exit_(exit) {}
+  DeviceError(const std::string& message, int exit) : std::runtime_error(message), exit_(exit) {}
   int exit_code() const noexcept { return exit_; }
 
  private:

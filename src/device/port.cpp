@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -85,7 +86,11 @@ pid_t parse_uucp_pid(std::string_view content) {
     ++digits;
   }
   if (digits > 0 && v > 0 && v <= INT_MAX) return static_cast<pid_t>(v);
-  if (content.size() == 4) {  // binary UUCP: a native int
+  // Binary UUCP: a native int. Real pids (< 2^22) have a zero high byte, so four printable
+  // characters are text, not a pid.
+  if (content.size() == 4 && std::any_of(content.begin(), content.end(), [](char c) {
+        return static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f;
+      })) {
     int b = 0;
     std::memcpy(&b, content.data(), sizeof b);
     if (b > 0) return b;
@@ -167,11 +172,9 @@ struct Port::State {
     std::string priv = uucp_path + ".holdfast-release." + std::to_string(sys::random_u64());
     if (::rename(uucp_path.c_str(), priv.c_str()) == 0) {
       struct stat st{};
-      if (sys::lstat_nothrow(priv, st) == 0 && sys::same_inode(st, uucp_st)) {
-        ::unlink(priv.c_str());
-      } else if (::link(priv.c_str(), uucp_path.c_str()) == 0) {
-        ::unlink(priv.c_str());
-      }
+      const bool ours = sys::lstat_nothrow(priv, st) == 0 && sys::same_inode(st, uucp_st);
+      // Not ours (someone wrongly reclaimed ours and took the slot): put theirs back first.
+      if (ours || ::link(priv.c_str(), uucp_path.c_str()) == 0) ::unlink(priv.c_str());
     }
     uucp_path.clear();
   }

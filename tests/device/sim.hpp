@@ -38,6 +38,12 @@ inline CommandResult hf(const std::vector<std::string>& args, const std::string&
   return run(argv, stdin_data, std::chrono::seconds(300));
 }
 
+// A UUCP lock file's content in the HDB format minicom and picocom write: "%10d\n".
+inline std::string fmt_pid(pid_t pid) {
+  std::string s = std::to_string(pid);
+  return std::string(s.size() < 10 ? 10 - s.size() : 0, ' ') + s + "\n";
+}
+
 inline bool soak() { return std::getenv("HOLDFAST_SOAK") != nullptr; }
 inline bool sanitized() {
 #ifdef HOLDFAST_SANITIZED
