@@ -31,3 +31,18 @@ g++ -std=c++20 "$work/src/main.cpp" -o "$work/pc_consumer" \
   $(PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig" pkg-config --define-prefix --cflags --libs --static holdfast)
 "$work/pc_consumer" "$work/pc.lock"
 echo "installed package: find_package and pkg-config consumers build and run"
+
+# The C API: a plain C11 program against the installed holdfast.h and libholdfast_c via pkg-config.
+pc="PKG_CONFIG_PATH=$work/prefix/lib/pkgconfig"
+cflags=$(env "$pc" pkg-config --define-prefix --cflags holdfast-c)
+libs=$(env "$pc" pkg-config --define-prefix --libs holdfast-c)
+here=$(cd "$(dirname "$0")" && pwd)
+gcc -std=c11 -Wall -Wextra -Werror -pedantic $cflags "$here/capi_consumer.c" -o "$work/capi_consumer" $libs
+mkdir -p "$work/capi"
+LD_LIBRARY_PATH="$work/prefix/lib" "$work/capi_consumer" "$work/capi"
+# Every exported symbol carries the ABI's version node; nothing else (no C++ symbol) is exported.
+exported=$(nm -D --defined-only "$work/prefix/lib/libholdfast_c.so.1" | awk '$2 == "T" {print $3}')
+if echo "$exported" | grep -v '@@HOLDFAST_C_1$' | grep -q .; then
+  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -v '@@HOLDFAST_C_1$'; exit 1
+fi
+echo "installed package: C API consumer builds with pkg-config and runs"
