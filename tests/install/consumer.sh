@@ -46,3 +46,20 @@ if echo "$exported" | grep -v '@@HOLDFAST_C_1$' | grep -q .; then
   echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -v '@@HOLDFAST_C_1$'; exit 1
 fi
 echo "installed package: C API consumer builds with pkg-config and runs"
+
+# The Python module: installed under PREFIX/HOLDFAST_PYTHON_INSTALL_DIR, it imports from there with
+# /usr/bin/python3 and finds libholdfast_c through its relative RPATH (no LD_LIBRARY_PATH).
+pydir=$(sed -n 's/^HOLDFAST_PYTHON_INSTALL_DIR:[A-Z]*=//p' "$build_dir/CMakeCache.txt")
+if [ -n "$pydir" ]; then
+  test -f "$work/prefix/$pydir/holdfast/py.typed"
+  test -f "$work/prefix/$pydir/holdfast/_native.pyi"
+  env -u LD_LIBRARY_PATH PYTHONPATH="$work/prefix/$pydir" /usr/bin/python3 -c '
+import sys, holdfast
+assert holdfast.__file__.startswith(sys.argv[1]), holdfast.__file__
+with holdfast.FileLock(sys.argv[2]) as lock:
+    assert lock.token
+' "$work/prefix/$pydir" "$work/py.lock"
+  # With the default prefix, that directory is on /usr/bin/python3's own sys.path.
+  /usr/bin/python3 -c 'import sys; d = "/usr/local/" + sys.argv[1]; assert d in sys.path, (d, sys.path)' "$pydir"
+  echo "installed package: /usr/bin/python3 imports the holdfast module"
+fi
