@@ -18,18 +18,37 @@ from . import _native
 from ._errors import ReadyTimeout
 
 
-@dataclass(frozen=True)
 class Instance:
-    """The verified, ready instance ensure() returned."""
+    """The verified, ready instance ensure() returned.
 
-    name: str
-    pid: int
-    start_time: int  # /proc/PID/stat field 22 (clock ticks after boot)
-    state: str  # the record's state: "ready"
-    ready: bool
-    started: bool  # True if this call spawned it
-    waited: float  # seconds spent in ensure()
-    record: dict[str, Any]
+    ``pid``, ``start_time`` (/proc/PID/stat field 22), ``state`` ("ready"), ``ready``, ``started``
+    (True if this call spawned it), ``waited`` (seconds spent in ensure()), ``record`` (the
+    instance record as a dict, parsed on first access: the warm path does not pay for it).
+    """
+
+    __slots__ = ("name", "pid", "start_time", "state", "ready", "started", "waited", "_record_json", "_record")
+
+    def __init__(self, name: str, pid: int, start_time: int, ready: bool, started: bool, waited: float,
+                 record_json: str) -> None:
+        self.name = name
+        self.pid = pid
+        self.start_time = start_time
+        self.state = "ready" if ready else "starting"
+        self.ready = ready
+        self.started = started
+        self.waited = waited
+        self._record_json = record_json
+        self._record: Optional[dict[str, Any]] = None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        if self._record is None:
+            self._record = json.loads(self._record_json) if self._record_json else {}
+        return self._record
+
+    def __repr__(self) -> str:
+        return (f"Instance(name={self.name!r}, pid={self.pid}, start_time={self.start_time}, state={self.state!r}, "
+                f"started={self.started}, waited={self.waited:.6f})")
 
 
 @dataclass(frozen=True)
@@ -82,13 +101,11 @@ def ensure(
     """
     if isinstance(argv, (str, bytes)):
         raise TypeError("argv must be a sequence of strings, not a string")
-    result = _native.ensure(name, [os.fspath(a) for a in argv], ready, _ms(timeout), _dir(state_dir))
+    result = _native.ensure(name, list(map(os.fspath, argv)), ready, _ms(timeout), _dir(state_dir))
     if result[0] == _native.TIMEOUT:
         raise ReadyTimeout(result[1], name, 0, 75)
     _, pid, start_time, is_ready, started, waited_ns, record = result
-    record_dict = json.loads(record) if record else {}
-    return Instance(name, pid, start_time, str(record_dict.get("state", "ready")), is_ready, started,
-                    waited_ns / 1e9, record_dict)
+    return Instance(name, pid, start_time, is_ready, started, waited_ns / 1e9, record)
 
 
 def status(name: str, *, state_dir: Optional[str | os.PathLike[str]] = None) -> Status:
