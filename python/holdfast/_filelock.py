@@ -24,6 +24,7 @@ import functools
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
@@ -183,7 +184,9 @@ class BaseFileLock(contextlib.ContextDecorator):
         False tries once. Raises ``Timeout`` when not acquired in time. ``poll_interval`` is
         accepted for compatibility; holdfast waits in the kernel instead of polling.
         """
-        del poll_interval, poll_intervall
+        del poll_interval
+        if poll_intervall is not None:
+            warnings.warn("use poll_interval instead of poll_intervall", DeprecationWarning, stacklevel=2)
         if timeout is None:
             timeout = self._timeout
         if blocking is None:

@@ -149,8 +149,9 @@ def test_poll_interval_keywords_accepted() -> None:
     lock = holdfast.FileLock("a.lock")
     with lock.acquire(timeout=1, poll_interval=0.01):
         pass
-    with lock.acquire(poll_intervall=0.01):
-        pass
+    with pytest.warns(DeprecationWarning):  # as filelock warns
+        with lock.acquire(poll_intervall=0.01):
+            pass
 
 
 def test_del_releases() -> None:
