@@ -35,11 +35,16 @@ def test_ctrl_c_interrupts_a_blocking_acquire(tmp_path: Path) -> None:
             "sys.exit(1)\n"
         )
         child = run_python(code, str(lock_path), stdout=subprocess.PIPE, text=True)
-        wait_until(lambda: lock_waiters(child.pid), "the child to block in acquire")
-        child.send_signal(signal.SIGINT)
-        out, _ = child.communicate(timeout=HANG_TIMEOUT)
-        assert child.returncode == 42, out
-        assert out.strip() == "interrupted False 0"
+        try:
+            wait_until(lambda: lock_waiters(child.pid), "the child to block in acquire")
+            child.send_signal(signal.SIGINT)
+            out, _ = child.communicate(timeout=HANG_TIMEOUT)
+            assert child.returncode == 42, out
+            assert out.strip() == "interrupted False 0"
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     finally:
         holder.release()
 
@@ -69,9 +74,14 @@ def test_ctrl_c_interrupts_wait_like(tmp_path: Path) -> None:
                     return True
         return False
 
-    wait_until(has_inotify, "the child to enter wait_like")
-    child.send_signal(signal.SIGINT)
-    assert child.wait(timeout=HANG_TIMEOUT) == 42
+    try:
+        wait_until(has_inotify, "the child to enter wait_like")
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=HANG_TIMEOUT) == 42
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
 
 
 # One worker of the mixed test: takes the lock with its own tool, checks nobody else is inside
