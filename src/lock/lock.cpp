@@ -8,6 +8,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/probe.hpp"
 #include "lock/internal.hpp"
+#include "lock/select_backend.hpp"
 #include "sys/file.hpp"
 
 namespace holdfast {
@@ -17,8 +18,8 @@ using lock_internal::WaitSpec;
 
 bool is_kernel(Backend b) { return b == Backend::ofd || b == Backend::flock; }
 
-Backend resolve_backend(const lock_internal::Target& target, Backend requested) {
-  return requested == Backend::automatic ? select_backend(target.dir).backend : requested;
+Backend resolve_backend(const lock_internal::Target& target, const LockOptions& options) {
+  return lock_internal::choose_backend(target, options);
 }
 
 // Returns the held state, or null if the wait ended first.
@@ -31,7 +32,7 @@ std::unique_ptr<Lock::State> acquire_with(const lock_internal::Target& target, B
 
 std::unique_ptr<Lock::State> acquire_with(const std::string& path, const LockOptions& options, const WaitSpec& wait) {
   auto target = lock_internal::resolve_target(path);
-  return acquire_with(target, resolve_backend(target, options.backend), options, wait, nullptr);
+  return acquire_with(target, resolve_backend(target, options), options, wait, nullptr);
 }
 
 }  // namespace
@@ -124,7 +125,7 @@ LockFile LockFile::open(const std::string& path, const LockOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->target = lock_internal::resolve_target(path);
   impl->options = options;
-  impl->backend = resolve_backend(impl->target, options.backend);
+  impl->backend = resolve_backend(impl->target, options);
   impl->options.backend = impl->backend;
   return LockFile(std::move(impl));
 }

@@ -371,56 +371,7 @@ void remove_scratch(const std::string& scratch) {
   }
 }
 
-bool verdict_safe(const ProbeReport& report, Primitive p, bool& known) {
-  const auto* r = report.find(p);
-  if (r == nullptr) {
-    known = false;
-    return false;
-  }
-  return r->verdict == Verdict::safe;
-}
-
 }  // namespace
-
-std::string_view to_string(Primitive primitive) noexcept {
-  switch (primitive) {
-    case Primitive::mkdir: return "mkdir";
-    case Primitive::excl: return "excl";
-    case Primitive::link: return "link";
-    case Primitive::rename: return "rename";
-    case Primitive::flock: return "flock";
-    case Primitive::ofd: return "ofd";
-    case Primitive::posix: return "posix";
-  }
-  return "?";
-}
-
-std::optional<Primitive> parse_primitive(std::string_view name) noexcept {
-  for (Primitive p : all_primitives()) {
-    if (to_string(p) == name) return p;
-  }
-  return std::nullopt;
-}
-
-const std::vector<Primitive>& all_primitives() noexcept {
-  static const std::vector<Primitive> all{Primitive::mkdir, Primitive::excl,  Primitive::link,
-                                          Primitive::rename, Primitive::flock, Primitive::ofd,
-                                          Primitive::posix};
-  return all;
-}
-
-bool is_kernel_lock(Primitive p) noexcept {
-  return p == Primitive::flock || p == Primitive::ofd || p == Primitive::posix;
-}
-
-std::string_view to_string(Verdict verdict) noexcept {
-  switch (verdict) {
-    case Verdict::safe: return "safe";
-    case Verdict::unsafe: return "UNSAFE";
-    case Verdict::unsupported: return "unsupported";
-  }
-  return "?";
-}
 
 const PrimitiveResult* ProbeReport::find(Primitive primitive) const noexcept {
   for (const auto& r : results) {
@@ -461,48 +412,48 @@ ProbeReport probe(const ProbeOptions& options) {
   }
   remove_scratch(scratch);
 
+  // Remembered for the mount first, so that select_backend (here and in every later process)
+  // decides with what was just measured.
+  probe_internal::remember_probe_report(report);
   try {
     auto choice = select_backend(options.directory);
     report.automatic_backend = choice.backend;
     report.automatic_reason = choice.reason;
   } catch (const std::exception& e) {
-    report.automatic_backend = Backend::ofd;
-    report.automatic_reason = std::string("select_backend failed: ") + e.what();
+    report.automatic_backend = Backend::automatic;  // refuses: no backend it can verify is safe
+    report.automatic_reason = e.what();
   }
-  bool known = true;
+  // Unknown (nullopt) when a primitive behind the choice was not probed or was inconclusive.
+  auto measured = [&](Primitive p) -> std::optional<bool> {
+    const auto* r = report.find(p);
+    if (r == nullptr || r->verdict == Verdict::inconclusive) return std::nullopt;
+    return r->verdict == Verdict::safe;
+  };
   switch (report.automatic_backend) {
-    case Backend::automatic:
-    case Backend::ofd: report.automatic_safe = verdict_safe(report, Primitive::ofd, known); break;
-    case Backend::flock: report.automatic_safe = verdict_safe(report, Primitive::flock, known); break;
-    case Backend::link: report.automatic_safe = verdict_safe(report, Primitive::link, known); break;
+    case Backend::automatic: report.automatic_safe.reset(); break;
+    case Backend::ofd: report.automatic_safe = measured(Primitive::ofd); break;
+    case Backend::flock: report.automatic_safe = measured(Primitive::flock); break;
+    case Backend::link: report.automatic_safe = measured(Primitive::link); break;
     case Backend::excl: {
       // excl uses RENAME_NOREPLACE, and O_CREAT|O_EXCL only where renameat2 is refused.
       const auto* rn = report.find(Primitive::rename);
       if (rn != nullptr && rn->verdict == Verdict::unsupported) {
-        report.automatic_safe = verdict_safe(report, Primitive::excl, known);
+        report.automatic_safe = measured(Primitive::excl);
       } else {
-        bool a = verdict_safe(report, Primitive::rename, known);
-        bool b = verdict_safe(report, Primitive::excl, known);
-        report.automatic_safe = a && b;
+        auto a = measured(Primitive::rename);
+        auto b = measured(Primitive::excl);
+        if (a == false || b == false) {
+          report.automatic_safe = false;
+        } else if (a && b) {
+          report.automatic_safe = true;
+        } else {
+          report.automatic_safe.reset();
+        }
       }
       break;
     }
   }
-  if (!known) report.automatic_safe.reset();
-
-  auto safe = [&](Primitive p) {
-    const auto* r = report.find(p);
-    return r != nullptr && r->verdict == Verdict::safe;
-  };
-  if (safe(Primitive::ofd)) {
-    report.recommended = Backend::ofd;
-  } else if (safe(Primitive::flock)) {
-    report.recommended = Backend::flock;
-  } else if (safe(Primitive::link)) {
-    report.recommended = Backend::link;
-  } else if (safe(Primitive::excl) && safe(Primitive::rename)) {
-    report.recommended = Backend::excl;
-  }
+  report.recommended = recommended_backend(report);
   report.elapsed_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return report;
