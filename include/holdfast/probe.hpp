@@ -60,6 +60,9 @@ struct LockSemantics {
                                                // (posix: yes, the classic trap; ofd, flock: no)
   std::optional<bool> inherited_by_child;      // after fork, the child still holds it once the
                                                // parent has closed (ofd, flock: yes; posix: no)
+  std::optional<bool> survives_exec;           // a child that exec'd with the descriptor still
+                                               // holds it once the parent has closed (ofd, flock:
+                                               // yes; posix: no). ensure and lock rely on it.
 };
 
 struct PrimitiveResult {
@@ -70,6 +73,8 @@ struct PrimitiveResult {
   int max_winners = 0;       // most winners seen in one round
   int no_winner_rounds = 0;  // rounds nobody won (a liveness problem, not a safety one)
   int errors = 0;            // attempts that failed with an unexpected errno
+  int resource_errors = 0;   // attempts that failed for want of resources or with I/O errors
+                             // (ENOSPC, EDQUOT, EMFILE, ENFILE, ENOMEM, EROFS, EIO)
   std::string first_error;   // e.g. "mkdir: Input/output error"
   double median_us = 0;      // latency of one attempt, all workers and rounds
   double p99_us = 0;
@@ -131,10 +136,17 @@ struct ProbeReport {
 };
 
 // Runs the race harness (and semantics checks) in options.directory, inside a scratch
-// subdirectory ".holdfast-probe.XXXX" that is removed afterwards. Forks options.workers
-// processes; blocks until done. Throws Error if the directory is missing or not writable, or if
-// workers cannot be started; failures of a primitive itself are reported in its result, never
-// thrown. Not async-signal-safe; call from a process that can fork.
+// subdirectory ".holdfast-probe.XXXX" that is removed afterwards, on every path. Forks
+// options.workers processes; blocks until done. Throws Error if the directory is missing or not
+// writable, or if workers cannot be started; failures of a primitive itself (its setup included)
+// are reported in its result, never thrown: resource errors as Verdict::inconclusive. Each
+// round's name is removed before the next round.
+//
+// SIGINT, SIGTERM and SIGHUP are blocked in the calling thread while it runs and checked between
+// rounds: when one arrives, probe stops, removes its scratch tree, restores the signal mask (so
+// the signal then takes its normal effect) and, if the process survives it, throws Error with
+// exit code 128 + the signal. Block them in other threads too, or they may kill the process
+// before the cleanup. Not async-signal-safe; call from a process that can fork.
 ProbeReport probe(const ProbeOptions& options);
 
 // The backend a report recommends, from its measurements alone: flock (what flock(1), python

@@ -14,9 +14,20 @@ namespace holdfast::probe_internal {
 std::string fs_type_name(uint64_t magic);
 
 // Runs the kernel-lock semantics checks for `primitive` (flock, ofd, posix) on a file created
-// in `scratch_dir`, using short-lived child processes. Never throws for lock failures; unknown
-// answers stay nullopt and `error` says why.
-LockSemantics check_semantics(Primitive primitive, const std::string& scratch_dir, std::string& error);
+// in `scratch_dir`, using short-lived child processes (one execs /bin/sh). Never throws for lock
+// failures; unknown answers stay nullopt, and if the checks could not start, `error` says why and
+// `error_number` is the errno.
+LockSemantics check_semantics(Primitive primitive, const std::string& scratch_dir, std::string& error,
+                              int& error_number);
+// Why `primitive` is unsafe for holdfast given its measured semantics, or "" if it is not: it
+// must exclude other processes; ofd and flock must also exclude a second open in this process,
+// survive closing another descriptor of the file, and stay held by a child across fork and exec
+// (what ensure and `holdfast lock` rely on). POSIX locks are process-owned by design: only the
+// first rule applies. Unmeasured (nullopt) properties are not held against it.
+std::string semantics_problem(Primitive primitive, const LockSemantics& semantics);
+// True if errno `err` means the measurement ran out of resources or the filesystem failed
+// (ENOSPC, EDQUOT, EMFILE, ENFILE, ENOMEM, EROFS, EIO): the answer is "inconclusive", not unsafe.
+bool is_resource_errno(int err) noexcept;
 
 // True if errno `err` means "this filesystem does not do that" rather than a failure.
 bool is_unsupported_errno(int err) noexcept;

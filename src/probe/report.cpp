@@ -87,6 +87,7 @@ std::string ProbeReport::to_json() const {
                      {"max_winners", r.max_winners},
                      {"no_winner_rounds", r.no_winner_rounds},
                      {"errors", r.errors},
+                     {"resource_errors", r.resource_errors},
                      {"first_error", r.first_error},
                      {"median_us", r.median_us},
                      {"p99_us", r.p99_us},
@@ -95,7 +96,8 @@ std::string ProbeReport::to_json() const {
       p["semantics"] = {{"excludes_other_process", tri(r.semantics->excludes_other_process)},
                         {"excludes_same_process", tri(r.semantics->excludes_same_process)},
                         {"closing_other_fd_drops", tri(r.semantics->closing_other_fd_drops)},
-                        {"inherited_by_child", tri(r.semantics->inherited_by_child)}};
+                        {"inherited_by_child", tri(r.semantics->inherited_by_child)},
+                        {"survives_exec", tri(r.semantics->survives_exec)}};
     }
     prims.push_back(std::move(p));
   }
@@ -126,16 +128,17 @@ std::string ProbeReport::to_table() const {
   bool any_sem = false;
   for (const auto& r : results) any_sem = any_sem || r.semantics.has_value();
   if (any_sem) {
-    out += fmt::format("\n{:<9}{:>15}{:>15}{:>20}{:>16}\n", "LOCK", "OTHER PROCESS", "SAME PROCESS",
-                       "CLOSE OTHER FD", "SURVIVES FORK");
-    out += fmt::format("{:<9}{:>15}{:>15}{:>20}{:>16}\n", "", "excluded", "excluded", "drops lock",
-                       "(child keeps)");
+    out += fmt::format("\n{:<9}{:>15}{:>15}{:>20}{:>16}{:>16}\n", "LOCK", "OTHER PROCESS", "SAME PROCESS",
+                       "CLOSE OTHER FD", "SURVIVES FORK", "SURVIVES EXEC");
+    out += fmt::format("{:<9}{:>15}{:>15}{:>20}{:>16}{:>16}\n", "", "excluded", "excluded", "drops lock",
+                       "(child keeps)", "(command keeps)");
     for (const auto& r : results) {
       if (!r.semantics) continue;
       const auto& s = *r.semantics;
-      out += fmt::format("{:<9}{:>15}{:>15}{:>20}{:>16}\n", to_string(r.primitive),
+      out += fmt::format("{:<9}{:>15}{:>15}{:>20}{:>16}{:>16}\n", to_string(r.primitive),
                          yes_no(s.excludes_other_process), yes_no(s.excludes_same_process),
-                         yes_no(s.closing_other_fd_drops), yes_no(s.inherited_by_child));
+                         yes_no(s.closing_other_fd_drops), yes_no(s.inherited_by_child),
+                         yes_no(s.survives_exec));
     }
   }
   out += "\n";

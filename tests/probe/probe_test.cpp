@@ -59,6 +59,10 @@ void expect_lock_semantics(const ProbeReport& r) {
   EXPECT_EQ(posix->semantics->excludes_same_process, false) << "POSIX locks belong to the process";
   EXPECT_EQ(posix->semantics->closing_other_fd_drops, true) << "the classic POSIX trap";
   EXPECT_EQ(posix->semantics->inherited_by_child, false);
+  EXPECT_EQ(posix->semantics->survives_exec, false);
+  EXPECT_EQ(ofd->semantics->survives_exec, true);
+  EXPECT_EQ(fl->semantics->survives_exec, true);
+  EXPECT_EQ(fl->semantics->closing_other_fd_drops, false);
   EXPECT_EQ(fl->semantics->excludes_same_process, true);
   EXPECT_EQ(fl->semantics->inherited_by_child, true);
 }
