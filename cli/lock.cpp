@@ -80,9 +80,13 @@ int run_lock(const LockArgs& a) {
   options.stale_after = std::chrono::milliseconds(static_cast<int64_t>(a.stale_after * 1000));
   options.command = a.command.empty() ? std::vector<std::string>{"sh", "-c", a.shell_command} : a.command;
 
-  if (options.backend == Backend::automatic) {
-    auto choice = select_backend(sys::dirname_of(a.path));
-    if (choice.backend != Backend::ofd) std::fprintf(stderr, "holdfast lock: note: %s\n", choice.reason.c_str());
+  if (options.backend == Backend::automatic && a.verbose) {
+    try {  // the choice is remembered per mount: the acquire below asks again for free
+      auto choice = select_backend(sys::dirname_of(a.path), a.path);
+      std::fprintf(stderr, "holdfast lock: note: %s\n", choice.reason.c_str());
+    } catch (const Error&) {
+      // the acquire below reports it
+    }
   }
 
   auto started = std::chrono::steady_clock::now();

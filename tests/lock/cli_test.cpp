@@ -99,7 +99,8 @@ TEST(LockCli, JsonReportsTheGrant) {
 
 TEST(LockCli, ConflictNonblockTimeoutAndConflictExitCode) {
   testing::TempDir dir;
-  auto held = Lock::acquire(dir / "l", LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
+  // flock: what the default (automatic) backend takes where kernel locks are enforced
+  auto held = Lock::acquire(dir / "l", LockOptions{Backend::flock, LockMode::exclusive, {}, {}});
   EXPECT_EQ(holdfast({"lock", "-n", dir / "l", "--", "true"}).exit_code, 1);
   EXPECT_EQ(holdfast({"lock", "-n", "-E", "42", dir / "l", "--", "true"}).exit_code, 42);
   auto t = holdfast({"lock", "-w", "0.2", "--verbose", dir / "l", "--", "true"});
