@@ -267,7 +267,8 @@ TEST(LockErrors, PermissionDenied) {
     bool names = r.err.find(dir / "l") != std::string::npos && r.err.find("Permission denied") != std::string::npos;
     return names ? r.exit_code : 101;
   }));
-  EXPECT_EQ(rc, exit_code::no_perm);
+  // As flock(1): a lock file that cannot be opened (or created) is 66, whatever the errno.
+  EXPECT_EQ(rc, exit_code::no_input);
 }
 
 // Mounts a small tmpfs at a temp dir for the test's lifetime; skips the test if it cannot.
@@ -324,10 +325,11 @@ TEST(LockErrors, UsageAndCommandErrors) {
   EXPECT_EQ(holdfast({"lock", "--no-such-flag", dir / "l", "--", "true"}).exit_code, exit_code::usage);
   EXPECT_EQ(holdfast({"lock", "--backend", "nfs", dir / "l", "--", "true"}).exit_code, exit_code::usage);
   EXPECT_EQ(holdfast({"lock", dir / "l"}).exit_code, exit_code::usage);
-  EXPECT_EQ(holdfast({"lock", "-s", "-x", dir / "l", "--", "true"}).exit_code, exit_code::usage);
-  EXPECT_EQ(holdfast({"lock", dir / "l", "--", "/no/such/command"}).exit_code, exit_code::not_found);
+  // As flock(1): the last of -s/-x wins; a command that cannot be run is 69 (EX_UNAVAILABLE).
+  EXPECT_EQ(holdfast({"lock", "-s", "-x", dir / "l", "--", "true"}).exit_code, exit_code::ok);
+  EXPECT_EQ(holdfast({"lock", dir / "l", "--", "/no/such/command"}).exit_code, exit_code::unavailable);
   std::ofstream(dir / "noexec") << "#!/bin/sh\n";
-  EXPECT_EQ(holdfast({"lock", dir / "l", "--", dir / "noexec"}).exit_code, exit_code::cannot_exec);
+  EXPECT_EQ(holdfast({"lock", dir / "l", "--", dir / "noexec"}).exit_code, exit_code::unavailable);
 }
 
 }  // namespace
