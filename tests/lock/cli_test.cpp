@@ -99,7 +99,8 @@ TEST(LockCli, JsonReportsTheGrant) {
 
 TEST(LockCli, ConflictNonblockTimeoutAndConflictExitCode) {
   testing::TempDir dir;
-  auto held = Lock::acquire(dir / "l", LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
+  // `holdfast lock` takes flock(2) locks by default (as flock(1) does).
+  auto held = Lock::acquire(dir / "l", LockOptions{Backend::flock, LockMode::exclusive, {}, {}});
   EXPECT_EQ(holdfast({"lock", "-n", dir / "l", "--", "true"}).exit_code, 1);
   EXPECT_EQ(holdfast({"lock", "-n", "-E", "42", dir / "l", "--", "true"}).exit_code, 42);
   auto t = holdfast({"lock", "-w", "0.2", "--verbose", dir / "l", "--", "true"});
@@ -119,6 +120,8 @@ TEST(LockCli, InteroperatesWithFlock1) {
   });
   ASSERT_TRUE(wait_for_kernel_lock(dir / "l"));
   EXPECT_EQ(holdfast({"lock", "-n", "--backend", "flock", dir / "l", "--", "true"}).exit_code, 1);
+  // The default backend too (review C3: it used to be OFD, which does not see flock(1)).
+  EXPECT_EQ(holdfast({"lock", "-n", dir / "l", "true"}).exit_code, 1);
   ::kill(-f, SIGKILL);
   testing::wait_child(f);
   pid_t h = spawn_holdfast({"lock", "--backend", "flock", dir / "l", "--", "sleep", "2"});
