@@ -94,10 +94,11 @@ const LongOption& resolve_long(std::string_view name, const std::string& spelled
 
 // flock(1)'s strtos32_or_err: strtol base 10, blanks and a sign allowed, nothing after.
 int parse_s32(const std::string& text, const char* what) {
+  if (text.empty()) usage_error(fmt::format("{}: '{}'", what, text));
   errno = 0;
   char* end = nullptr;
-  long value = text.empty() ? 0 : std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || end == text.c_str() || *end != '\0') usage_error(fmt::format("{}: '{}'", what, text));
+  long value = std::strtol(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0') usage_error(fmt::format("{}: '{}'", what, text));
   if (errno == ERANGE || value < INT_MIN || value > INT_MAX) {
     usage_error(fmt::format("{}: '{}': {}", what, text, std::strerror(ERANGE)));
   }
