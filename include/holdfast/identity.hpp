@@ -1,8 +1,9 @@
 // Process identity and proof of death.
 //
 // A pid alone names nothing durable: pids are recycled, machines reboot, and a file may be read
-// from another host. holdfast identifies a process by pid + start time + boot id + host, and
-// declares it dead only on proof. Anything it cannot verify is treated as alive ("fail closed").
+// from another host or another pid/time namespace. holdfast identifies a process by pid + start
+// time + boot id + host (+ the pid and time namespaces it was read in), and declares it dead only
+// on proof. Anything it cannot verify is treated as alive ("fail closed").
 #pragma once
 
 #include <sys/types.h>
@@ -16,27 +17,42 @@ namespace holdfast {
 struct ProcessIdentity {
   pid_t pid = 0;
   uint64_t start_time = 0;  // /proc/PID/stat field 22: clock ticks after boot
-  std::string boot_id;      // /proc/sys/kernel/random/boot_id
+  std::string boot_id;      // /proc/sys/kernel/random/boot_id; empty if it could not be read
   std::string host;         // gethostname(2)
+  // Inodes of /proc/PID/ns/pid and /proc/PID/ns/time when the identity was read; 0 = not
+  // recorded (older records, or unreadable). The pid is only meaningful in its pid namespace, and
+  // the start time is shifted by a time namespace's boottime offset.
+  uint64_t pid_ns = 0;
+  uint64_t time_ns = 0;
 
   bool operator==(const ProcessIdentity&) const = default;
+
+  // True if everything liveness needs was read: a pid, a start time and a boot id. An identity
+  // that is not verifiable can never be proven dead, so a lock recorded with it is held until
+  // someone removes it by hand (or a lease expires).
+  bool verifiable() const noexcept { return pid > 0 && start_time != 0 && !boot_id.empty(); }
 };
 
-// This machine's boot id and host name (read once, cached).
+// This machine's boot id (empty if /proc/sys/kernel/random/boot_id cannot be read, e.g. under
+// systemd's ProcSubset=pid) and host name. Read once, cached.
 const std::string& this_boot_id();
 const std::string& this_host();
 
-// The identity of the calling process.
+// The identity of the calling process. If /proc cannot be read, the result is not verifiable()
+// (start time 0 or empty boot id): records naming it are then held, never judged dead.
 ProcessIdentity self_identity();
 
-// The identity of a live local process, or nullopt if it does not exist (or is a zombie) or its
-// /proc entry cannot be read.
+// The verifiable identity of a live local process; nullopt if it does not exist, has exited (a
+// zombie whose threads have all exited), or its start time or this machine's boot id cannot be
+// read. Callers that must name a process in a record (holdfast lock's command) refuse to go on
+// when this is nullopt.
 std::optional<ProcessIdentity> identity_of(pid_t pid);
 
 enum class Liveness {
   alive,    // verified: same host, same boot, pid exists with the recorded start time
-  dead,     // proven: rebooted, pid gone or zombie, or pid reused (other start time)
-  unknown,  // cannot be verified (other host, EPERM, hidden /proc): callers must treat as alive
+  dead,     // proven: rebooted, pid gone or exited (zombie with no live thread), or pid reused
+  unknown,  // cannot be verified (other host, other pid/time namespace, EPERM, hidden or
+            // unreadable /proc, unverifiable record): callers must treat as alive
 };
 
 struct LivenessVerdict {
@@ -49,6 +65,8 @@ class ProcessTable {
  public:
   virtual ~ProcessTable() = default;
   struct Entry {
+    // zombie: the whole thread group has exited. A leader that called pthread_exit() while other
+    // threads run shows state Z in /proc/PID/stat but is `running` here.
     enum class State { running, zombie, missing, unreadable } state;
     uint64_t start_time = 0;
     int error = 0;  // errno when unreadable
@@ -56,16 +74,20 @@ class ProcessTable {
   virtual Entry lookup(pid_t pid) const = 0;
   // kill(pid, 0): 0, or -errno (-ESRCH: no such process, -EPERM: exists, not ours).
   virtual int signal_probe(pid_t pid) const = 0;
-  virtual const std::string& boot_id() const = 0;
+  virtual const std::string& boot_id() const = 0;  // empty: unknown
   virtual const std::string& host() const = 0;
+  // The reader's own pid and time namespace inodes (0: unknown). Defaults read /proc/self/ns.
+  virtual uint64_t pid_ns() const;
+  virtual uint64_t time_ns() const;
 };
 
 // The real /proc-backed table.
 const ProcessTable& system_process_table();
 
 // Judges whether the recorded process still runs. Dead only on proof: another boot id on this
-// host, the pid absent (both /proc and kill(2) agree) or a zombie, or the pid alive with a
-// different start time. Other host, EPERM, or an unreadable /proc entry: unknown.
+// host, the pid absent (both /proc and kill(2) agree) or exited, or the pid alive with a
+// different start time. Unknown: another host; another pid or time namespace than the reader's;
+// a record or a reader that lacks its boot id or start time; EPERM; an unreadable /proc entry.
 LivenessVerdict judge_liveness(const ProcessIdentity& recorded,
                                const ProcessTable& table = system_process_table());
 

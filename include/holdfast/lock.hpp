@@ -55,13 +55,26 @@ struct HolderRecord {
   Backend backend = Backend::ofd;
   LockMode mode = LockMode::exclusive;
   int64_t acquired_unix_ns = 0;    // wall-clock time of the grant
-  std::vector<std::string> command;  // argv of what runs under the lock
+  // argv of what runs under the lock, capped (see cap_command) so that a record always fits in
+  // what readers read (kRecordReadLimit).
+  std::vector<std::string> command;
   int64_t lease_ms = 0;            // >0: the holder refreshes mtime every lease/3 (stale_after)
 
   std::string to_json() const;
-  // Parses a record; nullopt if it is not a complete, well-formed record.
+  // Parses a record; nullopt (never an exception) if it is not a complete, well-formed record.
   static std::optional<HolderRecord> parse(std::string_view text);
 };
+
+// Limits on what a record stores of a command line: readers read up to kRecordReadLimit bytes,
+// well above the largest record a writer produces, so a long argv can never make a record
+// unparseable (and a dead holder's dotlock unreclaimable).
+inline constexpr size_t kRecordMaxArgBytes = 4096;
+inline constexpr size_t kRecordMaxArgs = 256;
+inline constexpr size_t kRecordMaxCommandBytes = 64 * 1024;
+inline constexpr size_t kRecordReadLimit = 1024 * 1024;
+inline constexpr const char* kRecordTruncatedMarker = "...(truncated by holdfast)";
+// `command` cut to those limits; when anything was cut, kRecordTruncatedMarker is appended.
+std::vector<std::string> cap_command(std::vector<std::string> command);
 
 struct LockOptions {
   Backend backend = Backend::automatic;

@@ -1,6 +1,8 @@
 #include "holdfast/identity.hpp"
 
+#include <dirent.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -38,6 +40,36 @@ bool parse_stat(const std::string& text, char& state, uint64_t& start_time) {
   return true;
 }
 
+bool exited_state(char state) { return state == 'Z' || state == 'X' || state == 'x'; }
+
+// True if some thread of `pid` other than its leader has not exited. A thread-group leader that
+// called pthread_exit() is shown as a zombie while its other threads keep the process alive.
+bool has_live_thread(pid_t pid) {
+  const std::string task = "/proc/" + std::to_string(pid) + "/task";
+  DIR* dir = ::opendir(task.c_str());
+  if (dir == nullptr) return false;
+  bool live = false;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    if (std::to_string(pid) == e->d_name) continue;
+    auto text = sys::read_file(task + "/" + e->d_name + "/stat", 4096);
+    char state = 0;
+    uint64_t start = 0;
+    if (text && parse_stat(*text, state, start) && !exited_state(state)) {
+      live = true;
+      break;
+    }
+  }
+  ::closedir(dir);
+  return live;
+}
+
+// Inode of a namespace link such as /proc/self/ns/pid; 0 if it cannot be read.
+uint64_t ns_inode(const std::string& link) {
+  struct stat st {};
+  return sys::stat_nothrow(link, st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+}
+
 class SystemProcessTable final : public ProcessTable {
  public:
   Entry lookup(pid_t pid) const override {
@@ -50,7 +82,7 @@ class SystemProcessTable final : public ProcessTable {
     char state = 0;
     uint64_t start = 0;
     if (!parse_stat(*text, state, start)) return {Entry::State::unreadable, 0, EINVAL};
-    if (state == 'Z' || state == 'X' || state == 'x') return {Entry::State::zombie, start, 0};
+    if (exited_state(state) && !has_live_thread(pid)) return {Entry::State::zombie, start, 0};
     return {Entry::State::running, start, 0};
   }
   int signal_probe(pid_t pid) const override { return ::kill(pid, 0) == 0 ? 0 : -errno; }
@@ -60,10 +92,21 @@ class SystemProcessTable final : public ProcessTable {
 
 }  // namespace
 
+uint64_t ProcessTable::pid_ns() const {
+  static const uint64_t ns = ns_inode("/proc/self/ns/pid");
+  return ns;
+}
+
+uint64_t ProcessTable::time_ns() const {
+  // Not cached: unshare(CLONE_NEWTIME) changes it only for children, but a forked child that
+  // inherited a cache from before would be wrong. One stat per judgment is cheap.
+  return ns_inode("/proc/self/ns/time");
+}
+
 const std::string& this_boot_id() {
   static const std::string id = [] {
     auto text = sys::read_file("/proc/sys/kernel/random/boot_id", 128);
-    return text ? trim(*text) : std::string("unknown-boot");
+    return text ? trim(*text) : std::string();
   }();
   return id;
 }
@@ -82,21 +125,38 @@ const ProcessTable& system_process_table() {
   return table;
 }
 
-std::optional<ProcessIdentity> identity_of(pid_t pid) {
+namespace {
+
+// Whatever can be read about `pid`; start_time 0 / empty boot id when unreadable.
+ProcessIdentity read_identity(pid_t pid, bool* running) {
+  ProcessIdentity id{pid, 0, this_boot_id(), this_host()};
   auto entry = system_process_table().lookup(pid);
-  if (entry.state != ProcessTable::Entry::State::running) return std::nullopt;
-  return ProcessIdentity{pid, entry.start_time, this_boot_id(), this_host()};
+  *running = entry.state == ProcessTable::Entry::State::running;
+  if (*running) id.start_time = entry.start_time;
+  const std::string ns = "/proc/" + std::to_string(pid) + "/ns/";
+  id.pid_ns = ns_inode(ns + "pid");
+  id.time_ns = ns_inode(ns + "time");
+  return id;
+}
+
+}  // namespace
+
+std::optional<ProcessIdentity> identity_of(pid_t pid) {
+  bool running = false;
+  ProcessIdentity id = read_identity(pid, &running);
+  if (!running || !id.verifiable()) return std::nullopt;
+  return id;
 }
 
 ProcessIdentity self_identity() {
   static const ProcessIdentity cached = [] {
-    auto id = identity_of(::getpid());
-    return id ? *id : ProcessIdentity{::getpid(), 0, this_boot_id(), this_host()};
+    bool running = false;
+    return read_identity(::getpid(), &running);
   }();
   // After fork the cached value belongs to the parent; recompute for a child.
   if (cached.pid == ::getpid()) return cached;
-  auto id = identity_of(::getpid());
-  return id ? *id : ProcessIdentity{::getpid(), 0, this_boot_id(), this_host()};
+  bool running = false;
+  return read_identity(::getpid(), &running);
 }
 
 LivenessVerdict judge_liveness(const ProcessIdentity& recorded, const ProcessTable& table) {
@@ -104,15 +164,28 @@ LivenessVerdict judge_liveness(const ProcessIdentity& recorded, const ProcessTab
   if (recorded.host != table.host()) {
     return {Liveness::unknown, "recorded on host '" + recorded.host + "', this is '" + table.host() + "'"};
   }
+  // Without both boot ids, "another boot" cannot be told from "this boot" (ProcSubset=pid hides
+  // /proc/sys): unverifiable, never proof of a reboot.
+  if (recorded.boot_id.empty()) return {Liveness::unknown, "record has no boot id (unverifiable)"};
+  if (table.boot_id().empty()) return {Liveness::unknown, "cannot read this machine's boot id (unverifiable)"};
   if (recorded.boot_id != table.boot_id()) {
     return {Liveness::dead, "recorded in an earlier boot (" + recorded.boot_id + ")"};
   }
+  // A pid names a process only inside its pid namespace, and a time namespace shifts start
+  // times: from another namespace (or when ours cannot be read) nothing can be proven.
+  if (recorded.pid_ns != 0 && recorded.pid_ns != table.pid_ns()) {
+    return {Liveness::unknown, pid + " was recorded in another pid namespace"};
+  }
+  if (recorded.time_ns != 0 && recorded.time_ns != table.time_ns()) {
+    return {Liveness::unknown, pid + " was recorded in another time namespace"};
+  }
   if (recorded.pid <= 0) return {Liveness::unknown, "record names no valid pid"};
+  if (recorded.start_time == 0) return {Liveness::unknown, pid + ": record has no start time (unverifiable)"};
   using State = ProcessTable::Entry::State;
   auto entry = table.lookup(recorded.pid);
   switch (entry.state) {
     case State::zombie:
-      return {Liveness::dead, pid + " is a zombie"};
+      return {Liveness::dead, pid + " has exited (zombie)"};
     case State::running:
       if (entry.start_time != recorded.start_time) {
         return {Liveness::dead, pid + " was reused (start time " + std::to_string(recorded.start_time) +

@@ -65,7 +65,7 @@ HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& opti
   r.mode = mode;
   r.acquired_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::system_clock::now().time_since_epoch()).count();
-  r.command = options.command;
+  r.command = cap_command(options.command);
   if (r.command.empty()) {
     static const std::vector<std::string> self_cmdline = [] {
       std::vector<std::string> argv;
@@ -78,7 +78,7 @@ HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& opti
           start = i + 1;
         }
       }
-      return argv;
+      return cap_command(std::move(argv));
     }();
     r.command = self_cmdline;
   }

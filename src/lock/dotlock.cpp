@@ -12,7 +12,11 @@
 //      may replace a dead holder's file, so it cannot change before step 4;
 //   4. rename our complete record file over the name — an atomic replace, with no instant at
 //      which the name is free for a third party to create;
-//   5. remove the marker (moved aside by rename and unlinked only if it is still ours).
+//   5. remove the marker (moved aside by rename and unlinked only if it is still ours) — on
+//      every path out of the reclaim, by a scope guard.
+//
+// "Still ours" is decided first without touching the name: if our open file has no links left
+// (fstat st_nlink == 0), someone replaced it, and the name now belongs to them.
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -48,22 +52,55 @@ struct Owned {
   off_t size = 0;
 };
 
-// Writes `record` to a fresh unique temp file beside the lock. Throws on failure.
+// Unlinks a temp name on scope exit unless disarmed (it was linked or renamed into place).
+class TempName {
+ public:
+  explicit TempName(std::string path) : path_(std::move(path)) {}
+  ~TempName() {
+    if (armed_) ::unlink(path_.c_str());
+  }
+  TempName(const TempName&) = delete;
+  TempName& operator=(const TempName&) = delete;
+  const std::string& path() const { return path_; }
+  void disarm() { armed_ = false; }
+
+ private:
+  std::string path_;
+  bool armed_ = true;
+};
+
+// Writes `record` to the fresh temp file `tmp` (created exclusively). Throws on failure; the
+// caller's TempName removes the name.
 Owned write_temp(const Target& t, const std::string& tmp, const HolderRecord& record) {
   Owned o;
   int fd = sys::open_nothrow(AT_FDCWD, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
   if (fd < 0) throw_open_error(-fd, t, tmp);
   o.fd.reset(fd);
-  if (int rc = write_record(fd, record, o.size); rc < 0) {
-    ::unlink(tmp.c_str());
-    throw Error(-rc, tmp, "cannot write holder record");
-  }
-  if (sys::fstat_nothrow(fd, o.st) < 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(err, tmp, "cannot stat lock file");
-  }
+  if (int rc = write_record(fd, record, o.size); rc < 0) throw Error(-rc, tmp, "cannot write holder record");
+  if (sys::fstat_nothrow(fd, o.st) < 0) throw Error(errno, tmp, "cannot stat lock file");
   return o;
+}
+
+// Moves `name` aside and unlinks it only if it is our inode (the file open at `ours_fd`). Decides
+// without touching the name first: if our inode has no links left, it was replaced (our lease
+// expired and someone reclaimed it, or it was removed by hand) and the name is not ours — moving
+// it aside even for a moment would free the name for a third process. True if removed.
+bool remove_if_ours(const Target& t, const std::string& name, int ours_fd) {
+  struct stat mine {};
+  if (ours_fd < 0 || sys::fstat_nothrow(ours_fd, mine) < 0 || mine.st_nlink == 0) return false;
+  struct stat now {};
+  if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, mine)) return false;
+  // Only a reclaim landing in the microseconds since the stat can still race us here, and only
+  // for a holder whose lease had already expired; then the file is put back.
+  const std::string aside = sibling(t, name, "gone", hex(sys::random_u64()));
+  if (::rename(name.c_str(), aside.c_str()) != 0) return false;
+  struct stat st {};
+  if (sys::stat_nothrow(aside, st) == 0 && sys::same_inode(st, mine)) {
+    ::unlink(aside.c_str());
+    return true;
+  }
+  ::renameat2(AT_FDCWD, aside.c_str(), AT_FDCWD, name.c_str(), RENAME_NOREPLACE);
+  return false;
 }
 
 enum class Create { created, exists };
@@ -71,15 +108,15 @@ enum class Create { created, exists };
 // Makes `name` appear, exclusively, already holding `record`.
 Create create_exclusive(const Target& t, Backend backend, const std::string& name, const HolderRecord& record,
                         Owned& out) {
-  const std::string tmp = sibling(t, name, "new", hex(sys::random_u64()));
-  Owned o = write_temp(t, tmp, record);
+  TempName tmp(sibling(t, name, "new", hex(sys::random_u64())));
+  Owned o = write_temp(t, tmp.path(), record);
   if (backend == Backend::link) {
-    int rc = ::link(tmp.c_str(), name.c_str());
+    int rc = ::link(tmp.path().c_str(), name.c_str());
     int err = rc == 0 ? 0 : errno;
     struct stat st {};
     // NFS may report failure for a link that was made (lost reply); the link count tells.
-    bool linked = sys::fstat_nothrow(o.fd.get(), st) == 0 && st.st_nlink >= 2;
-    ::unlink(tmp.c_str());
+    if (sys::fstat_nothrow(o.fd.get(), st) < 0) throw Error(errno, tmp.path(), "cannot stat lock file");
+    const bool linked = st.st_nlink >= 2;
     if (!linked) {
       if (err == EEXIST) return Create::exists;
       if (err == EPERM || err == EOPNOTSUPP || err == ENOSYS) {
@@ -88,11 +125,13 @@ Create create_exclusive(const Target& t, Backend backend, const std::string& nam
       }
       throw Error(err == 0 ? EIO : err, name, "cannot create dotlock");
     }
+    // tmp's destructor unlinks the temp name; the lock name stays.
   } else {
-    int rc = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, name.c_str(), RENAME_NOREPLACE);
-    if (rc != 0) {
+    int rc = ::renameat2(AT_FDCWD, tmp.path().c_str(), AT_FDCWD, name.c_str(), RENAME_NOREPLACE);
+    if (rc == 0) {
+      tmp.disarm();
+    } else {
       int err = errno;
-      ::unlink(tmp.c_str());
       if (err == EEXIST) return Create::exists;
       if (err != EINVAL && err != ENOSYS && err != EOPNOTSUPP) throw Error(err, name, "cannot create dotlock");
       // No RENAME_NOREPLACE here: plain O_CREAT|O_EXCL. The record follows the create, so a
@@ -102,17 +141,21 @@ Create create_exclusive(const Target& t, Backend backend, const std::string& nam
       if (fd < 0) throw_open_error(-fd, t, name);
       o = Owned{};
       o.fd.reset(fd);
-      if (int wrc = write_record(fd, record, o.size); wrc < 0) {
-        ::unlink(name.c_str());  // ours: created exclusively a moment ago and never shared
-        throw Error(-wrc, name, "cannot write holder record");
-      }
-      sys::fstat_nothrow(fd, o.st);
+      TempName created(name);  // ours: created exclusively a moment ago and never shared
+      if (int wrc = write_record(fd, record, o.size); wrc < 0) throw Error(-wrc, name, "cannot write holder record");
+      if (sys::fstat_nothrow(fd, o.st) < 0) throw Error(errno, name, "cannot stat lock file");
+      created.disarm();
     }
   }
   // Post-create check: on a filesystem whose exclusive create is not atomic, a racer may have
-  // replaced our file already. Only the inode the name points at now is the lock.
+  // replaced our file already. Only the inode the name points at now is the lock. A check that
+  // cannot be made is an error, never "someone else has it" (we would wait on ourselves).
   struct stat now {};
-  if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, o.st)) return Create::exists;
+  if (int rc = sys::stat_nothrow(name, now); rc != 0) {
+    if (rc == -ENOENT) return Create::exists;
+    throw Error(-rc, name, "cannot check the dotlock just created");
+  }
+  if (!sys::same_inode(now, o.st)) return Create::exists;
   out = std::move(o);
   return Create::created;
 }
@@ -127,7 +170,8 @@ struct Judgment {
 // Decides whether the dotlock at `name` is held or proven stale.
 Judgment judge(const Target& t, const std::string& name, const LockOptions& options) {
   Judgment j;
-  int fd = sys::open_nothrow(AT_FDCWD, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY);
+  // O_NONBLOCK: a FIFO planted at the name must not block -n or -w.
+  int fd = sys::open_nothrow(AT_FDCWD, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
   if (fd == -ENOENT) {
     j.kind = Judgment::vanished;
     return j;
@@ -135,7 +179,10 @@ Judgment judge(const Target& t, const std::string& name, const LockOptions& opti
   if (fd < 0) throw_open_error(-fd, t, name);
   j.fd.reset(fd);
   if (sys::fstat_nothrow(fd, j.st) < 0) throw Error(errno, name, "cannot stat lock file");
-  auto text = sys::pread_all(fd, size_t{256} * 1024);
+  if (!S_ISREG(j.st.st_mode)) {
+    throw Error(name, "cannot use as dotlock", "not a regular file", exit_code::cant_create);
+  }
+  auto text = sys::pread_all(fd, kRecordReadLimit);
   auto record = text ? HolderRecord::parse(*text) : std::nullopt;
 
   int64_t lease_ms = options.stale_after.count();
@@ -177,19 +224,22 @@ Judgment judge(const Target& t, const std::string& name, const LockOptions& opti
   return j;
 }
 
-// Moves `name` aside and unlinks it only if it is the inode `ours`. If it is not (our file was
-// taken over, e.g. after a lease expired), puts it back without overwriting. True if removed.
-bool remove_if_ours(const Target& t, const std::string& name, const struct stat& ours) {
-  const std::string aside = sibling(t, name, "gone", hex(sys::random_u64()));
-  if (::rename(name.c_str(), aside.c_str()) != 0) return false;
-  struct stat st {};
-  if (sys::stat_nothrow(aside, st) == 0 && sys::same_inode(st, ours)) {
-    ::unlink(aside.c_str());
-    return true;
+// A reclaim marker we created: removed (if still ours) when the reclaim ends, however it ends.
+class Marker {
+ public:
+  Marker(const Target& t, std::string name) : t_(t), name_(std::move(name)) {}
+  ~Marker() {
+    if (file.fd) remove_if_ours(t_, name_, file.fd.get());
   }
-  ::renameat2(AT_FDCWD, aside.c_str(), AT_FDCWD, name.c_str(), RENAME_NOREPLACE);
-  return false;
-}
+  Marker(const Marker&) = delete;
+  Marker& operator=(const Marker&) = delete;
+  const std::string& name() const { return name_; }
+  Owned file;
+
+ private:
+  const Target& t_;
+  std::string name_;
+};
 
 constexpr int kMaxReclaimDepth = 2;
 
@@ -197,37 +247,107 @@ constexpr int kMaxReclaimDepth = 2;
 // then owns the new file.
 bool reclaim(const Target& t, Backend backend, const std::string& name, const Judgment& victim,
              const HolderRecord& record, const LockOptions& options, int depth, Owned& out) {
-  const std::string marker = sibling(t, name, "reclaim", hex(victim.st.st_dev) + "-" + hex(victim.st.st_ino));
-  Owned mark;
-  if (create_exclusive(t, backend, marker, record, mark) == Create::exists) {
+  Marker marker(t, sibling(t, name, "reclaim", hex(victim.st.st_dev) + "-" + hex(victim.st.st_ino)));
+  if (create_exclusive(t, backend, marker.name(), record, marker.file) == Create::exists) {
     if (depth >= kMaxReclaimDepth) return false;
-    Judgment m = judge(t, marker, options);
+    Judgment m = judge(t, marker.name(), options);
     if (m.kind != Judgment::stale) return false;  // a live reclaimer is at work, or it just finished
-    if (!reclaim(t, backend, marker, m, record, options, depth + 1, mark)) return false;
+    if (!reclaim(t, backend, marker.name(), m, record, options, depth + 1, marker.file)) return false;
   }
-  bool replaced = false;
   struct stat now {};
-  if (sys::stat_nothrow(name, now) == 0 && sys::same_inode(now, victim.st)) {
-    const std::string tmp = sibling(t, name, "new", hex(sys::random_u64()));
-    Owned fresh = write_temp(t, tmp, record);
-    if (::rename(tmp.c_str(), name.c_str()) == 0) {
-      replaced = sys::stat_nothrow(name, now) == 0 && sys::same_inode(now, fresh.st);
-      if (replaced) out = std::move(fresh);
-    } else {
-      int err = errno;
-      ::unlink(tmp.c_str());
-      remove_if_ours(t, marker, mark.st);
-      throw Error(err, name, "cannot replace stale dotlock");
+  if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, victim.st)) return false;
+  TempName tmp(sibling(t, name, "new", hex(sys::random_u64())));
+  Owned fresh = write_temp(t, tmp.path(), record);
+  if (::rename(tmp.path().c_str(), name.c_str()) != 0) throw Error(errno, name, "cannot replace stale dotlock");
+  tmp.disarm();
+  if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, fresh.st)) return false;
+  out = std::move(fresh);
+  return true;
+}
+
+// A held dotlock: our file at the name. Destroying it releases what it took (in the process
+// that took it; a forked child only closes its descriptor).
+class DotlockGrant final : public Lock::State {
+ public:
+  DotlockGrant(const Target& where, Backend kind, HolderRecord initial, Owned file)
+      : State(where, kind, LockMode::exclusive, std::move(initial)), file_(std::move(file)) {}
+  ~DotlockGrant() override {
+    try {
+      end();
+    } catch (...) {
+      // Destructors cannot report; release() reports a lost lock.
     }
   }
-  remove_if_ours(t, marker, mark.st);
-  return replaced;
-}
+  DotlockGrant(const DotlockGrant&) = delete;
+  DotlockGrant& operator=(const DotlockGrant&) = delete;
+
+  void release() override {
+    if (!end()) {
+      throw Error(target.path, "releasing dotlock",
+                  "the lock file is no longer ours (it was reclaimed: lease expired or removed by hand)",
+                  exit_code::conflict);
+    }
+  }
+
+  void detach() noexcept override {
+    if (!held_) return;
+    held_ = false;
+    stop_heartbeat();
+    file_.fd.reset();
+  }
+
+  void add_holder_process(const ProcessIdentity& process) override {
+    record.processes.push_back(process);
+    rewrite();
+  }
+
+  int fd() const noexcept override { return held_ ? file_.fd.get() : -1; }
+
+  // Issues the token into the record and starts the heartbeat. Throws (the grant, destroyed,
+  // removes the file).
+  void finish(const LockOptions& options) {
+    if (!files->fence) files->fence.emplace(fence::FenceFile::open(fence::sidecar_path(target.path), target.extra_open_flags));
+    record.token = files->fence->next();
+    rewrite();
+    if (options.stale_after.count() > 0) heartbeat_ = std::make_unique<Heartbeat>(file_.fd.get(), options.stale_after);
+  }
+
+ private:
+  void rewrite() {
+    if (int rc = write_record(file_.fd.get(), record, file_.size); rc < 0) {
+      throw Error(-rc, target.path, "cannot write holder record");
+    }
+  }
+
+  void stop_heartbeat() noexcept {
+    // A forked child has the Heartbeat object but not its thread: joining it there would hang
+    // or abort, so the child leaves it alone.
+    if (in_owner_process()) {
+      heartbeat_.reset();
+    } else {
+      (void)heartbeat_.release();  // NOLINT(bugprone-unused-return-value): intentionally leaked
+    }
+  }
+
+  // Returns false if the file turned out not to be ours any more.
+  bool end() {
+    if (!held_) return true;
+    held_ = false;
+    stop_heartbeat();
+    bool removed = true;
+    if (in_owner_process()) removed = remove_if_ours(target, target.path, file_.fd.get());
+    file_.fd.reset();
+    return removed;
+  }
+
+  Owned file_;
+  std::unique_ptr<Heartbeat> heartbeat_;
+};
 
 }  // namespace
 
 std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                             const WaitSpec& wait, OpenFiles* files) {
+                                             const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files) {
   if (options.mode == LockMode::shared) {
     throw Error(target.path, std::string(to_string(backend)) + " dotlock", "shared mode is not supported by dotlocks",
                 exit_code::usage);
@@ -243,39 +363,20 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
       Judgment j = judge(target, target.path, options);
       if (j.kind == Judgment::vanished) continue;
       if (j.kind == Judgment::stale && reclaim(target, backend, target.path, j, record, options, 0, owned)) break;
+      stale_handles = 0;  // the budget is for ESTALEs in a row, not over a long wait
     } catch (const Error& e) {
       // Network and FUSE filesystems answer ESTALE when a file we just looked up was replaced
-      // under us: the race moved on, so look again (a few times, then report it).
+      // under us: the race moved on, so look again (a few times in a row, then report it).
       if (e.error_number() != ESTALE || ++stale_handles > 8) throw;
       continue;
     }
     if (!poll_sleep(wait, attempt)) return nullptr;
   }
-  auto state = std::make_unique<Lock::State>();
-  state->target = target;
-  state->backend = backend;
-  state->mode = options.mode;
-  state->fd = std::move(owned.fd);
-  state->st = owned.st;
-  state->file_size = owned.size;
-  state->record = std::move(record);
-  state->held = true;
-  try {
-    std::optional<fence::FenceFile> local_fence;
-    auto& fence = files != nullptr ? files->fence : local_fence;
-    if (!fence) fence.emplace(fence::FenceFile::open(target.path, target.extra_open_flags));
-    state->record.token = fence->next();
-    if (int rc = write_record(state->fd.get(), state->record, state->file_size); rc < 0) {
-      throw Error(-rc, target.path, "cannot write holder record");
-    }
-  } catch (...) {
-    dotlock_release(*state);
-    throw;
-  }
-  if (options.stale_after.count() > 0) {
-    state->heartbeat = std::make_unique<Heartbeat>(state->fd.get(), options.stale_after);
-  }
-  return state;
+  auto grant = std::make_unique<DotlockGrant>(target, backend, std::move(record), std::move(owned));
+  grant->files = files;
+  files->busy = true;
+  grant->finish(options);
+  return grant;
 }
 
 std::pair<HolderState, std::string> judge_dotlock(const std::string& path) {
@@ -287,18 +388,6 @@ std::pair<HolderState, std::string> judge_dotlock(const std::string& path) {
     case Judgment::vanished: break;
   }
   return {HolderState::free, "the lock file vanished while being read"};
-}
-
-void dotlock_release(Lock::State& state) {
-  state.heartbeat.reset();
-  bool removed = remove_if_ours(state.target, state.target.path, state.st);
-  state.fd.reset();
-  state.held = false;
-  if (!removed) {
-    throw Error(state.target.path, "releasing dotlock",
-                "the lock file is no longer ours (it was reclaimed: lease expired or removed by hand)",
-                exit_code::conflict);
-  }
 }
 
 }  // namespace holdfast::lock_internal

@@ -1,6 +1,7 @@
 #include "lock/fence.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -120,16 +121,55 @@ uint64_t unix_seconds() {
 
 std::string sidecar_path(const std::string& lock_path) { return lock_path + ".fence"; }
 
-FenceFile FenceFile::open(const std::string& lock_path, int extra_open_flags) {
-  std::string path = sidecar_path(lock_path);
-  int fd = sys::open_nothrow(AT_FDCWD, path, O_RDWR | O_CREAT | O_EXCL | O_NOCTTY | extra_open_flags, 0644);
-  bool created = fd >= 0;
-  if (fd == -EEXIST) fd = sys::open_nothrow(AT_FDCWD, path, O_RDWR | O_NOCTTY | extra_open_flags);
+FenceFile FenceFile::open(const std::string& path, int extra_open_flags) {
+  return open_with(path, [path, extra_open_flags](bool& created) {
+    created = false;
+    for (int round = 0;; ++round) {
+      int fd = sys::open_nothrow(AT_FDCWD, path, O_RDWR | O_NOCTTY | O_NONBLOCK | extra_open_flags);
+      if (fd != -ENOENT || round == 3) return fd;
+      fd = sys::open_nothrow(AT_FDCWD, path, O_RDWR | O_CREAT | O_EXCL | O_NOCTTY | extra_open_flags, 0644);
+      if (fd != -EEXIST) {
+        created = fd >= 0;
+        return fd;
+      }
+    }
+  });
+}
+
+FenceFile FenceFile::open_with(const std::string& path, Opener opener) {
+  bool created = false;
+  int fd = opener(created);
   if (fd < 0) throw Error(-fd, path, "cannot open fencing-token file");
-  return FenceFile(std::move(path), sys::UniqueFd(fd), created);
+  return adopt(path, std::move(opener), sys::UniqueFd(fd), created);
+}
+
+FenceFile FenceFile::adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created) {
+  struct stat st {};
+  if (sys::fstat_nothrow(fd.get(), st) < 0 || !S_ISREG(st.st_mode)) {
+    throw Error(path, "cannot open fencing-token file", "not a regular file", exit_code::cant_create);
+  }
+  return FenceFile(path, std::move(opener), std::move(fd), created);
+}
+
+void FenceFile::reopen_if_replaced() {
+  // One stat per grant: if someone removed or replaced the file (LOCKS.md allows deleting it),
+  // every other process opens the new one; we must too, or we would keep counting on an inode
+  // nobody else sees, and hand out tokens below theirs.
+  struct stat mine {};
+  struct stat now {};
+  if (sys::fstat_nothrow(fd_.get(), mine) == 0 && mine.st_nlink > 0 && sys::stat_nothrow(path_, now) == 0 &&
+      sys::same_inode(mine, now)) {
+    return;
+  }
+  bool created = false;
+  int fd = opener_(created);
+  if (fd < 0) throw Error(-fd, path_, "cannot reopen fencing-token file");
+  fd_.reset(fd);
+  created_ = created;
 }
 
 uint64_t FenceFile::next() {
+  reopen_if_replaced();
   char buf[kEpochSize + kCounterSize];
   const ssize_t n = read_state(fd_.get(), buf);
   if (n < 0) throw Error(static_cast<int>(-n), path_, "cannot read fencing-token file");
@@ -141,7 +181,10 @@ uint64_t FenceFile::next() {
     throw Error(path_, "fencing-token file is corrupt",
                 "remove it only when no holder with an older token can still act", exit_code::data);
   }
-  const bool same_boot = s.epoch_valid && s.boot_id == this_boot_id() && s.host == host_hash();
+  // An unreadable boot id (empty) can never prove "same boot": the counter is not durable, so
+  // without that proof every grant starts a new, durably written epoch.
+  const bool same_boot =
+      s.epoch_valid && !this_boot_id().empty() && s.boot_id == this_boot_id() && s.host == host_hash();
   const bool counter_ok = s.counter_valid && s.counter_epoch == s.epoch && s.counter < kCounterMax;
   uint64_t epoch = s.epoch;
   uint64_t counter = 0;
@@ -150,6 +193,10 @@ uint64_t FenceFile::next() {
   } else {
     // New boot, another host, lost counter or exhausted counter: move to a new epoch, durably,
     // before any token of it is handed out.
+    if (s.epoch >= kCounterMax) {
+      // Every epoch has been used: a next one would wrap the token. Fail closed, never wrap.
+      throw Error(path_, "fencing tokens exhausted", "the epoch reached 2^32", exit_code::data);
+    }
     epoch = std::max(s.epoch + 1, unix_seconds());
     if (epoch > kCounterMax) epoch = s.epoch + 1;  // after 2106: keep strictly increasing
     char line[kEpochSize + 1];
@@ -157,7 +204,10 @@ uint64_t FenceFile::next() {
     if (int rc = sys::pwrite_all(fd_.get(), padded(line, kEpochSize), kEpochOffset); rc < 0) {
       throw Error(-rc, path_, "cannot write fencing epoch");
     }
-    if (::fdatasync(fd_.get()) != 0) throw Error(errno, path_, "cannot sync fencing epoch");
+    int synced = 0;
+    while ((synced = ::fdatasync(fd_.get())) != 0 && errno == EINTR) {
+    }
+    if (synced != 0) throw Error(errno, path_, "cannot sync fencing epoch");
     if (created_ || bytes.empty()) {
       // The file's directory entry must survive a crash too, or the epoch would restart.
       sys::UniqueFd dir(sys::open_nothrow(AT_FDCWD, sys::dirname_of(path_), O_RDONLY | O_DIRECTORY));
@@ -178,7 +228,8 @@ uint64_t FenceFile::next() {
   return (epoch << 32) | counter;
 }
 
-uint64_t FenceFile::current() const {
+uint64_t FenceFile::current() {
+  reopen_if_replaced();
   char buf[kEpochSize + kCounterSize];
   const ssize_t n = read_state(fd_.get(), buf);
   if (n < 0) return 0;

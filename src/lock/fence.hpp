@@ -1,7 +1,8 @@
 // Fencing tokens: 64-bit, strictly increasing per lock path across holders, crashes and reboots,
 // with one fsync per boot (not per acquisition).
 //
-// token = epoch << 32 | counter. The epoch lives in a sidecar file PATH.fence and is bumped
+// token = epoch << 32 | counter. The epoch lives in a fence file (a dotlock's PATH.fence, or a
+// kernel lock's file in the state directory, see internal.hpp) and is bumped
 // durably (pwrite + fdatasync, plus fsync of the directory when the file is new) the first time a
 // lock is granted in a boot on a host, or when the counter state is lost. Within one boot the
 // counter is updated without fsync: the page cache is coherent for every process on the machine,
@@ -14,33 +15,51 @@
 //   [96, 128) "C <epoch:16 hex> <counter:8 hex>" padded, '\n' at 127   — per-grant part
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "sys/fd.hpp"
 
 namespace holdfast::fence {
 
+// A dotlock's fence file: PATH.fence, beside the dotlock (all of a dotlock's files are
+// holdfast's own, and every host sharing the directory must share the counter).
 std::string sidecar_path(const std::string& lock_path);
 
 // An open fence file. Callers must hold the lock they fence (exclusively for next()).
 class FenceFile {
  public:
-  // Opens (creating if needed) the fence file for `lock_path`, with `open_flags` added (e.g.
-  // O_NOFOLLOW). Throws holdfast::Error.
-  static FenceFile open(const std::string& lock_path, int extra_open_flags);
+  // Opens `path` for reading and writing; sets `created` if this call created it. Returns the fd
+  // or -errno.
+  using Opener = std::function<int(bool& created)>;
 
-  // Issues the next token. Must be called while holding the lock exclusively. Throws on I/O errors
-  // (a failed fdatasync of an epoch bump is fatal) or a corrupt epoch region.
+  // Opens (creating if needed, mode 0644) the fence file at `path`, with `extra_open_flags`
+  // added (e.g. O_NOFOLLOW). Throws holdfast::Error.
+  static FenceFile open(const std::string& path, int extra_open_flags);
+  // Opens the fence file at `path` through `opener` (which applies its own trust checks).
+  // Throws holdfast::Error naming `path` if it fails.
+  static FenceFile open_with(const std::string& path, Opener opener);
+  // Wraps `fd`, already opened by `opener` (which set `created`). Throws if it is not a regular file.
+  static FenceFile adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created);
+
+  // Issues the next token. Must be called while holding the lock exclusively. If the file at
+  // the path was replaced or removed since it was opened, reopens it first, so a long-lived
+  // handle never issues from a stale inode. Throws on I/O errors (a failed fdatasync of an epoch
+  // bump is fatal) or a corrupt epoch region.
   uint64_t next();
 
   // The last token issued (0 if none yet); for shared holders.
-  uint64_t current() const;
+  uint64_t current();
 
  private:
-  FenceFile(std::string path, sys::UniqueFd fd, bool created)
-      : path_(std::move(path)), fd_(std::move(fd)), created_(created) {}
+  FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created)
+      : path_(std::move(path)), opener_(std::move(opener)), fd_(std::move(fd)), created_(created) {}
+  void reopen_if_replaced();
   std::string path_;
+  Opener opener_;
   sys::UniqueFd fd_;
   bool created_;
 };

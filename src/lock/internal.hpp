@@ -2,10 +2,12 @@
 #pragma once
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -32,7 +34,7 @@ struct Target {
   std::string dir;
   std::string base;
   // O_NOFOLLOW when the directory is sticky and world-writable (like /tmp): there, anyone can
-  // plant a symlink named like our lock to make us create or truncate a file of their choosing.
+  // plant a symlink named like our lock to redirect us to a file of their choosing.
   int extra_open_flags = 0;
 };
 
@@ -57,53 +59,116 @@ class Heartbeat {
   std::thread thread_;
 };
 
-// A fresh record for this process (token filled in by the backend).
+// A fresh record for this process (token filled in by the backend). The command is capped.
 HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& options);
 
 // Writes `record` at offset 0 of `fd`, padded with spaces to at least `file_size` so the file
 // never needs truncating (a shorter rewrite would otherwise leave a tail of the old record).
-// Updates `file_size`. Returns 0 or -errno.
+// Only for files holdfast created itself. Updates `file_size`. Returns 0 or -errno.
 int write_record(int fd, const HolderRecord& record, off_t& file_size);
 
 // Sleeps for the next poll interval (1 ms doubling to 25 ms, with jitter), never past `wait`'s
 // deadline. Returns false if the deadline has passed.
 bool poll_sleep(const WaitSpec& wait, int& attempt);
 
+// ---- side state of kernel locks (state_dir.cpp) ----
+//
+// A kernel lock's holder record and fencing state never live in or beside the user's lock file:
+// they live in the state directory, named after the lock file's identity (device, inode and
+// birth time, so a recycled inode number does not inherit another file's state).
+
+// $HOLDFAST_STATE_DIR, else /var/tmp/holdfast.
+std::string state_directory();
+
+struct SideStatePaths {
+  std::string fence;   // fencing-token state (fence.hpp layout)
+  std::string record;  // the current exclusive holder's record
+  uid_t lock_owner = 0;
+  mode_t mode = 0644;  // for new state files: the lock file's permission bits, at most 0666
+  bool may_create = false;  // root, the lock file's owner, or anyone if it is world-writable
+};
+
+// The state paths for the lock file open at `lock_fd` (whose fstat is `st`). nullopt, with a
+// one-line reason in `why`, if the state directory cannot be used safely (not creatable, not a
+// directory, a symlink, owned by someone else, world-writable without the sticky bit).
+std::optional<SideStatePaths> side_state_for(int lock_fd, const struct stat& st, std::string* why);
+
+// Opens (creating if absent, when allowed) a state file for writing: O_NOFOLLOW, a regular file
+// owned by root, us or the lock file's owner. Returns the fd or -errno (-EPERM: untrusted);
+// sets *created when this call created it.
+int open_state_file(const SideStatePaths& paths, const std::string& file, bool* created = nullptr);
+
 }  // namespace holdfast::lock_internal
 
 namespace holdfast {
 
-struct Lock::State {
-  // The lock descriptor: owned, or borrowed from the LockFile the lock was taken through.
-  int descriptor() const { return fd ? fd.get() : borrowed_fd; }
+namespace lock_internal {
+struct OpenFiles;
+}
 
-  lock_internal::Target target;
-  Backend backend = Backend::ofd;
-  LockMode mode = LockMode::exclusive;
+// A grant: what one acquisition took. Each backend's grant releases exactly what it took, on
+// every path — its destructor releases whatever is still held — so no caller cleans up by hand.
+// Only the process that took a grant releases it: a forked child's copy (fork() duplicates the
+// Lock) only closes its descriptors, and never unlocks the parent's lock or removes its files.
+struct Lock::State {
+  State(lock_internal::Target where, Backend kind, LockMode how, HolderRecord initial)
+      : target(std::move(where)), backend(kind), mode(how), record(std::move(initial)) {}
+  virtual ~State();
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
+  // Releases the lock; throws holdfast::Error if it turned out to be lost (dotlock reclaimed).
+  // After it returns or throws, held() is false.
+  virtual void release() = 0;
+  // Forgets the lock without releasing it (see Lock::detach).
+  virtual void detach() noexcept = 0;
+  // Adds `process` to the record and rewrites it.
+  virtual void add_holder_process(const ProcessIdentity& process) = 0;
+  // The locked descriptor (kernel) or the lock file (dotlock); -1 once released.
+  virtual int fd() const noexcept = 0;
+
+  bool held() const noexcept { return held_; }
+
+  const lock_internal::Target target;
+  const Backend backend;
+  const LockMode mode;
   HolderRecord record;
-  sys::UniqueFd fd;      // kernel: the locked descriptor; dotlock: our lock file
-  int borrowed_fd = -1;  // kernel lock taken through a LockFile: its descriptor
-  struct stat st {};     // the inode we hold
-  off_t file_size = 0;   // bytes in the lock file (record plus padding)
-  std::unique_ptr<lock_internal::Heartbeat> heartbeat;
-  bool held = false;
+  // What the grant was taken through: a LockFile's open files (shared with it), or files opened
+  // for this grant alone. While a grant lives, files->busy is set so that the LockFile does not
+  // grant again (a second lock on the same open file description would be a silent no-op).
+  std::shared_ptr<lock_internal::OpenFiles> files;
+
+ protected:
+  bool in_owner_process() const noexcept { return ::getpid() == owner_pid_; }
+  bool held_ = true;
+
+ private:
+  const pid_t owner_pid_ = ::getpid();
 };
 
 namespace lock_internal {
 // What a LockFile keeps open between acquisitions, so a repeated lock costs only the lock itself.
+// Kept by a LockFile between acquisitions (so a repeated lock costs only the lock itself), or
+// made for one acquisition by Lock's static functions (`per_grant`: closed when the grant ends).
 struct OpenFiles {
+  bool per_grant = true;
+  bool busy = false;      // a grant taken through these files is alive
   sys::UniqueFd lock_fd;  // kernel backends: the lock file
   struct stat st {};      // its inode
+  int access = -1;        // O_RDONLY / O_WRONLY / O_RDWR it was opened with
+  bool side_state_checked = false;
+  std::optional<SideStatePaths> side_state;  // kernel backends; nullopt: unavailable
+  std::string side_state_why;
+  sys::UniqueFd record_fd;  // kernel backends: the record file in the state directory
+  off_t record_size = 0;
   std::optional<fence::FenceFile> fence;
 };
 
-// `files` may be null (open and close everything per acquisition).
+// Return null if the wait ended without the lock. Throw holdfast::Error.
 std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                            const WaitSpec& wait, OpenFiles* files);
-void kernel_release(Lock::State& state);
+                                            const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files);
 std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                             const WaitSpec& wait, OpenFiles* files);
-void dotlock_release(Lock::State& state);
+                                             const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files);
 }  // namespace lock_internal
 
 }  // namespace holdfast
@@ -112,4 +177,8 @@ namespace holdfast::lock_internal {
 // Judges the dotlock file at `path` the way a waiter would (held / stale), for inspection.
 // Returns free if the file vanished meanwhile.
 std::pair<HolderState, std::string> judge_dotlock(const std::string& path);
+
+// The record of the kernel lock on the file open at `fd` (from the state directory); nullopt if
+// there is none.
+std::optional<HolderRecord> read_side_record(int fd, const struct stat& st);
 }  // namespace holdfast::lock_internal

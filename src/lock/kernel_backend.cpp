@@ -1,7 +1,12 @@
-// ofd and flock backends: the kernel holds the lock; the file is only where it hangs and where the
-// holder record is kept. The file is never unlinked (waiters would split across two inodes).
+// ofd and flock backends: the kernel holds the lock; the file is only where it hangs. holdfast
+// never writes into, truncates, chmods or touches the lock file (it may be a user's script or
+// data, as in flock(1)'s `flock -n "$0"` idiom), and never creates anything beside it: the
+// holder record and the fencing state live in the state directory (state_dir.cpp). The file is
+// created when missing, as flock(1) does, and never unlinked (waiters would split across two
+// inodes).
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -20,23 +25,84 @@ sys::KernelLockKind kind_of(Backend backend) {
   return backend == Backend::flock ? sys::KernelLockKind::flock : sys::KernelLockKind::ofd;
 }
 
-// Locks `fd`, waiting as `wait` allows. Returns false if the wait ended without the lock.
-bool lock_fd(int fd, const Target& target, Backend backend, bool exclusive, const WaitSpec& wait,
-             const std::optional<sys::DeadlineAlarm>& alarm) {
+bool lockable_type(mode_t mode) { return S_ISREG(mode) || S_ISDIR(mode); }
+
+[[noreturn]] void throw_not_lockable(const Target& target) {
+  throw Error(target.path, "cannot use as lock file", "not a regular file or directory", exit_code::cant_create);
+}
+
+// Opens the lock file like flock(1): without needing write permission (a read-only file or a
+// directory is lockable), creating it (mode 0666 minus umask) only when it does not exist, and
+// never through a dangling symlink. O_NONBLOCK so that a FIFO planted at the path cannot block
+// the open; anything but a regular file or a directory is refused (opening a device can have
+// side effects, so it is checked before opening too).
+void open_lock_file(const Target& target, int access, OpenFiles& files) {
+  struct stat pre {};
+  if (sys::stat_nothrow(target.path, pre) == 0 && !lockable_type(pre.st_mode)) throw_not_lockable(target);
+  const int flags = access | O_NOCTTY | O_NONBLOCK | target.extra_open_flags;
+  int fd = -ENOENT;
+  for (int round = 0; round < 4; ++round) {
+    fd = sys::open_nothrow(AT_FDCWD, target.path, flags);
+    if (fd != -ENOENT) break;
+    // O_EXCL: create only a name that does not exist, never the target of a dangling symlink.
+    fd = sys::open_nothrow(AT_FDCWD, target.path, flags | O_CREAT | O_EXCL, 0666);
+    if (fd != -EEXIST) break;
+  }
+  if (fd == -EEXIST) {
+    throw Error(target.path, "cannot create lock file", "it is a dangling symbolic link", exit_code::no_input);
+  }
+  if (fd < 0) {
+    if (access != O_RDONLY && (fd == -EISDIR || fd == -EACCES || fd == -EROFS || fd == -ETXTBSY)) {
+      // Only OFD exclusive locks ask for write access (F_WRLCK needs a descriptor open for
+      // writing); flock(2) does not.
+      throw Error(target.path, "cannot take an exclusive ofd lock",
+                  std::string(std::strerror(-fd)) + " opening it for writing, which OFD write locks need; "
+                  "the flock backend locks read-only files and directories",
+                  fd == -EACCES ? exit_code::no_perm : exit_code::cant_create);
+    }
+    throw_open_error(-fd, target, target.path);
+  }
+  sys::UniqueFd owned(fd);
+  struct stat st {};
+  if (sys::fstat_nothrow(fd, st) < 0) throw Error(errno, target.path, "cannot stat lock file");
+  if (!lockable_type(st.st_mode)) throw_not_lockable(target);
+  // O_NONBLOCK was only for the open; the command may inherit this descriptor.
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  files.lock_fd = std::move(owned);
+  files.st = st;
+  files.access = access;
+  files.side_state_checked = false;
+  files.side_state.reset();
+  files.record_fd.reset();
+  files.record_size = 0;
+  files.fence.reset();
+}
+
+enum class Locked { yes, wait_ended, needs_write_access };
+
+// Locks `fd`, waiting as `wait` allows.
+Locked lock_fd(int fd, const Target& target, Backend backend, bool exclusive, const WaitSpec& wait) {
+  // The alarm lives only while we wait: a timer signal after the grant could interrupt the
+  // fence's fdatasync or the caller's own system calls.
+  std::optional<sys::DeadlineAlarm> alarm;
+  if (wait.kind == WaitSpec::until) alarm.emplace(wait.deadline);
   int attempt = 0;
   for (;;) {
     // Block in the kernel when we can be woken at the deadline; otherwise poll.
     bool block = wait.kind == WaitSpec::forever || (wait.kind == WaitSpec::until && alarm && alarm->armed());
     int rc = sys::kernel_lock(fd, kind_of(backend), exclusive, block);
-    if (rc == 0) return true;
+    if (rc == 0) return Locked::yes;
     if (rc == -EINTR) {
-      if (wait.expired()) return false;
+      if (wait.expired()) return Locked::wait_ended;
       continue;  // another signal: keep waiting until the deadline
     }
     if (rc == -EWOULDBLOCK) {
-      if (!poll_sleep(wait, attempt)) return false;
+      if (!poll_sleep(wait, attempt)) return Locked::wait_ended;
       continue;
     }
+    // NFS emulates flock(2) with POSIX locks, which want a writable descriptor for LOCK_EX
+    // (EBADF since Linux 3.4, EIO before): flock(1) reopens read-write, and so do we.
+    if ((rc == -EBADF || rc == -EIO) && backend == Backend::flock && exclusive) return Locked::needs_write_access;
     if (rc == -EINVAL || rc == -ENOLCK || rc == -EOPNOTSUPP || rc == -ENOSYS) {
       throw Error(target.path, std::string("cannot take ") + std::string(to_string(backend)) + " lock",
                   std::string(std::strerror(-rc)) + " (this filesystem may not support it; try --backend link)",
@@ -46,79 +112,119 @@ bool lock_fd(int fd, const Target& target, Backend backend, bool exclusive, cons
   }
 }
 
+// A kernel lock held through files.lock_fd. Destroying it releases what it took: unlock (only in
+// the process that locked) and, for per-grant files, close.
+class KernelGrant final : public Lock::State {
+ public:
+  KernelGrant(const Target& where, Backend kind, LockMode how, std::shared_ptr<OpenFiles> open_files)
+      : State(where, kind, how, HolderRecord{}) {
+    files = std::move(open_files);
+    files->busy = true;
+  }
+  ~KernelGrant() override { end(); }
+  KernelGrant(const KernelGrant&) = delete;
+  KernelGrant& operator=(const KernelGrant&) = delete;
+
+  void release() override { end(); }
+
+  void detach() noexcept override {
+    if (!held_) return;
+    held_ = false;
+    // Close without unlocking: processes that inherited the descriptor keep the lock. A
+    // LockFile reopens the path on its next acquisition.
+    files->lock_fd.reset();
+    files->fence.reset();
+  }
+
+  void add_holder_process(const ProcessIdentity& process) override {
+    record.processes.push_back(process);
+    write_side_record();
+  }
+
+  int fd() const noexcept override { return held_ ? files->lock_fd.get() : -1; }
+
+  // Issues the token and writes the record. Throws (and the grant, destroyed, unlocks).
+  void finish(const LockOptions& options) {
+    record = make_record(backend, mode, options);
+    if (!files->side_state_checked) {
+      files->side_state = side_state_for(files->lock_fd.get(), files->st, &files->side_state_why);
+      files->side_state_checked = true;
+    }
+    if (!files->side_state) return;  // no state directory: a grant without token or record
+    const SideStatePaths paths = *files->side_state;
+    if (!files->fence) {
+      auto opener = [paths](bool& created) { return open_state_file(paths, paths.fence, &created); };
+      bool created = false;
+      int fd = opener(created);
+      if (fd < 0) return;  // unwritable or not ours to trust (see open_state_file): no token
+      files->fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created));
+    }
+    record.token = mode == LockMode::exclusive ? files->fence->next() : files->fence->current();
+    // Shared holders leave the record alone: several of them would overwrite each other.
+    if (mode == LockMode::exclusive) write_side_record();
+  }
+
+ private:
+  // The record is informational for kernel locks (the kernel is the truth): a state directory
+  // that cannot take it costs the record, never the lock.
+  void write_side_record() {
+    if (mode != LockMode::exclusive || !files->side_state) return;
+    if (!files->record_fd) {
+      int fd = open_state_file(*files->side_state, files->side_state->record);
+      if (fd < 0) return;
+      files->record_fd.reset(fd);
+      struct stat st {};
+      files->record_size = sys::fstat_nothrow(fd, st) == 0 ? st.st_size : 0;
+    }
+    if (write_record(files->record_fd.get(), record, files->record_size) < 0) files->record_fd.reset();
+  }
+
+  void end() noexcept {
+    if (!held_) return;
+    held_ = false;
+    if (in_owner_process()) {
+      // Unlock explicitly before any close: the open file description may be shared with
+      // children that inherited it, and release() promises the lock is free when it returns.
+      sys::kernel_unlock(files->lock_fd.get(), kind_of(backend));
+    }
+    // A forked child only drops its own copy of the descriptor; the parent's lock stays.
+    if (files->per_grant) {
+      files->lock_fd.reset();
+      files->record_fd.reset();
+    }
+  }
+};
+
 }  // namespace
 
 std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                            const WaitSpec& wait, OpenFiles* files) {
+                                            const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files) {
   const bool exclusive = options.mode == LockMode::exclusive;
-  std::optional<sys::DeadlineAlarm> alarm;
-  if (wait.kind == WaitSpec::until) alarm.emplace(wait.deadline);
-
+  // OFD write locks need a descriptor open for writing; flock(2) needs none (like flock(1)).
+  int access = backend == Backend::ofd && exclusive ? O_WRONLY : O_RDONLY;
+  if (files->lock_fd && files->access == O_RDWR) access = O_RDWR;
   for (;;) {
-    auto state = std::make_unique<Lock::State>();
-    if (files != nullptr && files->lock_fd) {
-      state->borrowed_fd = files->lock_fd.get();
-      state->st = files->st;
-    } else {
-      int fd = sys::open_nothrow(AT_FDCWD, target.path, O_RDWR | O_CREAT | O_NOCTTY | target.extra_open_flags, 0644);
-      if (fd < 0) throw_open_error(-fd, target, target.path);
-      sys::UniqueFd owned(fd);
-      if (sys::fstat_nothrow(fd, state->st) < 0) throw Error(errno, target.path, "cannot stat lock file");
-      if (!S_ISREG(state->st.st_mode)) {
-        throw Error(target.path, "cannot use as lock file", "not a regular file", exit_code::cant_create);
-      }
-      if (files != nullptr) {
-        files->lock_fd = std::move(owned);
-        files->st = state->st;
-        state->borrowed_fd = fd;
-      } else {
-        state->fd = std::move(owned);
-      }
+    if (!files->lock_fd || files->access != access) open_lock_file(target, access, *files);
+    const Locked locked = lock_fd(files->lock_fd.get(), target, backend, exclusive, wait);
+    if (locked == Locked::wait_ended) return nullptr;
+    if (locked == Locked::needs_write_access) {
+      if (access == O_RDWR) throw Error(EBADF, target.path, "cannot take lock");
+      access = O_RDWR;
+      continue;
     }
-    const int fd = state->descriptor();
-    if (!lock_fd(fd, target, backend, exclusive, wait, alarm)) return nullptr;
+    auto grant = std::make_unique<KernelGrant>(target, backend, options.mode, files);
 
     // The path may have been unlinked or replaced between our open and our lock; then we hold a
     // lock nobody else can see. Only a lock on the inode the path names now counts.
     struct stat now {};
-    if (sys::stat_nothrow(target.path, now) != 0 || !sys::same_inode(state->st, now)) {
-      sys::kernel_unlock(fd, kind_of(backend));
-      if (files != nullptr) files->lock_fd.reset();  // reopen the path on the next round
+    if (sys::stat_nothrow(target.path, now) != 0 || !sys::same_inode(files->st, now)) {
+      grant.reset();            // unlocks
+      files->lock_fd.reset();   // reopen the path on the next round
       continue;
     }
-
-    state->target = target;
-    state->backend = backend;
-    state->mode = options.mode;
-    state->file_size = now.st_size;
-    state->record = make_record(backend, options.mode, options);
-    std::optional<fence::FenceFile> local_fence;
-    auto& fence = files != nullptr ? files->fence : local_fence;
-    if (!fence) fence.emplace(fence::FenceFile::open(target.path, target.extra_open_flags));
-    state->held = true;  // from here on, errors release the lock through ~State's owner
-    try {
-      state->record.token = exclusive ? fence->next() : fence->current();
-      // Shared holders leave the record alone: several of them would overwrite each other.
-      if (exclusive) {
-        if (int rc = write_record(fd, state->record, state->file_size); rc < 0) {
-          throw Error(-rc, target.path, "cannot write holder record");
-        }
-      }
-    } catch (...) {
-      kernel_release(*state);
-      throw;
-    }
-    return state;
+    grant->finish(options);
+    return grant;
   }
-}
-
-void kernel_release(Lock::State& state) {
-  // Unlock explicitly before close: the open file description may be shared with children that
-  // inherited it, and release() promises the lock is free when it returns.
-  sys::kernel_unlock(state.descriptor(), kind_of(state.backend));
-  state.fd.reset();
-  state.borrowed_fd = -1;
-  state.held = false;
 }
 
 }  // namespace holdfast::lock_internal

@@ -36,14 +36,15 @@ Backend resolve_backend(const lock_internal::Target& target, Backend requested) 
 // Returns the held state, or null if the wait ended first.
 std::unique_ptr<Lock::State> acquire_with(const lock_internal::Target& target, Backend backend,
                                           const LockOptions& options, const WaitSpec& wait,
-                                          lock_internal::OpenFiles* files) {
+                                          const std::shared_ptr<lock_internal::OpenFiles>& files) {
   return is_kernel(backend) ? lock_internal::kernel_acquire(target, backend, options, wait, files)
                             : lock_internal::dotlock_acquire(target, backend, options, wait, files);
 }
 
 std::unique_ptr<Lock::State> acquire_with(const std::string& path, const LockOptions& options, const WaitSpec& wait) {
   auto target = lock_internal::resolve_target(path);
-  return acquire_with(target, resolve_backend(target, options.backend), options, wait, nullptr);
+  return acquire_with(target, resolve_backend(target, options.backend), options, wait,
+                      std::make_shared<lock_internal::OpenFiles>());
 }
 
 }  // namespace
@@ -60,25 +61,19 @@ BackendChoice select_backend(const std::string& directory) {
   return {Backend::excl, why + ", nor flock(2), and it has no hard links: falling back to excl dotlocks"};
 }
 
+Lock::State::~State() {
+  if (files) files->busy = false;
+}
+
 Lock::Lock(std::unique_ptr<State> state) noexcept : state_(std::move(state)) {}
 Lock::Lock(Lock&&) noexcept = default;
 Lock& Lock::operator=(Lock&& other) noexcept {
-  if (this != &other) {
-    try {
-      release();
-    } catch (...) {
-    }
-    state_ = std::move(other.state_);
-  }
+  if (this != &other) state_ = std::move(other.state_);  // the old grant's destructor releases it
   return *this;
 }
-Lock::~Lock() {
-  try {
-    release();
-  } catch (...) {
-    // Destructors cannot report; callers who care call release() themselves.
-  }
-}
+// The grant's destructor releases whatever it still holds (errors are ignored; callers who care
+// call release() themselves).
+Lock::~Lock() = default;
 
 Lock Lock::acquire(const std::string& path, const LockOptions& options) {
   auto state = acquire_with(path, options, WaitSpec{WaitSpec::forever, {}});
@@ -100,29 +95,31 @@ std::optional<Lock> Lock::acquire_until(const std::string& path, const LockOptio
 }
 
 void Lock::release() {
-  if (!state_ || !state_->held) return;
-  if (is_kernel(state_->backend)) {
-    lock_internal::kernel_release(*state_);
-  } else {
-    lock_internal::dotlock_release(*state_);
-  }
+  if (!state_ || !state_->held()) return;
+  struct EndClaim {
+    State& s;
+    ~EndClaim() {
+      if (s.files) s.files->busy = false;
+    }
+  } end_claim{*state_};
+  state_->release();
 }
 
 void Lock::detach() noexcept {
   if (!state_) return;
-  state_->heartbeat.reset();
-  state_->fd.reset();  // close without unlocking: inheritors keep the kernel lock
-  state_->borrowed_fd = -1;
-  state_->held = false;
+  state_->detach();
+  if (state_->files) state_->files->busy = false;
 }
 
 void Lock::add_holder_process(const ProcessIdentity& process) {
-  if (!state_ || !state_->held) throw Error("", "add holder process", "lock is not held", exit_code::software);
+  if (!state_ || !state_->held()) throw Error("", "add holder process", "lock is not held", exit_code::software);
   if (state_->mode != LockMode::exclusive) return;
-  state_->record.processes.push_back(process);
-  if (int rc = lock_internal::write_record(state_->descriptor(), state_->record, state_->file_size); rc < 0) {
-    throw Error(-rc, state_->target.path, "cannot rewrite holder record");
+  if (!process.verifiable()) {
+    // A record naming a process by an unverifiable identity can never prove it dead or alive.
+    throw Error(state_->target.path, "cannot name process " + std::to_string(process.pid) + " in the holder record",
+                "its start time or this machine's boot id cannot be read", exit_code::os_error);
   }
+  state_->add_holder_process(process);
 }
 
 const std::string& Lock::path() const noexcept { return state_->target.path; }
@@ -130,8 +127,8 @@ Backend Lock::backend() const noexcept { return state_->backend; }
 LockMode Lock::mode() const noexcept { return state_->mode; }
 uint64_t Lock::token() const noexcept { return state_->record.token; }
 const HolderRecord& Lock::record() const noexcept { return state_->record; }
-int Lock::fd() const noexcept { return state_ && state_->held ? state_->descriptor() : -1; }
-bool Lock::held() const noexcept { return state_ && state_->held; }
+int Lock::fd() const noexcept { return state_ ? state_->fd() : -1; }
+bool Lock::held() const noexcept { return state_ && state_->held(); }
 
 }  // namespace holdfast
 
@@ -141,7 +138,22 @@ struct LockFile::Impl {
   lock_internal::Target target;
   LockOptions options;
   Backend backend;
-  lock_internal::OpenFiles files;
+  // Shared with the grants taken through it, so a grant that outlives the LockFile still owns
+  // its descriptor.
+  std::shared_ptr<lock_internal::OpenFiles> files;
+
+  std::unique_ptr<Lock::State> acquire(const WaitSpec& wait) {
+    // A second lock on the same open file description would be granted at once (a no-op
+    // conversion), and releasing either would free both: refuse instead.
+    if (files->busy) {
+      if (wait.kind == WaitSpec::forever) {
+        throw Error(target.path, "lock", "this LockFile already holds the lock (it would wait on itself forever)",
+                    exit_code::software);
+      }
+      return nullptr;
+    }
+    return acquire_with(target, backend, options, wait, files);
+  }
 };
 
 LockFile LockFile::open(const std::string& path, const LockOptions& options) {
@@ -150,6 +162,8 @@ LockFile LockFile::open(const std::string& path, const LockOptions& options) {
   impl->options = options;
   impl->backend = resolve_backend(impl->target, options.backend);
   impl->options.backend = impl->backend;
+  impl->files = std::make_shared<lock_internal::OpenFiles>();
+  impl->files->per_grant = false;
   return LockFile(std::move(impl));
 }
 
@@ -159,19 +173,19 @@ LockFile& LockFile::operator=(LockFile&&) noexcept = default;
 LockFile::~LockFile() = default;
 
 Lock LockFile::acquire() {
-  auto state = acquire_with(impl_->target, impl_->backend, impl_->options, WaitSpec{WaitSpec::forever, {}}, &impl_->files);
+  auto state = impl_->acquire(WaitSpec{WaitSpec::forever, {}});
   if (!state) throw Error(impl_->target.path, "lock", "wait ended without the lock", exit_code::software);
   return Lock(std::move(state));
 }
 
 std::optional<Lock> LockFile::try_acquire() {
-  auto state = acquire_with(impl_->target, impl_->backend, impl_->options, WaitSpec{WaitSpec::none, {}}, &impl_->files);
+  auto state = impl_->acquire(WaitSpec{WaitSpec::none, {}});
   if (!state) return std::nullopt;
   return Lock(std::move(state));
 }
 
 std::optional<Lock> LockFile::acquire_until(std::chrono::steady_clock::time_point deadline) {
-  auto state = acquire_with(impl_->target, impl_->backend, impl_->options, WaitSpec{WaitSpec::until, deadline}, &impl_->files);
+  auto state = impl_->acquire(WaitSpec{WaitSpec::until, deadline});
   if (!state) return std::nullopt;
   return Lock(std::move(state));
 }

@@ -119,6 +119,14 @@ std::string HolderRecord::to_json() const {
     append_string(out, p.boot_id);
     out.append(",\"host\":");
     append_string(out, p.host);
+    if (p.pid_ns != 0) {
+      out.append(",\"pid_ns\":");
+      append_int(out, p.pid_ns);
+    }
+    if (p.time_ns != 0) {
+      out.append(",\"time_ns\":");
+      append_int(out, p.time_ns);
+    }
     out.push_back('}');
   }
   out.append("],\"command\":[");
@@ -132,10 +140,13 @@ std::string HolderRecord::to_json() const {
 
 std::optional<HolderRecord> HolderRecord::parse(std::string_view text) {
   // Records rewritten in place are padded with trailing spaces; a torn or partial record fails
-  // to parse and the caller treats the lock as held (fail closed).
+  // to parse and the caller treats the lock as held (fail closed). Every field is checked for its
+  // type inside the try: a record of the wrong shape is "not a record", never an exception.
   auto j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || j.value("holdfast", 0) != 1) return std::nullopt;
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
   try {
+    auto version = j.find("holdfast");
+    if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != 1) return std::nullopt;
     HolderRecord r;
     for (const auto& p : j.at("processes")) {
       ProcessIdentity id;
@@ -143,6 +154,8 @@ std::optional<HolderRecord> HolderRecord::parse(std::string_view text) {
       id.start_time = p.at("start_time").get<uint64_t>();
       id.boot_id = p.at("boot_id").get<std::string>();
       id.host = p.at("host").get<std::string>();
+      id.pid_ns = p.value("pid_ns", uint64_t{0});
+      id.time_ns = p.value("time_ns", uint64_t{0});
       r.processes.push_back(std::move(id));
     }
     if (r.processes.empty()) return std::nullopt;
@@ -159,6 +172,30 @@ std::optional<HolderRecord> HolderRecord::parse(std::string_view text) {
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;
   }
+}
+
+std::vector<std::string> cap_command(std::vector<std::string> command) {
+  size_t total = 0;
+  bool truncated = false;
+  std::vector<std::string> out;
+  for (auto& arg : command) {
+    if (out.size() >= kRecordMaxArgs || total >= kRecordMaxCommandBytes) {
+      truncated = true;
+      break;
+    }
+    size_t room = std::min(kRecordMaxArgBytes, kRecordMaxCommandBytes - total);
+    if (arg.size() > room) {
+      // Cut on a UTF-8 boundary so the cut does not turn into a replacement character.
+      size_t cut = room;
+      while (cut > 0 && (static_cast<unsigned char>(arg[cut]) & 0xc0) == 0x80) --cut;
+      arg.resize(cut);
+      truncated = true;
+    }
+    total += arg.size();
+    out.push_back(std::move(arg));
+  }
+  if (truncated) out.emplace_back(kRecordTruncatedMarker);
+  return out;
 }
 
 }  // namespace holdfast

@@ -307,7 +307,8 @@ TEST(LockErrors, NoSpaceLeft) {
     std::ofstream fill(dir / "fill");
     fill << std::string(1 << 16, 'x');
   }
-  auto r = holdfast({"lock", dir / "l", "--", "true"});
+  // A dotlock must write its record; kernel locks write nothing and work on a full disk.
+  auto r = holdfast({"lock", "--backend", "link", dir / "l", "--", "true"});
   EXPECT_EQ(r.exit_code, exit_code::io_error) << r.err;
   EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(dir.path()), std::string::npos) << r.err;
@@ -320,7 +321,8 @@ TEST(LockErrors, CorruptRecordAndFence) {
   EXPECT_EQ(h.exit_code, exit_code::data) << h.out << h.err;
   EXPECT_NE(h.out.find("corrupt"), std::string::npos) << h.out;
   std::ofstream(dir / "m.fence") << std::string(128, '?');
-  expect_error(holdfast({"lock", dir / "m", "--", "true"}), exit_code::data, dir / "m.fence", "corrupt");
+  expect_error(holdfast({"lock", "--backend", "link", dir / "m", "--", "true"}), exit_code::data, dir / "m.fence",
+               "corrupt");
 }
 
 TEST(LockErrors, UsageAndCommandErrors) {

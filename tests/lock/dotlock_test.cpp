@@ -241,11 +241,18 @@ TEST_P(DotlockTest, UnreadableRecordIsHeld) {
   for (const std::string text : {"", "{\"holdfast\":1,\"processes\":[", "garbage\n\x01\x02"}) {
     plant_text(dir / "lock", text);
     age_file(dir / "lock", 1000s);
-    // An empty file is also what flock(1) leaves, so only a non-empty one is judged by inspection;
-    // an acquirer of a dotlock treats both as held.
-    if (!text.empty()) EXPECT_EQ(inspect_holder(dir / "lock").state, HolderState::held) << "record: " << text;
+    // An acquirer of a dotlock treats every unreadable record as held.
     EXPECT_FALSE(Lock::try_acquire(dir / "lock", opts(GetParam()))) << "record: " << text;
   }
+  // Inspection cannot tell an empty or foreign file from a user's file locked with flock(1), so
+  // it says held only for a damaged holdfast record, or for foreign bytes beside a dotlock's
+  // fence file (a dotlock that was granted before).
+  plant_text(dir / "lock", "{\"holdfast\":1,\"processes\":[");
+  EXPECT_EQ(inspect_holder(dir / "lock").state, HolderState::held);
+  plant_text(dir / "lock", "garbage\n\x01\x02");
+  EXPECT_EQ(inspect_holder(dir / "lock").state, HolderState::free) << "a user's file is not a dotlock";
+  plant_text(dir / "lock.fence", "");
+  EXPECT_EQ(inspect_holder(dir / "lock").state, HolderState::held);
 }
 
 TEST_P(DotlockTest, RecordNamingALiveCommandStaysHeldAfterTheFirstProcessDies) {

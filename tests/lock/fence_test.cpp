@@ -7,8 +7,11 @@
 #include <sstream>
 #include <vector>
 
+#include <fcntl.h>
+
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
+#include "lock/internal.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -22,6 +25,19 @@ std::string slurp(const std::string& path) {
 }
 
 void spit(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// Where the fencing state of `path` lives: beside a dotlock, in the state directory for a kernel
+// lock (never beside a user's file).
+std::string fence_of(const std::string& path, Backend backend) {
+  if (backend == Backend::excl || backend == Backend::link) return path + ".fence";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  ::fstat(fd, &st);
+  std::string why;
+  auto paths = lock_internal::side_state_for(fd, st, &why);
+  ::close(fd);
+  return paths ? paths->fence : "(no state directory: " + why + ")";
+}
 
 struct TokenLog {
   std::atomic<uint64_t> last;
@@ -76,7 +92,8 @@ TEST_P(FenceTest, SimulatedCrashAndRebootStillIncreases) {
   const std::string path = dir / "lock";
   const LockOptions options{backend, LockMode::exclusive, {}, {}};
   uint64_t first = Lock::acquire(path, options).token();
-  const std::string durable_snapshot = slurp(path + ".fence");  // as synced at the epoch bump
+  const std::string fence = fence_of(path, backend);
+  const std::string durable_snapshot = slurp(fence);  // as synced at the epoch bump
   uint64_t last = 0;
   for (int i = 0; i < 50; ++i) last = Lock::acquire(path, options).token();
   ASSERT_GT(last, first);
@@ -86,7 +103,7 @@ TEST_P(FenceTest, SimulatedCrashAndRebootStillIncreases) {
   auto pos = crashed.find(this_boot_id());
   ASSERT_NE(pos, std::string::npos);
   crashed.replace(pos, this_boot_id().size(), "00000000-dead-beef-0000-000000000000");
-  spit(path + ".fence", crashed);
+  spit(fence, crashed);
   EXPECT_GT(Lock::acquire(path, options).token(), last);
 }
 
@@ -98,10 +115,11 @@ TEST_P(FenceTest, LostCounterMovesToANewEpoch) {
   const LockOptions options{backend, LockMode::exclusive, {}, {}};
   uint64_t last = 0;
   for (int i = 0; i < 10; ++i) last = Lock::acquire(path, options).token();
-  std::string text = slurp(path + ".fence");
+  const std::string fence = fence_of(path, backend);
+  std::string text = slurp(fence);
   ASSERT_EQ(text.size(), 128u);
   text.replace(96, 32, std::string(32, '\0'));
-  spit(path + ".fence", text);
+  spit(fence, text);
   uint64_t next = Lock::acquire(path, options).token();
   EXPECT_GT(next, last);
   EXPECT_GT(next >> 32, last >> 32) << "a lost counter must start a new epoch";
@@ -112,13 +130,14 @@ TEST_P(FenceTest, CorruptEpochFailsClosedNamingTheFile) {
   const std::string path = dir / "lock";
   const LockOptions options{GetParam(), LockMode::exclusive, {}, {}};
   Lock::acquire(path, options).release();
-  spit(path + ".fence", std::string(128, 'x'));
+  const std::string fence = fence_of(path, GetParam());
+  spit(fence, std::string(128, 'x'));
   try {
     Lock::acquire(path, options);
     FAIL() << "granted with a corrupt fencing epoch";
   } catch (const Error& e) {
     EXPECT_EQ(e.exit_code(), exit_code::data);
-    EXPECT_NE(std::string(e.what()).find(path + ".fence"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(fence), std::string::npos) << e.what();
   }
   // The failed attempt released what it took: a dotlock file is not left behind.
   EXPECT_EQ(inspect_holder(path).state, HolderState::free);
