@@ -240,11 +240,6 @@ TEST(LockErrors, MissingDirectory) {
                "does not exist");
 }
 
-TEST(LockErrors, DirectoryAsLockFile) {
-  testing::TempDir dir;
-  expect_error(holdfast({"lock", dir.path(), "--", "true"}), exit_code::cant_create, dir.path(), "directory");
-}
-
 TEST(LockErrors, SymlinkInStickyWorldWritableDirectoryIsRefused) {
   testing::TempDir dir;
   ::chmod(dir.path().c_str(), 01777);

@@ -295,6 +295,31 @@ TEST_P(FlockCompat, ManPageSessionLockAndUnlock) {
   EXPECT_EQ(r.out, "held=1\nafter-unlock=0\n") << r.err;
 }
 
+// [ "${FLOCKER}" != "$0" ] && exec env FLOCKER="$0" flock -en "$0" "$0" "$@" || :
+TEST_P(FlockCompat, ManPageSelfLockingScript) {
+  {
+    std::ofstream script(dir_ / "s.sh");
+    script << "#!/bin/bash\n"
+              "[ \"${FLOCKER}\" != \"$0\" ] && exec env FLOCKER=\"$0\" \"$FLOCK\" -en \"$0\" \"$0\" \"$@\" || :\n"
+              "echo \"critical section of $0 with $*\"\n"
+              "if [ \"$1\" = wait ]; then while [ ! -e \"$T/release\" ]; do sleep 0.01; done; fi\n";
+  }
+  ::chmod((dir_ / "s.sh").c_str(), 0755);
+  const std::string before = read_file(dir_ / "s.sh");
+  auto r = sh("./s.sh a b");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "critical section of ./s.sh with a b\n");
+  {
+    Background first(*tool_, dir_, "./s.sh wait > first.out");
+    ASSERT_TRUE(eventually([&] { return read_file(dir_ / "first.out").find("critical") != std::string::npos; }));
+    auto second = sh("./s.sh");
+    EXPECT_EQ(second.exit_code, 1) << second.out << second.err;  // -n: the second copy gives up
+    EXPECT_EQ(second.out, "");
+    EXPECT_EQ(first.wait(), 0);
+  }
+  EXPECT_EQ(read_file(dir_ / "s.sh"), before) << "locking the script changed it";
+}
+
 TEST_P(FlockCompat, ManPageSharedLocks) {
   Background reader(*tool_, dir_,
                     "$FLOCK -s lk bash -c 'echo in > r1; while [ ! -e \"$T/release\" ]; do sleep 0.01; done'");
