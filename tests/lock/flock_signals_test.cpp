@@ -208,5 +208,23 @@ TEST(LockSignals, WithoutLeaseTheCommandOutlivesHoldfast) {
   ::kill(command, SIGKILL);
 }
 
+// C6, the CLI half: a dotlock's record must name the command before it runs. With /proc hidden
+// (a tmpfs over it, in a private mount namespace) the command's identity cannot be read: holdfast
+// refuses to run it, and frees the lock. A kernel lock needs no record: the command runs.
+TEST(LockIdentity, RefusesToRunACommandTheDotlockRecordCannotName) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root for a mount namespace";
+  testing::TempDir dir;
+  const std::string script = "mount -t tmpfs none /proc || exit 200; exec \"$0\" lock \"$@\" sh -c 'echo ran'";
+  auto dotlock = testing::run({"unshare", "--mount", "sh", "-c", script, testing::holdfast_path(), "--backend", "link", dir / "l"});
+  if (dotlock.exit_code == 200 || dotlock.exit_code == 1) GTEST_SKIP() << "cannot mount over /proc here: " << dotlock.err;
+  EXPECT_EQ(dotlock.exit_code, exit_code::os_error) << dotlock.err;
+  EXPECT_EQ(dotlock.out, "");
+  EXPECT_NE(dotlock.err.find("cannot record the command's identity"), std::string::npos) << dotlock.err;
+  EXPECT_NE(::access((dir / "l").c_str(), F_OK), 0) << "the dotlock was left behind";
+  auto kernel = testing::run({"unshare", "--mount", "sh", "-c", script, testing::holdfast_path(), dir / "k"});
+  EXPECT_EQ(kernel.exit_code, 0) << kernel.err;
+  EXPECT_EQ(kernel.out, "ran\n");
+}
+
 }  // namespace
 }  // namespace holdfast
