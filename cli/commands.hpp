@@ -8,10 +8,16 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace holdfast::cli {
 
 using Run = std::function<int()>;
+
+// `holdfast lock` takes its raw argv (args[0] is "lock", or "flock" when holdfast is invoked under
+// that name): flock(1)-compatible parsing, see lock_args.hpp. `prog` prefixes every message.
+int lock_main(const std::vector<std::string>& args, const std::string& prog);
 
 Run add_lock(CLI::App& root);
 Run add_holder(CLI::App& root);

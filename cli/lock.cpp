@@ -1,204 +1,258 @@
-// holdfast lock: run a command while holding a lock. flock(1)-compatible where they overlap.
-//
-// The command is forked first and held at a pipe until the holder record names it, so a dotlock
-// never shows a running command under a record that only names this (killable) process.
-#include <fcntl.h>
+// holdfast lock: util-linux flock(1), exactly (docs/LOCKS.md lists the few deliberate differences),
+// plus holdfast's backends for filesystems without working kernel locks, a holder record and a
+// fencing token per grant. Parsing is in lock_args.cpp, running the command in lock_run.cpp.
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "commands.hpp"
+#include "duration.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
+#include "lock_args.hpp"
+#include "lock_run.hpp"
 #include "sys/file.hpp"
+#include "sys/kernel_lock.hpp"
 
 namespace holdfast::cli {
 namespace {
 
-struct LockArgs {
-  std::string path;
-  std::vector<std::string> command;
-  std::string shell_command;
+using Clock = std::chrono::steady_clock;
+
+void print_usage(const std::string& prog) {
+  std::printf(
+      "\nUsage:\n"
+      " %1$s [options] <file>|<directory> <command> [<argument>...]\n"
+      " %1$s [options] <file>|<directory> -c <command>\n"
+      " %1$s [options] <file descriptor number>\n"
+      " %1$s [options] --fd <file descriptor number> -c <command>\n"
+      " %1$s [options] --fd <file descriptor number> <command> [<argument>...]\n"
+      "\nManage file locks from shell scripts (util-linux flock(1)-compatible).\n"
+      "\nOptions:\n"
+      " -s, --shared             get a shared lock\n"
+      " -x, --exclusive          get an exclusive lock (default)\n"
+      " -u, --unlock             remove a lock\n"
+      " -n, --nb, --nonblocking  fail rather than wait\n"
+      " -w, --timeout <secs>     wait for a limited amount of time\n"
+      " -E, --conflict-exit-code <number>  exit code after conflict or timeout\n"
+      " -o, --close              close file descriptor before running command\n"
+      " -c, --command <command>  run a single command string through the shell\n"
+      " -F, --no-fork            execute command without forking\n"
+      "     --wait               same as --timeout\n"
+      "     --fcntl              use fcntl(F_OFD_SETLK) rather than flock() (the ofd backend)\n"
+      "     --fd <number>        use the file descriptor number to wrap the\n"
+      "                          lock around the command execution\n"
+      "     --verbose            increase verbosity\n"
+      "\nholdfast options:\n"
+      "     --backend <name>     auto, flock, ofd, excl or link (default auto)\n"
+      "     --stale-after <dur>  dotlocks: a holder that cannot be proven dead (another host)\n"
+      "                          is stale after this long without a heartbeat (e.g. 30s)\n"
+      "     --json               print the grant (token, backend, wait) as JSON on stdout\n"
+      "     --allow-unsafe       use an explicitly chosen backend even where it is known unsafe\n"
+      "\n -h, --help               display this help\n"
+      " -V, --version            display version\n"
+      "\nThe command gets HOLDFAST_TOKEN (fencing token) and HOLDFAST_LOCK in its environment.\n"
+      "Exit codes (docs/EXIT_CODES.md): the command's status (128+N if killed by signal N);\n"
+      "1 (or -E) conflict or timeout; 64 usage; 65 lock failed on a descriptor or corrupt fence;\n"
+      "66 cannot open the lock file; 69 command cannot be run, or backend unsupported/unsafe;\n"
+      "71 OS error; 73 cannot create (read-only filesystem, full disk); 77 refused symlink.\n",
+      prog.c_str());
+}
+
+// The -w/-n decision, as flock(1) makes it: -w 0 means -n; a timer flock(1) cannot arm fails.
+struct Wait {
   bool nonblock = false;
-  double timeout = -1;
-  bool shared = false;
-  bool exclusive = false;
-  int conflict_exit = exit_code::conflict;
-  bool close_before_exec = false;
-  bool verbose = false;
-  bool json = false;
-  std::string backend = "auto";
-  double stale_after = 0;
+  std::optional<std::chrono::nanoseconds> limit;  // nullopt: forever
 };
 
-volatile sig_atomic_t g_child = 0;
-
-void forward_signal(int sig) {
-  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), sig);
+Wait wait_of(const LockInvocation& inv) {
+  Wait w;
+  w.nonblock = inv.nonblock;
+  if (inv.timeout && !inv.nonblock) {
+    if (inv.timeout->is_zero()) {
+      w.nonblock = true;
+    } else if (inv.timeout->is_invalid()) {
+      throw Error("", "cannot set up timer", std::strerror(EINVAL), exit_code::os_error);  // as flock(1)
+    } else if (inv.timeout->duration() != kNoLimit) {
+      w.limit = inv.timeout->duration();
+    }
+  }
+  return w;
 }
 
-constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-
-[[noreturn]] void exec_command(const LockArgs& a) {
-  std::vector<std::string> argv = a.command;
-  if (!a.shell_command.empty()) {
-    const char* shell = std::getenv("SHELL");
-    argv = {shell != nullptr && *shell != '\0' ? shell : "/bin/sh", "-c", a.shell_command};
+void report_conflict(const LockInvocation& inv, const std::string& prog, const Wait& w) {
+  if (inv.verbose) {
+    std::fprintf(stderr, "%s: %s\n", prog.c_str(), w.nonblock ? "failed to get lock" : "timeout while waiting to get lock");
   }
-  std::vector<char*> args;
-  for (auto& s : argv) args.push_back(s.data());
-  args.push_back(nullptr);
-  ::execvp(args[0], args.data());
-  int err = errno;
-  std::fprintf(stderr, "holdfast lock: %s: cannot run command: %s\n", argv[0].c_str(), std::strerror(err));
-  ::_exit(err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
 }
 
-int run_lock(const LockArgs& a) {
-  if (a.command.empty() && a.shell_command.empty()) {
-    throw Error(a.path, "lock", "no command given (use -- COMMAND [ARGS...] or -c 'COMMAND')", exit_code::usage);
+void report_took(const LockInvocation& inv, const std::string& prog, Clock::duration took) {
+  if (!inv.verbose) return;
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(took).count();
+  std::printf("%s: getting lock took %lld.%06lld seconds\n", prog.c_str(), static_cast<long long>(us / 1000000),
+              static_cast<long long>(us % 1000000));
+}
+
+// `lock [options] NUMBER` and `lock --fd NUMBER COMMAND`: lock (or unlock) an inherited
+// descriptor with flock(2), or OFD with --fcntl. No record and no token: the descriptor is the
+// caller's, and holdfast writes nothing it did not create.
+int lock_descriptor(const LockInvocation& inv, const std::string& prog) {
+  if (inv.backend && *inv.backend != "flock" && *inv.backend != "ofd" && *inv.backend != "auto") {
+    throw Error("", "--backend " + *inv.backend, "a descriptor can only take a kernel lock (flock or ofd)",
+                exit_code::usage);
   }
-  if (!a.command.empty() && !a.shell_command.empty()) {
-    throw Error(a.path, "lock", "give either -c or -- COMMAND, not both", exit_code::usage);
+  const auto kind = inv.fcntl || inv.backend == "ofd" ? sys::KernelLockKind::ofd : sys::KernelLockKind::flock;
+  const Wait w = wait_of(inv);
+  const std::string name = std::to_string(inv.fd);
+  auto failed = [&](int err) {
+    std::fprintf(stderr, "%s: %s: %s\n", prog.c_str(), name.c_str(), std::strerror(err));
+    return err == ENOLCK || err == ENOMEM ? exit_code::os_error : exit_code::data;  // as flock(1)
+  };
+  const auto started = Clock::now();
+  if (inv.operation == LockInvocation::Operation::unlock) {
+    if (int rc = sys::kernel_unlock(inv.fd, kind); rc < 0) return failed(-rc);
+  } else {
+    const bool exclusive = inv.operation == LockInvocation::Operation::exclusive;
+    std::optional<sys::DeadlineAlarm> alarm;
+    Clock::time_point deadline = Clock::time_point::max();
+    if (w.limit) {
+      deadline = deadline_after(started, *w.limit);
+      alarm.emplace(deadline);
+    }
+    for (int attempt = 0;; ++attempt) {
+      const bool block = !w.nonblock && (!alarm || alarm->armed());
+      int rc = sys::kernel_lock(inv.fd, kind, exclusive, block);
+      if (rc == 0) break;
+      if (rc == -EWOULDBLOCK && !w.nonblock && Clock::now() < deadline) {
+        ::usleep(static_cast<useconds_t>(1000 * std::min(25, 1 + attempt)));  // the alarm could not be armed
+        continue;
+      }
+      if (rc == -EWOULDBLOCK || (rc == -EINTR && Clock::now() >= deadline)) {
+        report_conflict(inv, prog, w);
+        return inv.conflict_exit_code;
+      }
+      if (rc == -EINTR) continue;
+      return failed(-rc);
+    }
   }
-  if (a.shared && a.exclusive) throw Error(a.path, "lock", "-s and -x are mutually exclusive", exit_code::usage);
+  report_took(inv, prog, Clock::now() - started);
+  if (inv.command.empty()) return exit_code::ok;
+  if (inv.verbose) std::printf("%s: executing %s\n", prog.c_str(), inv.command.front().c_str());
+  CommandSpec spec{inv.command, prog, inv.close_before_exec ? -1 : inv.fd, false};
+  if (inv.close_before_exec) {
+    // flock(1) closes the descriptor in the child; holdfast marks it close-on-exec there.
+    spec.inherit_fd = -1;
+    ::fcntl(inv.fd, F_SETFD, FD_CLOEXEC);
+  }
+  if (inv.no_fork) return exec_in_place(spec);
+  return run_command(spec, [](pid_t) {});
+}
+
+Backend backend_of(const LockInvocation& inv) {
+  if (inv.fcntl && inv.backend && *inv.backend != "ofd") {
+    throw Error("", "--fcntl", "conflicts with --backend " + *inv.backend, exit_code::usage);
+  }
+  const std::string name = inv.fcntl ? "ofd" : inv.backend.value_or("auto");
+  auto backend = parse_backend(name);
+  if (!backend) throw Error("", "--backend " + name, "unknown backend (auto, flock, ofd, excl, link)", exit_code::usage);
+  return *backend;
+}
+
+// `lock [options] FILE|DIR COMMAND...`
+int lock_path(const LockInvocation& inv, const std::string& prog) {
+  if (inv.path.empty()) throw Error(ENOENT, "", "cannot open lock file");  // as open("") in flock(1)
+  const Wait w = wait_of(inv);
   LockOptions options;
-  auto backend = parse_backend(a.backend);
-  if (!backend) throw Error(a.path, "lock", "unknown backend '" + a.backend + "' (auto, ofd, flock, excl, link)", exit_code::usage);
-  options.backend = *backend;
-  options.mode = a.shared ? LockMode::shared : LockMode::exclusive;
-  options.stale_after = std::chrono::milliseconds(static_cast<int64_t>(a.stale_after * 1000));
-  options.command = a.command.empty() ? std::vector<std::string>{"sh", "-c", a.shell_command} : a.command;
-
-  if (options.backend == Backend::automatic && a.verbose) {
-    try {  // the choice is remembered per mount: the acquire below asks again for free
-      auto choice = select_backend(sys::dirname_of(a.path), a.path);
-      std::fprintf(stderr, "holdfast lock: note: %s\n", choice.reason.c_str());
+  options.backend = backend_of(inv);
+  options.mode = inv.operation == LockInvocation::Operation::shared ? LockMode::shared : LockMode::exclusive;
+  options.stale_after = std::chrono::duration_cast<std::chrono::milliseconds>(inv.stale_after);
+  options.command = inv.command;
+  options.allow_unsafe_backend = inv.allow_unsafe;
+  const bool lease = options.stale_after.count() > 0;
+  if (inv.no_fork && lease) {
+    throw Error(inv.path, "--no-fork with --stale-after",
+                "the lease's heartbeat cannot outlive exec; run without -F", exit_code::usage);
+  }
+  if (inv.operation == LockInvocation::Operation::unlock) {
+    // flock(1) unlocks a descriptor it has just opened, which holds no lock: nothing to do.
+    if (inv.verbose) std::printf("%s: executing %s\n", prog.c_str(), inv.command.front().c_str());
+    CommandSpec spec{inv.command, prog, -1, false};
+    return inv.no_fork ? exec_in_place(spec) : run_command(spec, [](pid_t) {});
+  }
+  // `auto` is resolved by the library (flock(2) where kernel locks are enforced, so flock(1),
+  // python filelock and Go's lockedfile users of the same file are excluded; the verdict is
+  // remembered per mount). Only a fallback is worth a line, and only with --verbose: a kernel
+  // lock is what flock(1) users expect, and flock(1)'s own --verbose output stays as it is.
+  if (options.backend == Backend::automatic && inv.verbose) {
+    try {
+      auto choice = select_backend(sys::dirname_of(inv.path), inv.path);
+      if (choice.backend != Backend::flock) std::fprintf(stderr, "%s: note: %s\n", prog.c_str(), choice.reason.c_str());
     } catch (const Error&) {
       // the acquire below reports it
     }
   }
 
-  auto started = std::chrono::steady_clock::now();
+  const auto started = Clock::now();
   std::optional<Lock> lock;
-  if (a.nonblock || a.timeout == 0) {
-    lock = Lock::try_acquire(a.path, options);
-  } else if (a.timeout > 0) {
-    auto deadline = started + std::chrono::microseconds(static_cast<int64_t>(a.timeout * 1e6));
-    lock = Lock::acquire_until(a.path, options, deadline);
+  if (w.nonblock) {
+    lock = Lock::try_acquire(inv.path, options);
+  } else if (w.limit) {
+    lock = Lock::acquire_until(inv.path, options, deadline_after(started, *w.limit));
   } else {
-    lock = Lock::acquire(a.path, options);
+    lock = Lock::acquire(inv.path, options);
   }
-  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const auto took = Clock::now() - started;
+  const double waited = std::chrono::duration<double>(took).count();
   if (!lock) {
-    if (a.verbose) {
-      std::string who;
-      try {
-        if (auto r = read_holder_record(a.path); r && !r->processes.empty()) {
-          who = " (held by pid " + std::to_string(r->processes.front().pid) + ")";
-        }
-      } catch (const Error&) {
-      }
-      std::fprintf(stderr, "holdfast lock: %s: %s%s\n", a.path.c_str(),
-                   a.nonblock || a.timeout == 0 ? "failed to get lock" : "timeout while waiting to get lock", who.c_str());
+    report_conflict(inv, prog, w);
+    if (inv.json) {
+      std::printf("%s\n", nlohmann::json{{"acquired", false}, {"path", inv.path}, {"waited_s", waited}}.dump().c_str());
     }
-    if (a.json) {
-      std::printf("%s\n", nlohmann::json{{"acquired", false}, {"path", a.path}, {"waited_s", waited}}.dump().c_str());
-    }
-    return a.conflict_exit;
+    return inv.conflict_exit_code;
   }
-  if (a.verbose) std::fprintf(stderr, "holdfast lock: getting lock took %.6f seconds\n", waited);
-  if (a.json) {
+  report_took(inv, prog, took);
+  if (inv.json) {
     nlohmann::json j{{"acquired", true},
-                     {"path", a.path},
+                     {"path", inv.path},
                      {"backend", std::string(to_string(lock->backend()))},
                      {"mode", std::string(to_string(lock->mode()))},
                      {"token", lock->token()},
                      {"waited_s", waited}};
     std::printf("%s\n", j.dump().c_str());
   }
-  std::fflush(stdout);
+  if (inv.verbose) std::printf("%s: executing %s\n", prog.c_str(), inv.command.front().c_str());
 
   ::setenv("HOLDFAST_TOKEN", std::to_string(lock->token()).c_str(), 1);
-  ::setenv("HOLDFAST_LOCK", a.path.c_str(), 1);
-
-  // Signals are blocked across fork so none arrives before the forwarding handler knows the pid.
-  sigset_t forwarded, previous;
-  sigemptyset(&forwarded);
-  for (int s : kForwarded) sigaddset(&forwarded, s);
-  ::sigprocmask(SIG_BLOCK, &forwarded, &previous);
-
-  int go[2];
-  if (::pipe2(go, O_CLOEXEC) != 0) throw Error(errno, a.path, "cannot create pipe");
+  ::setenv("HOLDFAST_LOCK", inv.path.c_str(), 1);
   const bool kernel = lock->backend() == Backend::ofd || lock->backend() == Backend::flock;
-  const pid_t parent = ::getpid();
-  pid_t child = ::fork();
-  if (child < 0) throw Error(errno, a.path, "cannot fork");
-  if (child == 0) {
-    ::close(go[1]);
-    for (int s : kForwarded) ::signal(s, SIG_DFL);
-    ::sigprocmask(SIG_SETMASK, &previous, nullptr);
-    if (a.close_before_exec) {
-      // With -o only holdfast holds the lock: if holdfast dies the command must not go on
-      // unprotected, so it dies with it. Daemons it spawns are not affected (that is why -o).
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(exit_code::software);  // it died before prctl took effect
+  CommandSpec spec{inv.command, prog, kernel && !inv.close_before_exec ? lock->fd() : -1,
+                   inv.close_before_exec || lease};
+  if (inv.no_fork) {
+    // The lock passes to the command with this pid: the kernel lock's descriptor is inherited,
+    // and a dotlock's record already names this process (whose identity exec keeps).
+    return exec_in_place(spec);  // returns only on failure; ~Lock releases
+  }
+  int status = run_command(spec, [&](pid_t child) {
+    auto id = identity_of(child);
+    if (!id) {
+      // A dotlock is held while a process it names lives: a command it does not name would run
+      // unprotected once holdfast dies. A kernel lock is held by the inherited descriptor itself.
+      if (!kernel) {
+        throw Error(inv.path, "cannot record the command's identity", "refusing to run it under a record that "
+                    "does not name it", exit_code::os_error);
+      }
+      return;
     }
-    char byte;
-    ssize_t n;
-    while ((n = ::read(go[0], &byte, 1)) < 0 && errno == EINTR) {
-    }
-    if (n != 1) ::_exit(exit_code::software);  // holdfast died before the record named us
-    if (kernel && !a.close_before_exec && lock->fd() >= 0) {
-      // The command inherits the locked open file description (as with flock(1)), so the lock
-      // lives as long as the command even if holdfast is killed.
-      int flags = ::fcntl(lock->fd(), F_GETFD);
-      ::fcntl(lock->fd(), F_SETFD, flags & ~FD_CLOEXEC);
-    }
-    exec_command(a);
-  }
-  ::close(go[0]);
-  g_child = child;
-  struct sigaction sa {};
-  sa.sa_handler = forward_signal;
-  sigemptyset(&sa.sa_mask);
-  // No SA_RESTART: waitpid below loops on EINTR, and a runtime that defers handlers to the next
-  // interrupted call (ThreadSanitizer does) would otherwise never forward the signal.
-  sa.sa_flags = 0;
-  for (int s : kForwarded) ::sigaction(s, &sa, nullptr);
-  ::sigprocmask(SIG_SETMASK, &previous, nullptr);
-
-  try {
-    if (auto id = identity_of(child)) lock->add_holder_process(*id);
-  } catch (const Error&) {
-    ::kill(child, SIGKILL);  // never run the command under a record that does not name it
-    ::waitpid(child, nullptr, 0);
-    throw;
-  }
-  ssize_t sent;
-  while ((sent = ::write(go[1], "g", 1)) < 0 && errno == EINTR) {
-  }
-  if (sent != 1) {
-    ::kill(child, SIGKILL);
-    ::waitpid(child, nullptr, 0);
-    throw Error(errno, a.path, "cannot start command");
-  }
-  ::close(go[1]);
-
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0) {
-    if (errno != EINTR) throw Error(errno, a.path, "cannot wait for command");
-  }
+    lock->add_holder_process(*id);
+  });
   if (kernel) {
     // Like flock(1): just close our descriptor. Processes the command left behind that still
     // hold the inherited descriptor keep the lock.
@@ -206,39 +260,66 @@ int run_lock(const LockArgs& a) {
   } else {
     lock->release();
   }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return exit_code::software;
+  return status;
+}
+
+// flock(1)'s exit codes for a lock file it cannot open: 66 (EX_NOINPUT), 73 (EX_CANTCREAT) for
+// EROFS and ENOSPC, 71 for ENOMEM/EMFILE/ENFILE. The library's own codes stand for the rest
+// (a refused symlink 77, a corrupt fence 65, an unsupported backend 69).
+int exit_code_for(const Error& e, const LockInvocation& inv) {
+  if (e.path() != inv.path || e.error_number() == 0) return e.exit_code();
+  switch (e.error_number()) {
+    case EACCES:
+    case EPERM:
+    case ENOENT:
+    case ENOTDIR: return exit_code::no_input;
+    case EROFS:
+    case ENOSPC: return exit_code::cant_create;
+    default: return e.exit_code();
+  }
 }
 
 }  // namespace
 
+int lock_main(const std::vector<std::string>& args, const std::string& prog) {
+  LockInvocation inv;
+  try {
+    inv = parse_lock_args(args);
+  } catch (const LockUsageError& e) {
+    print_usage_error(e, prog == "flock" ? args.front() : prog, prog);
+    return exit_code::usage;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s: %s\n", prog.c_str(), e.what());
+    return e.exit_code();
+  }
+  if (inv.action == LockInvocation::Action::help) {
+    print_usage(prog);
+    return exit_code::ok;
+  }
+  if (inv.action == LockInvocation::Action::version) {
+    std::printf("%s from holdfast %s (util-linux flock(1) 2.38+ compatible)\n", prog.c_str(), HOLDFAST_VERSION_STRING);
+    return exit_code::ok;
+  }
+  // As flock(1): a SIGCHLD ignored by whoever started us would make the kernel reap the command
+  // itself, and its status would be lost. The command inherits the default too.
+  ::signal(SIGCHLD, SIG_DFL);
+  try {
+    return inv.fd >= 0 ? lock_descriptor(inv, prog) : lock_path(inv, prog);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s: %s\n", prog.c_str(), e.what());
+    return exit_code_for(e, inv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: internal error: %s\n", prog.c_str(), e.what());
+    return exit_code::software;
+  }
+}
+
 Run add_lock(CLI::App& root) {
-  auto args = std::make_shared<LockArgs>();
-  auto* cmd = root.add_subcommand("lock", "Run a command while holding a lock on PATH (flock(1)-compatible)");
-  cmd->add_option("path", args->path, "Lock file (created if missing, never deleted for kernel backends)")->required();
-  cmd->add_option("command", args->command, "Command and arguments (after --)");
-  cmd->add_option("-c,--command", args->shell_command, "Run this string with $SHELL -c");
-  cmd->add_flag("-n,--nonblock", args->nonblock, "Fail (exit -E code) rather than wait");
-  cmd->add_option("-w,--timeout,--wait", args->timeout, "Wait at most SECONDS (fractions allowed)");
-  cmd->add_flag("-s,--shared", args->shared, "Shared lock (kernel backends only)");
-  cmd->add_flag("-x,--exclusive,-e", args->exclusive, "Exclusive lock (the default)");
-  cmd->add_option("-E,--conflict-exit-code", args->conflict_exit, "Exit code on conflict or timeout (default 1)")
-      ->check(CLI::Range(0, 255));
-  cmd->add_flag("-o,--close", args->close_before_exec,
-                "Do not let the command inherit the lock (for commands that leave daemons behind)");
-  cmd->add_flag("--verbose", args->verbose, "Report the wait time and conflicts on stderr");
-  cmd->add_flag("--json", args->json, "Print the grant (token, backend, wait) as one JSON line on stdout");
-  cmd->add_option("--backend", args->backend, "auto, ofd, flock, excl or link (default auto)");
-  cmd->add_option("--stale-after", args->stale_after,
-                  "Dotlocks: a holder that cannot be proven dead (another host) is stale after SECONDS without a heartbeat");
-  cmd->footer(
-      "The command gets HOLDFAST_TOKEN (fencing token) and HOLDFAST_LOCK in its environment.\n"
-      "Exit codes: the command's own status (128+N if killed by signal N); 1 (or -E) lock held or\n"
-      "timed out; 64 usage; 65 corrupt record; 66 missing directory; 69 backend unsupported here;\n"
-      "71 other OS error; 73 cannot create (EROFS, a directory); 74 I/O error (EIO, ENOSPC);\n"
-      "77 permission denied or refused symlink; 126 command not executable; 127 command not found.");
-  return [args] { return run_lock(*args); };
+  // Only for `holdfast --help`: main() hands `holdfast lock ...` its raw argv (lock_main), since
+  // flock(1)'s parsing stops at the first non-option and CLI11's does not.
+  root.add_subcommand("lock", "Run a command while holding a lock on a file (util-linux flock(1), exactly)")
+      ->allow_extras();
+  return [] { return exit_code::usage; };
 }
 
 }  // namespace holdfast::cli

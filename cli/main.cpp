@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -16,6 +17,10 @@
 // building the parser) ends the process with terminate's message, which is acceptable there.
 int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   using namespace holdfast;
+  // `holdfast lock` (and holdfast installed as `flock`) parse like flock(1), not through CLI11.
+  const std::string_view invoked = argc > 0 ? std::string_view(argv[0]) : std::string_view();
+  if (invoked.substr(invoked.rfind('/') + 1) == "flock") return cli::lock_main({argv, argv + argc}, "flock");
+  if (argc > 1 && std::string_view(argv[1]) == "lock") return cli::lock_main({argv + 1, argv + argc}, "holdfast lock");
   CLI::App app{"holdfast — exact tools for processes that coordinate through the filesystem:\n"
                "locks, exactly-one instances, durable hand-offs and filesystem probes.\n"
                "Exit codes: see docs/EXIT_CODES.md (0 ok, 1 conflict/timeout, 64 usage, 65 corrupt\n"

@@ -99,7 +99,7 @@ TEST(LockCli, JsonReportsTheGrant) {
 
 TEST(LockCli, ConflictNonblockTimeoutAndConflictExitCode) {
   testing::TempDir dir;
-  // flock: what the default (automatic) backend takes where kernel locks are enforced
+  // `holdfast lock` takes flock(2) locks by default (as flock(1) does).
   auto held = Lock::acquire(dir / "l", LockOptions{Backend::flock, LockMode::exclusive, {}, {}});
   EXPECT_EQ(holdfast({"lock", "-n", dir / "l", "--", "true"}).exit_code, 1);
   EXPECT_EQ(holdfast({"lock", "-n", "-E", "42", dir / "l", "--", "true"}).exit_code, 42);
@@ -120,6 +120,8 @@ TEST(LockCli, InteroperatesWithFlock1) {
   });
   ASSERT_TRUE(wait_for_kernel_lock(dir / "l"));
   EXPECT_EQ(holdfast({"lock", "-n", "--backend", "flock", dir / "l", "--", "true"}).exit_code, 1);
+  // The default backend too (review C3: it used to be OFD, which does not see flock(1)).
+  EXPECT_EQ(holdfast({"lock", "-n", dir / "l", "true"}).exit_code, 1);
   ::kill(-f, SIGKILL);
   testing::wait_child(f);
   pid_t h = spawn_holdfast({"lock", "--backend", "flock", dir / "l", "--", "sleep", "2"});
@@ -238,11 +240,6 @@ TEST(LockErrors, MissingDirectory) {
                "does not exist");
 }
 
-TEST(LockErrors, DirectoryAsLockFile) {
-  testing::TempDir dir;
-  expect_error(holdfast({"lock", dir.path(), "--", "true"}), exit_code::cant_create, dir.path(), "directory");
-}
-
 TEST(LockErrors, SymlinkInStickyWorldWritableDirectoryIsRefused) {
   testing::TempDir dir;
   ::chmod(dir.path().c_str(), 01777);
@@ -268,7 +265,8 @@ TEST(LockErrors, PermissionDenied) {
     bool names = r.err.find(dir / "l") != std::string::npos && r.err.find("Permission denied") != std::string::npos;
     return names ? r.exit_code : 101;
   }));
-  EXPECT_EQ(rc, exit_code::no_perm);
+  // As flock(1): a lock file that cannot be opened (or created) is 66, whatever the errno.
+  EXPECT_EQ(rc, exit_code::no_input);
 }
 
 // Mounts a small tmpfs at a temp dir for the test's lifetime; skips the test if it cannot.
@@ -327,10 +325,11 @@ TEST(LockErrors, UsageAndCommandErrors) {
   EXPECT_EQ(holdfast({"lock", "--no-such-flag", dir / "l", "--", "true"}).exit_code, exit_code::usage);
   EXPECT_EQ(holdfast({"lock", "--backend", "nfs", dir / "l", "--", "true"}).exit_code, exit_code::usage);
   EXPECT_EQ(holdfast({"lock", dir / "l"}).exit_code, exit_code::usage);
-  EXPECT_EQ(holdfast({"lock", "-s", "-x", dir / "l", "--", "true"}).exit_code, exit_code::usage);
-  EXPECT_EQ(holdfast({"lock", dir / "l", "--", "/no/such/command"}).exit_code, exit_code::not_found);
+  // As flock(1): the last of -s/-x wins; a command that cannot be run is 69 (EX_UNAVAILABLE).
+  EXPECT_EQ(holdfast({"lock", "-s", "-x", dir / "l", "--", "true"}).exit_code, exit_code::ok);
+  EXPECT_EQ(holdfast({"lock", dir / "l", "--", "/no/such/command"}).exit_code, exit_code::unavailable);
   std::ofstream(dir / "noexec") << "#!/bin/sh\n";
-  EXPECT_EQ(holdfast({"lock", dir / "l", "--", dir / "noexec"}).exit_code, exit_code::cannot_exec);
+  EXPECT_EQ(holdfast({"lock", dir / "l", "--", dir / "noexec"}).exit_code, exit_code::unavailable);
 }
 
 }  // namespace
