@@ -175,10 +175,21 @@ bool ReadinessProbe::ready() {
   }
 }
 
-NotifySocket::NotifySocket() {
-  char tmpl[] = "/tmp/holdfast-notify.XXXXXX";
-  if (::mkdtemp(tmpl) == nullptr) throw Error(errno, "/tmp", "cannot create the sd_notify directory");
-  dir_ = tmpl;
+NotifySocket::NotifySocket(const std::string& fallback_dir) {
+  // The first of these where we may create a directory and the socket path fits sun_path.
+  int err = ENAMETOOLONG;
+  std::string where;
+  for (const std::string& base : {std::string("/tmp"), std::string("/dev/shm"), fallback_dir}) {
+    std::string tmpl = base + "/holdfast-notify.XXXXXX";
+    if (tmpl.size() + 7 >= sizeof(sockaddr_un::sun_path)) continue;
+    if (::mkdtemp(tmpl.data()) != nullptr) {
+      dir_ = tmpl;
+      break;
+    }
+    err = errno;
+    where = base;
+  }
+  if (dir_.empty()) throw Error(err, where.empty() ? fallback_dir : where, "cannot create the sd_notify directory");
   path_ = dir_ + "/notify";
   fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd_) throw Error(errno, path_, "sd_notify socket");

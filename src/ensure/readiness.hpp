@@ -42,14 +42,14 @@ class ReadinessProbe {
 // CLOCK_REALTIME_COARSE in nanoseconds: never later than a file timestamp set afterwards.
 int64_t coarse_realtime_ns() noexcept;
 
-// The sd_notify datagram socket for one start. Bound in a fresh private directory
-// (mkdtemp under /tmp: short enough for sun_path whatever the state directory is; never the
-// abstract namespace). The directory is 0711 and the socket 0666, so a daemon that drops
+// The sd_notify datagram socket for one start. Bound in a fresh private directory (mkdtemp
+// under /tmp, else /dev/shm, else `fallback_dir` — the first writable one where the path fits
+// sun_path, whatever the state directory's length; never the abstract namespace). The directory is 0711 and the socket 0666, so a daemon that drops
 // privileges can still notify (as with systemd's socket); what protects it is the credential
 // check: every datagram must carry SCM_CREDENTIALS of a process of the instance.
 class NotifySocket {
  public:
-  NotifySocket();  // throws Error(os_error) naming the directory
+  explicit NotifySocket(const std::string& fallback_dir);  // throws Error naming the directory
   ~NotifySocket();
   NotifySocket(const NotifySocket&) = delete;
   NotifySocket& operator=(const NotifySocket&) = delete;

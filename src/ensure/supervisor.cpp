@@ -123,7 +123,7 @@ void Supervisor::setup() {
   record_.launcher_start_time = me ? me->start_time : 0;
 
   try {
-    if (plan_.ready.kind == ReadySpec::Kind::notify) notify_ = std::make_unique<NotifySocket>();
+    if (plan_.ready.kind == ReadySpec::Kind::notify) notify_ = std::make_unique<NotifySocket>(plan_.paths.dir);
   } catch (const Error& e) {
     fail(FailureKind::supervisor, e.what(), -1);
   }

@@ -7,7 +7,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -23,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "holdfast/ensure.hpp"
 #include "holdfast/identity.hpp"
+#include "support/faultfs.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -751,6 +754,310 @@ TEST_F(EnsureTest, UnwritableStateDirectoryAsAnotherUser) {
     return 0;
   });
   EXPECT_EQ(testing::wait_child(child), 0);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// review items (issue 9): each a regression test
+
+TEST_F(EnsureTest, RefusesAStateDirectoryWhoseLocksAreNotEnforced) {
+  // C4: on a filesystem that grants every lock, N clients started N instances.
+  if (auto why = testing::FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+  testing::FaultFs fs("nolocks");
+  Daemon d = daemon("nolocks");
+  std::vector<std::string> args{"ensure", "nl", "--state-dir", fs / "state", "--"};
+  for (auto& c : d.cli_command()) args.push_back(c);
+  const int clients = 6;
+  auto* codes = static_cast<int*>(testing::shared_memory(sizeof(int) * clients));
+  StartGun gun;
+  std::vector<pid_t> kids;
+  for (int i = 0; i < clients; ++i) {
+    kids.push_back(testing::fork_child([&, i] {
+      gun.wait();
+      auto r = run_cli(args);
+      codes[i] = r.exit_code;
+      if (i == 0 && (r.err.find("not enforced") == std::string::npos || r.err.find(fs / "state") == std::string::npos ||
+                     std::count(r.err.begin(), r.err.end(), '\n') != 1)) {
+        return 1;
+      }
+      return 0;
+    }));
+  }
+  gun.release();
+  for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
+  for (int i = 0; i < clients; ++i) EXPECT_EQ(codes[i], exit_code::unavailable) << "client " << i;
+  EXPECT_EQ(count_lines(d.count_file), 0) << "instances started on a lockless filesystem";
+  testing::free_shared_memory(codes, sizeof(int) * clients);
+}
+
+// NOTIFY_SOCKET of a running process, from its environment.
+std::string notify_socket_of(pid_t pid) {
+  std::ifstream env("/proc/" + std::to_string(pid) + "/environ");
+  std::string entry;
+  while (std::getline(env, entry, '\0')) {
+    if (entry.rfind("NOTIFY_SOCKET=", 0) == 0) return entry.substr(14);
+  }
+  return {};
+}
+
+bool send_datagram(const std::string& path, const std::string& text) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), std::min(path.size(), sizeof addr.sun_path - 1));
+  int s = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  bool ok = ::sendto(s, text.data(), text.size(), 0, reinterpret_cast<sockaddr*>(&addr), sizeof addr) >= 0;
+  ::close(s);
+  return ok;
+}
+
+TEST_F(EnsureTest, NotificationsFromOutsideTheInstanceAreIgnored) {
+  // C5: anyone who could reach the notify socket could declare the instance ready and rename
+  // its pid (MAINPID=1), after which stop refused forever.
+  Daemon d = daemon("spoof");
+  d.mode = "never";
+  auto opts = options("notify", d);
+  opts.ready_timeout = 300ms;
+  EXPECT_THROW(ensure_running(use("spoof"), {self_exe()}, opts), Error);
+  auto rec = instance_status("spoof", state_).record;
+  ASSERT_TRUE(rec);
+  std::string socket = notify_socket_of(rec->process.pid);
+  ASSERT_FALSE(socket.empty());
+  // From this process (root, not part of the instance) and from another user.
+  EXPECT_TRUE(send_datagram(socket, "READY=1\nMAINPID=1\nSTATUS=forged\n"));
+  pid_t other = testing::fork_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
+    return send_datagram(socket, "READY=1\nMAINPID=1\n") ? 0 : 91;
+  });
+  EXPECT_EQ(testing::wait_child(other), 0) << "the socket must be reachable (C6), just not trusted";
+  try {
+    ensure_running("spoof", {self_exe()}, opts);
+    FAIL() << "a forged READY=1 made the instance ready";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::temp_fail) << e.what();
+  }
+  auto st = instance_status("spoof", state_);
+  EXPECT_EQ(st.state, InstanceState::running) << st.reason;
+  ASSERT_TRUE(st.record);
+  EXPECT_EQ(st.record->process.pid, rec->process.pid);
+  EXPECT_NE(st.record->status, "forged");
+  auto stop = run_cli(cli({"stop", "spoof"}));
+  EXPECT_EQ(stop.exit_code, 0) << stop.err;
+  EXPECT_FALSE(process_alive(rec->process.pid));
+}
+
+TEST_F(EnsureTest, DaemonThatDropsPrivilegesCanStillNotify) {
+  // C6: a root-started daemon that setuid()s before sd_notify could not reach the socket.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  Daemon d = daemon("dropprivs");
+  d.mode = "dropprivs";
+  auto inst = ensure_running(use("dropprivs"), {self_exe()}, options("notify", d));
+  EXPECT_TRUE(inst.ready);
+  auto id = identity_of(inst.pid);
+  ASSERT_TRUE(id);
+  std::ifstream status("/proc/" + std::to_string(inst.pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Uid:", 0) == 0) EXPECT_NE(line.find("65534"), std::string::npos) << line;
+  }
+}
+
+TEST_F(EnsureTest, ReadinessOnlyCountsWhatThisStartCreated) {
+  // C7: a stale ready file, or a port someone else listens on, made a start "ready" at once.
+  std::string ready_file = tmp_ / "stale.ready";
+  std::ofstream(ready_file) << "left by a SIGKILLed run\n";
+  timespec old[2] = {{::time(nullptr) - 3600, 0}, {::time(nullptr) - 3600, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, ready_file.c_str(), old, 0), 0);
+  Daemon d = daemon("stale-file");
+  d.ready = "file:" + ready_file;
+  d.delay_ms = 200;
+  auto inst = ensure_running(use("stale-file"), {self_exe()}, options("file:" + ready_file, d));
+  EXPECT_TRUE(exists(d.marker)) << "returned on the stale file, before the daemon was ready";
+  EXPECT_TRUE(inst.ready);
+
+  // A listener that is not the instance's.
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(s, 16), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  Daemon n = daemon("foreign-port");
+  n.mode = "never";
+  auto opts = options("tcp:127.0.0.1:" + std::to_string(ntohs(a.sin_port)), n);
+  opts.ready_timeout = 500ms;
+  try {
+    ensure_running(use("foreign-port"), {self_exe()}, opts);
+    FAIL() << "someone else's listener counted as the instance's readiness";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::temp_fail) << e.what();
+  }
+  ::close(s);
+}
+
+TEST_F(EnsureTest, NonDumpableDaemonCanBeStoppedByItsUser) {
+  // C8: stop read the daemon's /proc/PID/fd, which a non-dumpable process hides from its own user.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  ::chmod(tmp_.path().c_str(), 0755);
+  std::string dir = tmp_ / "nd";
+  ::mkdir(dir.c_str(), 0700);
+  ASSERT_EQ(::chown(dir.c_str(), 65534, 65534), 0);
+  pid_t child = testing::fork_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
+    auto r = testing::run({cli_path(), "ensure", "agent", "--state-dir", dir + "/st", "--ready", "notify", "--", "env",
+                           "HOLDFAST_TEST_DAEMON=nondumpable", "HF_READY=notify", self_exe()});
+    if (r.exit_code != 0) {
+      std::fprintf(stderr, "%s", r.err.c_str());
+      return 91;
+    }
+    pid_t pid = std::atoi(r.out.c_str());
+    auto st = testing::run({cli_path(), "status", "agent", "--state-dir", dir + "/st"});
+    if (st.exit_code != 0) return 92;
+    auto stop = testing::run({cli_path(), "stop", "agent", "--state-dir", dir + "/st"});
+    if (stop.exit_code != 0) return 93;
+    return ::kill(pid, 0) == 0 ? 94 : 0;
+  });
+  EXPECT_EQ(testing::wait_child(child), 0);
+}
+
+TEST_F(EnsureTest, DescriptorLimitsAreCheckedAndReported) {
+  // C9: fd:N above the limit, or a low RLIMIT_NOFILE, made the pre-exec shuffle fail silently.
+  auto r = run_cli(cli({"ensure", "bigfd", "--ready", "fd:999999", "--", "true"}));
+  EXPECT_EQ(r.exit_code, exit_code::usage) << r.err;
+  EXPECT_NE(r.err.find("descriptor limit"), std::string::npos) << r.err;
+  Daemon d = daemon("lowfd");
+  std::vector<std::string> args = cli({"ensure", use("lowfd"), "--ready", "notify", "--"});
+  for (auto& c : d.cli_command()) args.push_back(c);
+  pid_t child = testing::fork_child([&] {
+    rlimit lim{24, 24};
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) return 90;
+    auto res = run_cli(args);
+    return res.exit_code == 0 ? 0 : 10 + res.exit_code % 100;
+  });
+  EXPECT_EQ(testing::wait_child(child), 0);
+  EXPECT_EQ(count_lines(d.count_file), 1);
+}
+
+TEST_F(EnsureTest, StopSignalOnlyModeAndEverySignalName) {
+  // C10: --signal HUP waited for an exit (75), and only 8 names were known.
+  Daemon d = daemon("reload");
+  auto inst = ensure_running(use("reload"), {self_exe()}, options("notify", d));
+  auto r = run_cli(cli({"stop", "reload", "--signal", "HUP", "--no-wait"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  for (int i = 0; i < 2000 && count_lines(d.signal_file) == 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(count_lines(d.signal_file), 1);
+  EXPECT_TRUE(process_alive(inst.pid));
+  EXPECT_EQ(instance_status("reload", state_).state, InstanceState::ready);
+  for (std::string sig : {"WINCH", "SIGCONT", "cont", "0", "28"}) {
+    auto s = run_cli(cli({"stop", "reload", "--signal", sig, "--no-wait"}));
+    EXPECT_EQ(s.exit_code, 0) << sig << ": " << s.err;
+  }
+  EXPECT_TRUE(process_alive(inst.pid));
+  for (std::string bad : {"BOGUS", "99", "-1", "RTMIN+99"}) {
+    EXPECT_EQ(run_cli(cli({"stop", "reload", "--signal", bad})).exit_code, exit_code::usage) << bad;
+  }
+  EXPECT_EQ(run_cli(cli({"stop", "reload", "--signal", "0"})).exit_code, exit_code::usage);
+  // Durations in every form (D12's half for stop and ensure).
+  r = run_cli(cli({"stop", "reload", "--signal", "RTMIN+2", "--timeout", "2s", "--kill-after", "500ms"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(process_alive(inst.pid));
+  EXPECT_EQ(run_cli(cli({"ensure", "x", "--ready-timeout", "1h", "--", "holdfast-no-such-command"})).exit_code,
+            exit_code::not_found);
+  EXPECT_EQ(run_cli(cli({"ensure", "x", "--ready-timeout", "soon", "--", "true"})).exit_code, exit_code::usage);
+}
+
+TEST_F(EnsureTest, DaemonEnvironmentIsSetNotInherited) {
+  // C11: the daemon got the race winner's cwd, umask and environment.
+  ::chmod(tmp_.path().c_str(), 0777);
+  std::string work = tmp_ / "work";
+  ::mkdir(work.c_str(), 0755);
+  Daemon d = daemon("env");
+  ::umask(077);
+  std::vector<std::string> args = cli({"ensure", use("env"), "--ready", "notify", "--chdir", work, "--env",
+                                       "HF_FOO=bar", "--umask", "027", "--"});
+  for (auto& c : d.cli_command()) args.push_back(c);
+  auto r = run_cli(args);
+  ::umask(022);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream in(d.describe_file);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, work + " 0027 0 bar");
+  // Defaults: / and 022, whatever the caller has.
+  Daemon d2 = daemon("env-default");
+  ::umask(077);
+  auto inst = ensure_running(use("env-default"), {self_exe()}, options("notify", d2));
+  ::umask(022);
+  std::ifstream in2(d2.describe_file);
+  std::getline(in2, line);
+  EXPECT_EQ(line, "/ 0022 0 ");
+  // --user: privileges dropped in the daemon only; the supervisor keeps the caller's.
+  if (::geteuid() == 0) {
+    Daemon d3 = daemon("env-user");
+    std::vector<std::string> a3 = cli({"ensure", use("env-user"), "--ready", "notify", "--user", "65534", "--"});
+    for (auto& c : d3.cli_command()) a3.push_back(c);
+    auto r3 = run_cli(a3);
+    ASSERT_EQ(r3.exit_code, 0) << r3.err;
+    std::ifstream in3(d3.describe_file);
+    std::getline(in3, line);
+    EXPECT_EQ(line, "/ 0022 65534 ");
+    EXPECT_EQ(run_cli(cli({"stop", "env-user"})).exit_code, 0);
+  }
+  (void)inst;
+}
+
+TEST_F(EnsureTest, LogIsRotatedBySize) {
+  Daemon d = daemon("chatty");
+  d.mode = "chatty";
+  std::vector<std::string> args = cli({"ensure", use("chatty"), "--ready", "notify", "--log-max", "8K", "--"});
+  for (auto& c : d.cli_command()) args.push_back(c);
+  auto r = run_cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string log = state_ + "/chatty.log";
+  for (int i = 0; i < 2000 && !exists(log + ".1"); ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_TRUE(exists(log + ".1"));
+  struct stat st {};
+  ASSERT_EQ(::stat(log.c_str(), &st), 0);
+  EXPECT_LE(st.st_size, 8192 + 65536);
+}
+
+TEST_F(EnsureTest, StatusExitCodesFollowLsb) {
+  // C12: status exited 0 for stopped and stale instances.
+  EXPECT_EQ(run_cli(cli({"status", "never-started"})).exit_code, 3);
+  Daemon d = daemon("lsb");
+  ensure_running(use("lsb"), {self_exe()}, options("notify", d));
+  EXPECT_EQ(run_cli(cli({"status", "lsb"})).exit_code, 0);
+  EXPECT_EQ(run_cli(cli({"stop", "lsb"})).exit_code, 0);
+  EXPECT_EQ(run_cli(cli({"status", "lsb"})).exit_code, 3);
+  EXPECT_EQ(run_cli(cli({"status"})).exit_code, 0);
+}
+
+TEST_F(EnsureTest, StopDuringTheFirstMomentsOfAStartWaitsInsteadOfRefusing) {
+  // S5: a stop between the client's "starting" record and the supervisor recording itself said
+  // "refusing to signal pid 0" (65). It now waits for the supervisor, bounded by --timeout.
+  ::mkdir(state_.c_str(), 0700);
+  InstanceRecord rec;
+  rec.name = "early";
+  rec.process = ProcessIdentity{0, 0, this_boot_id(), this_host()};
+  rec.command = {"sleep", "100"};
+  rec.state = RecordState::starting;
+  rec.ready_mode = "none";
+  rec.attempt = 12345;
+  std::ofstream(state_ + "/early.json") << rec.to_json() << "\n";
+  int fd = ::open((state_ + "/early.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(::fcntl(fd, F_OFD_SETLK, &fl), 0);  // as the spawning client holds it
+  auto r = run_cli(cli({"stop", "early", "--timeout", "300ms"}));
+  EXPECT_EQ(r.exit_code, exit_code::temp_fail) << r.err;
+  EXPECT_NE(r.err.find("still starting"), std::string::npos) << r.err;
+  auto st = run_cli(cli({"status", "early"}));
+  EXPECT_EQ(st.exit_code, 0) << st.out;
+  EXPECT_NE(st.out.find("starting"), std::string::npos) << st.out;
+  ::close(fd);
 }
 
 }  // namespace
