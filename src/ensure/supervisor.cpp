@@ -53,7 +53,8 @@ class Supervisor {
   void on_control(int value);
   void request_stop(int sig);
   void become_ready();
-  void set_main(pid_t pid);
+  bool set_main(pid_t pid);
+  bool follow_remaining();
   bool has_children() const;
   std::vector<TreeMember> remaining_processes();
   void kill_all_and_wait();
@@ -96,14 +97,33 @@ bool Supervisor::write() {
   return rc == 0;
 }
 
-void Supervisor::set_main(pid_t pid) {
-  auto id = identity_of(pid);
-  if (!id) return;
+bool Supervisor::set_main(pid_t pid) {
   int fd = sys::pidfd_open_nothrow(pid);
-  if (fd < 0) return;
-  main_pidfd_.reset(fd);
+  if (fd < 0) return false;
+  sys::UniqueFd pidfd(fd);
+  auto id = identity_of(pid);  // after the pidfd: nullopt if it exited (or is a zombie) meanwhile
+  if (!id) return false;
+  main_pidfd_ = std::move(pidfd);
   main_ = pid;
   record_.process = *id;
+  return true;
+}
+
+// After a clean exit of the main process: the earliest-started remaining process becomes the main
+// process. Candidates may exit while we look (a daemonizing intermediate does): try the next, and
+// scan again if all went.
+bool Supervisor::follow_remaining() {
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    auto rest = remaining_processes();
+    if (rest.empty()) return false;
+    for (const auto& m : rest) {
+      if (set_main(m.pid)) {
+        log("main process exited 0 (daemonized); following pid " + std::to_string(m.pid));
+        return true;
+      }
+    }
+  }
+  return false;
 }
 
 void Supervisor::setup() {
@@ -243,11 +263,7 @@ void Supervisor::on_main_exit(int status) {
   if (clean) {
     // A self-daemonizing command: its first process exits 0 once a descendant runs. Follow the
     // earliest-started descendant (a worker it forks later is younger); MAINPID= overrides it.
-    auto rest = remaining_processes();
-    if (!rest.empty()) {
-      set_main(rest.front().pid);
-      log("main process exited 0 (daemonized); following pid " + std::to_string(rest.front().pid) + " of " +
-          std::to_string(rest.size()) + " left" + (main_ == 0 ? ": it is gone too" : ""));
+    if (follow_remaining()) {
       record_.forked = true;
       if (ready_seen_) become_ready();
       else write();
