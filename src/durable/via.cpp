@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,16 +55,83 @@ std::optional<DigestLine> parse_digest_line(std::string_view text) {
   if (!is_hex(first)) return std::nullopt;
   if (first.size() == hex_length(DigestAlg::sha256)) {
     line.digest = *Digest::parse("sha256:" + std::string(first));
+    line.bare_hex = true;
   } else if (first.size() == hex_length(DigestAlg::xxh128)) {
     line.digest = *Digest::parse("xxh128:" + std::string(first));
+    line.bare_hex = true;
   } else {
     return std::nullopt;
   }
   return line;
 }
 
-ViaOutput run_via(const std::string& command, const std::string& path, const std::vector<DigestAlg>& algs,
-                  std::chrono::steady_clock::time_point deadline) {
+namespace {
+
+// Reaper side (after fork: async-signal-safe calls only).
+volatile sig_atomic_t reaper_told_to_stop = 0;
+void reaper_on_term(int /*sig*/) { reaper_told_to_stop = 1; }
+
+// SIGKILLs every child of this process (listed by the kernel in /proc/thread-self/children; as
+// a subreaper, orphaned descendants become children) and reaps them, until none is left.
+void reaper_kill_descendants() {
+  for (;;) {
+    int fd = ::open("/proc/thread-self/children", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      char buf[4096];
+      ssize_t n = ::read(fd, buf, sizeof buf - 1);
+      ::close(fd);
+      pid_t pid = 0;
+      for (ssize_t i = 0; i < (n > 0 ? n : 0); ++i) {
+        if (buf[i] >= '0' && buf[i] <= '9') {
+          pid = pid * 10 + (buf[i] - '0');
+        } else {
+          if (pid > 0) ::kill(pid, SIGKILL);  // our own child: its pid cannot be reused before we reap it
+          pid = 0;
+        }
+      }
+      if (pid > 0) ::kill(pid, SIGKILL);
+    } else {
+      ::kill(-::getpgrp(), SIGKILL);  // no /proc: at least the process group (this kills us too)
+    }
+    if (::waitpid(-1, nullptr, 0) < 0 && errno == ECHILD) return;
+  }
+}
+
+[[noreturn]] void reaper_main(const char* const* argv, char* const* envp, int out_w, int err_w) {
+  ::setpgid(0, 0);  // own group, so the deadline's last resort kills ssh and friends too
+  (void)::prctl(PR_SET_CHILD_SUBREAPER, 1UL, 0UL, 0UL, 0UL);
+  struct sigaction term {};
+  term.sa_handler = reaper_on_term;  // no SA_RESTART: interrupts waitpid
+  (void)::sigaction(SIGTERM, &term, nullptr);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  (void)::sigaction(SIGPIPE, &dfl, nullptr);
+  pid_t sh = ::fork();
+  if (sh < 0) ::_exit(126);
+  if (sh == 0) {
+    (void)::sigaction(SIGTERM, &dfl, nullptr);
+    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull < 0 || ::dup2(devnull, 0) < 0 || ::dup2(out_w, 1) < 0 || ::dup2(err_w, 2) < 0) ::_exit(126);
+    ::execve("/bin/sh", const_cast<char* const*>(argv), envp);
+    ::_exit(127);
+  }
+  ::close(out_w);
+  ::close(err_w);
+  int status = 0;
+  while (::waitpid(sh, &status, 0) < 0) {
+    if (errno != EINTR) ::_exit(126);
+    if (reaper_told_to_stop != 0) ::kill(sh, SIGKILL);
+  }
+  reaper_kill_descendants();
+  if (WIFEXITED(status)) ::_exit(WEXITSTATUS(status));
+  ::_exit(128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0));
+}
+
+}  // namespace
+
+ViaOutput run_via(const std::string& command, const std::string& reader_path, const std::string& host_path,
+                  const std::vector<DigestAlg>& algs, std::chrono::steady_clock::time_point deadline) {
+  using Clock = std::chrono::steady_clock;
   ViaOutput result;
   int out[2], err[2];
   if (::pipe2(out, O_CLOEXEC) != 0) return result;
@@ -73,32 +141,24 @@ ViaOutput run_via(const std::string& command, const std::string& path, const std
     return result;
   }
   // Everything the child needs is built before fork: after fork only async-signal-safe calls.
-  std::string path_var = "HOLDFAST_PATH=" + path;
+  std::string path_var = "HOLDFAST_PATH=" + reader_path;
+  std::string host_var = "HOLDFAST_HOST_PATH=" + host_path;
   std::vector<char*> envp;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string_view(*e).starts_with("HOLDFAST_PATH=")) continue;
+    std::string_view v(*e);
+    if (v.starts_with("HOLDFAST_PATH=") || v.starts_with("HOLDFAST_HOST_PATH=")) continue;
     envp.push_back(*e);
   }
   envp.push_back(path_var.data());
+  envp.push_back(host_var.data());
   envp.push_back(nullptr);
-  const char* argv[] = {"sh", "-c", command.c_str(), "sh", path.c_str(), nullptr};
+  const char* argv[] = {"sh", "-c", command.c_str(), "sh", reader_path.c_str(), nullptr};
   pid_t pid = ::fork();
   if (pid < 0) {
     for (int fd : {out[0], out[1], err[0], err[1]}) ::close(fd);
     return result;
   }
-  if (pid == 0) {
-    ::setpgid(0, 0);  // own group, so a timeout kills ssh and friends too
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    (void)::sigaction(SIGPIPE, &dfl, nullptr);
-    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (devnull >= 0) ::dup2(devnull, 0);
-    ::dup2(out[1], 1);
-    ::dup2(err[1], 2);
-    ::execve("/bin/sh", const_cast<char* const*>(argv), envp.data());
-    ::_exit(127);
-  }
+  if (pid == 0) reaper_main(argv, envp.data(), out[1], err[1]);
   ::setpgid(pid, pid);
   ::close(out[1]);
   ::close(err[1]);
@@ -109,11 +169,12 @@ ViaOutput run_via(const std::string& command, const std::string& path, const std
   std::vector<char> buf(size_t{1} << 16);
   std::string err_text;
   bool out_open = true, err_open = true;
+  // The reaper closes both pipes (by exiting and killing everything that held them) once the
+  // shell has exited, so EOF on both means "the command is done".
   while (out_open || err_open) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
       result.timed_out = true;
-      ::kill(-pid, SIGKILL);
       break;
     }
     pollfd fds[2] = {{out_open ? out[0] : -1, POLLIN, 0}, {err_open ? err[0] : -1, POLLIN, 0}};
@@ -142,11 +203,29 @@ ViaOutput run_via(const std::string& command, const std::string& path, const std
   }
   ::close(out[0]);
   ::close(err[0]);
-  if (result.size > ViaOutput::kHeadLimit) result.head.clear();
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  if (result.timed_out) {
+    // Let the reaper kill the shell and every descendant (setsid ones included); if it cannot
+    // within a moment, SIGKILL the whole group.
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    bool reaped = false;
+    for (int i = 0; i < 200 && !reaped; ++i) {
+      pid_t w = ::waitpid(pid, &status, WNOHANG);
+      reaped = w == pid || (w < 0 && errno != EINTR);
+      if (!reaped) ::usleep(5000);
+    }
+    if (!reaped) {
+      ::kill(-pid, SIGKILL);
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
+  } else {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    result.status = exit_status(status);
   }
-  result.status = result.timed_out ? -1 : exit_status(status);
+  if (result.size > ViaOutput::kHeadLimit) result.head.clear();
   for (auto& h : hashers) result.digests.push_back(h.finish());
   result.err_line = err_text.substr(0, err_text.find('\n'));
   return result;

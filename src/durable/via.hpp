@@ -20,16 +20,22 @@ struct ViaOutput {
   static constexpr size_t kHeadLimit = 4096;
 };
 
-// Runs `/bin/sh -c command sh path` (with $HOLDFAST_PATH=path), streaming its stdout through the
-// hashers, and kills it (SIGKILL, whole process group) if it is still running at `deadline`.
-ViaOutput run_via(const std::string& command, const std::string& path, const std::vector<DigestAlg>& algs,
-                  std::chrono::steady_clock::time_point deadline);
+// Runs `/bin/sh -c command sh reader_path` (with $HOLDFAST_PATH=reader_path and
+// $HOLDFAST_HOST_PATH=host_path), streaming its stdout through the hashers. The result is taken
+// when the shell EXITS, not when its pipes close: the shell runs under a small reaper process
+// (PR_SET_CHILD_SUBREAPER) that, once the shell has exited, SIGKILLs and reaps every descendant
+// still alive (a background `ssh -f`, a ControlPersist master, anything that called setsid), which
+// also closes the pipes they held. At `deadline` the reaper is told to do the same to the shell;
+// if it does not finish promptly the whole process group is SIGKILLed.
+ViaOutput run_via(const std::string& command, const std::string& reader_path, const std::string& host_path,
+                  const std::vector<DigestAlg>& algs, std::chrono::steady_clock::time_point deadline);
 
 // A digest line in the `--via` protocol: "ALG:HEX", "ALG:HEX SIZE", "HEX  NAME", "HEX *NAME",
 // "HEX" (HEX of 32 or 64 hex digits -> xxh128 or sha256). Trailing newline allowed; exactly one line.
 struct DigestLine {
   Digest digest;
   std::optional<uint64_t> size;
+  bool bare_hex = false;  // no ALG: prefix; the algorithm was inferred from the length
 };
 std::optional<DigestLine> parse_digest_line(std::string_view text);
 

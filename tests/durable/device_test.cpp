@@ -1,0 +1,140 @@
+// The host-side flush detector on a real block-device filesystem: ext2 on a loop device, whose
+// image is read directly with debugfs as the DEVICE's view (what a USB board reading its own
+// flash sees), bypassing the mount and this host's page cache of that filesystem.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <thread>
+
+#include "holdfast/error.hpp"
+#include "holdfast/wait.hpp"
+#include "loop_mount.hpp"
+#include "support/testing.hpp"
+#include "util.hpp"
+
+using namespace holdfast;
+using namespace holdfast::testing;
+using namespace holdfast::testing::durable;
+using namespace std::chrono_literals;
+
+namespace {
+
+#define SKIP_WITHOUT_LOOP()                                                   \
+  if (auto why = LoopExt2::unavailable_reason(); !why.empty()) GTEST_SKIP() << why
+
+// (a) a plain write reaches the mount at once and the device ~30 s later; (b) `wait` does not
+// report success while the device lacks the content; (c) `holdfast sync` and `wait --flush` put
+// it there at once, and a running wait then returns.
+TEST(DeviceFlush, WaitNeverMatchesWhileTheDeviceLacksTheBytes) {
+  SKIP_WITHOUT_LOOP();
+  LoopExt2 dev;
+  TempDir dir;
+  std::string data = pattern(300000, 41);
+  spit(dir / "src", data);
+  spit(dev / "code.py", data);  // an editor's save: plain writes, no fsync
+
+  // (a) The mount has it; the device does not (dirty pages wait ~30 s for writeback).
+  ASSERT_EQ(slurp(dev / "code.py"), data);
+  ASSERT_NE(dev.device_view("code.py"), data) << "the device already holds the data: writeback ran early";
+
+  // (b) The detector says "content matches, device not yet".
+  auto expected = expected_from_file(dir / "src", {DigestAlg::xxh128});
+  auto obs = observe(dev / "code.py", expected, {});
+  EXPECT_FALSE(obs.matched) << obs.device;
+  EXPECT_TRUE(obs.content_matched);
+  EXPECT_TRUE(obs.device_pending);
+  EXPECT_NE(obs.differs.find("not on the device yet"), std::string::npos) << obs.differs;
+  auto early = hf({"wait", "--like", dir / "src", "--timeout", "1s", dev / "code.py"});
+  EXPECT_EQ(early.exit_code, exit_code::conflict) << "wait matched the page cache: " << early.err;
+  EXPECT_NE(early.err.find("not on the device yet"), std::string::npos) << early.err;
+  ASSERT_NE(dev.device_view("code.py"), data) << "writeback ran during the test: (b) shows nothing";
+  // Only the page cache's view is accepted with --page-cache (a reader on this host).
+  EXPECT_EQ(hf({"wait", "--like", dir / "src", "--page-cache", "--timeout", "5s", dev / "code.py"}).exit_code, 0);
+
+  // (c) A running wait returns once `holdfast sync` has put the bytes on the device.
+  Background waiter({"wait", "--like", dir / "src", "--timeout", "120s", "--json", dev / "code.py"}, dir / "w.out");
+  ASSERT_EQ(hf({"sync", dev / "code.py"}).exit_code, 0);
+  EXPECT_EQ(dev.device_view("code.py"), data);
+  ASSERT_EQ(waiter.wait(), 0) << waiter.err();
+  auto j = nlohmann::json::parse(waiter.out());
+  EXPECT_TRUE(j["matched"].get<bool>());
+  EXPECT_NE(j["device"].get<std::string>().find("on the device"), std::string::npos) << j.dump();
+
+  // (c') `wait --flush` pushes the bytes itself.
+  std::string next = pattern(120000, 42);
+  spit(dir / "src2", next);
+  spit(dev / "lib.py", next);
+  ASSERT_NE(dev.device_view("lib.py"), next);
+  auto flushed = hf({"wait", "--like", dir / "src2", "--flush", "--timeout", "30s", dev / "lib.py"});
+  ASSERT_EQ(flushed.exit_code, 0) << flushed.err;
+  EXPECT_EQ(dev.device_view("lib.py"), next);
+}
+
+// The same through the pending journal: a --no-sync write is not confirmed until it is on the
+// device.
+TEST(DeviceFlush, PendingWaitsForTheDevice) {
+  SKIP_WITHOUT_LOOP();
+  LoopExt2 dev;
+  TempDir dir;
+  std::string journal = dir / "pending.jsonl";
+  std::string data = pattern(50000, 43);
+  ASSERT_EQ(hf({"write", "--no-sync", "--journal", journal, dev / "a.py"}, data).exit_code, 0);
+  ASSERT_NE(dev.device_view("a.py"), data);
+  auto r = hf({"wait", "--pending", "--journal", journal, "--timeout", "1s"});
+  EXPECT_EQ(r.exit_code, exit_code::conflict) << r.err;
+  EXPECT_NE(r.err.find("not on the device yet"), std::string::npos) << r.err;
+  auto f = hf({"wait", "--pending", "--flush", "--journal", journal, "--timeout", "30s"});
+  EXPECT_EQ(f.exit_code, 0) << f.err;
+  EXPECT_EQ(dev.device_view("a.py"), data);
+  EXPECT_TRUE(journal_read(journal).empty());
+}
+
+// Natural writeback (~30 s dirty expiry + the 5 s flusher tick): only with HOLDFAST_SOAK.
+TEST(DeviceFlush, NaturalWritebackSoak) {
+  SKIP_WITHOUT_LOOP();
+  if (std::getenv("HOLDFAST_SOAK") == nullptr) GTEST_SKIP() << "set HOLDFAST_SOAK=1 (takes ~35 s)";
+  LoopExt2 dev;
+  TempDir dir;
+  std::string data = pattern(200000, 44);
+  spit(dir / "src", data);
+  spit(dev / "code.py", data);
+  ASSERT_NE(dev.device_view("code.py"), data);
+  auto r = hf({"wait", "--like", dir / "src", "--timeout", "120s", dev / "code.py"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(dev.device_view("code.py"), data) << "wait returned before the device held the bytes";
+}
+
+// When the host-side detector sees the bytes reach the device, --via checks the reader at once
+// instead of at the next (here: 60 s) interval.
+TEST(DeviceFlush, ViaChecksTheReaderAsSoonAsTheHostCopyReachesTheDevice) {
+  SKIP_WITHOUT_LOOP();
+  LoopExt2 dev;
+  TempDir dir;
+  std::string data = pattern(40000, 45);
+  spit(dir / "src", data);
+  spit(dev / "code.py", data);
+  ASSERT_NE(dev.device_view("code.py"), data);
+  // The reader: debugfs on the image, naming the file as the device does (/code.py).
+  // It marks each run, so the test syncs only after the first check has failed.
+  std::string via = "echo >> " + (dir / "runs") + "; debugfs -R \"cat $1\" " + dev.image() + " 2>/dev/null";
+  Background waiter({"wait", "--like", dir / "src", "--via", via, "--via-map", dev.mount_path() + "=/", "--interval",
+                     "60s", "--timeout", "120s", "--json", dev / "code.py"},
+                    dir / "w.out");
+  while (slurp(dir / "runs").empty()) {
+    ASSERT_FALSE(waiter.exited()) << waiter.err();
+    std::this_thread::sleep_for(10ms);
+  }
+  auto t0 = mono_us();
+  ASSERT_EQ(hf({"sync", dev / "code.py"}).exit_code, 0);
+  ASSERT_EQ(waiter.wait(), 0) << waiter.err();
+  EXPECT_EQ(slurp(dir / "runs").size(), 2U) << "one failed check before the sync, one right after it";
+  // Long before the 60 s interval: only the host-side trigger explains it.
+  EXPECT_LT(mono_us() - t0, 45 * 1000000LL);
+}
+
+}  // namespace
