@@ -3,7 +3,8 @@
 // GoogleTest. Tests start it as {exe, ...} with the mode in the environment.
 //
 // Environment:
-//   HOLDFAST_TEST_DAEMON   serve | die | never | doublefork | doublefork-close | ignore-term
+//   HOLDFAST_TEST_DAEMON   serve | die | never | doublefork | doublefork-close | closefds |
+//                          ignore-term | forks-worker | crash-leaving-child
 //   HF_COUNT_FILE          append "PID\n" here on start (counts starts)
 //   HF_READY_MARKER        created just before readiness is signalled
 //   HF_READY               none | notify | fd:N | file:PATH | unix:PATH | tcp:PORT
@@ -122,11 +123,21 @@ void signal_ready() {
     // see even where exiting is slow (sanitizer runtimes).
     while (::getppid() == first) ::usleep(1000);
     ::setsid();
-    if (mode == "doublefork-close") {
-      // A daemon that closes every inherited descriptor: the instance lock goes with them.
-      ::close(std::atoi(env("HOLDFAST_INSTANCE_FD").c_str()));
-      ::sleep(3);
-      ::_exit(0);
+    // daemon(3)-style: a second fork, so the daemon is not a session leader either.
+    if (::fork() != 0) ::_exit(0);
+  }
+  if (mode == "doublefork-close" || mode == "closefds") {
+    // sshd-style closefrom(3): every inherited descriptor above stderr goes. The readiness
+    // descriptor (fd:N) is the only one a daemon that wants to report would keep; these don't.
+    ::close_range(3, ~0U, 0);
+  }
+  if (mode == "forks-worker" || mode == "crash-leaving-child") {
+    // A worker that stays after its parent: it must be stopped with the instance (C2), and must
+    // never be adopted as the instance when its parent crashes (C3).
+    pid_t worker = ::fork();
+    if (worker == 0) {
+      append_line(env("HF_WORKER_FILE"), std::to_string(::getpid()));
+      serve_forever();
     }
   }
   append_line(env("HF_COUNT_FILE"), std::to_string(::getpid()));
@@ -134,6 +145,10 @@ void signal_ready() {
   if (mode == "never") serve_forever();
   ::usleep(static_cast<useconds_t>(delay) * 1000);
   signal_ready();
+  if (mode == "crash-leaving-child") {
+    ::usleep(static_cast<useconds_t>(delay) * 1000);
+    ::abort();
+  }
   serve_forever();
 }
 
