@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +11,12 @@
 #include <cerrno>
 #include <charconv>
 #include <string_view>
+
+#include <fmt/format.h>
+
+#include "sys/env_marker.hpp"
+#include "sys/file.hpp"
+#include "sys/spawn.hpp"
 
 extern "C" char** environ;  // unistd.h declares it only under _GNU_SOURCE
 
@@ -34,6 +39,7 @@ int exit_status(int status) {
 std::optional<DigestLine> parse_digest_line(std::string_view text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
   if (text.empty() || text.find('\n') != std::string_view::npos) return std::nullopt;
+  if (auto tagged = parse_tagged_line(text)) return DigestLine{tagged->digest, std::nullopt, false};
   if (text.front() == '\\') text.remove_prefix(1);  // sha256sum marks escaped names this way
   auto end = text.find_first_of(" \t");
   std::string_view first = text.substr(0, end);
@@ -65,123 +71,81 @@ std::optional<DigestLine> parse_digest_line(std::string_view text) {
   return line;
 }
 
-namespace {
-
-// Reaper side (after fork: async-signal-safe calls only).
-volatile sig_atomic_t reaper_told_to_stop = 0;
-void reaper_on_term(int /*sig*/) { reaper_told_to_stop = 1; }
-
-// SIGKILLs every child of this process (listed by the kernel in /proc/thread-self/children; as
-// a subreaper, orphaned descendants become children) and reaps them, until none is left.
-void reaper_kill_descendants() {
-  for (;;) {
-    int fd = ::open("/proc/thread-self/children", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      char buf[4096];
-      ssize_t n = ::read(fd, buf, sizeof buf - 1);
-      ::close(fd);
-      pid_t pid = 0;
-      for (ssize_t i = 0; i < (n > 0 ? n : 0); ++i) {
-        if (buf[i] >= '0' && buf[i] <= '9') {
-          pid = pid * 10 + (buf[i] - '0');
-        } else {
-          if (pid > 0) ::kill(pid, SIGKILL);  // our own child: its pid cannot be reused before we reap it
-          pid = 0;
-        }
-      }
-      if (pid > 0) ::kill(pid, SIGKILL);
-    } else {
-      ::kill(-::getpgrp(), SIGKILL);  // no /proc: at least the process group (this kills us too)
-    }
-    if (::waitpid(-1, nullptr, 0) < 0 && errno == ECHILD) return;
-  }
-}
-
-[[noreturn]] void reaper_main(const char* const* argv, char* const* envp, int out_w, int err_w) {
-  ::setpgid(0, 0);  // own group, so the deadline's last resort kills ssh and friends too
-  (void)::prctl(PR_SET_CHILD_SUBREAPER, 1UL, 0UL, 0UL, 0UL);
-  struct sigaction term {};
-  term.sa_handler = reaper_on_term;  // no SA_RESTART: interrupts waitpid
-  (void)::sigaction(SIGTERM, &term, nullptr);
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  (void)::sigaction(SIGPIPE, &dfl, nullptr);
-  pid_t sh = ::fork();
-  if (sh < 0) ::_exit(126);
-  if (sh == 0) {
-    (void)::sigaction(SIGTERM, &dfl, nullptr);
-    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (devnull < 0 || ::dup2(devnull, 0) < 0 || ::dup2(out_w, 1) < 0 || ::dup2(err_w, 2) < 0) ::_exit(126);
-    ::execve("/bin/sh", const_cast<char* const*>(argv), envp);
-    ::_exit(127);
-  }
-  ::close(out_w);
-  ::close(err_w);
-  int status = 0;
-  while (::waitpid(sh, &status, 0) < 0) {
-    if (errno != EINTR) ::_exit(126);
-    if (reaper_told_to_stop != 0) ::kill(sh, SIGKILL);
-  }
-  reaper_kill_descendants();
-  if (WIFEXITED(status)) ::_exit(WEXITSTATUS(status));
-  ::_exit(128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0));
-}
-
-}  // namespace
-
 ViaOutput run_via(const std::string& command, const std::string& reader_path, const std::string& host_path,
                   const std::vector<DigestAlg>& algs, std::chrono::steady_clock::time_point deadline) {
   using Clock = std::chrono::steady_clock;
   ViaOutput result;
   int out[2], err[2];
   if (::pipe2(out, O_CLOEXEC) != 0) return result;
-  if (::pipe2(err, O_CLOEXEC) != 0) {
-    ::close(out[0]);
-    ::close(out[1]);
-    return result;
-  }
-  // Everything the child needs is built before fork: after fork only async-signal-safe calls.
-  std::string path_var = "HOLDFAST_PATH=" + reader_path;
-  std::string host_var = "HOLDFAST_HOST_PATH=" + host_path;
-  std::vector<char*> envp;
+  sys::UniqueFd out_r(out[0]), out_w(out[1]);
+  if (::pipe2(err, O_CLOEXEC) != 0) return result;
+  sys::UniqueFd err_r(err[0]), err_w(err[1]);
+  sys::UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!devnull) return result;
+
+  // Every descendant inherits this entry, so one that leaves the process group (setsid, ssh -f,
+  // a ControlPersist master) is still found and killed once the command is done.
+  std::string marker = fmt::format("HOLDFAST_VIA_RUN={:016x}{:016x}", sys::random_u64(), sys::random_u64());
+  sys::SpawnRequest req;
+  req.executable = "/bin/sh";
+  req.argv = {"sh", "-c", command, "sh", reader_path};
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view v(*e);
-    if (v.starts_with("HOLDFAST_PATH=") || v.starts_with("HOLDFAST_HOST_PATH=")) continue;
-    envp.push_back(*e);
+    if (v.starts_with("HOLDFAST_PATH=") || v.starts_with("HOLDFAST_HOST_PATH=") || v.starts_with("HOLDFAST_VIA_RUN=")) continue;
+    req.env.emplace_back(v);
   }
-  envp.push_back(path_var.data());
-  envp.push_back(host_var.data());
-  envp.push_back(nullptr);
-  const char* argv[] = {"sh", "-c", command.c_str(), "sh", reader_path.c_str(), nullptr};
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    for (int fd : {out[0], out[1], err[0], err[1]}) ::close(fd);
+  req.env.push_back("HOLDFAST_PATH=" + reader_path);
+  req.env.push_back("HOLDFAST_HOST_PATH=" + host_path);
+  req.env.push_back(marker);
+  req.fds = {{0, devnull.get()}, {1, out_w.get()}, {2, err_w.get()}};
+  req.session = sys::SpawnRequest::Session::new_process_group;  // a timeout kills ssh and friends too
+  sys::Child child;
+  try {
+    child = sys::spawn(req);
+  } catch (const Error& e) {
+    result.status = e.exit_code();
+    result.err_line = e.what();
     return result;
   }
-  if (pid == 0) reaper_main(argv, envp.data(), out[1], err[1]);
-  ::setpgid(pid, pid);
-  ::close(out[1]);
-  ::close(err[1]);
+  out_w.reset();
+  err_w.reset();
+  pid_t group = child.pid();
+  // Everything the command left behind: its process group, and whatever carries the marker.
+  auto kill_leftovers = [&] {
+    ::kill(-group, SIGKILL);
+    (void)sys::kill_processes_with_env(marker);
+  };
 
   std::vector<Hasher> hashers;
   hashers.reserve(algs.size());
   for (auto alg : algs) hashers.emplace_back(alg);
   std::vector<char> buf(size_t{1} << 16);
   std::string err_text;
-  bool out_open = true, err_open = true;
-  // The reaper closes both pipes (by exiting and killing everything that held them) once the
-  // shell has exited, so EOF on both means "the command is done".
+  bool out_open = true, err_open = true, exited = false;
+  Clock::time_point drain_until{};
+  // Done when the shell EXITS (its pidfd becomes readable), not when the pipes close: a
+  // descendant may hold them open indefinitely. Output still in flight gets kDrain to arrive.
+  constexpr auto kDrain = std::chrono::milliseconds(100);
   while (out_open || err_open) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) {
+    auto now = Clock::now();
+    if (exited && now >= drain_until) break;
+    auto until = exited ? std::min(drain_until, deadline) : deadline;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
+    if (!exited && left.count() <= 0) {
       result.timed_out = true;
       break;
     }
-    pollfd fds[2] = {{out_open ? out[0] : -1, POLLIN, 0}, {err_open ? err[0] : -1, POLLIN, 0}};
-    int r = ::poll(fds, 2, static_cast<int>(std::min<int64_t>(left.count() + 1, 1 << 30)));
+    pollfd fds[3] = {{out_open ? out_r.get() : -1, POLLIN, 0},
+                     {err_open ? err_r.get() : -1, POLLIN, 0},
+                     {exited ? -1 : child.pidfd(), POLLIN, 0}};
+    int r = ::poll(fds, 3, static_cast<int>(std::clamp<int64_t>(left.count() + 1, 0, 1 << 30)));
     if (r < 0) {
       if (errno == EINTR) continue;
       break;
+    }
+    if ((fds[2].revents & POLLIN) != 0) {
+      exited = true;
+      drain_until = Clock::now() + kDrain;
     }
     for (int i = 0; i < 2; ++i) {
       if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
@@ -201,30 +165,9 @@ ViaOutput run_via(const std::string& command, const std::string& reader_path, co
       }
     }
   }
-  ::close(out[0]);
-  ::close(err[0]);
-  if (result.timed_out) {
-    // Let the reaper kill the shell and every descendant (setsid ones included); if it cannot
-    // within a moment, SIGKILL the whole group.
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    bool reaped = false;
-    for (int i = 0; i < 200 && !reaped; ++i) {
-      pid_t w = ::waitpid(pid, &status, WNOHANG);
-      reaped = w == pid || (w < 0 && errno != EINTR);
-      if (!reaped) ::usleep(5000);
-    }
-    if (!reaped) {
-      ::kill(-pid, SIGKILL);
-      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-      }
-    }
-  } else {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    result.status = exit_status(status);
-  }
+  kill_leftovers();
+  int status = child.wait();
+  if (!result.timed_out) result.status = exit_status(status);
   if (result.size > ViaOutput::kHeadLimit) result.head.clear();
   for (auto& h : hashers) result.digests.push_back(h.finish());
   result.err_line = err_text.substr(0, err_text.find('\n'));

@@ -21,12 +21,13 @@ struct ViaOutput {
 };
 
 // Runs `/bin/sh -c command sh reader_path` (with $HOLDFAST_PATH=reader_path and
-// $HOLDFAST_HOST_PATH=host_path), streaming its stdout through the hashers. The result is taken
-// when the shell EXITS, not when its pipes close: the shell runs under a small reaper process
-// (PR_SET_CHILD_SUBREAPER) that, once the shell has exited, SIGKILLs and reaps every descendant
-// still alive (a background `ssh -f`, a ControlPersist master, anything that called setsid), which
-// also closes the pipes they held. At `deadline` the reaper is told to do the same to the shell;
-// if it does not finish promptly the whole process group is SIGKILLed.
+// $HOLDFAST_HOST_PATH=host_path), started with sys::spawn in its own process group, streaming its
+// stdout through the hashers. The result is taken when the shell EXITS (its pidfd), not when its
+// pipes close, plus up to 100 ms for output still in flight. Then — or at `deadline`, which sets
+// timed_out — everything the command left behind is SIGKILLed: its process group, and every
+// process carrying the run's $HOLDFAST_VIA_RUN marker in its environment (descendants that
+// called setsid: a background `ssh -f`, a ControlPersist master). A command that cannot be
+// started gives status 126/127 and the reason in err_line.
 ViaOutput run_via(const std::string& command, const std::string& reader_path, const std::string& host_path,
                   const std::vector<DigestAlg>& algs, std::chrono::steady_clock::time_point deadline);
 

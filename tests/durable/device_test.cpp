@@ -121,7 +121,7 @@ TEST(DeviceFlush, ViaChecksTheReaderAsSoonAsTheHostCopyReachesTheDevice) {
   ASSERT_NE(dev.device_view("code.py"), data);
   // The reader: debugfs on the image, naming the file as the device does (/code.py).
   // It marks each run, so the test syncs only after the first check has failed.
-  std::string via = "echo >> " + (dir / "runs") + "; debugfs -R \"cat $1\" " + dev.image() + " 2>/dev/null";
+  std::string via = "debugfs -R \"cat $1\" " + dev.image() + " 2>/dev/null; echo >> " + (dir / "runs");
   Background waiter({"wait", "--like", dir / "src", "--via", via, "--via-map", dev.mount_path() + "=/", "--interval",
                      "60s", "--timeout", "120s", "--json", dev / "code.py"},
                     dir / "w.out");

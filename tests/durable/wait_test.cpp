@@ -199,8 +199,8 @@ TEST(Wait, ViaBytesAndDigestProtocols) {
   EXPECT_EQ(hf({"wait", "--like", dir / "src", "--via", "cat \"$1\"", "--timeout", "5s", dir / "reader"}).exit_code, 0);
   // Digest lines: sha256sum style, holdfast digest (xxh128), ALG:HEX, ALG:HEX SIZE.
   for (std::string via : {std::string("sha256sum \"$1\""), bin + " digest \"$HOLDFAST_PATH\"",
-                          bin + " digest --tag -a sha256 \"$1\" | cut -d' ' -f1",
-                          "echo \"$(" + bin + " digest --tag \"$1\" | cut -d' ' -f1) $(stat -c %s \"$1\")\""}) {
+                          bin + " digest --prefixed -a sha256 \"$1\" | cut -d' ' -f1",
+                          "echo \"$(" + bin + " digest --prefixed \"$1\" | cut -d' ' -f1) $(stat -c %s \"$1\")\""}) {
     auto r = hf({"wait", "--like", dir / "src", "--via", via, "--via-prints", "digest", "--timeout", "5s",
                        dir / "reader"});
     EXPECT_EQ(r.exit_code, 0) << via << ": " << r.err;
