@@ -8,6 +8,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -135,6 +138,79 @@ TEST(DeviceFlush, ViaChecksTheReaderAsSoonAsTheHostCopyReachesTheDevice) {
   EXPECT_EQ(slurp(dir / "runs").size(), 2U) << "one failed check before the sync, one right after it";
   // Long before the 60 s interval: only the host-side trigger explains it.
   EXPECT_LT(mono_us() - t0, 45 * 1000000LL);
+}
+
+}  // namespace
+
+namespace {
+
+// The figure for docs/PERFORMANCE.md (HOLDFAST_BENCH=1; as root): how long after the bytes
+// reach the device (`holdfast sync` returns) each detector notices, in the same rounds:
+//   local  — `wait --like` on the host (cachestat every 2 ms, sync_file_range on in-flight I/O);
+//   via    — `wait --via 'debugfs …' --interval 500ms` with the host-side trigger;
+//   poll   — reading the device every 500 ms, as the CircuitPython web editor does.
+TEST(DeviceFlush, DetectionLatencyFigure) {
+  SKIP_WITHOUT_LOOP();
+  if (std::getenv("HOLDFAST_BENCH") == nullptr) GTEST_SKIP() << "set HOLDFAST_BENCH=1 (a measurement, ~15 s)";
+  LoopExt2 dev;
+  TempDir dir;
+  constexpr int kRounds = 12;
+  std::vector<double> local_ms, via_ms, poll_ms;
+  for (int round = 0; round < kRounds; ++round) {
+    std::string name = "r" + std::to_string(round) + ".py";
+    std::string data = pattern(60000, 100 + static_cast<uint64_t>(round));
+    spit(dir / "src", data);
+    spit(dev / name, data);
+    ASSERT_NE(dev.device_view(name), data);
+    std::string via = "debugfs -R \"cat $1\" " + dev.image() + " 2>/dev/null";
+    Background local({"wait", "--like", dir / "src", "--timeout", "60s", dev / name}, dir / "l.out");
+    Background viaw({"wait", "--like", dir / "src", "--via", via, "--via-map", dev.mount_path() + "=/", "--interval",
+                     "500ms", "--timeout", "60s", dev / name},
+                    dir / "v.out");
+    std::atomic<int64_t> poll_seen{0};
+    std::atomic<bool> stop{false};
+    // The 500 ms poller starts at a random phase, like a poll loop that was already running.
+    std::thread poller([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(37 * round % 500));
+      while (!stop.load()) {
+        if (dev.device_view(name) == data) {
+          poll_seen = mono_us();
+          return;
+        }
+        std::this_thread::sleep_for(500ms);
+      }
+    });
+    std::this_thread::sleep_for(700ms);  // every detector has looked at least once (measurement only)
+    ASSERT_FALSE(local.exited());
+    ASSERT_EQ(hf({"sync", dev / name}).exit_code, 0);
+    int64_t synced = mono_us();
+    std::atomic<int64_t> local_seen{0}, via_seen{0};
+    std::thread lw([&] {
+      local.wait();
+      local_seen = mono_us();
+    });
+    std::thread vw([&] {
+      viaw.wait();
+      via_seen = mono_us();
+    });
+    lw.join();
+    vw.join();
+    poller.join();
+    stop = true;
+    local_ms.push_back(static_cast<double>(local_seen - synced) / 1000.0);
+    via_ms.push_back(static_cast<double>(via_seen - synced) / 1000.0);
+    poll_ms.push_back(static_cast<double>(poll_seen - synced) / 1000.0);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  auto worst = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+  std::printf("detection latency after the bytes reached the device (%d rounds, ms): median / max\n", kRounds);
+  std::printf("  local wait (host-side detector) : %7.1f / %7.1f\n", median(local_ms), worst(local_ms));
+  std::printf("  wait --via, 500 ms interval     : %7.1f / %7.1f\n", median(via_ms), worst(via_ms));
+  std::printf("  500 ms device poll (web editor) : %7.1f / %7.1f\n", median(poll_ms), worst(poll_ms));
+  std::printf("  ratio local/poll (median)       : %.3f\n", median(local_ms) / median(poll_ms));
 }
 
 }  // namespace
