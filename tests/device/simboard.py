@@ -320,8 +320,10 @@ class Board:
                 msg = "divide by zero"
             if isinstance(e, SyntaxError):
                 msg = "invalid syntax"
+            # MicroPython has no OSError subclasses: FileNotFoundError & co print as OSError.
+            name = "OSError" if isinstance(e, OSError) else type(e).__name__
             text = "Traceback (most recent call last):\r\n  File \"%s\", line %d, in <module>\r\n%s%s\r\n" % (
-                filename, line, type(e).__name__, (": " + msg) if msg else "")
+                filename, line, name, (": " + msg) if msg else "")
             return text
         finally:
             self.kbd_enabled = True
