@@ -432,6 +432,9 @@ class Board:
                     self.board_reset()
                     continue
             self.feed_byte(b)
+        if self.paste is not None:
+            self.paste["credit"] += self.paste["pending"]
+            self.paste["pending"] = 0
 
     def feed_byte(self, b):
         st = self.state
@@ -503,7 +506,9 @@ class Board:
                 self.state = "raw"
                 return
             w = self.args.window
-            self.paste = {"credit": 2 * w, "since_grant": 0, "data": b""}
+            # credit: what the host may have sent so far (grants count only once the host could
+            # have read them, i.e. from the next read of its data on).
+            self.paste = {"credit": 2 * w, "since_grant": 0, "data": b"", "pending": 0}
             self.write(b"R\x01" + bytes([w & 0xff, w >> 8]) + b"\x01")
             self.state = "paste"
             return
@@ -524,7 +529,7 @@ class Board:
                 p["since_grant"] -= self.args.window
                 if self.args.slow:
                     time.sleep(0.005)
-                p["credit"] += self.args.window
+                p["pending"] += self.args.window
                 self.write(b"\x01")
             return
 
