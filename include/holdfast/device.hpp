@@ -154,6 +154,22 @@ class RawRepl {
 
 enum class VerifyMethod { automatic, sha256, crc32, readback };
 
+// One look at the board's own view of a file (see check_board_view).
+struct BoardView {
+  bool exists = false;
+  uint64_t size = 0;     // os.stat(path)[6] on the board (FAT: the directory entry)
+  uint64_t read = 0;     // bytes the board actually read
+  std::string method;    // "sha256", "crc32" or "readback"
+  bool matched = false;  // size, bytes read and digest all equal the expected content
+  std::string differs;   // one line, empty when matched
+};
+
+// Asks the board (in raw REPL) for its view of `board_path` and compares it with `expected`.
+// Never throws for a missing or unreadable file (that is an observation); throws DeviceError on
+// protocol failures.
+BoardView check_board_view(RawRepl& repl, const std::string& board_path, std::string_view expected,
+                           VerifyMethod method = VerifyMethod::automatic);
+
 struct DeployOptions {
   std::string port;            // required unless only the drive is used and no_reboot
   std::string drive;           // a mounted board drive; empty = write over the raw REPL

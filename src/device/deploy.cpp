@@ -141,17 +141,11 @@ del _hfv
                      detail::py_str(board_path), detail::py_str(mode));
 }
 
-struct BoardView {
-  bool exists = false;
-  uint64_t size = 0;
-  uint64_t read = 0;
-  std::string method;
-  bool matched = false;
-  std::string differs;
-};
+}  // namespace
 
-BoardView check_board(RawRepl& repl, const std::string& board_path, VerifyMethod method,
-                      std::string_view data, const std::string& sha) {
+BoardView check_board_view(RawRepl& repl, const std::string& board_path, std::string_view data,
+                           VerifyMethod method) {
+  const std::string sha = detail::sha256_hex(data);
   auto r = repl.exec(verify_snippet(board_path, method));
   BoardView v;
   if (!r.err.empty()) {
@@ -197,6 +191,8 @@ BoardView check_board(RawRepl& repl, const std::string& board_path, VerifyMethod
   v.differs = "no answer from the verify snippet";
   return v;
 }
+
+namespace {
 
 // The block device under the mount holding `path` (from mountinfo: the source if it is that
 // device, else /dev/block/MAJ:MIN). Empty if none is found.
@@ -392,7 +388,7 @@ DeployResult deploy(const std::string& source, const std::string& dest_arg, cons
   milliseconds pause{20};
   BoardView view;
   for (;;) {
-    view = check_board(repl, board_path, options.verify, data, result.sha256);
+    view = check_board_view(repl, board_path, data, options.verify);
     ++result.checks;
     progress("verify", fmt::format("check {}: {}", result.checks, view.matched ? "board sees the new file" : view.differs));
     if (view.matched) break;

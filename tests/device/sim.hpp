@@ -65,13 +65,16 @@ inline void spit(const std::string& path, const std::string& data) {
   out << data;
 }
 
-// The simulated board: a child process owning the pty master. Killed and reaped on destruction.
-class SimBoard {
+// A board process: a /usr/bin/python3 `script` owning a pty master, which prints
+// "READY /dev/pts/N" once the port opens. Killed and reaped on destruction.
+class SimBoardProcess {
  public:
-  explicit SimBoard(const std::vector<std::string>& args) {
+  SimBoardProcess(const std::vector<std::string>& args, const std::string& script,
+                  const std::string& first_arg = "") {
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    std::vector<std::string> argv{"/usr/bin/python3", simboard_path()};
+    std::vector<std::string> argv{"/usr/bin/python3", script};
+    if (!first_arg.empty()) argv.push_back(first_arg);
     argv.insert(argv.end(), args.begin(), args.end());
     pid_ = ::fork();
     if (pid_ < 0) throw std::runtime_error("fork");
@@ -101,9 +104,9 @@ class SimBoard {
     }
     port_ = line.substr(6, line.find('\n') - 6);
   }
-  ~SimBoard() { stop(); }
-  SimBoard(const SimBoard&) = delete;
-  SimBoard& operator=(const SimBoard&) = delete;
+  ~SimBoardProcess() { stop(); }
+  SimBoardProcess(const SimBoardProcess&) = delete;
+  SimBoardProcess& operator=(const SimBoardProcess&) = delete;
   const std::string& port() const { return port_; }
   pid_t pid() const { return pid_; }
 
@@ -118,6 +121,12 @@ class SimBoard {
   }
   pid_t pid_ = -1;
   std::string port_;
+};
+
+// The simulated board (tests/device/simboard.py).
+class SimBoard : public SimBoardProcess {
+ public:
+  explicit SimBoard(const std::vector<std::string>& args) : SimBoardProcess(args, simboard_path()) {}
 };
 
 // The board's log of events (JSON lines).

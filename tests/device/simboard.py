@@ -122,11 +122,41 @@ class ImageFS:
         return sorted(names)
 
 
+class FatFS(ImageFS):
+    """A FAT image read directly with mtools (mtype/mdir), read-only to code. The size is the
+    directory entry's; the bytes are whatever the clusters hold, so an image whose entry was
+    written before its data shows the new size with stale or zero content, as FAT does."""
+
+    def run(self, *argv):
+        env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+        return subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+    def size(self, p):
+        r = self.run("mdir", "-b", "-i", self.image, "::" + p)
+        if r.returncode != 0:
+            raise OSError(2, "ENOENT")
+        r = self.run("mtype", "-i", self.image, "::" + p)
+        return len(r.stdout)
+
+    def read(self, p):
+        r = self.run("mtype", "-i", self.image, "::" + p)
+        if r.returncode != 0:
+            raise OSError(2, "ENOENT")
+        return r.stdout
+
+    def listdir(self, p):
+        r = self.run("mdir", "-b", "-i", self.image, "::" + p)
+        return sorted(os.path.basename(x) for x in r.stdout.decode().split() if x)
+
+
 class Board:
     def __init__(self, args):
         self.args = args
         self.cp = args.mode == "circuitpython"
-        self.fs = ImageFS(args.image) if args.image else DirFS(args.fs_dir)
+        if args.fat_image:
+            self.fs = FatFS(args.fat_image)
+        else:
+            self.fs = ImageFS(args.image) if args.image else DirFS(args.fs_dir)
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         tty.setraw(self.master)
@@ -290,8 +320,10 @@ class Board:
                 msg = "divide by zero"
             if isinstance(e, SyntaxError):
                 msg = "invalid syntax"
+            # MicroPython has no OSError subclasses: FileNotFoundError & co print as OSError.
+            name = "OSError" if isinstance(e, OSError) else type(e).__name__
             text = "Traceback (most recent call last):\r\n  File \"%s\", line %d, in <module>\r\n%s%s\r\n" % (
-                filename, line, type(e).__name__, (": " + msg) if msg else "")
+                filename, line, name, (": " + msg) if msg else "")
             return text
         finally:
             self.kbd_enabled = True
@@ -400,6 +432,9 @@ class Board:
                     self.board_reset()
                     continue
             self.feed_byte(b)
+        if self.paste is not None:
+            self.paste["credit"] += self.paste["pending"]
+            self.paste["pending"] = 0
 
     def feed_byte(self, b):
         st = self.state
@@ -471,7 +506,9 @@ class Board:
                 self.state = "raw"
                 return
             w = self.args.window
-            self.paste = {"credit": 2 * w, "since_grant": 0, "data": b""}
+            # credit: what the host may have sent so far (grants count only once the host could
+            # have read them, i.e. from the next read of its data on).
+            self.paste = {"credit": 2 * w, "since_grant": 0, "data": b"", "pending": 0}
             self.write(b"R\x01" + bytes([w & 0xff, w >> 8]) + b"\x01")
             self.state = "paste"
             return
@@ -492,7 +529,7 @@ class Board:
                 p["since_grant"] -= self.args.window
                 if self.args.slow:
                     time.sleep(0.005)
-                p["credit"] += self.args.window
+                p["pending"] += self.args.window
                 self.write(b"\x01")
             return
 
@@ -531,6 +568,7 @@ def main():
     ap.add_argument("--mode", choices=["micropython", "circuitpython"], default="micropython")
     ap.add_argument("--fs-dir")
     ap.add_argument("--image")
+    ap.add_argument("--fat-image", help="a FAT image read with mtools (CircuitPython drive)")
     ap.add_argument("--link")
     ap.add_argument("--log")
     ap.add_argument("--program", help="source of a program running at start (needs Ctrl-C)")
@@ -545,7 +583,7 @@ def main():
     ap.add_argument("--reset-after-bytes", type=int, default=0,
                     help="reset once after this many bytes arrive in raw/raw-paste mode")
     args = ap.parse_args()
-    if not args.fs_dir and not args.image:
+    if not args.fs_dir and not args.image and not args.fat_image:
         ap.error("--fs-dir or --image")
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     Board(args).serve()
