@@ -193,28 +193,33 @@ class BaseFileLock(contextlib.ContextDecorator):
             blocking = self._blocking
         if not blocking:
             timeout = 0
-        context = self._context()
-        start = time.monotonic()
-        if not context.mutex.acquire(timeout=-1 if timeout < 0 else timeout):
-            raise Timeout(self._lock_file)
+        context = self._shared if self._shared is not None else self._context()
+        mutex = context.mutex
+        if timeout < 0:
+            mutex.acquire()
+            left = -1.0
+        else:
+            start = time.monotonic()
+            if not mutex.acquire(True, timeout):
+                raise Timeout(self._lock_file)
+            left = 0.0 if timeout == 0 else max(0.0, timeout - (time.monotonic() - start))
         try:
             if context.grant is None:
                 if context.file is None:
                     context.file = _native.LockFile(self._lock_file, self._backend, _EXCLUSIVE)
-                left = timeout if timeout <= 0 else max(0.0, timeout - (time.monotonic() - start))
                 grant = context.file.acquire(left)
                 if grant is None:
                     raise Timeout(self._lock_file)
                 context.grant = grant
             context.counter += 1
         finally:
-            context.mutex.release()
+            mutex.release()
         return AcquireReturnProxy(self)
 
     def release(self, force: bool = False) -> None:
         """Decrements the counter and releases the lock when it reaches 0 (at once if ``force``).
         The lock file itself stays (deleting it would split waiters across inodes)."""
-        context = self._context()
+        context = self._shared if self._shared is not None else self._context()
         with context.mutex:
             if context.grant is None:
                 return
