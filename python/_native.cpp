@@ -60,6 +60,11 @@ class Lock {
     }
     if (status == HF_ERROR) raise_last_error();
   }
+  // Forgets the grant without releasing it (a forked child: the lock stays with the parent).
+  void detach() {
+    hf_lock_detach(handle_);
+    handle_ = nullptr;
+  }
   bool held() const { return handle_ != nullptr; }
   uint64_t token() const { return hf_lock_token(handle_); }
   int backend() const { return hf_lock_backend(handle_); }
@@ -245,6 +250,7 @@ PYBIND11_MODULE(_native, m) {
 
   py::class_<Lock>(m, "Lock")
       .def("release", &Lock::release)
+      .def("detach", &Lock::detach)
       .def_property_readonly("held", &Lock::held)
       .def_property_readonly("token", &Lock::token)
       .def_property_readonly("backend", &Lock::backend)

@@ -78,6 +78,12 @@ int hf_lock_acquire(const char* path, int backend, int mode, int64_t timeout_ms,
 /* Releases the grant and frees the handle (always, even when HF_ERROR reports a failed release).
  * NULL is ignored. */
 int hf_lock_release(hf_lock* lock);
+/* Forgets the grant without releasing it and frees the handle: the lock stays with every process
+ * that shares its descriptor — for a one-shot lock, a copy of the descriptor stays open in this
+ * process too; for a lock taken through an hf_lockfile, the lock lasts while that hf_lockfile (or
+ * a copy of its descriptor in another process) stays open. Meant for a child after fork(), so that
+ * it never releases its parent's lock. NULL is ignored. */
+void hf_lock_detach(hf_lock* lock);
 /* The fencing token of the grant: strictly increasing per lock path across holders and crashes. */
 uint64_t hf_lock_token(const hf_lock* lock);
 /* The backend actually used (never HF_BACKEND_AUTO). */

@@ -14,6 +14,8 @@ poll_interval=, blocking=)`` returning a context proxy, ``release(force=)``, ``i
 - Not thread-local by default: one lock object is one holder, whichever thread calls; a
   ``release()`` from another thread releases it. ``thread_local=True`` gives each thread its own
   holder (two threads then exclude each other like two processes).
+- A forked child does not hold its parent's locks: its copies start unlocked, and releasing or
+  collecting them never unlocks the parent (filelock's child would unlock the parent's flock).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
@@ -71,6 +74,29 @@ class _Context:
         self.file: Any = None  # _native.LockFile, opened on first acquire and kept for re-use
         self.grant: Any = None  # _native.Lock while held
         self.counter = 0
+        _contexts.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the grant belongs to the parent. Forget it without releasing, so
+        that neither release() nor garbage collection in the child unlocks the parent's lock
+        (flock and OFD locks live on the open file description the child shares)."""
+        self.mutex = threading.Lock()  # another thread may have held it at fork time
+        if self.grant is not None:
+            self.grant.detach()
+        self.grant = None
+        self.counter = 0
+        self.file = None  # closes the child's copy only; the parent's descriptor keeps the lock
+
+
+_contexts: "weakref.WeakSet[_Context]" = weakref.WeakSet()
+
+
+def _forget_all_after_fork() -> None:
+    for context in list(_contexts):
+        context.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
 
 
 class _ThreadLocalContext(threading.local):

@@ -6,6 +6,8 @@
 // colleagues' changes) flow through unchanged.
 #include "holdfast/holdfast.h"
 
+#include <fcntl.h>
+
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -248,6 +250,17 @@ int hf_lock_release(hf_lock* lock) {
     owned->lock.reset();
     return HF_OK;
   });
+}
+
+void hf_lock_detach(hf_lock* lock) {
+  if (lock == nullptr) return;
+  std::unique_ptr<hf_lock> owned(lock);
+  if (!owned->lock) return;
+  // A one-shot lock's own LockFile closes the descriptor the grant hangs on; a duplicate keeps
+  // the open file description, and with it the kernel lock, alive. It is deliberately never
+  // closed: that is what detaching means.
+  if (owned->owned_file && owned->lock->fd() >= 0) (void)::fcntl(owned->lock->fd(), F_DUPFD_CLOEXEC, 0);
+  owned->lock->detach();
 }
 
 uint64_t hf_lock_token(const hf_lock* lock) { return lock != nullptr && lock->lock ? lock->lock->token() : 0; }

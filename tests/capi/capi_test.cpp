@@ -58,6 +58,20 @@ TEST(CApi, LockFileReacquiresAndExcludesAnotherProcess) {
   hf_lockfile_close(file);
 }
 
+TEST(CApi, DetachKeepsTheLockHeld) {
+  TempDir dir;
+  std::string path = dir / "d.lock";
+  hf_lock* lock = nullptr;
+  ASSERT_EQ(hf_lock_acquire(path.c_str(), HF_BACKEND_FLOCK, HF_EXCLUSIVE, 0, &lock), HF_OK);
+  hf_lock_detach(lock);  // frees the handle, keeps the kernel lock
+  hf_lock_detach(nullptr);
+  pid_t child = holdfast::testing::fork_child([&] {
+    hf_lock* other = nullptr;
+    return hf_lock_acquire(path.c_str(), HF_BACKEND_FLOCK, HF_EXCLUSIVE, 0, &other) == HF_BUSY ? 0 : 1;
+  });
+  EXPECT_EQ(holdfast::testing::wait_child(child), 0);
+}
+
 TEST(CApi, ErrorsAreThreadLocalAndNameThePath) {
   hf_lock* lock = nullptr;
   ASSERT_EQ(hf_lock_acquire("/nonexistent-holdfast-dir/x.lock", HF_BACKEND_FLOCK, HF_EXCLUSIVE, 0, &lock), HF_ERROR);
