@@ -53,8 +53,9 @@ class Instance:
 
 @dataclass(frozen=True)
 class Status:
-    """What status() found. ``state``: "ready", "running" (lock held, not ready or unverifiable),
-    "stopped", or "stale" (lock free but the record says it runs: it died without cleanup)."""
+    """What status() found. ``state``: "ready", "running" (lock held, not ready yet), "stopped",
+    "stale" (lock free but the record says it runs: it died without cleanup), or — where the
+    library reports it — "unknown" (lock held but the record does not verify)."""
 
     name: str
     state: str
@@ -64,8 +65,9 @@ class Status:
 
     @property
     def running(self) -> bool:
-        """True when an instance holds the lock (ready or not)."""
-        return self.state in ("ready", "running")
+        """True when an instance holds the instance lock (ready, starting or unverifiable): the
+        kernel lock is the truth, whatever the record says."""
+        return self.lock_held
 
 
 @dataclass(frozen=True)

@@ -333,12 +333,14 @@ int hf_status(const char* name, const char* state_dir, int* state, char** json) 
   return guarded([&] {
     if (name == nullptr || state == nullptr) usage_error("name and state are required");
     auto status = holdfast::instance_status(name, text_or_empty(state_dir));
-    switch (status.state) {
-      case holdfast::InstanceState::ready: *state = HF_INSTANCE_READY; break;
-      case holdfast::InstanceState::running: *state = HF_INSTANCE_RUNNING; break;
-      case holdfast::InstanceState::stopped: *state = HF_INSTANCE_STOPPED; break;
-      case holdfast::InstanceState::stale: *state = HF_INSTANCE_STALE; break;
-    }
+    // By name, so that states the library adds map to HF_INSTANCE_UNKNOWN (fail closed) rather
+    // than to an unset value; "unknown" is the library's own name for an unverifiable instance.
+    const std::string_view name_of_state = holdfast::to_string(status.state);
+    *state = name_of_state == "ready"     ? HF_INSTANCE_READY
+             : name_of_state == "running" ? HF_INSTANCE_RUNNING
+             : name_of_state == "stopped" ? HF_INSTANCE_STOPPED
+             : name_of_state == "stale"   ? HF_INSTANCE_STALE
+                                          : HF_INSTANCE_UNKNOWN;
     if (json != nullptr) {
       nlohmann::json j;
       j["name"] = status.name;
