@@ -112,6 +112,9 @@ def test_stale_record_naming_a_live_unrelated_process(tmp_path: Path) -> None:
         record.update(pid=other.pid, start_time=start_time_of(other.pid), state="ready")
         record_path.write_text(json.dumps(record))
 
+        # What the build tool's check concludes (psutil.pid_exists / kill(pid, 0)): "running".
+        assert os.path.exists(f"/proc/{record['pid']}")
+        # holdfast asks the kernel lock instead:
         status = holdfast.status("daemon", state_dir=state_dir)
         assert status.state == "stale" and not status.lock_held and not status.running
 
