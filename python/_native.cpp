@@ -97,7 +97,8 @@ class LockFile {
     if (status == HF_OK) return std::make_unique<Lock>(out);
     if (status == HF_ERROR) raise_last_error();
     if (timeout_s == 0) return nullptr;
-    const bool forever = timeout_s < 0 || std::isinf(timeout_s);
+    // Beyond ~30 years is forever: a deadline that far would overflow the clock.
+    const bool forever = timeout_s < 0 || std::isnan(timeout_s) || timeout_s > 1e9;
     const auto deadline = std::chrono::steady_clock::now() +
                           std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                               std::chrono::duration<double>(forever ? 0.0 : timeout_s));

@@ -9,6 +9,7 @@ stale, and ``stop()`` never signals a process it has not verified.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal as _signal
 from dataclasses import dataclass
@@ -82,7 +83,10 @@ def _dir(state_dir: Optional[str | os.PathLike[str]]) -> str:
 
 
 def _ms(seconds: Optional[float]) -> int:
-    return -1 if seconds is None or seconds < 0 else int(seconds * 1000)
+    """Seconds to the C API's milliseconds: None, negative or infinite = -1 (forever)."""
+    if seconds is None or seconds < 0 or math.isinf(seconds):
+        return -1
+    return int(seconds * 1000)
 
 
 def ensure(

@@ -219,6 +219,8 @@ class BaseFileLock(contextlib.ContextDecorator):
             blocking = self._blocking
         if not blocking:
             timeout = 0
+        elif not timeout <= 1e9:  # inf, nan (filelock waits forever on both), huge: forever
+            timeout = -1
         context = self._shared if self._shared is not None else self._context()
         mutex = context.mutex
         if timeout < 0:

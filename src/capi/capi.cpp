@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -167,10 +168,16 @@ holdfast::LockOptions lock_options(int backend, int mode) {
   return options;
 }
 
+// Timeouts beyond this are "forever": a deadline computed from them would overflow the clock.
+constexpr int64_t kForeverMs = int64_t{100} * 365 * 24 * 3600 * 1000;
+
+int64_t clamp_timeout(int64_t timeout_ms) noexcept { return timeout_ms > kForeverMs ? -1 : timeout_ms; }
+
 std::string text_or_empty(const char* text) { return text == nullptr ? std::string() : std::string(text); }
 
 // Takes the lock through `file` with the C timeout convention; sets (*out)->lock on success.
 int acquire_through(holdfast::LockFile& file, int64_t timeout_ms, hf_lock& out) {
+  timeout_ms = clamp_timeout(timeout_ms);
   if (timeout_ms < 0) {
     out.lock.emplace(file.acquire());
     return HF_OK;
@@ -305,7 +312,7 @@ int hf_ensure(const char* name, const char* const* argv, const char* ready, int6
     for (const char* const* arg = argv; *arg != nullptr; ++arg) command.emplace_back(*arg);
     holdfast::EnsureOptions options;
     options.ready = holdfast::ReadySpec::parse(ready == nullptr ? "none" : ready);
-    if (timeout_ms >= 0) options.ready_timeout = std::chrono::milliseconds(timeout_ms);
+    options.ready_timeout = std::chrono::milliseconds(timeout_ms < 0 || timeout_ms > kForeverMs ? kForeverMs : timeout_ms);
     options.state_dir = text_or_empty(state_dir);
     holdfast::Instance instance;
     try {
@@ -361,8 +368,8 @@ int hf_stop(const char* name, const char* state_dir, int signal, int64_t timeout
     holdfast::StopOptions options;
     options.state_dir = text_or_empty(state_dir);
     if (signal != 0) options.signal = signal;
-    if (timeout_ms >= 0) options.timeout = std::chrono::milliseconds(timeout_ms);
-    if (kill_after_ms >= 0) options.kill_after = std::chrono::milliseconds(kill_after_ms);
+    if (timeout_ms >= 0) options.timeout = std::chrono::milliseconds(std::min(timeout_ms, kForeverMs));
+    if (kill_after_ms >= 0) options.kill_after = std::chrono::milliseconds(std::min(kill_after_ms, kForeverMs));
     holdfast::StopResult result;
     try {
       result = holdfast::stop_instance(name, options);
@@ -399,7 +406,7 @@ int hf_wait_like(const char* path, const char* like, int64_t timeout_ms, int64_t
     if (path == nullptr || like == nullptr) usage_error("path and like are required");
     if (difference != nullptr) *difference = nullptr;
     holdfast::WaitOptions options;
-    options.timeout = timeout_ms < 0 ? std::chrono::milliseconds(std::chrono::hours(24 * 365 * 100)) : std::chrono::milliseconds(timeout_ms);
+    options.timeout = std::chrono::milliseconds(timeout_ms < 0 ? kForeverMs : std::min(timeout_ms, kForeverMs));
     if (interval_ms > 0) options.interval = std::chrono::milliseconds(interval_ms);
     options.via = text_or_empty(via);
     if (cancel != nullptr) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -56,6 +57,18 @@ TEST(CApi, LockFileReacquiresAndExcludesAnotherProcess) {
     EXPECT_EQ(hf_lock_release(lock), HF_OK);
   }
   hf_lockfile_close(file);
+}
+
+TEST(CApi, HugeTimeoutsMeanForeverNotOverflow) {
+  TempDir dir;
+  std::string path = dir / "h.lock";
+  hf_lock* lock = nullptr;
+  ASSERT_EQ(hf_lock_acquire(path.c_str(), HF_BACKEND_FLOCK, HF_EXCLUSIVE, INT64_MAX, &lock), HF_OK)
+      << hf_error_message();
+  hf_lock_release(lock);
+  ASSERT_EQ(hf_write((dir / "f").c_str(), "x", 1, 0, -1), HF_OK);
+  EXPECT_EQ(hf_wait_like((dir / "f").c_str(), (dir / "f").c_str(), INT64_MAX, 0, nullptr, nullptr, nullptr, nullptr),
+            HF_OK);
 }
 
 TEST(CApi, DetachKeepsTheLockHeld) {
