@@ -54,6 +54,11 @@ def main() -> None:
     fl = filelock.FileLock(path + ".fl")
     raw_fd = os.open(path + ".raw", os.O_RDWR | os.O_CREAT, 0o644)
 
+    native = holdfast._native.LockFile(path + ".native", holdfast._native.BACKEND_FLOCK, 0)
+
+    def native_pair() -> None:  # the C API through the binding, without the Python class
+        native.acquire(0).release()
+
     def hf_pair() -> None:
         hf.acquire()
         hf.release()
@@ -72,7 +77,8 @@ def main() -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
-    locks = compare({"holdfast": hf_pair, "filelock": fl_pair, "flock": raw_pair, "open+flock": raw_open_pair}, OPS)
+    locks = compare({"holdfast": hf_pair, "native": native_pair, "filelock": fl_pair, "flock": raw_pair,
+                     "open+flock": raw_open_pair}, OPS)
 
     state = os.path.join(work, "state")
     argv = ["sleep", "3600"]
@@ -105,6 +111,8 @@ def main() -> None:
           f"{med['flock']:.2f} µs | {ratio(locks, 'holdfast', 'flock'):.2f} |")
     print(f"| FileLock acquire+release vs os.open+flock pair+close | {med['holdfast']:.2f} µs | "
           f"{med['open+flock']:.2f} µs | {ratio(locks, 'holdfast', 'open+flock'):.2f} |")
+    print(f"| (breakdown) C API grant+release through the binding, no Python class | {med['native']:.2f} µs | "
+          f"{med['filelock']:.2f} µs | {ratio(locks, 'native', 'filelock'):.2f} |")
     print(f"| warm holdfast.ensure vs read pid file + stat /proc/PID | {med['ensure']:.2f} µs | "
           f"{med['pidfile']:.2f} µs | {ratio(ensure, 'ensure', 'pidfile'):.2f} |")
     os.close(raw_fd)

@@ -60,6 +60,11 @@ class Lock {
     }
     if (status == HF_ERROR) raise_last_error();
   }
+  // Forgets the grant without releasing it (a forked child: the lock stays with the parent).
+  void detach() {
+    hf_lock_detach(handle_);
+    handle_ = nullptr;
+  }
   bool held() const { return handle_ != nullptr; }
   uint64_t token() const { return hf_lock_token(handle_); }
   int backend() const { return hf_lock_backend(handle_); }
@@ -92,7 +97,8 @@ class LockFile {
     if (status == HF_OK) return std::make_unique<Lock>(out);
     if (status == HF_ERROR) raise_last_error();
     if (timeout_s == 0) return nullptr;
-    const bool forever = timeout_s < 0 || std::isinf(timeout_s);
+    // Beyond ~30 years is forever: a deadline that far would overflow the clock.
+    const bool forever = timeout_s < 0 || std::isnan(timeout_s) || timeout_s > 1e9;
     const auto deadline = std::chrono::steady_clock::now() +
                           std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                               std::chrono::duration<double>(forever ? 0.0 : timeout_s));
@@ -245,6 +251,7 @@ PYBIND11_MODULE(_native, m) {
 
   py::class_<Lock>(m, "Lock")
       .def("release", &Lock::release)
+      .def("detach", &Lock::detach)
       .def_property_readonly("held", &Lock::held)
       .def_property_readonly("token", &Lock::token)
       .def_property_readonly("backend", &Lock::backend)

@@ -78,6 +78,12 @@ int hf_lock_acquire(const char* path, int backend, int mode, int64_t timeout_ms,
 /* Releases the grant and frees the handle (always, even when HF_ERROR reports a failed release).
  * NULL is ignored. */
 int hf_lock_release(hf_lock* lock);
+/* Forgets the grant without releasing it and frees the handle: the lock stays with every process
+ * that shares its descriptor — for a one-shot lock, a copy of the descriptor stays open in this
+ * process too; for a lock taken through an hf_lockfile, the lock lasts while that hf_lockfile (or
+ * a copy of its descriptor in another process) stays open. Meant for a child after fork(), so that
+ * it never releases its parent's lock. NULL is ignored. */
+void hf_lock_detach(hf_lock* lock);
 /* The fencing token of the grant: strictly increasing per lock path across holders and crashes. */
 uint64_t hf_lock_token(const hf_lock* lock);
 /* The backend actually used (never HF_BACKEND_AUTO). */
@@ -109,7 +115,17 @@ typedef struct hf_instance {
 int hf_ensure(const char* name, const char* const* argv, const char* ready, int64_t timeout_ms,
               const char* state_dir, hf_instance* out, char** record_json);
 
-enum hf_instance_state { HF_INSTANCE_READY = 0, HF_INSTANCE_RUNNING = 1, HF_INSTANCE_STOPPED = 2, HF_INSTANCE_STALE = 3 };
+/* READY: lock held, record ready and verified. RUNNING: lock held, starting. STOPPED: lock free,
+ * no record or it says stopped/failed. STALE: lock free but the record says it runs (died without
+ * cleanup). UNKNOWN: lock held but the record does not verify (never signalled). Callers must
+ * treat values they do not know as UNKNOWN. */
+enum hf_instance_state {
+  HF_INSTANCE_READY = 0,
+  HF_INSTANCE_RUNNING = 1,
+  HF_INSTANCE_STOPPED = 2,
+  HF_INSTANCE_STALE = 3,
+  HF_INSTANCE_UNKNOWN = 4
+};
 /* The status of instance `name` (takes no lock). *state is an hf_instance_state; if json is not
  * NULL, *json is {"name","state","lock_held","reason","record"} with "record" the record or null. */
 int hf_status(const char* name, const char* state_dir, int* state, char** json);

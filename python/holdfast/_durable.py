@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -31,7 +32,8 @@ def wait_like(
     $1 (e.g. over ssh or mpremote). Raises WaitTimeout (``difference`` says what differs) if not
     matched within ``timeout`` seconds; Ctrl-C interrupts it at the next check."""
     matched, difference = _native.wait_like(
-        os.fspath(path), os.fspath(like), -1 if timeout < 0 else int(timeout * 1000), int(interval * 1000), via or ""
+        os.fspath(path), os.fspath(like), -1 if timeout < 0 or math.isinf(timeout) else int(timeout * 1000),
+        int(interval * 1000), via or ""
     )
     if not matched:
         raise WaitTimeout(f"{os.fspath(path)}: not like {os.fspath(like)} after {timeout}s: {difference}",

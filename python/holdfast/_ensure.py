@@ -9,6 +9,7 @@ stale, and ``stop()`` never signals a process it has not verified.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal as _signal
 from dataclasses import dataclass
@@ -53,8 +54,9 @@ class Instance:
 
 @dataclass(frozen=True)
 class Status:
-    """What status() found. ``state``: "ready", "running" (lock held, not ready or unverifiable),
-    "stopped", or "stale" (lock free but the record says it runs: it died without cleanup)."""
+    """What status() found. ``state``: "ready", "running" (lock held, not ready yet), "stopped",
+    "stale" (lock free but the record says it runs: it died without cleanup), or — where the
+    library reports it — "unknown" (lock held but the record does not verify)."""
 
     name: str
     state: str
@@ -64,8 +66,9 @@ class Status:
 
     @property
     def running(self) -> bool:
-        """True when an instance holds the lock (ready or not)."""
-        return self.state in ("ready", "running")
+        """True when an instance holds the instance lock (ready, starting or unverifiable): the
+        kernel lock is the truth, whatever the record says."""
+        return self.lock_held
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,10 @@ def _dir(state_dir: Optional[str | os.PathLike[str]]) -> str:
 
 
 def _ms(seconds: Optional[float]) -> int:
-    return -1 if seconds is None or seconds < 0 else int(seconds * 1000)
+    """Seconds to the C API's milliseconds: None, negative or infinite = -1 (forever)."""
+    if seconds is None or seconds < 0 or math.isinf(seconds):
+        return -1
+    return int(seconds * 1000)
 
 
 def ensure(

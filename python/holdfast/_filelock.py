@@ -14,6 +14,8 @@ poll_interval=, blocking=)`` returning a context proxy, ``release(force=)``, ``i
 - Not thread-local by default: one lock object is one holder, whichever thread calls; a
   ``release()`` from another thread releases it. ``thread_local=True`` gives each thread its own
   holder (two threads then exclude each other like two processes).
+- A forked child does not hold its parent's locks: its copies start unlocked, and releasing or
+  collecting them never unlocks the parent (filelock's child would unlock the parent's flock).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
@@ -71,6 +74,29 @@ class _Context:
         self.file: Any = None  # _native.LockFile, opened on first acquire and kept for re-use
         self.grant: Any = None  # _native.Lock while held
         self.counter = 0
+        _contexts.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the grant belongs to the parent. Forget it without releasing, so
+        that neither release() nor garbage collection in the child unlocks the parent's lock
+        (flock and OFD locks live on the open file description the child shares)."""
+        self.mutex = threading.Lock()  # another thread may have held it at fork time
+        if self.grant is not None:
+            self.grant.detach()
+        self.grant = None
+        self.counter = 0
+        self.file = None  # closes the child's copy only; the parent's descriptor keeps the lock
+
+
+_contexts: "weakref.WeakSet[_Context]" = weakref.WeakSet()
+
+
+def _forget_all_after_fork() -> None:
+    for context in list(_contexts):
+        context.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
 
 
 class _ThreadLocalContext(threading.local):
@@ -193,28 +219,35 @@ class BaseFileLock(contextlib.ContextDecorator):
             blocking = self._blocking
         if not blocking:
             timeout = 0
-        context = self._context()
-        start = time.monotonic()
-        if not context.mutex.acquire(timeout=-1 if timeout < 0 else timeout):
-            raise Timeout(self._lock_file)
+        elif not timeout <= 1e9:  # inf, nan (filelock waits forever on both), huge: forever
+            timeout = -1
+        context = self._shared if self._shared is not None else self._context()
+        mutex = context.mutex
+        if timeout < 0:
+            mutex.acquire()
+            left = -1.0
+        else:
+            start = time.monotonic()
+            if not mutex.acquire(True, timeout):
+                raise Timeout(self._lock_file)
+            left = 0.0 if timeout == 0 else max(0.0, timeout - (time.monotonic() - start))
         try:
             if context.grant is None:
                 if context.file is None:
                     context.file = _native.LockFile(self._lock_file, self._backend, _EXCLUSIVE)
-                left = timeout if timeout <= 0 else max(0.0, timeout - (time.monotonic() - start))
                 grant = context.file.acquire(left)
                 if grant is None:
                     raise Timeout(self._lock_file)
                 context.grant = grant
             context.counter += 1
         finally:
-            context.mutex.release()
+            mutex.release()
         return AcquireReturnProxy(self)
 
     def release(self, force: bool = False) -> None:
         """Decrements the counter and releases the lock when it reaches 0 (at once if ``force``).
         The lock file itself stays (deleting it would split waiters across inodes)."""
-        context = self._context()
+        context = self._shared if self._shared is not None else self._context()
         with context.mutex:
             if context.grant is None:
                 return

