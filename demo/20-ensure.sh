@@ -27,6 +27,9 @@ echo "A command that dies before it is ready: the caller gets its exit status an
 echo "status:"
 "$HOLDFAST" status --state-dir "$state" | sed 's/^/  /'
 
-echo "stop signals only the verified instance (pid + start time + lock holder), through a pidfd:"
+echo "stop asks the verified supervisor (pid + start time + lock holder), through a pidfd, to stop every process of the instance:"
 "$HOLDFAST" stop demo-server --state-dir "$state" 2>&1 | sed 's/^/  /'
-"$HOLDFAST" status demo-server --state-dir "$state" | sed 's/^/  /'
+rc=0
+"$HOLDFAST" status demo-server --state-dir "$state" >"$DEMO_DIR/status.out" || rc=$?
+sed 's/^/  /' "$DEMO_DIR/status.out"
+echo "  status NAME exit code: $rc (LSB: 0 running, 1 stale, 3 stopped, 4 unknown)"

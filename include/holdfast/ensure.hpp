@@ -100,6 +100,7 @@ struct InstanceRecord {
   int64_t attempt_ended_boot_ns = 0;    // ready or failed (0 while starting)
   pid_t launcher_pid = 0;             // the supervisor (holds the instance lock)
   uint64_t launcher_start_time = 0;   // its /proc start time (identity with pid, boot, host)
+  int launcher_lock_fd = -1;          // its descriptor holding the instance lock (fast check)
   bool forked = false;                // the command's first process exited 0 and left descendants
                                       // (a self-daemonizing command): `process` is the new main
   std::string failure;                // one line, when state == failed (or why it stopped)

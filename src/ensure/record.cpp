@@ -78,6 +78,7 @@ std::string InstanceRecord::to_json() const {
   j["attempt_ended_boot_ns"] = attempt_ended_boot_ns;
   j["launcher_pid"] = launcher_pid;
   j["launcher_start_time"] = launcher_start_time;
+  j["launcher_lock_fd"] = launcher_lock_fd;
   j["forked"] = forked;
   j["failure"] = failure;
   j["failure_kind"] = std::string(to_string(failure_kind));
@@ -111,6 +112,7 @@ std::optional<InstanceRecord> InstanceRecord::parse(std::string_view text) {
     r.attempt_ended_boot_ns = j.value("attempt_ended_boot_ns", int64_t{0});
     r.launcher_pid = j.value("launcher_pid", pid_t{0});
     r.launcher_start_time = j.value("launcher_start_time", uint64_t{0});
+    r.launcher_lock_fd = j.value("launcher_lock_fd", -1);
     r.forked = j.value("forked", false);
     r.failure = j.value("failure", "");
     r.failure_kind = parse_failure_kind(j.value("failure_kind", ""));

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -50,6 +51,7 @@ class Supervisor {
   void on_notify();
   void on_ready_pipe();
   void on_log_pipe();
+  void rotate_log();
   void on_control(int value);
   void request_stop(int sig);
   void become_ready();
@@ -141,6 +143,7 @@ void Supervisor::setup() {
   auto me = identity_of(self_);
   record_.launcher_pid = self_;
   record_.launcher_start_time = me ? me->start_time : 0;
+  record_.launcher_lock_fd = instance_fd_;
 
   try {
     if (plan_.ready.kind == ReadySpec::Kind::notify) notify_ = std::make_unique<NotifySocket>(plan_.paths.dir);
@@ -305,6 +308,18 @@ void Supervisor::on_ready_pipe() {
   if (n == 0) ready_r_.reset();  // every writer closed it without a newline
 }
 
+void Supervisor::rotate_log() {
+  // LOG -> LOG.1 (replacing the previous LOG.1), then a fresh LOG.
+  std::string old = plan_.log_path + ".1";
+  if (::rename(plan_.log_path.c_str(), old.c_str()) != 0) return;
+  int fd = sys::open_nothrow(AT_FDCWD, plan_.log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY, 0644);
+  if (fd < 0) return;
+  ::dup2(fd, log_fd_);
+  ::dup2(fd, 2);  // our own messages follow
+  ::close(fd);
+  log_size_ = 0;
+}
+
 void Supervisor::on_log_pipe() {
   char buf[65536];
   ssize_t n = ::read(log_r_.get(), buf, sizeof buf);
@@ -313,21 +328,25 @@ void Supervisor::on_log_pipe() {
     return;
   }
   if (n < 0) return;
-  if (log_size_ + static_cast<uint64_t>(n) > plan_.daemon.log_max_bytes && log_size_ > 0) {
-    // Rotate: LOG -> LOG.1 (replacing the previous LOG.1), then a fresh LOG.
-    std::string old = plan_.log_path + ".1";
-    if (::rename(plan_.log_path.c_str(), old.c_str()) == 0) {
-      int fd = sys::open_nothrow(AT_FDCWD, plan_.log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, log_fd_);  // our own stderr follows too (log_fd_ is 1 and 2's source)
-        ::dup2(fd, 2);
-        ::close(fd);
-        log_size_ = 0;
+  const uint64_t max = plan_.daemon.log_max_bytes;
+  std::string_view data(buf, static_cast<size_t>(n));
+  while (!data.empty()) {
+    if (log_size_ >= max) rotate_log();
+    const uint64_t room = max > log_size_ ? max - log_size_ : max;
+    size_t take = static_cast<size_t>(std::min<uint64_t>(room, data.size()));
+    if (take < data.size()) {
+      // Cut after the last whole line that fits; a line longer than the limit is split.
+      auto nl = data.substr(0, take).rfind('\n');
+      if (nl != std::string_view::npos) {
+        take = nl + 1;
+      } else if (log_size_ > 0) {
+        rotate_log();
+        continue;
       }
     }
-  }
-  if (sys::write_all(log_fd_, std::string_view(buf, static_cast<size_t>(n))) == 0) {
-    log_size_ += static_cast<uint64_t>(n);
+    if (sys::write_all(log_fd_, data.substr(0, take)) != 0) return;
+    log_size_ += take;
+    data.remove_prefix(take);
   }
 }
 

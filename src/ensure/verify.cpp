@@ -23,7 +23,10 @@ Verification verify_instance(const Paths& paths, const InstanceRecord& record) {
   if (int rc = sys::stat_nothrow(paths.lock, st); rc != 0) {
     return refuted(paths.lock + ": " + std::strerror(-rc));
   }
-  int holds = sys::process_lock_state(record.launcher_pid, st);
+  // Fast path: the descriptor the supervisor recorded (one stat and one small read); a scan of
+  // all its descriptors otherwise.
+  int holds = record.launcher_lock_fd >= 0 ? sys::fd_lock_state(record.launcher_pid, record.launcher_lock_fd, st) : 0;
+  if (holds != 1) holds = sys::process_lock_state(record.launcher_pid, st);
   if (holds == 0) return refuted(sup + " does not hold the instance lock " + paths.lock);
   if (holds < 0) {
     return {Verdict::unknown, "cannot inspect " + sup + " (" + std::strerror(-holds) + ")"};

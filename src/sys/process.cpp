@@ -152,6 +152,15 @@ int process_lock_state(pid_t pid, const struct stat& st) {
   return found;
 }
 
+int fd_lock_state(pid_t pid, int fd, const struct stat& st) {
+  std::string proc = "/proc/" + std::to_string(pid);
+  std::string name = std::to_string(fd);
+  struct stat fst {};
+  if (::stat((proc + "/fd/" + name).c_str(), &fst) != 0) return errno == ENOENT ? 0 : -errno;
+  if (!same_inode(fst, st)) return 0;
+  return fd_has_lock(proc, name.c_str()) ? 1 : 0;
+}
+
 std::vector<pid_t> processes_locking(const struct stat& st, pid_t except) {
   std::vector<pid_t> out;
   DIR* dir = ::opendir("/proc");

@@ -41,6 +41,10 @@ bool process_holds_lock_on(pid_t pid, const struct stat& st);
 // /proc/PID/fd cannot be read (-EACCES: another user's or a non-dumpable process; -ENOENT: gone).
 int process_lock_state(pid_t pid, const struct stat& st);
 
+// Whether descriptor `fd` of process `pid` is open on the inode `st` names and holds a lock on it
+// (/proc/PID/fd/FD and /proc/PID/fdinfo/FD). 1, 0, or -errno as process_lock_state.
+int fd_lock_state(pid_t pid, int fd, const struct stat& st);
+
 // Every process (other than `except`) that holds a kernel lock on the inode `st` names, found by
 // scanning /proc (as lslocks does). Processes this user cannot inspect are skipped.
 std::vector<pid_t> processes_locking(const struct stat& st, pid_t except = 0);
