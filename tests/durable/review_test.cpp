@@ -333,3 +333,23 @@ TEST(WaitDeadline, InfMeansNoDeadline) {
 }
 
 }  // namespace
+
+namespace {
+
+// ---- S8: without /proc an unprivileged writer uses a named temp file instead of failing ----
+// (On this kernel linkat(AT_EMPTY_PATH) works unprivileged, so the old code passed too; on
+// kernels where it needs CAP_DAC_READ_SEARCH the old code failed every write at commit.)
+TEST(WriteTemp, UnprivilegedWithoutProcStillWrites) {
+  if (::geteuid() != 0 || !have("unshare") || !have("setpriv")) GTEST_SKIP() << "needs root, unshare, setpriv";
+  TempDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0777), 0);
+  std::string f = dir / "f";
+  auto r = run({"unshare", "--mount", "--propagation", "private", "sh", "-c",
+                "umount -l /proc && echo hi | setpriv --reuid=65534 --regid=65534 --clear-groups " + cli_path() + " write " + f});
+  if (r.err.find("unshare failed") != std::string::npos) GTEST_SKIP() << r.err;
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(slurp(f), "hi\n");
+  EXPECT_EQ(list_dir(dir.path()).size(), 1U) << "temp file left behind";
+}
+
+}  // namespace
