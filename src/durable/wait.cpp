@@ -444,6 +444,9 @@ WaitResult wait_via(const std::string& path, const Expected& expected, const Wai
   HostWatch host{std::make_shared<LocalState>()};
   host.state->path = path;
   for (;;) {
+    // Whether the host's copy was still on its way to the device when this reader check began:
+    // if so, its arrival (even during the check) calls for another check at once.
+    std::optional<bool> host_before = host.on_device(std::max(deadline, Clock::now() + kCheckGrace));
     int status = -1;
     result.last = observe_via(path, expected, options, via_deadline(options, deadline), &status);
     ++result.checks;
@@ -457,19 +460,13 @@ WaitResult wait_via(const std::string& path, const Expected& expected, const Wai
     auto now = Clock::now();
     if (now >= deadline) return result;
     auto wake = deadline - now < options.interval ? deadline : now + options.interval;
-    // While the host's copy is still on its way to the device, re-check the reader the moment it
-    // arrives rather than at the next interval.
-    std::optional<bool> was = host.on_device(wake);
-    while (was == false && Clock::now() < wake) {
-      std::this_thread::sleep_for(kDevicePoll);
-      auto is = host.on_device(wake);
-      if (is == true) break;
-      was = is;
+    if (host_before == false) {
+      // Re-check the reader the moment the host's copy reaches the device, not at the interval.
+      while (Clock::now() < wake && host.on_device(wake) == false) std::this_thread::sleep_for(kDevicePoll);
+      continue;
     }
-    if (was != false) {
-      auto left = wake - Clock::now();
-      if (left > Clock::duration::zero()) std::this_thread::sleep_for(left);
-    }
+    auto left = wake - Clock::now();
+    if (left > Clock::duration::zero()) std::this_thread::sleep_for(left);
   }
 }
 

@@ -31,9 +31,10 @@ pid_t size_first_writer(const std::string& path, const std::string& data, std::c
     if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(data.size())) != 0) return 1;
     std::this_thread::sleep_for(delay);
     if (::pwrite(fd, data.data(), data.size(), 0) != static_cast<ssize_t>(data.size())) return 2;
-    // Landed = on the device (wait checks the device, not the page cache).
-    if (::fdatasync(fd) != 0) return 3;
+    // The bytes cannot be on the device before this; fdatasync puts them there (wait checks the
+    // device, not the page cache, and may see them there before fdatasync returns).
     *landed_us = mono_us();
+    if (::fdatasync(fd) != 0) return 3;
     ::close(fd);
     return 0;
   });
