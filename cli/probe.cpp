@@ -11,7 +11,6 @@
 #include "commands.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/probe.hpp"
-#include "probe_ensure.hpp"
 
 namespace holdfast::cli {
 namespace {
@@ -49,7 +48,16 @@ int run_probe(const ProbeArgs& a) {
     if (a.positional.empty()) {
       throw Error("", "probe --ensure", "missing COMMAND (after --)", exit_code::usage);
     }
-    return run_probe_ensure(a.workers, a.rounds, a.positional, a.json, a.state_dir);
+    EnsureRaceOptions options;
+    options.workers = a.workers;
+    options.rounds = a.rounds;
+    options.command = a.positional;
+    options.state_dir = a.state_dir;
+    auto report = race_ensure(options);
+    std::string text = a.json ? report.to_json() + "\n" : report.to_text();
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    return report.exactly_one ? exit_code::ok : exit_code::conflict;
   }
   if (a.positional.size() > 1) {
     throw Error(a.positional[1], "probe", "unexpected argument (one DIR at most)", exit_code::usage);

@@ -155,6 +155,39 @@ ProbeReport probe(const ProbeOptions& options);
 // select_backend (src/lock/select_backend.cpp), which prefers the same order.
 std::optional<Backend> recommended_backend(const ProbeReport& report);
 
+// ---- probe --ensure: the daemon double-start race ----
+
+struct EnsureRaceOptions {
+  int workers = 20;                  // at least 2
+  int rounds = 5;                    // at least 1
+  std::vector<std::string> command;  // COMMAND [ARGS...], resolved through PATH
+  std::string state_dir;             // ensure's state directory; "" for a scratch one
+};
+
+struct EnsureRacePhase {
+  std::vector<int> instances;  // starts of COMMAND per round
+  int agreeing_rounds = 0;     // rounds in which every worker got the same pid
+  int failed_workers = 0;      // worker calls that got no pid
+};
+
+struct EnsureRaceReport {
+  int workers = 0;
+  int rounds = 0;
+  std::vector<std::string> command;
+  EnsureRacePhase naive;    // pidfile check-then-spawn
+  EnsureRacePhase ensured;  // holdfast::ensure_running
+  bool exactly_one = false;  // every ensured round: one start, every worker got its pid
+  std::string to_json() const;
+  std::string to_text() const;
+};
+
+// Races options.workers processes (the probe harness, released together) asking for one
+// instance of options.command, options.rounds times, first as a naive pidfile script would, then
+// through ensure_running; counts every start of COMMAND exactly (no sleeps: see ensure_race.cpp)
+// and kills, through verified pidfds only, everything each round started. Makes the calling
+// process a child subreaper while it runs. Throws Error for bad options or an unrunnable command.
+EnsureRaceReport race_ensure(const EnsureRaceOptions& options);
+
 // ---- quick check for Backend::automatic ----
 
 struct KernelLockVerdict {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 
@@ -59,6 +60,12 @@ std::optional<StoredVerdicts> load_verdicts(const std::string& key);
 void store_verdicts(const std::string& key, const StoredVerdicts& update);
 // Records report's conclusive per-primitive verdicts for the mount holding report.directory.
 void remember_probe_report(const ProbeReport& report);
+// probe --ensure (ensure_race.cpp): counts the starts recorded in the `starts` file, plus live
+// processes carrying its marker that still run the wrapper, plus `spawned` (unreaped children of
+// our workers), and kills every live process carrying the marker, and `spawned`, through pidfds
+// verified after pinning. A recorded pid whose process is gone, or now someone else's, is
+// counted and never signalled. Returns the number of starts.
+int count_and_kill_starts(const std::string& starts, const std::set<pid_t>& spawned);
 // Where this process stores verdicts (see verdict_cache.cpp).
 std::string verdict_store_dir();
 // Forgets kernel_lock_verdict's in-process cache, as a fresh process would start (tests).

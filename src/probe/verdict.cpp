@@ -19,6 +19,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "holdfast/probe.hpp"
 #include "probe/internal.hpp"
@@ -31,7 +32,15 @@ namespace holdfast {
 namespace {
 
 std::mutex g_mutex;
-std::map<std::string, KernelLockVerdict> g_cache;  // by mount key (or "dev=N" without one)
+// This process's memory, by st_dev: cheap to look up on every Lock::acquire (a stat, a poll), and
+// dropped whenever the mount table changes (a remount included), so a device number reused by a
+// new mount is never answered from here. The mount key (which reads /proc/self/mountinfo) is
+// only computed on a miss, for the cross-process store.
+struct Entry {
+  std::optional<KernelLockVerdict> lock;
+  std::optional<std::map<std::string, std::string>> probe;  // holdfast probe's verdicts, by primitive
+};
+std::map<dev_t, Entry> g_cache;
 sys::UniqueFd g_mountinfo;  // poll()ed for POLLPRI: the mount table changed
 
 // Drops the cache if any mount or unmount happened since the last call. Caller holds g_mutex.
@@ -192,22 +201,21 @@ KernelLockVerdict kernel_lock_verdict(const std::string& directory, const std::s
     v.reason = directory + ": " + std::strerror(-rc);
     return v;
   }
-  const auto key = probe_internal::mount_key(directory);
-  const std::string local_key = key ? *key : "dev=" + std::to_string(st.st_dev);
   {
     std::lock_guard lock(g_mutex);
     invalidate_on_mount_change();
-    if (auto it = g_cache.find(local_key); it != g_cache.end()) {
-      KernelLockVerdict v = it->second;
+    if (auto it = g_cache.find(st.st_dev); it != g_cache.end() && it->second.lock) {
+      KernelLockVerdict v = *it->second.lock;
       v.from_cache = true;
       return v;
     }
   }
+  const auto key = probe_internal::mount_key(directory);
   if (key) {
     if (auto stored = probe_internal::load_verdicts(*key); stored && stored->ofd_excludes && stored->flock_excludes) {
       KernelLockVerdict v = from_store(*stored);
       std::lock_guard lock(g_mutex);
-      g_cache[local_key] = v;
+      g_cache[st.st_dev].lock = v;
       return v;
     }
   }
@@ -225,7 +233,7 @@ KernelLockVerdict kernel_lock_verdict(const std::string& directory, const std::s
   {
     std::lock_guard lock(g_mutex);
     invalidate_on_mount_change();
-    g_cache[local_key] = v;
+    g_cache[st.st_dev].lock = v;
   }
   if (key) {
     probe_internal::StoredVerdicts s;
@@ -236,6 +244,31 @@ KernelLockVerdict kernel_lock_verdict(const std::string& directory, const std::s
     probe_internal::store_verdicts(*key, s);
   }
   return v;
+}
+
+std::optional<Verdict> stored_probe_verdict(const std::string& directory, Primitive primitive) {
+  struct stat st{};
+  if (sys::stat_nothrow(directory, st) != 0) return std::nullopt;
+  std::map<std::string, std::string> probe;
+  bool cached = false;
+  {
+    std::lock_guard lock(g_mutex);
+    invalidate_on_mount_change();
+    if (auto it = g_cache.find(st.st_dev); it != g_cache.end() && it->second.probe) {
+      probe = *it->second.probe;
+      cached = true;
+    }
+  }
+  if (!cached) {
+    if (auto key = probe_internal::mount_key(directory)) {
+      if (auto stored = probe_internal::load_verdicts(*key)) probe = stored->probe;
+    }
+    std::lock_guard lock(g_mutex);
+    g_cache[st.st_dev].probe = probe;
+  }
+  auto it = probe.find(std::string(to_string(primitive)));
+  if (it == probe.end()) return std::nullopt;
+  return parse_verdict(it->second);
 }
 
 }  // namespace holdfast

@@ -175,18 +175,9 @@ void remember_probe_report(const ProbeReport& report) {
     s.probe[std::string(to_string(r.primitive))] = r.verdict == Verdict::unsafe ? "unsafe" : std::string(to_string(r.verdict));
   }
   if (!s.probe.empty()) store_verdicts(*key, s);
+  forget_process_verdicts();  // this process must see what it just measured
 }
 
 }  // namespace probe_internal
-
-std::optional<Verdict> stored_probe_verdict(const std::string& directory, Primitive primitive) {
-  auto key = probe_internal::mount_key(directory);
-  if (!key) return std::nullopt;
-  auto stored = probe_internal::load_verdicts(*key);
-  if (!stored) return std::nullopt;
-  auto it = stored->probe.find(std::string(to_string(primitive)));
-  if (it == stored->probe.end()) return std::nullopt;
-  return parse_verdict(it->second);
-}
 
 }  // namespace holdfast
