@@ -186,15 +186,15 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
     CommandSpec spec{inv.command, prog, -1, false};
     return inv.no_fork ? exec_in_place(spec) : run_command(spec, [](pid_t) {});
   }
-  if (options.backend == Backend::automatic) {
-    auto choice = select_backend(sys::dirname_of(inv.path));
-    // Where kernel locks are enforced, take flock(2)'s, so that flock(1), python filelock and Go's
-    // lockedfile users of the same file are excluded (review C3). (Once select_backend itself
-    // prefers flock, this mapping is a no-op.)
-    options.backend = choice.backend == Backend::ofd ? Backend::flock : choice.backend;
-    // Only a fallback is worth a note: a kernel lock is what flock(1) users expect.
-    if (inv.verbose && options.backend != Backend::flock) {
-      std::fprintf(stderr, "%s: note: %s\n", prog.c_str(), choice.reason.c_str());
+  options.allow_unsafe_backend = inv.allow_unsafe;
+  if (options.backend == Backend::automatic && inv.verbose) {
+    // Only a fallback is worth a note: flock(2) is what flock(1) users expect. The choice is
+    // remembered per mount, so the acquire below does not measure again.
+    try {
+      auto choice = select_backend(sys::dirname_of(inv.path), inv.path);
+      if (choice.backend != Backend::flock) std::fprintf(stderr, "%s: note: %s\n", prog.c_str(), choice.reason.c_str());
+    } catch (const Error&) {
+      // the acquire below reports it
     }
   }
 

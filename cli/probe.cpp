@@ -80,7 +80,12 @@ int run_probe(const ProbeArgs& a) {
   std::string text = a.json ? report.to_json() + "\n" : report.to_table();
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fflush(stdout);
-  return report.automatic_safe == false ? exit_code::unavailable : exit_code::ok;
+  // 69: what holdfast would use here was measured unsafe. 74: something could not be measured
+  // to the end (full, read-only or failing filesystem); the report says what was.
+  if (report.automatic_safe == false) return exit_code::unavailable;
+  bool inconclusive = false;
+  for (const auto& r : report.results) inconclusive = inconclusive || r.verdict == Verdict::inconclusive;
+  return inconclusive ? exit_code::io_error : exit_code::ok;
 }
 
 }  // namespace

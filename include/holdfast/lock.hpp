@@ -7,7 +7,7 @@
 //   excl   dotlock: the lock is a file created exclusively with its complete holder record
 //          (renameat2 RENAME_NOREPLACE; O_CREAT|O_EXCL where the filesystem lacks it).
 //   link   dotlock: NFS-safe unique temp file + link(2) + link-count/inode check.
-//   automatic  ofd when the filesystem supports it, else a safe fallback (see select_backend).
+//   automatic  flock where kernel locks are enforced, else a safe fallback (see select_backend).
 //
 // Kernel-lock files are created once and never unlinked: unlinking a lock file would let waiters
 // split across two inodes. After locking, the descriptor's inode is compared with the path's, and
@@ -85,6 +85,11 @@ struct LockOptions {
   std::chrono::milliseconds stale_after{0};
   // Recorded in the holder record; empty means this process's /proc/self/cmdline.
   std::vector<std::string> command;
+  // An explicitly chosen backend that this filesystem is known (measured) to break is refused
+  // with Error(exit_code::unavailable): ofd/flock where kernel_lock_verdict finds the lock not
+  // enforced, and any backend whose primitive `holdfast probe` measured unsafe on this mount.
+  // true: take it anyway (the caller has decided). Never affects Backend::automatic.
+  bool allow_unsafe_backend = false;
 };
 
 class Lock {
@@ -201,5 +206,9 @@ struct BackendChoice {
   std::string reason;
 };
 BackendChoice select_backend(const std::string& directory);
+// As above for the lock file `lock_file` in `directory`: where no scratch file can be created in
+// `directory`, enforcement is measured on `lock_file` itself; where nothing can be measured,
+// throws Error(exit_code::unavailable) rather than guess (see docs/LOCKS.md, "Choosing a backend").
+BackendChoice select_backend(const std::string& directory, const std::string& lock_file);
 
 }  // namespace holdfast

@@ -8,6 +8,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/probe.hpp"
 #include "lock/internal.hpp"
+#include "lock/select_backend.hpp"
 #include "sys/file.hpp"
 
 namespace holdfast {
@@ -17,20 +18,8 @@ using lock_internal::WaitSpec;
 
 bool is_kernel(Backend b) { return b == Backend::ofd || b == Backend::flock; }
 
-// Can this directory's filesystem make hard links? (link dotlocks need them.)
-bool hard_links_work(const std::string& directory) {
-  const std::string file = directory + "/.holdfast-linkcheck." + std::to_string(sys::random_u64());
-  sys::UniqueFd fd(sys::open_nothrow(AT_FDCWD, file, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600));
-  if (!fd) return true;  // cannot test here; link will report its own error if it fails
-  const std::string other = file + ".2";
-  bool ok = ::link(file.c_str(), other.c_str()) == 0;
-  ::unlink(other.c_str());
-  ::unlink(file.c_str());
-  return ok;
-}
-
-Backend resolve_backend(const lock_internal::Target& target, Backend requested) {
-  return requested == Backend::automatic ? select_backend(target.dir).backend : requested;
+Backend resolve_backend(const lock_internal::Target& target, const LockOptions& options) {
+  return lock_internal::choose_backend(target, options);
 }
 
 // Returns the held state, or null if the wait ended first.
@@ -43,23 +32,11 @@ std::unique_ptr<Lock::State> acquire_with(const lock_internal::Target& target, B
 
 std::unique_ptr<Lock::State> acquire_with(const std::string& path, const LockOptions& options, const WaitSpec& wait) {
   auto target = lock_internal::resolve_target(path);
-  return acquire_with(target, resolve_backend(target, options.backend), options, wait,
+  return acquire_with(target, resolve_backend(target, options), options, wait,
                       std::make_shared<lock_internal::OpenFiles>());
 }
 
 }  // namespace
-
-BackendChoice select_backend(const std::string& directory) {
-  // kernel_lock_verdict caches per filesystem and forgets on any mount or unmount (device
-  // numbers of FUSE and network mounts are reused).
-  KernelLockVerdict v = kernel_lock_verdict(directory);
-  if (!v.tested) return {Backend::ofd, v.reason + "; assuming OFD locks work"};
-  if (v.ofd_excludes) return {Backend::ofd, "OFD locks are enforced on this " + v.filesystem + " filesystem"};
-  const std::string why = "OFD locks are accepted but NOT enforced on this " + v.filesystem + " filesystem";
-  if (v.flock_excludes) return {Backend::flock, why + "; flock(2) is enforced: using flock"};
-  if (hard_links_work(directory)) return {Backend::link, why + ", nor flock(2): falling back to link dotlocks"};
-  return {Backend::excl, why + ", nor flock(2), and it has no hard links: falling back to excl dotlocks"};
-}
 
 Lock::State::~State() {
   if (files) files->busy = false;
@@ -160,7 +137,7 @@ LockFile LockFile::open(const std::string& path, const LockOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->target = lock_internal::resolve_target(path);
   impl->options = options;
-  impl->backend = resolve_backend(impl->target, options.backend);
+  impl->backend = resolve_backend(impl->target, options);
   impl->options.backend = impl->backend;
   impl->files = std::make_shared<lock_internal::OpenFiles>();
   impl->files->per_grant = false;

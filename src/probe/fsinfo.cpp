@@ -101,6 +101,35 @@ std::vector<MountLine> read_mountinfo() {
 }
 
 }  // namespace
+
+std::optional<std::string> mount_key(const std::string& path) {
+#ifndef STATX_MNT_ID_UNIQUE
+  constexpr unsigned kMntIdUnique = 0x00004000U;  // Linux 6.8 <linux/stat.h>
+#else
+  constexpr unsigned kMntIdUnique = STATX_MNT_ID_UNIQUE;
+#endif
+  // Two queries: the unique id keys the cache; the old, reusable id finds the mountinfo line.
+  struct statx unique{};
+  if (::statx(AT_FDCWD, path.c_str(), 0, kMntIdUnique, &unique) != 0 || (unique.stx_mask & kMntIdUnique) == 0) {
+    return std::nullopt;
+  }
+  struct statx old{};
+  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_MNT_ID, &old) != 0 || (old.stx_mask & STATX_MNT_ID) == 0) {
+    return std::nullopt;
+  }
+  auto boot = sys::read_file("/proc/sys/kernel/random/boot_id", 64);
+  if (!boot || boot->empty()) return std::nullopt;
+  if (boot->back() == '\n') boot->pop_back();
+  for (const auto& m : read_mountinfo()) {
+    if (m.id != old.stx_mnt_id) continue;
+    if (m.major != old.stx_dev_major || m.minor != old.stx_dev_minor) return std::nullopt;  // raced a mount change
+    return "boot=" + *boot + " mnt=" + std::to_string(unique.stx_mnt_id) + " dev=" + std::to_string(m.major) +
+           ":" + std::to_string(m.minor) + " type=" + m.fstype + " source=" + m.source +
+           " options=" + m.mount_options + ";" + m.super_options;
+  }
+  return std::nullopt;
+}
+
 }  // namespace probe_internal
 
 FilesystemInfo filesystem_info(const std::string& directory) {

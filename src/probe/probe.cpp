@@ -33,6 +33,7 @@
 #include "sys/fd.hpp"
 #include "sys/file.hpp"
 #include "sys/futex.hpp"
+#include "sys/kernel_lock.hpp"
 
 namespace holdfast {
 
@@ -141,13 +142,15 @@ uint64_t now_ns() noexcept {
             rc = ::renameat2(dirfd, tmp, dirfd, name, RENAME_NOREPLACE);
             if (rc == 0) tmp[0] = '\0';
             break;
-          case Primitive::flock: rc = ::flock(lockfd, LOCK_EX | LOCK_NB); break;
+          case Primitive::flock:
           case Primitive::ofd:
           case Primitive::posix: {
-            struct flock fl{};
-            fl.l_type = F_WRLCK;
-            fl.l_whence = SEEK_SET;
-            rc = ::fcntl(lockfd, prim == Primitive::ofd ? F_OFD_SETLK : F_SETLK, &fl);
+            const auto kind = prim == Primitive::flock ? sys::KernelLockKind::flock
+                              : prim == Primitive::ofd ? sys::KernelLockKind::ofd
+                                                       : sys::KernelLockKind::posix;
+            int lrc = sys::kernel_lock(lockfd, kind, true, false);
+            rc = lrc == 0 ? 0 : -1;
+            errno = -lrc;
             break;
           }
         }
@@ -272,11 +275,86 @@ double percentile_us(std::vector<uint32_t>& v, double q) {
   return static_cast<double>(v[k]) / 1000.0;
 }
 
-PrimitiveResult race(Harness& h, Primitive prim, const std::string& scratch, const ProbeOptions& options) {
+// Thrown between rounds when SIGINT, SIGTERM or SIGHUP is pending (blocked by StopSignals).
+struct Interrupted {
+  int signal;
+};
+
+// Blocks SIGINT, SIGTERM and SIGHUP in this thread while alive, so that an interrupted probe stops
+// between rounds and removes its scratch tree (review P2); restores the mask on exit, so that a
+// signal still pending is then delivered with its normal effect (the default kills the process).
+class StopSignals {
+ public:
+  StopSignals() noexcept {
+    sigset_t stop;
+    sigemptyset(&stop);
+    for (int sig : kSignals) sigaddset(&stop, sig);
+    ::pthread_sigmask(SIG_BLOCK, &stop, &old_);
+  }
+  ~StopSignals() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+  // Throws Interrupted if one of the signals is pending (without consuming it).
+  void check() const {
+    sigset_t pending;
+    if (::sigpending(&pending) != 0) return;
+    for (int sig : kSignals) {
+      // Pending only counts if the caller had not blocked it already: then it is the caller's.
+      if (sigismember(&pending, sig) == 1 && sigismember(&old_, sig) != 1) throw Interrupted{sig};
+    }
+  }
+
+ private:
+  static constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
+  sigset_t old_{};
+};
+
+// The scratch tree: removed on every path out of probe(), including an interruption.
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& parent) {
+    std::string templ = parent + "/.holdfast-probe.XXXXXX";
+    if (::mkdtemp(templ.data()) == nullptr) throw Error(errno, parent, "probe: create scratch directory");
+    path_ = templ;
+  }
+  ~ScratchDir() { remove_tree(path_); }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+
+  // Removes a tree. Entries a stale-view filesystem still hides from us are retried.
+  static void remove_tree(const std::string& path) noexcept {
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+      if (!ec && !std::filesystem::exists(path, ec)) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+
+ private:
+  std::string path_;
+};
+
+// Notes a failed attempt in `r`: resource errors make the run inconclusive, others unsafe.
+void note_error(PrimitiveResult& r, const std::string& text, int err) {
+  if (probe_internal::is_resource_errno(err)) {
+    ++r.resource_errors;
+  } else {
+    ++r.errors;
+  }
+  if (r.first_error.empty()) r.first_error = text;
+}
+
+PrimitiveResult race(Harness& h, Primitive prim, const std::string& scratch, const ProbeOptions& options,
+                     const StopSignals& stop) {
   PrimitiveResult r;
   r.primitive = prim;
   std::string dir = scratch + "/" + std::string(to_string(prim));
   if (::mkdir(dir.c_str(), 0755) != 0) throw Error(errno, dir, "probe: mkdir");
+  sys::UniqueFd dirfd(sys::open_nothrow(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY));
+  if (!dirfd) throw Error(-dirfd.get(), dir, "probe: open");
   h.command(Phase::setup, prim, 0);
   for (int i = 0; i < h.workers(); ++i) {
     if (int err = h.result(i); err != 0) throw Error(err, dir, "probe: worker open");
@@ -285,14 +363,14 @@ PrimitiveResult race(Harness& h, Primitive prim, const std::string& scratch, con
   latencies.reserve(static_cast<size_t>(options.rounds) * static_cast<size_t>(h.workers()));
   int unsupported = 0;
   for (int round = 0; round < options.rounds; ++round) {
+    stop.check();
     auto rn = static_cast<uint32_t>(round);
     h.command(Phase::prepare, prim, rn);
     bool prepared = true;
     for (int i = 0; i < h.workers(); ++i) {
       if (int err = h.result(i); err != 0) {
-        ++r.errors;
         prepared = false;
-        if (r.first_error.empty()) r.first_error = "prepare " + errno_text(prim, err);
+        note_error(r, "prepare " + errno_text(prim, err), err);
       }
     }
     if (!prepared) break;
@@ -308,10 +386,15 @@ PrimitiveResult race(Harness& h, Primitive prim, const std::string& scratch, con
         ++unsupported;
         if (r.first_error.empty()) r.first_error = errno_text(prim, err);
       } else {
-        ++r.errors;
-        if (r.first_error.empty()) r.first_error = errno_text(prim, err);
+        note_error(r, errno_text(prim, err), err);
       }
     }
+    // The round's name goes now, not at the end: 500 rounds x 7 primitives of leftovers would
+    // fill a small filesystem and turn "full" into a verdict (review P1). Lock winners keep
+    // their descriptors until the next prepare; unlinking under them is harmless.
+    char name[32];
+    std::snprintf(name, sizeof name, "n%u", rn);
+    ::unlinkat(dirfd.get(), name, prim == Primitive::mkdir ? AT_REMOVEDIR : 0);
     r.rounds = round + 1;
     if (winners > 1) ++r.double_grants;
     if (winners == 0) ++r.no_winner_rounds;
@@ -320,20 +403,27 @@ PrimitiveResult race(Harness& h, Primitive prim, const std::string& scratch, con
     if (round == 0 && unsupported == h.workers()) break;  // refused outright: no point going on
   }
   h.command(Phase::cleanup, prim, 0);
+  dirfd.reset();
+  ScratchDir::remove_tree(dir);
   r.median_us = percentile_us(latencies, 0.5);
   r.p99_us = percentile_us(latencies, 0.99);
 
   const std::string scale = std::to_string(r.rounds) + " rounds x " + std::to_string(h.workers()) + " workers";
-  if (unsupported > 0 && r.max_winners == 0) {
-    r.verdict = Verdict::unsupported;
-    r.reason = "refused: " + r.first_error;
-  } else if (r.double_grants > 0) {
+  if (r.double_grants > 0) {
+    // Proof, whatever else happened.
     r.verdict = Verdict::unsafe;
     r.reason = std::to_string(r.double_grants) + " of " + std::to_string(r.rounds) +
                " rounds granted it to several workers (up to " + std::to_string(r.max_winners) + ")";
+  } else if (unsupported > 0 && r.max_winners == 0) {
+    r.verdict = Verdict::unsupported;
+    r.reason = "refused: " + r.first_error;
   } else if (r.errors > 0 || unsupported > 0) {
     r.verdict = Verdict::unsafe;
     r.reason = std::to_string(r.errors + unsupported) + " unexpected failures, first: " + r.first_error;
+  } else if (r.resource_errors > 0) {
+    r.verdict = Verdict::inconclusive;
+    r.reason = "stopped after " + std::to_string(r.rounds) + " of " + std::to_string(options.rounds) +
+               " rounds without a double grant: " + r.first_error;
   } else {
     r.verdict = Verdict::safe;
     r.reason = "one winner in every round of " + scale;
@@ -344,83 +434,78 @@ PrimitiveResult race(Harness& h, Primitive prim, const std::string& scratch, con
   return r;
 }
 
+// A primitive that could not even be set up (its directory, or the workers' descriptors).
+PrimitiveResult setup_failure(Primitive prim, const Error& e) {
+  PrimitiveResult r;
+  r.primitive = prim;
+  r.first_error = e.what();
+  if (probe_internal::is_resource_errno(e.error_number())) {
+    r.resource_errors = 1;
+    r.verdict = Verdict::inconclusive;
+  } else {
+    r.errors = 1;
+    r.verdict = Verdict::unsafe;
+  }
+  r.reason = std::string("not measured: ") + e.what();
+  return r;
+}
+
 void apply_semantics(PrimitiveResult& r, const std::string& scratch) {
   std::string error;
-  r.semantics = probe_internal::check_semantics(r.primitive, scratch, error);
-  const auto& s = *r.semantics;
+  int error_number = 0;
+  r.semantics = probe_internal::check_semantics(r.primitive, scratch, error, error_number);
   if (r.verdict == Verdict::unsupported) return;
-  std::string problem;
-  if (r.primitive != Primitive::posix && s.excludes_same_process == false) {
-    problem = "a second open in the same process was granted it while held";
+  std::string problem = probe_internal::semantics_problem(r.primitive, *r.semantics);
+  if (problem.empty() && !error.empty()) {
+    if (probe_internal::is_resource_errno(error_number)) {
+      if (r.verdict == Verdict::safe) {
+        r.verdict = Verdict::inconclusive;
+        r.reason = "semantics not measured: " + error + "; " + r.reason;
+      }
+      return;
+    }
+    problem = error;
   }
-  if (s.excludes_other_process == false) problem = "a second process was granted it while held";
-  if (!error.empty() && problem.empty() && !s.excludes_other_process) problem = error;
   if (!problem.empty()) {
     r.verdict = Verdict::unsafe;
     r.reason = problem + (r.double_grants > 0 ? "; " + r.reason : "");
   }
 }
 
-// Removes the scratch tree. Entries a stale-view filesystem still hides from us are retried.
-void remove_scratch(const std::string& scratch) {
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    std::error_code ec;
-    std::filesystem::remove_all(scratch, ec);
-    if (!ec && !std::filesystem::exists(scratch, ec)) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+// Races every primitive in a scratch tree under options.directory, appending to report.results.
+void measure(ProbeReport& report, const ProbeOptions& options) {
+  // Destroyed in reverse order: workers stopped, scratch tree removed, then the signal mask
+  // restored, so that a pending SIGTERM is delivered only once nothing is left behind.
+  const StopSignals stop;
+  const ScratchDir scratch_dir(options.directory);
+  const std::string& scratch = scratch_dir.path();
+  // A directory just made may be hidden from other processes on a stale-view filesystem; the
+  // workers wait for their own directories, so nothing else to do here.
+  const auto& prims = options.primitives.empty() ? all_primitives() : options.primitives;
+  try {
+    Harness harness(options.workers, scratch);
+    for (Primitive p : prims) {
+      stop.check();
+      PrimitiveResult r;
+      try {
+        r = race(harness, p, scratch, options, stop);
+      } catch (const Error& e) {
+        // A syscall failed setting this primitive up: report it and measure the others. (The
+        // harness's own failures carry no errno and end the probe.)
+        if (e.error_number() == 0) throw;
+        r = setup_failure(p, e);
+      }
+      if (options.semantics && is_kernel_lock(p) && r.verdict != Verdict::inconclusive) apply_semantics(r, scratch);
+      report.results.push_back(std::move(r));
+    }
+  } catch (const Interrupted& i) {
+    throw Error(options.directory, "probe",
+                std::string("interrupted by ") + ::sigabbrev_np(i.signal) + "; scratch directory removed",
+                128 + i.signal);
   }
-}
-
-bool verdict_safe(const ProbeReport& report, Primitive p, bool& known) {
-  const auto* r = report.find(p);
-  if (r == nullptr) {
-    known = false;
-    return false;
-  }
-  return r->verdict == Verdict::safe;
 }
 
 }  // namespace
-
-std::string_view to_string(Primitive primitive) noexcept {
-  switch (primitive) {
-    case Primitive::mkdir: return "mkdir";
-    case Primitive::excl: return "excl";
-    case Primitive::link: return "link";
-    case Primitive::rename: return "rename";
-    case Primitive::flock: return "flock";
-    case Primitive::ofd: return "ofd";
-    case Primitive::posix: return "posix";
-  }
-  return "?";
-}
-
-std::optional<Primitive> parse_primitive(std::string_view name) noexcept {
-  for (Primitive p : all_primitives()) {
-    if (to_string(p) == name) return p;
-  }
-  return std::nullopt;
-}
-
-const std::vector<Primitive>& all_primitives() noexcept {
-  static const std::vector<Primitive> all{Primitive::mkdir, Primitive::excl,  Primitive::link,
-                                          Primitive::rename, Primitive::flock, Primitive::ofd,
-                                          Primitive::posix};
-  return all;
-}
-
-bool is_kernel_lock(Primitive p) noexcept {
-  return p == Primitive::flock || p == Primitive::ofd || p == Primitive::posix;
-}
-
-std::string_view to_string(Verdict verdict) noexcept {
-  switch (verdict) {
-    case Verdict::safe: return "safe";
-    case Verdict::unsafe: return "UNSAFE";
-    case Verdict::unsupported: return "unsupported";
-  }
-  return "?";
-}
 
 const PrimitiveResult* ProbeReport::find(Primitive primitive) const noexcept {
   for (const auto& r : results) {
@@ -442,67 +527,50 @@ ProbeReport probe(const ProbeOptions& options) {
   if (!S_ISDIR(st.st_mode)) throw Error(ENOTDIR, options.directory, "probe");
   report.filesystem = filesystem_info(options.directory);
 
-  std::string templ = options.directory + "/.holdfast-probe.XXXXXX";
-  if (::mkdtemp(templ.data()) == nullptr) throw Error(errno, options.directory, "probe: create scratch directory");
-  const std::string scratch = templ;
-  // A directory just made may be hidden from other processes on a stale-view filesystem; the
-  // workers wait for their own directories, so nothing else to do here.
-  const auto& prims = options.primitives.empty() ? all_primitives() : options.primitives;
-  try {
-    Harness harness(options.workers, scratch);
-    for (Primitive p : prims) {
-      auto r = race(harness, p, scratch, options);
-      if (options.semantics && is_kernel_lock(p)) apply_semantics(r, scratch);
-      report.results.push_back(std::move(r));
-    }
-  } catch (...) {
-    remove_scratch(scratch);
-    throw;
-  }
-  remove_scratch(scratch);
+  measure(report, options);
 
+  // Remembered for the mount first, so that select_backend (here and in every later process)
+  // decides with what was just measured.
+  probe_internal::remember_probe_report(report);
   try {
     auto choice = select_backend(options.directory);
     report.automatic_backend = choice.backend;
     report.automatic_reason = choice.reason;
   } catch (const std::exception& e) {
-    report.automatic_backend = Backend::ofd;
-    report.automatic_reason = std::string("select_backend failed: ") + e.what();
+    report.automatic_backend = Backend::automatic;  // refuses: no backend it can verify is safe
+    report.automatic_reason = e.what();
   }
-  bool known = true;
+  // Unknown (nullopt) when a primitive behind the choice was not probed or was inconclusive.
+  auto measured = [&](Primitive p) -> std::optional<bool> {
+    const auto* r = report.find(p);
+    if (r == nullptr || r->verdict == Verdict::inconclusive) return std::nullopt;
+    return r->verdict == Verdict::safe;
+  };
   switch (report.automatic_backend) {
-    case Backend::automatic:
-    case Backend::ofd: report.automatic_safe = verdict_safe(report, Primitive::ofd, known); break;
-    case Backend::flock: report.automatic_safe = verdict_safe(report, Primitive::flock, known); break;
-    case Backend::link: report.automatic_safe = verdict_safe(report, Primitive::link, known); break;
+    case Backend::automatic: report.automatic_safe.reset(); break;
+    case Backend::ofd: report.automatic_safe = measured(Primitive::ofd); break;
+    case Backend::flock: report.automatic_safe = measured(Primitive::flock); break;
+    case Backend::link: report.automatic_safe = measured(Primitive::link); break;
     case Backend::excl: {
       // excl uses RENAME_NOREPLACE, and O_CREAT|O_EXCL only where renameat2 is refused.
       const auto* rn = report.find(Primitive::rename);
       if (rn != nullptr && rn->verdict == Verdict::unsupported) {
-        report.automatic_safe = verdict_safe(report, Primitive::excl, known);
+        report.automatic_safe = measured(Primitive::excl);
       } else {
-        bool a = verdict_safe(report, Primitive::rename, known);
-        bool b = verdict_safe(report, Primitive::excl, known);
-        report.automatic_safe = a && b;
+        auto a = measured(Primitive::rename);
+        auto b = measured(Primitive::excl);
+        if (a == false || b == false) {
+          report.automatic_safe = false;
+        } else if (a && b) {
+          report.automatic_safe = true;
+        } else {
+          report.automatic_safe.reset();
+        }
       }
       break;
     }
   }
-  if (!known) report.automatic_safe.reset();
-
-  auto safe = [&](Primitive p) {
-    const auto* r = report.find(p);
-    return r != nullptr && r->verdict == Verdict::safe;
-  };
-  if (safe(Primitive::ofd)) {
-    report.recommended = Backend::ofd;
-  } else if (safe(Primitive::flock)) {
-    report.recommended = Backend::flock;
-  } else if (safe(Primitive::link)) {
-    report.recommended = Backend::link;
-  } else if (safe(Primitive::excl) && safe(Primitive::rename)) {
-    report.recommended = Backend::excl;
-  }
+  report.recommended = recommended_backend(report);
   report.elapsed_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return report;

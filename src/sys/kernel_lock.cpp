@@ -14,12 +14,16 @@ namespace holdfast::sys {
 
 int kernel_lock(int fd, KernelLockKind kind, bool exclusive, bool wait) noexcept {
   int rc;
-  if (kind == KernelLockKind::ofd) {
+  if (kind != KernelLockKind::flock) {
     struct flock fl {};
     fl.l_type = static_cast<short>(exclusive ? F_WRLCK : F_RDLCK);
     fl.l_whence = SEEK_SET;  // l_start = l_len = 0: the whole file, including future growth
     fl.l_pid = 0;            // required for OFD locks
-    rc = ::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl);
+    if (kind == KernelLockKind::ofd) {
+      rc = ::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl);
+    } else {
+      rc = ::fcntl(fd, wait ? F_SETLKW : F_SETLK, &fl);
+    }
   } else {
     rc = ::flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB));
   }
@@ -31,11 +35,11 @@ int kernel_lock(int fd, KernelLockKind kind, bool exclusive, bool wait) noexcept
 
 int kernel_unlock(int fd, KernelLockKind kind) noexcept {
   int rc;
-  if (kind == KernelLockKind::ofd) {
+  if (kind != KernelLockKind::flock) {
     struct flock fl {};
     fl.l_type = F_UNLCK;
     fl.l_whence = SEEK_SET;
-    rc = ::fcntl(fd, F_OFD_SETLK, &fl);
+    rc = ::fcntl(fd, kind == KernelLockKind::ofd ? F_OFD_SETLK : F_SETLK, &fl);
   } else {
     rc = ::flock(fd, LOCK_UN);
   }

@@ -6,7 +6,9 @@
 
 namespace holdfast::sys {
 
-enum class KernelLockKind { ofd, flock };
+// posix: classic fcntl F_SETLK[W] record locks, owned by the process and dropped when it closes
+// ANY descriptor of the file. No holdfast backend uses them; probe measures them to show the trap.
+enum class KernelLockKind { ofd, flock, posix };
 
 // Locks the whole file open at `fd`. Returns 0 when acquired; -EWOULDBLOCK when another holder
 // conflicts and `wait` is false (EAGAIN/EACCES from fcntl are normalised); -EINTR when a blocking

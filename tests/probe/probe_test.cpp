@@ -43,7 +43,7 @@ void expect_all_safe(const ProbeReport& r) {
     EXPECT_EQ(p.max_winners, 1) << to_string(p.primitive);
   }
   EXPECT_EQ(r.automatic_safe, std::optional<bool>(true)) << r.automatic_reason;
-  EXPECT_EQ(r.recommended, std::optional<Backend>(Backend::ofd));
+  EXPECT_EQ(r.recommended, std::optional<Backend>(Backend::flock));
 }
 
 void expect_lock_semantics(const ProbeReport& r) {
@@ -59,6 +59,10 @@ void expect_lock_semantics(const ProbeReport& r) {
   EXPECT_EQ(posix->semantics->excludes_same_process, false) << "POSIX locks belong to the process";
   EXPECT_EQ(posix->semantics->closing_other_fd_drops, true) << "the classic POSIX trap";
   EXPECT_EQ(posix->semantics->inherited_by_child, false);
+  EXPECT_EQ(posix->semantics->survives_exec, false);
+  EXPECT_EQ(ofd->semantics->survives_exec, true);
+  EXPECT_EQ(fl->semantics->survives_exec, true);
+  EXPECT_EQ(fl->semantics->closing_other_fd_drops, false);
   EXPECT_EQ(fl->semantics->excludes_same_process, true);
   EXPECT_EQ(fl->semantics->inherited_by_child, true);
 }
@@ -121,7 +125,7 @@ TEST(ProbeFaultFs, FindsDoubleGrantsWithNonatomicCreate) {
     EXPECT_EQ(res->verdict, Verdict::unsafe) << to_string(p) << ": " << res->reason;
     EXPECT_GT(res->double_grants, 0) << to_string(p);
   }
-  // link(2) stays atomic there, and kernel locks still work: the holdfast answer is ofd or link.
+  // link(2) stays atomic there, and kernel locks still work (flock was not probed here: ofd).
   EXPECT_EQ(r.find(Primitive::link)->verdict, Verdict::safe) << r.find(Primitive::link)->reason;
   EXPECT_EQ(r.find(Primitive::link)->double_grants, 0);
   EXPECT_EQ(r.find(Primitive::ofd)->verdict, Verdict::safe);
