@@ -125,6 +125,8 @@ struct SuiteParam {
   std::string api;  // "flock" or "fcntl"
 };
 
+void PrintTo(const SuiteParam& p, std::ostream* os) { *os << p.tool << " --api " << p.api; }
+
 class UtilLinuxFlock : public ::testing::TestWithParam<SuiteParam> {
  protected:
   void SetUp() override {
