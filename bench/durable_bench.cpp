@@ -121,6 +121,9 @@ void wait_latency(benchmark::State& state, bool inotify) {
   auto expected = holdfast::expected_from_file(src, {holdfast::DigestAlg::xxh128});
   holdfast::WaitOptions opts;
   opts.use_inotify = inotify;
+  // Content-detection latency for a reader on this host (the device figure is in
+  // tests/durable/device_test.cpp, DeviceFlush.DetectionLatencyFigure).
+  opts.device = holdfast::DeviceCheck::page_cache;
   opts.interval = std::chrono::milliseconds(500);
   opts.timeout = std::chrono::seconds(10);
   for (auto _ : state) {

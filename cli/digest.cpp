@@ -17,6 +17,7 @@ struct DigestArgs {
   std::string alg = "xxh128";
   std::string check;
   bool tag = false;
+  bool prefixed = false;
 };
 
 // One checklist line: "HEX  PATH", "HEX *PATH" or "ALG:HEX  PATH".
@@ -27,6 +28,7 @@ struct CheckLine {
 
 std::optional<CheckLine> parse_check_line(std::string line, std::optional<DigestAlg> forced) {
   if (!line.empty() && line.back() == '\r') line.pop_back();
+  if (auto tagged = parse_tagged_line(line)) return CheckLine{tagged->digest, tagged->name};
   auto sp = line.find(' ');
   if (sp == std::string::npos || sp + 2 > line.size()) return std::nullopt;
   std::string first = line.substr(0, sp);
@@ -108,14 +110,16 @@ Run add_digest(CLI::App& root) {
   auto* cmd = root.add_subcommand(
       "digest",
       "Print the digest of each PATH as `HEX  PATH` (like sha256sum; `-` is stdin), or with\n"
-      "--check verify a list of such lines (`PATH: OK` / `PATH: FAILED`).\n"
+      "--check verify a list of such lines, `ALG (PATH) = HEX` (--tag) or `ALG:HEX  PATH` lines\n"
+      "(`PATH: OK` / `PATH: FAILED`).\n"
       "Algorithms: xxh128 (XXH3-128, default, fast, not cryptographic) and sha256.\n"
       "Exit codes: 0 ok, 1 a --check line FAILED, 65 checklist without valid lines, 66 missing,\n"
       "73 a directory, 74 read error, 77 permission.");
   auto* paths = cmd->add_option("PATH", args->paths, "Files (`-` for stdin)");
   cmd->add_option("--alg,-a", args->alg, "xxh128 (default) or sha256");
   auto* check = cmd->add_option("--check,-c", args->check, "Read `HEX  PATH` lines from FILE (`-`: stdin) and verify them");
-  cmd->add_flag("--tag", args->tag, "Print `ALG:HEX  PATH` (the form `holdfast wait --digest` takes)");
+  auto* tag = cmd->add_flag("--tag", args->tag, "Print BSD-style `SHA256 (PATH) = HEX` / `XXH128 (PATH) = HEX` (as sha256sum --tag)");
+  cmd->add_flag("--prefixed", args->prefixed, "Print `ALG:HEX  PATH` (the form `holdfast wait --digest` takes)")->excludes(tag);
   check->excludes(paths);
   return [args, cmd] {
     auto alg = parse_digest_alg(args->alg);
@@ -127,7 +131,11 @@ Run add_digest(CLI::App& root) {
     for (const auto& p : args->paths) {
       try {
         auto d = digest_file(p, *alg);
-        (void)std::printf("%s  %s\n", args->tag ? d.digest.to_string().c_str() : d.digest.hex.c_str(), p.c_str());
+        if (args->tag) {
+          (void)std::printf("%s\n", tagged_line(d.digest, p).c_str());
+        } else {
+          (void)std::printf("%s  %s\n", args->prefixed ? d.digest.to_string().c_str() : d.digest.hex.c_str(), p.c_str());
+        }
       } catch (const Error& e) {
         (void)std::fflush(stdout);
         (void)std::fprintf(stderr, "holdfast digest: %s\n", e.what());

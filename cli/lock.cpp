@@ -175,6 +175,7 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
   options.mode = inv.operation == LockInvocation::Operation::shared ? LockMode::shared : LockMode::exclusive;
   options.stale_after = std::chrono::duration_cast<std::chrono::milliseconds>(inv.stale_after);
   options.command = inv.command;
+  options.allow_unsafe_backend = inv.allow_unsafe;
   const bool lease = options.stale_after.count() > 0;
   if (inv.no_fork && lease) {
     throw Error(inv.path, "--no-fork with --stale-after",
@@ -186,10 +187,11 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
     CommandSpec spec{inv.command, prog, -1, false};
     return inv.no_fork ? exec_in_place(spec) : run_command(spec, [](pid_t) {});
   }
-  options.allow_unsafe_backend = inv.allow_unsafe;
+  // `auto` is resolved by the library (flock(2) where kernel locks are enforced, so flock(1),
+  // python filelock and Go's lockedfile users of the same file are excluded; the verdict is
+  // remembered per mount). Only a fallback is worth a line, and only with --verbose: a kernel
+  // lock is what flock(1) users expect, and flock(1)'s own --verbose output stays as it is.
   if (options.backend == Backend::automatic && inv.verbose) {
-    // Only a fallback is worth a note: flock(2) is what flock(1) users expect. The choice is
-    // remembered per mount, so the acquire below does not measure again.
     try {
       auto choice = select_backend(sys::dirname_of(inv.path), inv.path);
       if (choice.backend != Backend::flock) std::fprintf(stderr, "%s: note: %s\n", prog.c_str(), choice.reason.c_str());

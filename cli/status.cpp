@@ -26,6 +26,18 @@ nlohmann::json to_json(const InstanceStatus& s) {
   return j;
 }
 
+// LSB init-script status codes (as start-stop-daemon --status and systemctl is-active use).
+int lsb_exit(InstanceState state) {
+  switch (state) {
+    case InstanceState::ready:
+    case InstanceState::running: return 0;
+    case InstanceState::stale: return 1;    // "program is dead and the pid file exists"
+    case InstanceState::stopped: return 3;  // "program is not running"
+    case InstanceState::unknown: return 4;  // "program or service status is unknown"
+  }
+  return 4;
+}
+
 void print_line(const InstanceStatus& s) {
   std::string pid = s.record && s.record->process.pid > 0 ? std::to_string(s.record->process.pid) : "-";
   std::string ready = s.record ? s.record->ready_mode : "-";
@@ -39,7 +51,9 @@ Run add_status(CLI::App& root) {
   auto* sub = root.add_subcommand(
       "status",
       "Show managed instances: ready (lock held, record verified), running (lock held, not ready),\n"
-      "stopped, or stale (a record but nobody holds the instance lock). Takes no locks. Exit 0.");
+      "stopped, stale (a record but nobody holds the instance lock), or unknown (the lock is held but\n"
+      "the record does not verify). Takes no locks. Exit codes (LSB, for NAME): 0 ready or running,\n"
+      "1 stale, 3 stopped, 4 unknown; without NAME: 0.");
   sub->add_option("name", args->name, "One instance (default: all in the state directory)");
   sub->add_option("--state-dir", args->state_dir, "State directory (see holdfast ensure --help)");
   sub->add_flag("--json", args->json, "Print JSON (an object for NAME, else an array)");
@@ -48,7 +62,7 @@ Run add_status(CLI::App& root) {
       auto s = instance_status(args->name, args->state_dir);
       if (args->json) std::printf("%s\n", to_json(s).dump().c_str());
       else print_line(s);
-      return 0;
+      return lsb_exit(s.state);
     }
     auto all = list_instances(args->state_dir);
     if (args->json) {

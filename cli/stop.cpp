@@ -5,6 +5,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "duration.hpp"
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 
@@ -14,31 +15,40 @@ namespace {
 struct StopArgs {
   std::string name;
   std::string signal = "TERM";
-  double timeout = 10;
-  double kill_after = -1;
+  std::string timeout = "10s";
+  std::string kill_after;
   std::string state_dir;
+  bool no_wait = false;
 };
 
-int parse_signal(std::string text) {
+// A signal number, or a name with or without "SIG" in any case (HUP, SIGWINCH, RTMIN+3), or 0.
+int parse_signal(const std::string& text) {
+  auto bad = [&] { return Error("--signal", "unknown signal", text, exit_code::usage); };
   if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos) {
+    if (text.size() > 3) throw bad();
     int n = std::stoi(text);
-    if (n > 0 && n < NSIG) return n;
+    if (n >= 0 && n < NSIG) return n;
+    throw bad();
   }
-  if (text.starts_with("SIG")) text = text.substr(3);
-  static const struct {
-    const char* name;
-    int sig;
-  } names[] = {{"TERM", SIGTERM}, {"INT", SIGINT}, {"HUP", SIGHUP}, {"QUIT", SIGQUIT},
-               {"KILL", SIGKILL}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"ABRT", SIGABRT}};
-  for (const auto& n : names) {
-    if (text == n.name) return n.sig;
+  std::string name;
+  for (char c : text) name += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+  if (name.starts_with("SIG")) name = name.substr(3);
+  for (auto [prefix, base, sign] : {std::tuple{"RTMIN+", SIGRTMIN, 1}, std::tuple{"RTMAX-", SIGRTMAX, -1}}) {
+    std::string p(prefix);
+    if (name.starts_with(p) && name.size() > p.size() &&
+        name.find_first_not_of("0123456789", p.size()) == std::string::npos && name.size() - p.size() <= 2) {
+      int sig = base + sign * std::stoi(name.substr(p.size()));
+      if (sig >= SIGRTMIN && sig <= SIGRTMAX) return sig;
+      throw bad();
+    }
   }
-  throw Error("--signal", "unknown signal", text, exit_code::usage);
-}
-
-std::chrono::milliseconds seconds(double s, const char* flag) {
-  if (!(s >= 0) || s > 1e7) throw Error(flag, "invalid value", std::to_string(s), exit_code::usage);
-  return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+  if (name == "RTMIN") return SIGRTMIN;
+  if (name == "RTMAX") return SIGRTMAX;
+  for (int sig = 1; sig < SIGRTMIN; ++sig) {
+    const char* abbrev = sigabbrev_np(sig);
+    if (abbrev != nullptr && name == abbrev) return sig;
+  }
+  throw bad();
 }
 }  // namespace
 
@@ -46,22 +56,34 @@ Run add_stop(CLI::App& root) {
   auto args = std::make_shared<StopArgs>();
   auto* sub = root.add_subcommand(
       "stop",
-      "Stop the verified instance: signals only the process whose pid, start time, boot and host\n"
-      "match the record AND that holds the instance lock (via a pidfd, so a recycled pid is never\n"
-      "signalled), then waits for the instance lock to be released. Exit codes: 0 stopped or not\n"
-      "running, 65 the record does not verify (nothing signalled), 75 still running at the timeout.");
+      "Stop the verified instance: checks that the record's supervisor holds the instance lock and\n"
+      "the recorded process is its own, then (through a pidfd, so a recycled pid is never\n"
+      "signalled) has the supervisor signal every process of the instance, and waits for the\n"
+      "instance lock to be released. With --no-wait: deliver the signal to the main process only\n"
+      "and return (reload). Exit codes: 0 stopped, signalled or not running, 64 bad flags, 65 the\n"
+      "record does not verify (nothing signalled), 75 still running at the timeout.");
   sub->add_option("name", args->name, "Instance name")->required();
-  sub->add_option("--signal", args->signal, "Signal to send (name or number)")->capture_default_str();
-  sub->add_option("--timeout", args->timeout, "Seconds to wait for the instance to go (after SIGKILL, if --kill-after)")
+  sub->add_option("--signal", args->signal, "Signal to send: a name (TERM, SIGHUP, WINCH, RTMIN+2) or number (0 too)")
       ->capture_default_str();
-  sub->add_option("--kill-after", args->kill_after, "SIGKILL the verified instance if it still runs this many seconds after the signal");
+  sub->add_option("--timeout", args->timeout, "How long to wait for the instance to go (500ms, 2s, 1m, inf)")
+      ->capture_default_str();
+  sub->add_option("--kill-after", args->kill_after, "SIGKILL every process of the instance if it still runs this long after the signal");
+  sub->add_flag("--no-wait", args->no_wait, "Signal-only (reload) mode: send --signal to the main process and return");
   sub->add_option("--state-dir", args->state_dir, "State directory (see holdfast ensure --help)");
   return [args] {
     StopOptions options;
     options.state_dir = args->state_dir;
     options.signal = parse_signal(args->signal);
-    options.timeout = seconds(args->timeout, "--timeout");
-    if (args->kill_after >= 0) options.kill_after = seconds(args->kill_after, "--kill-after");
+    options.wait = !args->no_wait;
+    if (options.wait && options.signal == 0) {
+      throw Error("--signal", "invalid value", "0 only checks the instance: use it with --no-wait", exit_code::usage);
+    }
+    auto timeout = parse_duration(args->timeout, "--timeout", Infinite::allowed);
+    options.timeout = timeout == kNoLimit ? std::chrono::milliseconds(std::chrono::hours(24 * 365 * 100))
+                                          : std::chrono::ceil<std::chrono::milliseconds>(timeout);
+    if (!args->kill_after.empty()) {
+      options.kill_after = std::chrono::ceil<std::chrono::milliseconds>(parse_duration(args->kill_after, "--kill-after"));
+    }
     auto result = stop_instance(args->name, options);
     std::fprintf(stderr, "%s\n", result.message.c_str());
     return 0;

@@ -1,12 +1,21 @@
-// holdfast write: atomically and durably replace a file with stdin.
+// holdfast write: atomically and durably replace a file with stdin, or with a command's output.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <system_error>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "commands.hpp"
 #include "holdfast/atomic_write.hpp"
 #include "holdfast/error.hpp"
+
+extern "C" char** environ;  // unistd.h declares it only under _GNU_SOURCE
 
 namespace holdfast::cli {
 
@@ -17,6 +26,9 @@ struct WriteArgs {
   bool no_sync = false;
   bool record = false;
   std::string journal;
+  std::optional<uint64_t> expect_size;
+  std::string expect_digest;
+  std::vector<std::string> command;
 };
 
 mode_t parse_mode(const std::string& text, const std::string& path) {
@@ -32,20 +44,92 @@ mode_t parse_mode(const std::string& text, const std::string& path) {
   }
   return static_cast<mode_t>(v);
 }
+
+// Streams `fd` into the writer. Throws (after aborting the writer) on a read error.
+void copy_into(int fd, AtomicWriter& writer, const std::string& what) {
+  std::vector<char> buf(size_t{1} << 20);
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      writer.abort();
+      throw Error(err, what, "read (target untouched)");
+    }
+    if (n == 0) return;
+    writer.write(std::string_view(buf.data(), static_cast<size_t>(n)));
+  }
+}
+
+// The producer: COMMAND with stdout on a pipe, stdin and stderr inherited. Reaped exactly once.
+class Producer {
+ public:
+  explicit Producer(const std::vector<std::string>& command) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw Error(errno, command.front(), "pipe");
+    read_end_ = fds[0];
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    std::vector<char*> argv;
+    for (const auto& a : command) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    int err = ::posix_spawnp(&pid_, argv.front(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(fds[1]);
+    if (err != 0) {
+      ::close(read_end_);
+      pid_ = -1;
+      throw Error(command.front(), "run producer", std::generic_category().message(err),
+                  err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
+    }
+  }
+  Producer(const Producer&) = delete;
+  Producer& operator=(const Producer&) = delete;
+  ~Producer() {
+    if (read_end_ >= 0) ::close(read_end_);
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      (void)wait();
+    }
+  }
+  int read_end() const noexcept { return read_end_; }
+  // Waits for the exit; returns the status as a shell reports it (128+N for signal N).
+  int wait() {
+    int status = 0;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int read_end_ = -1;
+};
 }  // namespace
 
 Run add_write(CLI::App& root) {
   auto args = std::make_shared<WriteArgs>();
   auto* cmd = root.add_subcommand(
       "write",
-      "Atomically and durably replace PATH with stdin: temp file in the same directory, fsync,\n"
-      "rename over PATH, fsync the directory. Readers and crashes see the complete old or the\n"
-      "complete new content; on failure PATH is untouched and no temp file is left.\n"
-      "Exit codes: 0 ok, 64 usage, 66 missing directory, 73 read-only fs / PATH is a directory,\n"
-      "74 I/O error (EIO, ENOSPC, failed fsync), 77 permission / refused symlink.");
+      "Atomically and durably replace PATH with stdin, or with the output of COMMAND (`write PATH\n"
+      "-- COMMAND ARGS...`, committed only if COMMAND exits 0): temp file in the same directory,\n"
+      "fsync, rename over PATH, fsync the directory. Readers and crashes see the complete old or\n"
+      "the complete new content; on failure PATH is untouched and no temp file is left. An existing\n"
+      "PATH keeps its mode, owner, ACLs and extended attributes (or nothing is replaced).\n"
+      "Exit codes: 0 ok, 64 usage, 65 --expect-size/--expect-digest mismatch, 66 missing directory,\n"
+      "73 read-only fs / PATH is a directory, 74 I/O error (EIO, ENOSPC, failed fsync), 75 PATH\n"
+      "replaced but not recorded in the journal, 77 permission / refused symlink / metadata that\n"
+      "cannot be kept, 126/127 COMMAND cannot run; COMMAND's own non-zero status (128+N for signal\n"
+      "N) when it failed.");
   cmd->add_option("PATH", args->path, "File to replace")->required();
+  cmd->add_option("COMMAND", args->command, "Producer (after --): its stdout is the new content");
   cmd->add_option("--mode", args->mode, "Octal mode for a new file (default 0666&~umask); an existing target keeps its mode");
   cmd->add_flag("--no-sync", args->no_sync, "Atomic only: skip the fsyncs (a power loss may lose the new content)");
+  cmd->add_option("--expect-size", args->expect_size, "Commit only if exactly N bytes were written");
+  cmd->add_option("--expect-digest", args->expect_digest, "Commit only if the content has this digest (ALG:HEX)");
   cmd->add_flag("--record", args->record, "Record (path, size, digest, time) in the pending-write journal for `wait --pending`");
   cmd->add_option("--journal", args->journal, "Journal file (default $HOLDFAST_JOURNAL, $XDG_STATE_HOME/holdfast/pending.jsonl)");
   return [args] {
@@ -54,18 +138,27 @@ Run add_write(CLI::App& root) {
     if (!args->mode.empty()) opts.mode = parse_mode(args->mode, args->path);
     opts.record = args->record || !args->journal.empty();
     opts.journal = args->journal;
-    auto writer = AtomicWriter::open(args->path, opts);
-    std::vector<char> buf(size_t{1} << 20);
-    for (;;) {
-      ssize_t n = ::read(STDIN_FILENO, buf.data(), buf.size());
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        int err = errno;
-        writer.abort();
-        throw Error(err, "-", "read stdin (target untouched)");
+    opts.expect_size = args->expect_size;
+    if (!args->expect_digest.empty()) {
+      opts.expect_digest = Digest::parse(args->expect_digest);
+      if (!opts.expect_digest) {
+        throw Error(args->path, "--expect-digest " + args->expect_digest, "not ALG:HEX (e.g. sha256:<64 hex>)",
+                    exit_code::usage);
       }
-      if (n == 0) break;
-      writer.write(std::string_view(buf.data(), static_cast<size_t>(n)));
+    }
+    auto writer = AtomicWriter::open(args->path, opts);
+    if (args->command.empty()) {
+      copy_into(STDIN_FILENO, writer, "-");
+      writer.commit();
+      return exit_code::ok;
+    }
+    Producer producer(args->command);
+    copy_into(producer.read_end(), writer, args->command.front());
+    int status = producer.wait();
+    if (status != 0) {
+      writer.abort();
+      throw Error(args->path, "not replaced",
+                  fmt::format("{} exited with status {} (target untouched)", args->command.front(), status), status);
     }
     writer.commit();
     return exit_code::ok;

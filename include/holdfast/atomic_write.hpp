@@ -2,6 +2,11 @@
 // complete old content or the complete new content, and (unless sync is off) the new content is
 // on stable storage before the call returns.
 //
+// An existing target keeps its mode, owner and group, POSIX ACLs and every extended attribute the
+// caller can read (user.*, security.selinux, security.capability; trusted.* as root): they are
+// copied to the temp file before the rename. If any of them cannot be kept, open() throws (exit
+// 77) and the target is untouched — a replace never loosens, tightens or re-owns a file.
+//
 // Protocol: a temp file in the target's directory (O_TMPFILE, made visible with linkat right
 // before the rename; else an O_CREAT|O_EXCL file named ".BASE.holdfast-tmp.HEX16"), write, fsync
 // the temp file, renameat over the target relative to an O_DIRECTORY descriptor of the parent,
@@ -36,6 +41,11 @@ struct WriteOptions {
   bool record = false;
   std::string journal;  // journal file for `record`; empty = default_journal_path()
   DigestAlg record_alg = DigestAlg::xxh128;
+  // Guards for producers that can fail without the writer noticing (a pipeline without
+  // pipefail): commit() refuses (exit 65, target untouched) unless exactly this many bytes, with
+  // this digest, were written.
+  std::optional<uint64_t> expect_size;
+  std::optional<Digest> expect_digest;
 };
 
 // The temp-name marker: a file in a directory whose name starts with '.' and contains this is an
@@ -48,7 +58,8 @@ class AtomicWriter {
  public:
   // Prepares to replace `path`. Throws holdfast::Error (target untouched) if the parent directory
   // is missing (exit 66), not writable (77), read-only (73); if `path` is a directory (73); or if
-  // it is a symlink in a sticky world-writable directory (77). A symlink elsewhere is followed:
+  // it is a symlink in a sticky world-writable directory (77); if the existing target's owner,
+  // mode, ACLs or extended attributes cannot be given to the new file (77). A symlink elsewhere is followed:
   // the file it points to is replaced, the link stays.
   static AtomicWriter open(const std::string& path, const WriteOptions& options = {});
 
@@ -66,8 +77,10 @@ class AtomicWriter {
   // Makes the new content the target's. If commit returns normally, `path` names a file with
   // exactly the bytes written and, if options.sync, both the data and the directory entry are on
   // stable storage. If it throws before the rename, the target is untouched and the temp file is
-  // gone. If the directory fsync fails after the rename, it throws (exit 74) saying so: the target
-  // then holds the new content but its durability is unknown.
+  // gone; this includes an expect_size / expect_digest mismatch (exit 65). If the directory fsync
+  // fails after the rename, it throws (exit 74) saying so: the target then holds the new content
+  // but its durability is unknown. If recording in the journal fails after the rename, it throws
+  // (exit 75) "PATH: replaced; not recorded in JOURNAL: cause".
   void commit();
 
   // Discards the new content and removes the temp file. The target is untouched. Never throws.
@@ -90,8 +103,10 @@ void atomic_write(const std::string& path, std::string_view data, const WriteOpt
 
 // ---- flushing what someone else wrote ----
 
-// fsyncs `path` (a file or a directory) and then its parent directory. If it returns normally,
-// the content of `path` and its directory entry are on stable storage. Throws holdfast::Error
+// fsyncs `path` (a file or a directory), then its parent directory, then — on filesystems whose
+// metadata lives in the block device's own cache without a journal (vfat, exfat, ext2; where the
+// device can be opened) — that block device. If it returns normally, the content of `path` and
+// its directory entry are on stable storage, and `wait` sees them there. Throws holdfast::Error
 // (missing -> 66, EACCES -> 77, EIO/failed fsync -> 74); an fsync error is never retried.
 void sync_path(const std::string& path);
 

@@ -34,6 +34,17 @@ struct Digest {
   friend bool operator==(const Digest&, const Digest&) = default;
 };
 
+// The BSD / `--tag` line coreutils (`sha256sum --tag`), xxhsum and openssl print:
+// "SHA256 (NAME) = HEX", "XXH128 (NAME) = HEX".
+struct TaggedDigest {
+  Digest digest;
+  std::string name;
+};
+// Parses one such line (trailing CR/LF allowed; ALG case-insensitive). nullopt if it is not one.
+std::optional<TaggedDigest> parse_tagged_line(std::string_view line);
+// "SHA256 (NAME) = HEX" / "XXH128 (NAME) = HEX".
+std::string tagged_line(const Digest& digest, std::string_view name);
+
 // Incremental hashing. Feed any number of chunks, then finish() once.
 class Hasher {
  public:

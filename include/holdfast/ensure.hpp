@@ -1,10 +1,13 @@
 // holdfast::ensure_running — exactly one instance of a command, started on demand, verified ready.
 //
-// Model (FreeBSD pidfile(3), with a kernel lock instead of a pid on faith):
-//   STATE/NAME.lock        the instance lock. An OFD write lock held by the running instance for
-//                          its whole life: the daemon inherits the locked descriptor across exec
-//                          (fd number in $HOLDFAST_INSTANCE_FD), so the kernel releases the lock
-//                          exactly when the daemon — and every process it passed the fd to — exits.
+// Model (FreeBSD pidfile(3) + daemon(8), with a kernel lock instead of a pid on faith):
+//   STATE/NAME.lock        the instance lock. An OFD write lock held by the instance's supervisor
+//                          for the instance's whole life. The supervisor is a small resident
+//                          process (a child subreaper) that starts the daemon and stays until the
+//                          last process of the instance — the daemon and every descendant,
+//                          double-forked or not — has exited. The lock therefore never depends on
+//                          the daemon keeping a descriptor (daemons that close every inherited fd,
+//                          daemon(3), nohup-style wrappers are all one instance).
 //                          "Is an instance running?" is "is this lock held?" (F_OFD_GETLK).
 //   STATE/NAME.spawn.lock  single flight: held by whoever is starting an instance, from the
 //                          re-check until the instance is ready or has failed.
@@ -12,13 +15,13 @@
 //                          Replaced atomically (temp file + rename).
 //   STATE/NAME.log         stdout and stderr of the instance, appended.
 //
-// Who waits for readiness: the client that wins the spawn lock forks a small monitor ("launcher",
-// own session via setsid, reparented to init) that inherits both locks, forks the daemon, receives
-// its readiness (sd_notify datagram, a newline on fd N, a connectable socket, a file), writes the
-// record, then closes its copies of the locks and exits. Killing any client — even the spawning
-// one — neither releases the instance lock nor loses the readiness report. Every client waits for
-// the record (woken by a pidfd on the launcher, which exits right after writing it; short polling
-// otherwise) until ready, failed, or its own timeout. See docs/ENSURE.md.
+// Who waits for readiness: the client that wins the spawn lock forks the supervisor (own session,
+// reparented away from the client) that inherits both locks, spawns the daemon, receives its
+// readiness (sd_notify datagram with checked credentials, a newline on fd N, a socket listener
+// owned by the instance, a file created after this start), writes the record and drops the spawn
+// lock. Killing any client — even the spawning one — neither releases the instance lock nor loses
+// the readiness report. Every client polls the record until ready, failed, or its own timeout.
+// `stop` asks the verified supervisor to signal the whole instance. See docs/ENSURE.md.
 #pragma once
 
 #include <sys/types.h>
@@ -45,14 +48,27 @@ struct ReadySpec {
   uint16_t port = 0;
   std::string path;   // unix:PATH accepting connections; file:PATH exists
 
-  // Parses "none", "notify", "fd:N" (N >= 3), "tcp:HOST:PORT" (HOST may be [v6]), "unix:PATH",
-  // "file:PATH". Throws Error(exit_code::usage) naming the text otherwise.
+  // Parses "none", "notify", "fd:N" (3 <= N < RLIMIT_NOFILE), "tcp:HOST:PORT" (HOST may be [v6]),
+  // "unix:PATH", "file:PATH" (relative paths are made absolute against the current directory, so
+  // every client means the same file). Throws Error(exit_code::usage) naming the text otherwise.
   static ReadySpec parse(std::string_view text);
   std::string to_string() const;
 };
 
+// How the daemon is started (start-stop-daemon / systemd conventions). The supervisor itself
+// keeps the caller's identity; only the daemon gets these.
+struct DaemonSettings {
+  std::string chdir = "/";              // working directory ("" keeps the caller's)
+  std::optional<mode_t> umask = 022;    // nullopt keeps the caller's
+  std::optional<uid_t> uid;             // drop privileges to this user (after the lock is taken)
+  std::optional<gid_t> gid;             // and group; supplementary groups become `groups`
+  std::vector<gid_t> groups;
+  uint64_t log_max_bytes = 0;           // > 0: rotate NAME.log to NAME.log.1 past this size
+};
+
 struct EnsureOptions {
   ReadySpec ready;
+  DaemonSettings daemon;
   // How long this call waits for readiness (including waiting for another client's spawn).
   std::chrono::milliseconds ready_timeout{30000};
   std::string state_dir;  // empty: default_state_dir()
@@ -64,10 +80,15 @@ struct EnsureOptions {
 enum class RecordState { starting, ready, failed, stopped };
 std::string_view to_string(RecordState state) noexcept;
 
+// Why a start failed, as a field (never inferred from the message).
+enum class FailureKind { none, not_found, cannot_exec, setup, exited, supervisor };
+std::string_view to_string(FailureKind kind) noexcept;
+
 // What STATE/NAME.json says. Serialised as one JSON object.
 struct InstanceRecord {
   std::string name;
-  ProcessIdentity process;            // the daemon (after MAINPID= or a double fork: the new pid)
+  ProcessIdentity process;            // the daemon's main process (after MAINPID= or a double
+                                      // fork: the new main process); pid 0 before it is spawned
   std::vector<std::string> command;
   RecordState state = RecordState::starting;
   std::string ready_mode;             // ReadySpec::to_string()
@@ -77,10 +98,12 @@ struct InstanceRecord {
   int64_t ready_unix_ns = 0;          // wall clock when readiness was received (0 if not ready)
   int64_t attempt_started_boot_ns = 0;  // CLOCK_BOOTTIME, comparable across processes
   int64_t attempt_ended_boot_ns = 0;    // ready or failed (0 while starting)
-  pid_t launcher_pid = 0;
-  bool forked = false;                // the command's first process exited 0 and a descendant
-                                      // still holds the instance lock (a self-daemonizing command)
-  std::string failure;                // one line, when state == failed
+  pid_t launcher_pid = 0;             // the supervisor (holds the instance lock)
+  uint64_t launcher_start_time = 0;   // its /proc start time (identity with pid, boot, host)
+  bool forked = false;                // the command's first process exited 0 and left descendants
+                                      // (a self-daemonizing command): `process` is the new main
+  std::string failure;                // one line, when state == failed (or why it stopped)
+  FailureKind failure_kind = FailureKind::none;
   int exit_status = -1;               // failed: exit code, or 128+signal; -1 if not applicable
   std::string log_path;
 
@@ -128,10 +151,11 @@ Instance ensure_running(const std::string& name, const std::vector<std::string>&
 // ---- inspecting and stopping ----
 
 enum class InstanceState {
-  ready,     // lock held, record ready, recorded process verified alive
-  running,   // lock held, not (yet) ready — or the record cannot be verified
+  ready,     // lock held, record ready and verified (supervisor holds the lock, main process is its)
+  running,   // lock held, starting (not ready yet)
   stopped,   // lock free; no record, or the record says stopped/failed
   stale,     // lock free but the record says starting/ready: it died without cleanup
+  unknown,   // lock held but the record does not verify or cannot be checked: never signalled
 };
 std::string_view to_string(InstanceState state) noexcept;
 
@@ -150,10 +174,12 @@ std::vector<InstanceStatus> list_instances(const std::string& state_dir = "");
 
 struct StopOptions {
   std::string state_dir;
-  int signal = SIGTERM;
+  int signal = SIGTERM;                      // any signal, 0 included (with wait = false)
   std::chrono::milliseconds timeout{10000};  // wait this long for the instance lock to be released
-  // If set: SIGKILL the verified instance if it still runs this long after the first signal.
+  // If set: SIGKILL every process of the instance if it still runs this long after the signal.
   std::optional<std::chrono::milliseconds> kill_after;
+  // false: signal-only (reload) mode — deliver `signal` to the main process and return.
+  bool wait = true;
 };
 
 struct StopResult {
@@ -164,11 +190,16 @@ struct StopResult {
   std::string message;        // one line
 };
 
-// Stops the verified instance: signals only a process that (1) matches the record's pid, start
-// time, boot and host (judge_liveness), (2) holds the instance lock (its /proc fdinfo shows the
-// lock on the lock file), while (3) the lock is held — checked again through a pidfd before the
-// signal is sent through that pidfd, so a recycled pid is never signalled. Waits for the lock to be
-// released. Returns normally if nothing runs (was_running = false).
+// Stops the verified instance. Verification (the same as ensure and status): the record's
+// supervisor matches its pid, start time, boot and host and holds the instance lock, and the
+// recorded main process is its descendant. Then the request goes through a pidfd on the
+// supervisor (re-checked after opening, so a recycled pid is never signalled); the supervisor
+// sends `signal` to every process of the instance (its descendants: process groups and double
+// forks included), and, after kill_after, SIGKILL. Waits for the instance lock to be released,
+// which happens when the last process of the instance is gone. While the instance is starting
+// and its supervisor has not recorded itself yet, waits for it (bounded by the timeout).
+// With wait = false, delivers `signal` to the main process only and returns.
+// Returns normally if nothing runs (was_running = false).
 // Throws Error(data) if the lock is held but the record does not verify (never signals then);
 // Error(temp_fail) if the instance still holds the lock after the timeout.
 StopResult stop_instance(const std::string& name, const StopOptions& options = {});

@@ -6,6 +6,12 @@
 // re-checked every `interval` too, because FUSE and network filesystems may not report events) or
 // the output of a shell command (`via`) run where the reader is — see docs/DURABLE.md for the
 // protocol.
+//
+// A local path is matched only when its content matches AND the bytes have reached the device
+// (the host-side flush detector, src/durable/flush.hpp): the page cache this host reads is not
+// what a reader of the device (a USB board, a VM, a raw image) sees. Every local observation runs
+// on a helper thread that is abandoned at the deadline, so a hung filesystem cannot hold a wait
+// past its timeout.
 #pragma once
 
 #include <chrono>
@@ -46,9 +52,23 @@ struct Observation {
   std::optional<uint64_t> size;      // observed size, when known (not known for a via digest)
   std::optional<Digest> digest;      // observed digest, when computed
   std::string differs;               // one line: what still differs (empty when matched)
+  // Local paths: the content matched in this host's page cache (matched additionally needs the
+  // device), and what the flush detector said about the device ("" when not checked).
+  bool content_matched = false;
+  bool device_pending = false;  // content matched, bytes not on the device yet
+  bool device_unknown = false;  // matched, but whether the bytes reached the device is unknown
+  std::string device;
+};
+
+// When a local path counts as matched.
+enum class DeviceCheck {
+  wait,        // content matches AND its bytes have reached the device (default)
+  push,        // as wait, but push them there (fsync file, directory, block device) once it matches
+  page_cache,  // content matches in this host's page cache: the reader is a process on this host
 };
 
 struct WaitOptions {
+  // milliseconds::max() = no deadline.
   std::chrono::milliseconds timeout{60000};
   // Re-check at least this often, even when inotify is in use.
   std::chrono::milliseconds interval{500};
@@ -57,6 +77,11 @@ struct WaitOptions {
   std::string via;
   ViaPrints via_prints = ViaPrints::automatic;
   bool use_inotify = true;  // false: pure polling (benchmarks, debugging)
+  DeviceCheck device = DeviceCheck::wait;
+  // The reader's name for a host path: the first (HOST_PREFIX, READER_PREFIX) pair whose
+  // HOST_PREFIX is PATH or a leading directory of it replaces that prefix; that name is the via
+  // command's $1 (the host path stays in $HOLDFAST_HOST_PATH). E.g. {"/media/u/CIRCUITPY", "/"}.
+  std::vector<std::pair<std::string, std::string>> via_map;
   // Called after every check (for a progress line).
   std::function<void(const Observation&, std::chrono::milliseconds elapsed)> on_check;
 };
@@ -71,7 +96,12 @@ struct WaitResult {
   std::chrono::milliseconds elapsed{0};
   unsigned checks = 0;
   bool used_inotify = false;
+  bool hung = false;  // the last local observation did not return before the deadline
 };
+
+// `path` as the reader names it under `map` (see WaitOptions::via_map); unchanged if no prefix
+// applies.
+std::string reader_name(const std::string& path, const std::vector<std::pair<std::string, std::string>>& map);
 
 // Waits until observe() matches or options.timeout passes. If it returns with matched == true,
 // the reader's view held exactly `expected` at the last check. Does not throw on timeout; the
@@ -94,21 +124,36 @@ struct PendingWrite {
 // Throws holdfast::Error(usage) when none applies.
 std::string default_journal_path();
 
+// Bounds of the journal. Recording beyond kJournalMaxEntries fails (exit 75) and names the cure
+// (`wait --pending`, `--forget`, `--clear`) instead of dropping entries.
+inline constexpr size_t kJournalMaxEntries = 10000;
+inline constexpr size_t kJournalMaxBytes = size_t{64} << 20;
+
 // Records `write`, replacing any earlier entry for the same path (a file holds one content, so an
 // older entry could never match again). Safe under concurrent callers: updates happen under
 // flock(2) of "JOURNAL.lock" and the journal is replaced with atomic_write. Creates the directory.
 void journal_record(const std::string& journal, const PendingWrite& write);
 
-// The entries, oldest first. Missing journal = none. Malformed lines are skipped.
+// The entries, oldest first. Missing journal = none. Malformed lines are skipped. A journal larger
+// than kJournalMaxBytes is never truncated: it throws holdfast::Error (exit 65) instead.
 std::vector<PendingWrite> journal_read(const std::string& journal);
 
 // Removes exactly the entries in `done` (under the lock); entries recorded meanwhile stay.
 void journal_remove(const std::string& journal, const std::vector<PendingWrite>& done);
 
+// Removes the entries for `paths` (absolute, or made absolute against the working directory).
+// Returns how many were removed.
+size_t journal_forget(const std::string& journal, const std::vector<std::string>& paths);
+// Removes every entry. Returns how many there were.
+size_t journal_clear(const std::string& journal);
+
 struct PendingResult {
   bool all_matched = false;
   std::vector<PendingWrite> cleared;  // matched and removed from the journal
   std::vector<std::pair<PendingWrite, Observation>> remaining;  // still differ at the end
+  // Removed without matching, with why: the host file is gone, or was replaced after the
+  // recorded write (it can never match again).
+  std::vector<std::pair<PendingWrite, std::string>> dropped;
   std::chrono::milliseconds elapsed{0};
 };
 
@@ -116,5 +161,11 @@ struct PendingResult {
 // with the entry's path as $1), clearing each from the journal as soon as it matches. Returns at
 // timeout with the rest in `remaining`.
 PendingResult wait_pending(const std::string& journal, const WaitOptions& options);
+// As above for the entries whose path is one of `only` or lies under one of them (all if empty).
+PendingResult wait_pending(const std::string& journal, const WaitOptions& options, const std::vector<std::string>& only);
+
+// Why the recorded write `entry` can never be confirmed any more ("" if it still can): its host
+// file is missing, or it was modified after the record and no longer has the recorded content.
+std::string pending_obsolete(const PendingWrite& entry);
 
 }  // namespace holdfast

@@ -4,11 +4,13 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <system_error>
 #include <fmt/format.h>
 
 #include "holdfast/error.hpp"
@@ -30,6 +32,50 @@ bool sticky_world_writable(const struct stat& dir) {
   return (dir.st_mode & S_ISVTX) != 0 && (dir.st_mode & S_IWOTH) != 0;
 }
 
+std::string errno_text(int err) { return std::generic_category().message(err); }
+
+// Gives the temp file `fd` the owner and group of `existing`. "" on success, else why not: a
+// replace that silently changed the owner would hand the file to whoever wrote it last.
+std::string keep_owner(int fd, const struct stat& existing) {
+  if (existing.st_uid == ::geteuid() && existing.st_gid == ::getegid()) return {};
+  if (::fchown(fd, existing.st_uid, existing.st_gid) == 0) return {};
+  int err = errno;
+  if (existing.st_uid == ::geteuid() && ::fchown(fd, static_cast<uid_t>(-1), existing.st_gid) == 0) return {};
+  return fmt::format("cannot keep owner {}:{} ({}): only its owner or root can replace it in place", existing.st_uid,
+                     existing.st_gid, errno_text(err));
+}
+
+// Copies every extended attribute the caller can see on `from` (POSIX ACLs, user.*,
+// security.selinux, security.capability, trusted.* for root) to `to`. An attribute the new file
+// already has with the same value (e.g. an SELinux label from the directory's default) is left
+// alone. "" on success, else which attribute could not be kept and why.
+std::string copy_xattrs(const std::string& from, int to) {
+  ssize_t n = ::llistxattr(from.c_str(), nullptr, 0);
+  if (n < 0) return errno == ENOTSUP ? "" : fmt::format("list extended attributes: {}", errno_text(errno));
+  std::string names(static_cast<size_t>(n), '\0');
+  n = ::llistxattr(from.c_str(), names.data(), names.size());
+  if (n < 0) return fmt::format("list extended attributes: {}", errno_text(errno));
+  names.resize(static_cast<size_t>(n));
+  for (size_t pos = 0; pos < names.size();) {
+    std::string name(names.c_str() + pos);
+    pos += name.size() + 1;
+    if (name.empty()) continue;
+    ssize_t len = ::lgetxattr(from.c_str(), name.c_str(), nullptr, 0);
+    if (len < 0) return fmt::format("read extended attribute {}: {}", name, errno_text(errno));
+    std::string value(static_cast<size_t>(len), '\0');
+    len = ::lgetxattr(from.c_str(), name.c_str(), value.data(), value.size());
+    if (len < 0) return fmt::format("read extended attribute {}: {}", name, errno_text(errno));
+    value.resize(static_cast<size_t>(len));
+    std::string have(value.size() + 1, '\0');
+    ssize_t hl = ::fgetxattr(to, name.c_str(), have.data(), have.size());
+    if (hl == len && have.compare(0, value.size(), value) == 0) continue;
+    if (::fsetxattr(to, name.c_str(), value.data(), value.size(), 0) != 0) {
+      return fmt::format("cannot keep extended attribute {}: {}", name, errno_text(errno));
+    }
+  }
+  return {};
+}
+
 int64_t now_unix_ns() {
   timespec ts{};
   ::clock_gettime(CLOCK_REALTIME, &ts);
@@ -48,7 +94,8 @@ struct AtomicWriter::State {
   std::string tmpname;     // empty while an O_TMPFILE file has no name
   bool anonymous = false;  // O_TMPFILE
   WriteOptions options;
-  std::optional<Hasher> hasher;
+  std::optional<Hasher> hasher;         // for the journal
+  std::optional<Hasher> expect_hasher;  // for options.expect_digest
   uint64_t bytes = 0;
   bool finished = false;
 
@@ -130,8 +177,14 @@ AtomicWriter AtomicWriter::open(const std::string& path, const WriteOptions& opt
     s->hasher.emplace(options.record_alg);
   }
 
+  if (options.expect_digest) s->expect_hasher.emplace(options.expect_digest->alg);
+
   mode_t create_mode = exists ? (existing.st_mode & 07777) : options.mode ? *options.mode : 0666;
-  int fd = sys::open_nothrow(s->dirfd.get(), ".", O_TMPFILE | O_WRONLY, create_mode);
+  // An O_TMPFILE file must get a name before the rename: through /proc/self/fd, or linkat's
+  // AT_EMPTY_PATH (root; unprivileged only on recent kernels). Where neither is sure (no /proc, as
+  // in a minimal chroot), use a named temp file from the start rather than fail at commit.
+  bool nameable = ::geteuid() == 0 || ::access("/proc/self/fd", X_OK) == 0;
+  int fd = nameable ? sys::open_nothrow(s->dirfd.get(), ".", O_TMPFILE | O_WRONLY, create_mode) : -EOPNOTSUPP;
   if (fd >= 0) {
     s->anonymous = true;
   } else if (fd == -EOPNOTSUPP || fd == -EISDIR || fd == -EINVAL) {
@@ -148,12 +201,18 @@ AtomicWriter AtomicWriter::open(const std::string& path, const WriteOptions& opt
   if (fd < 0) throw Error(-fd, path, "create temp file in " + s->dir);
   s->tmpfd.reset(fd);
 
-  if (exists && (existing.st_uid != ::geteuid() || existing.st_gid != ::getegid())) {
-    // Keep the owner when permitted (root), else at least the group; otherwise we become the owner.
-    if (::fchown(fd, existing.st_uid, existing.st_gid) != 0) (void)::fchown(fd, static_cast<uid_t>(-1), existing.st_gid);
-  }
-  if (options.mode || exists) {
-    // After fchown (which may clear set-id bits); exact, without the umask.
+  if (exists) {
+    std::string why = keep_owner(fd, existing);
+    if (why.empty() && ::fchmod(fd, create_mode) != 0) why = fmt::format("set mode {:04o}: {}", create_mode, errno_text(errno));
+    // After fchown and fchmod: an access ACL sets the group bits (the mask) itself, and chown
+    // may clear security.capability.
+    if (why.empty()) why = copy_xattrs(s->dir + "/" + s->base, fd);
+    if (!why.empty()) {
+      s->discard();
+      throw Error(path, "keep the target's metadata", why + " (target untouched)", exit_code::no_perm);
+    }
+  } else if (options.mode) {
+    // Exact, without the umask.
     if (::fchmod(fd, create_mode) != 0) {
       int err = errno;
       s->discard();
@@ -172,6 +231,7 @@ void AtomicWriter::write(std::string_view chunk) {
     throw Error(-r, s.requested, "write temp file (target untouched)");
   }
   if (s.hasher) s.hasher->update(chunk);
+  if (s.expect_hasher) s.expect_hasher->update(chunk);
   s.bytes += chunk.size();
 }
 
@@ -182,6 +242,20 @@ void AtomicWriter::commit() {
     s.discard();
     throw Error(err, s.requested, what + " (target untouched)");
   };
+  auto refuse = [&](const std::string& why) {
+    s.discard();
+    throw Error(s.requested, "refusing to replace", why + " (target untouched)", exit_code::data);
+  };
+  if (s.options.expect_size && *s.options.expect_size != s.bytes) {
+    refuse(fmt::format("got {} bytes, expected {}", s.bytes, *s.options.expect_size));
+  }
+  if (s.expect_hasher) {
+    auto got = s.expect_hasher->finish();
+    s.expect_hasher.reset();
+    if (got != *s.options.expect_digest) {
+      refuse(fmt::format("content digest is {}, expected {}", got.to_string(), s.options.expect_digest->to_string()));
+    }
+  }
   if (s.options.sync) {
     int r = sys::fsync_nothrow(s.tmpfd.get());
     if (r < 0) fail(-r, "fsync temp file");
@@ -226,7 +300,12 @@ void AtomicWriter::commit() {
   }
   if (s.hasher) {
     std::string journal = s.options.journal.empty() ? default_journal_path() : s.options.journal;
-    journal_record(journal, PendingWrite{s.target, s.bytes, s.hasher->finish(), now_unix_ns()});
+    try {
+      journal_record(journal, PendingWrite{s.target, s.bytes, s.hasher->finish(), now_unix_ns()});
+    } catch (const Error& e) {
+      // The commit happened: say so, with a code no pre-commit failure uses.
+      throw Error(s.requested, "replaced; not recorded in " + journal, e.what(), exit_code::temp_fail);
+    }
   }
 }
 

@@ -65,6 +65,21 @@ std::optional<Digest> Digest::parse(std::string_view text) {
   return Digest{*alg, lower(hex)};
 }
 
+std::optional<TaggedDigest> parse_tagged_line(std::string_view line) {
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+  auto open = line.find(" (");
+  auto close = line.rfind(") = ");
+  if (open == std::string_view::npos || close == std::string_view::npos || close < open + 2) return std::nullopt;
+  auto d = Digest::parse(std::string(line.substr(0, open)) + ":" + std::string(line.substr(close + 4)));
+  if (!d) return std::nullopt;
+  return TaggedDigest{*d, std::string(line.substr(open + 2, close - open - 2))};
+}
+
+std::string tagged_line(const Digest& digest, std::string_view name) {
+  std::string alg = digest.alg == DigestAlg::sha256 ? "SHA256" : "XXH128";
+  return alg + " (" + std::string(name) + ") = " + digest.hex;
+}
+
 struct Hasher::State {
   XXH3_state_t* xxh = nullptr;
   EVP_MD_CTX* evp = nullptr;

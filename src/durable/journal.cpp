@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -79,10 +80,17 @@ std::string default_journal_path() {
 }
 
 std::vector<PendingWrite> journal_read(const std::string& journal) {
-  auto text = sys::read_file(journal, size_t{64} << 20);
+  auto text = sys::read_file(journal, kJournalMaxBytes + 1);
   if (!text) {
     if (errno == ENOENT) return {};
     throw Error(errno, journal, "read journal");
+  }
+  if (text->size() > kJournalMaxBytes) {
+    // Never parse (and later rewrite) a prefix: that would silently drop the rest.
+    throw Error(journal, "read journal",
+                fmt::format("larger than {} MiB; refusing to truncate it (inspect it, or `holdfast wait --clear`)",
+                            kJournalMaxBytes >> 20),
+                exit_code::data);
   }
   std::vector<PendingWrite> out;
   std::istringstream in(*text);
@@ -106,6 +114,13 @@ void journal_record(const std::string& journal, const PendingWrite& write) {
   JournalLock lock(journal);
   auto entries = journal_read(journal);
   std::erase_if(entries, [&](const PendingWrite& e) { return e.path == write.path; });
+  if (entries.size() >= kJournalMaxEntries) {
+    throw Error(journal, "record",
+                fmt::format("the journal already holds {} pending writes (the limit); confirm them with `holdfast wait "
+                            "--pending`, or drop them with `--forget PATH` / `--clear`",
+                            entries.size()),
+                exit_code::temp_fail);
+  }
   entries.push_back(write);
   rewrite(journal, entries);
 }
@@ -117,6 +132,36 @@ void journal_remove(const std::string& journal, const std::vector<PendingWrite>&
   auto before = entries.size();
   std::erase_if(entries, [&](const PendingWrite& e) { return std::find(done.begin(), done.end(), e) != done.end(); });
   if (entries.size() != before) rewrite(journal, entries);
+}
+
+size_t journal_forget(const std::string& journal, const std::vector<std::string>& paths) {
+  std::vector<std::string> absolute;
+  for (const auto& p : paths) {
+    if (!p.empty() && p.front() == '/') {
+      absolute.push_back(p);
+      continue;
+    }
+    char* real = ::realpath(sys::dirname_of(p).c_str(), nullptr);
+    std::string dir = real != nullptr ? real : sys::dirname_of(p);
+    ::free(real);
+    absolute.push_back((dir == "/" ? "" : dir) + "/" + sys::basename_of(p));
+  }
+  JournalLock lock(journal);
+  auto entries = journal_read(journal);
+  auto before = entries.size();
+  std::erase_if(entries, [&](const PendingWrite& e) {
+    return std::find(absolute.begin(), absolute.end(), e.path) != absolute.end() ||
+           std::find(paths.begin(), paths.end(), e.path) != paths.end();
+  });
+  if (entries.size() != before) rewrite(journal, entries);
+  return before - entries.size();
+}
+
+size_t journal_clear(const std::string& journal) {
+  JournalLock lock(journal);
+  auto entries = journal_read(journal);
+  if (!entries.empty()) rewrite(journal, {});
+  return entries.size();
 }
 
 }  // namespace holdfast

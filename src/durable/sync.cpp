@@ -3,6 +3,7 @@
 
 #include <cerrno>
 
+#include "durable/flush.hpp"
 #include "holdfast/atomic_write.hpp"
 #include "holdfast/error.hpp"
 #include "sys/file.hpp"
@@ -30,6 +31,11 @@ void sync_path(const std::string& path) {
   auto dfd = sys::open_or_throw(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0, "open parent directory");
   int r = sys::fsync_nothrow(dfd.get());
   if (r < 0) throw Error(-r, dir, "fsync directory of " + path);
+  // vfat, exfat, ext2: the rest of the metadata (allocation table, bitmaps) is in the block
+  // device's cache; `wait` checks that cache, so flush it too.
+  if (auto err = durable::push_device_of(path); !err.empty()) {
+    throw Error(path, "sync block device", err + " (file and directory were flushed)", exit_code::io_error);
+  }
 }
 
 void sync_filesystem(const std::string& path) {

@@ -12,6 +12,12 @@
 #include <charconv>
 #include <string_view>
 
+#include <fmt/format.h>
+
+#include "sys/env_marker.hpp"
+#include "sys/file.hpp"
+#include "sys/spawn.hpp"
+
 extern "C" char** environ;  // unistd.h declares it only under _GNU_SOURCE
 
 namespace holdfast::durable {
@@ -33,6 +39,7 @@ int exit_status(int status) {
 std::optional<DigestLine> parse_digest_line(std::string_view text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
   if (text.empty() || text.find('\n') != std::string_view::npos) return std::nullopt;
+  if (auto tagged = parse_tagged_line(text)) return DigestLine{tagged->digest, std::nullopt, false};
   if (text.front() == '\\') text.remove_prefix(1);  // sha256sum marks escaped names this way
   auto end = text.find_first_of(" \t");
   std::string_view first = text.substr(0, end);
@@ -54,73 +61,91 @@ std::optional<DigestLine> parse_digest_line(std::string_view text) {
   if (!is_hex(first)) return std::nullopt;
   if (first.size() == hex_length(DigestAlg::sha256)) {
     line.digest = *Digest::parse("sha256:" + std::string(first));
+    line.bare_hex = true;
   } else if (first.size() == hex_length(DigestAlg::xxh128)) {
     line.digest = *Digest::parse("xxh128:" + std::string(first));
+    line.bare_hex = true;
   } else {
     return std::nullopt;
   }
   return line;
 }
 
-ViaOutput run_via(const std::string& command, const std::string& path, const std::vector<DigestAlg>& algs,
-                  std::chrono::steady_clock::time_point deadline) {
+ViaOutput run_via(const std::string& command, const std::string& reader_path, const std::string& host_path,
+                  const std::vector<DigestAlg>& algs, std::chrono::steady_clock::time_point deadline) {
+  using Clock = std::chrono::steady_clock;
   ViaOutput result;
   int out[2], err[2];
   if (::pipe2(out, O_CLOEXEC) != 0) return result;
-  if (::pipe2(err, O_CLOEXEC) != 0) {
-    ::close(out[0]);
-    ::close(out[1]);
-    return result;
-  }
-  // Everything the child needs is built before fork: after fork only async-signal-safe calls.
-  std::string path_var = "HOLDFAST_PATH=" + path;
-  std::vector<char*> envp;
+  sys::UniqueFd out_r(out[0]), out_w(out[1]);
+  if (::pipe2(err, O_CLOEXEC) != 0) return result;
+  sys::UniqueFd err_r(err[0]), err_w(err[1]);
+  sys::UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!devnull) return result;
+
+  // Every descendant inherits this entry, so one that leaves the process group (setsid, ssh -f,
+  // a ControlPersist master) is still found and killed once the command is done.
+  std::string marker = fmt::format("HOLDFAST_VIA_RUN={:016x}{:016x}", sys::random_u64(), sys::random_u64());
+  sys::SpawnRequest req;
+  req.executable = "/bin/sh";
+  req.argv = {"sh", "-c", command, "sh", reader_path};
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string_view(*e).starts_with("HOLDFAST_PATH=")) continue;
-    envp.push_back(*e);
+    std::string_view v(*e);
+    if (v.starts_with("HOLDFAST_PATH=") || v.starts_with("HOLDFAST_HOST_PATH=") || v.starts_with("HOLDFAST_VIA_RUN=")) continue;
+    req.env.emplace_back(v);
   }
-  envp.push_back(path_var.data());
-  envp.push_back(nullptr);
-  const char* argv[] = {"sh", "-c", command.c_str(), "sh", path.c_str(), nullptr};
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    for (int fd : {out[0], out[1], err[0], err[1]}) ::close(fd);
+  req.env.push_back("HOLDFAST_PATH=" + reader_path);
+  req.env.push_back("HOLDFAST_HOST_PATH=" + host_path);
+  req.env.push_back(marker);
+  req.fds = {{0, devnull.get()}, {1, out_w.get()}, {2, err_w.get()}};
+  req.session = sys::SpawnRequest::Session::new_process_group;  // a timeout kills ssh and friends too
+  sys::Child child;
+  try {
+    child = sys::spawn(req);
+  } catch (const Error& e) {
+    result.status = e.exit_code();
+    result.err_line = e.what();
     return result;
   }
-  if (pid == 0) {
-    ::setpgid(0, 0);  // own group, so a timeout kills ssh and friends too
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    (void)::sigaction(SIGPIPE, &dfl, nullptr);
-    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (devnull >= 0) ::dup2(devnull, 0);
-    ::dup2(out[1], 1);
-    ::dup2(err[1], 2);
-    ::execve("/bin/sh", const_cast<char* const*>(argv), envp.data());
-    ::_exit(127);
-  }
-  ::setpgid(pid, pid);
-  ::close(out[1]);
-  ::close(err[1]);
+  out_w.reset();
+  err_w.reset();
+  pid_t group = child.pid();
+  // Everything the command left behind: its process group, and whatever carries the marker.
+  auto kill_leftovers = [&] {
+    ::kill(-group, SIGKILL);
+    (void)sys::kill_processes_with_env(marker);
+  };
 
   std::vector<Hasher> hashers;
   hashers.reserve(algs.size());
   for (auto alg : algs) hashers.emplace_back(alg);
   std::vector<char> buf(size_t{1} << 16);
   std::string err_text;
-  bool out_open = true, err_open = true;
+  bool out_open = true, err_open = true, exited = false;
+  Clock::time_point drain_until{};
+  // Done when the shell EXITS (its pidfd becomes readable), not when the pipes close: a
+  // descendant may hold them open indefinitely. Output still in flight gets kDrain to arrive.
+  constexpr auto kDrain = std::chrono::milliseconds(100);
   while (out_open || err_open) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
+    auto now = Clock::now();
+    if (exited && now >= drain_until) break;
+    auto until = exited ? std::min(drain_until, deadline) : deadline;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
+    if (!exited && left.count() <= 0) {
       result.timed_out = true;
-      ::kill(-pid, SIGKILL);
       break;
     }
-    pollfd fds[2] = {{out_open ? out[0] : -1, POLLIN, 0}, {err_open ? err[0] : -1, POLLIN, 0}};
-    int r = ::poll(fds, 2, static_cast<int>(std::min<int64_t>(left.count() + 1, 1 << 30)));
+    pollfd fds[3] = {{out_open ? out_r.get() : -1, POLLIN, 0},
+                     {err_open ? err_r.get() : -1, POLLIN, 0},
+                     {exited ? -1 : child.pidfd(), POLLIN, 0}};
+    int r = ::poll(fds, 3, static_cast<int>(std::clamp<int64_t>(left.count() + 1, 0, 1 << 30)));
     if (r < 0) {
       if (errno == EINTR) continue;
       break;
+    }
+    if ((fds[2].revents & POLLIN) != 0) {
+      exited = true;
+      drain_until = Clock::now() + kDrain;
     }
     for (int i = 0; i < 2; ++i) {
       if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
@@ -140,13 +165,10 @@ ViaOutput run_via(const std::string& command, const std::string& path, const std
       }
     }
   }
-  ::close(out[0]);
-  ::close(err[0]);
+  kill_leftovers();
+  int status = child.wait();
+  if (!result.timed_out) result.status = exit_status(status);
   if (result.size > ViaOutput::kHeadLimit) result.head.clear();
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  result.status = result.timed_out ? -1 : exit_status(status);
   for (auto& h : hashers) result.digests.push_back(h.finish());
   result.err_line = err_text.substr(0, err_text.find('\n'));
   return result;

@@ -12,6 +12,8 @@
 #include <thread>
 #include <fmt/format.h>
 
+#include "durable/abandonable.hpp"
+#include "durable/flush.hpp"
 #include "durable/via.hpp"
 #include "holdfast/error.hpp"
 #include "sys/file.hpp"
@@ -24,8 +26,21 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+// While the content matches and only the device is behind, the kernel's page-cache state is
+// re-read this often (a cachestat(2) call, no data read); writeback already in flight is waited
+// for with sync_file_range, which returns the moment the device completes it.
+constexpr milliseconds kDevicePoll{2};
+
 milliseconds since(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+}
+
+// start + timeout, saturating; milliseconds::max() (or anything beyond the clock's range) = never.
+Clock::time_point deadline_after(Clock::time_point start, milliseconds timeout) {
+  if (timeout >= std::chrono::duration_cast<milliseconds>(Clock::time_point::max() - start)) {
+    return Clock::time_point::max();
+  }
+  return start + timeout;
 }
 
 std::vector<DigestAlg> algs_of(const Expected& e) {
@@ -58,10 +73,99 @@ void judge_content(Observation& obs, const Expected& expected, uint64_t size, co
   obs.differs = "no comparable digest";
 }
 
-Observation observe_local(const std::string& path, const Expected& expected) {
+// Everything one local wait keeps between checks. Owned through a shared_ptr by each check's
+// helper thread, so an abandoned check (hung filesystem) never touches freed memory.
+struct LocalState {
+  std::string path;
+  Expected expected;
+  DeviceCheck mode = DeviceCheck::wait;
+  // The inode whose content last matched: while it is unchanged, waiting for the device does not
+  // re-read the data.
+  bool have_match = false;
+  struct stat matched_st {};
+  std::optional<durable::DeviceProbe> probe;
+  dev_t probe_dev = 0;
+  sys::DirWatch watch;
+  std::vector<std::string> names;
+  bool events = false;
+};
+
+bool same_content_identity(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_size == b.st_size &&
+         a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec &&
+         a.st_ctim.tv_sec == b.st_ctim.tv_sec && a.st_ctim.tv_nsec == b.st_ctim.tv_nsec;
+}
+
+// Opens without updating the access time where permitted: an atime update would dirty the inode
+// (and, on vfat/ext2, the device's cache) that the detector then waits for.
+int open_for_reading(const std::string& path) {
+  int fd = sys::open_nothrow(AT_FDCWD, path, O_RDONLY | O_NOCTTY | O_NONBLOCK | O_NOATIME);
+  if (fd == -EPERM) fd = sys::open_nothrow(AT_FDCWD, path, O_RDONLY | O_NOCTTY | O_NONBLOCK);
+  return fd;
+}
+
+// Adds the device verdict to an observation whose content matched in the page cache.
+void judge_device(LocalState& s, Observation& obs, int fd, const struct stat& st) {
+  obs.content_matched = true;
+  if (s.mode == DeviceCheck::page_cache) {
+    obs.matched = true;
+    return;
+  }
+  if (!s.probe || s.probe_dev != st.st_dev) {
+    s.probe.emplace(st);
+    s.probe_dev = st.st_dev;
+  }
+  if (s.mode == DeviceCheck::push) {
+    if (auto err = s.probe->push(fd, s.path); !err.empty()) {
+      obs.device = "push failed: " + err;
+      obs.differs = "content matches, but pushing it to the device failed: " + err;
+      return;
+    }
+  }
+  auto view = s.probe->look(fd);
+  if (view.writeback_in_flight) {
+    // Event-driven: returns when the device completes what is already submitted.
+    s.probe->wait_in_flight(fd);
+    view = s.probe->look(fd);
+  }
+  obs.device = view.detail;
+  switch (view.state) {
+    case durable::DeviceState::on_device:
+    case durable::DeviceState::memory:
+      obs.matched = true;
+      return;
+    case durable::DeviceState::pending:
+      obs.device_pending = true;
+      obs.differs = "content matches in the page cache, " + view.detail;
+      return;
+    case durable::DeviceState::unknown:
+      break;
+  }
+  // No cachestat(2): an O_DIRECT read makes the kernel write the file's dirty range back first,
+  // then reads what the device returns.
+  std::string why;
+  auto direct = durable::direct_digest(s.path, s.expected.digests.front().alg, why);
+  if (direct && direct->size == s.expected.size && *s.expected.find(direct->digest.alg) == direct->digest) {
+    obs.matched = true;
+    obs.device = view.detail + "; an O_DIRECT read-back returned the expected bytes";
+    return;
+  }
+  if (direct) {
+    obs.matched = false;
+    obs.device_pending = true;
+    obs.differs = "content matches in the page cache, but an O_DIRECT read-back differs";
+    return;
+  }
+  obs.matched = true;
+  obs.device_unknown = true;
+  obs.device = view.detail + "; O_DIRECT read-back: " + why + "; matched in this host's page cache only";
+}
+
+Observation observe_local(LocalState& s) {
   Observation obs;
-  int fd = sys::open_nothrow(AT_FDCWD, path, O_RDONLY | O_NOCTTY | O_NONBLOCK);
+  int fd = open_for_reading(s.path);
   if (fd < 0) {
+    s.have_match = false;
     obs.differs = fd == -ENOENT ? "missing" : fmt::format("unreadable: {}", std::generic_category().message(-fd));
     return obs;
   }
@@ -73,28 +177,58 @@ Observation observe_local(const std::string& path, const Expected& expected) {
     return obs;
   }
   auto size = static_cast<uint64_t>(st.st_size);
-  if (size != expected.size) {
+  if (size != s.expected.size) {
     // Cheap early answer; the full check below never trusts st_size alone.
+    s.have_match = false;
     obs.exists = true;
     obs.size = size;
-    obs.differs = fmt::format("size {}/{}", size, expected.size);
+    obs.differs = fmt::format("size {}/{}", size, s.expected.size);
     return obs;
   }
-  try {
-    auto got = digest_fd(fd, expected.digests.front().alg, path);
-    judge_content(obs, expected, got.size, {got.digest});
-  } catch (const Error& e) {
+  if (s.have_match && same_content_identity(st, s.matched_st)) {
     obs.exists = true;
-    obs.differs = fmt::format("read error: {}", e.error_number() != 0 ? std::generic_category().message(e.error_number())
-                                                                    : std::string(e.what()));
+    obs.size = size;
+    obs.digest = s.expected.digests.front();
+  } else {
+    s.have_match = false;
+    try {
+      auto got = digest_fd(fd, s.expected.digests.front().alg, s.path);
+      judge_content(obs, s.expected, got.size, {got.digest});
+    } catch (const Error& e) {
+      obs.exists = true;
+      obs.differs = fmt::format("read error: {}", e.error_number() != 0 ? std::generic_category().message(e.error_number())
+                                                                      : std::string(e.what()));
+      return obs;
+    }
+    if (!obs.matched) return obs;
+    obs.matched = false;  // decided by the device below
+    s.have_match = true;
+    s.matched_st = st;
   }
+  judge_device(s, obs, fd, st);
+  return obs;
+}
+
+// A check started just before the deadline still gets this long before it counts as hung.
+constexpr milliseconds kCheckGrace{200};
+
+// One local check on a helper thread, abandoned at the deadline (or kCheckGrace after it started).
+std::optional<Observation> observe_local_before(const std::shared_ptr<LocalState>& s, Clock::time_point deadline) {
+  auto budget = std::max(deadline, Clock::now() + kCheckGrace);
+  return durable::run_before<Observation>(budget, [s] { return observe_local(*s); });
+}
+
+Observation hung_observation() {
+  Observation obs;
+  obs.differs = "the filesystem did not answer before the deadline (a hung mount, or a very slow read)";
   return obs;
 }
 
 Observation observe_via(const std::string& path, const Expected& expected, const WaitOptions& options,
-                        Clock::time_point deadline) {
+                        Clock::time_point deadline, int* exit_status) {
   Observation obs;
-  auto out = durable::run_via(options.via, path, algs_of(expected), deadline);
+  auto out = durable::run_via(options.via, reader_name(path, options.via_map), path, algs_of(expected), deadline);
+  if (exit_status != nullptr) *exit_status = out.status;
   if (out.timed_out) {
     obs.differs = "via command did not finish before the deadline";
     return obs;
@@ -103,6 +237,7 @@ Observation observe_via(const std::string& path, const Expected& expected, const
     obs.differs = fmt::format("via command exited {}{}{}", out.status, out.err_line.empty() ? "" : ": ", out.err_line);
     return obs;
   }
+  std::string digest_differs;
   if (options.via_prints != ViaPrints::bytes && out.size <= durable::ViaOutput::kHeadLimit) {
     if (auto line = durable::parse_digest_line(out.head)) {
       obs.exists = true;
@@ -110,17 +245,27 @@ Observation observe_via(const std::string& path, const Expected& expected, const
       obs.size = line->size;
       const Digest* want = expected.find(line->digest.alg);
       if (want == nullptr) {
-        obs.differs = fmt::format("via printed a {} digest but only {} of the expected content is known",
-                                  to_string(line->digest.alg), to_string(expected.digests.front().alg));
+        digest_differs = fmt::format("via printed a {} digest but only {} of the expected content is known",
+                                     to_string(line->digest.alg), to_string(expected.digests.front().alg));
       } else if (line->size && *line->size != expected.size) {
-        obs.differs = fmt::format("size {}/{}", *line->size, expected.size);
+        digest_differs = fmt::format("size {}/{}", *line->size, expected.size);
       } else if (*want != line->digest) {
-        obs.differs = fmt::format("digest mismatch ({} is {}, expected {})", to_string(want->alg),
-                                  line->digest.hex.substr(0, 12), want->hex.substr(0, 12));
+        digest_differs = fmt::format("digest mismatch ({} is {}, expected {}{})", to_string(want->alg),
+                                     line->digest.hex.substr(0, 12), want->hex.substr(0, 12),
+                                     line->bare_hex && want->alg == DigestAlg::xxh128
+                                         ? "; 32 bare hex digits are read as xxh128, md5 is not supported"
+                                         : "");
       } else {
         obs.matched = true;  // a digest of the full content: it covers the size too
+        return obs;
       }
-      return obs;
+      if (options.via_prints == ViaPrints::digest) {
+        obs.differs = digest_differs;
+        return obs;
+      }
+      // auto: the output may also be the content itself (a one-line hex file, a .sha256 file):
+      // it matches if either reading matches.
+      obs = Observation{};
     }
   }
   if (options.via_prints == ViaPrints::digest) {
@@ -128,16 +273,26 @@ Observation observe_via(const std::string& path, const Expected& expected, const
     return obs;
   }
   judge_content(obs, expected, out.size, out.digests);
+  if (!obs.matched && !digest_differs.empty()) {
+    obs.differs = fmt::format("{} (read as a digest line); as content: {}", digest_differs, obs.differs);
+  }
   return obs;
 }
 
-Observation observe_until(const std::string& path, const Expected& expected, const WaitOptions& options,
-                          Clock::time_point deadline) {
-  if (expected.digests.empty()) throw Error(path, "wait", "no expected digest", exit_code::usage);
-  if (options.via.empty()) return observe_local(path, expected);
+Clock::time_point via_deadline(const WaitOptions& options, Clock::time_point deadline) {
   // Each run gets at least max(interval, 1s), so the final check at the deadline can finish.
   auto floor = Clock::now() + std::max(options.interval, milliseconds(1000));
-  return observe_via(path, expected, options, std::max(deadline, floor));
+  return std::max(deadline, floor);
+}
+
+// A via command that cannot run at all (126/127 on the first check) is reported at once.
+void reject_unrunnable_via(const std::string& path, int status, const Observation& obs) {
+  if (status == exit_code::not_found || status == exit_code::cannot_exec) {
+    throw Error(path, "--via",
+                fmt::format("{} ({})", status == exit_code::not_found ? "command not found" : "command cannot be executed",
+                            obs.differs),
+                status);
+  }
 }
 
 }  // namespace
@@ -147,6 +302,20 @@ const Digest* Expected::find(DigestAlg alg) const noexcept {
     if (d.alg == alg) return &d;
   }
   return nullptr;
+}
+
+std::string reader_name(const std::string& path, const std::vector<std::pair<std::string, std::string>>& map) {
+  for (const auto& [host, reader] : map) {
+    std::string prefix = host;
+    while (prefix.size() > 1 && prefix.back() == '/') prefix.pop_back();
+    if (path == prefix) return reader;
+    if (path.size() > prefix.size() && path.starts_with(prefix) && (prefix == "/" || path[prefix.size()] == '/')) {
+      std::string rest = path.substr(prefix == "/" ? 1 : prefix.size() + 1);
+      if (reader.empty()) return rest;
+      return reader.back() == '/' ? reader + rest : reader + "/" + rest;
+    }
+  }
+  return path;
 }
 
 Expected expected_from_file(const std::string& path, const std::vector<DigestAlg>& algs) {
@@ -172,29 +341,113 @@ Expected expected_from_file(const std::string& path, const std::vector<DigestAlg
 }
 
 Observation observe(const std::string& path, const Expected& expected, const WaitOptions& options) {
-  return observe_until(path, expected, options, Clock::now() + options.timeout);
+  if (expected.digests.empty()) throw Error(path, "wait", "no expected digest", exit_code::usage);
+  auto deadline = deadline_after(Clock::now(), options.timeout);
+  if (!options.via.empty()) return observe_via(path, expected, options, via_deadline(options, deadline), nullptr);
+  auto s = std::make_shared<LocalState>();
+  s->path = path;
+  s->expected = expected;
+  s->mode = options.device;
+  auto obs = observe_local_before(s, deadline);
+  return obs ? *obs : hung_observation();
 }
 
-WaitResult wait_for_content(const std::string& path, const Expected& expected, const WaitOptions& options) {
-  auto start = Clock::now();
-  auto deadline = start + options.timeout;
+namespace {
+
+WaitResult wait_local(const std::string& path, const Expected& expected, const WaitOptions& options,
+                      Clock::time_point start, Clock::time_point deadline) {
   WaitResult result;
-  sys::DirWatch watch;
-  std::vector<std::string> names{sys::basename_of(path)};
-  if (options.via.empty() && options.use_inotify && watch.valid() && watch.add(sys::dirname_of(path)) == 0) {
-    result.used_inotify = true;
-    // A symlink's target changes in its own directory: watch that too (best effort).
-    if (char* real = ::realpath(path.c_str(), nullptr)) {
-      std::string r = real;
-      ::free(real);
-      if (sys::dirname_of(r) != sys::dirname_of(path) && watch.add(sys::dirname_of(r)) == 0) {
-        names.push_back(sys::basename_of(r));
+  auto s = std::make_shared<LocalState>();
+  s->path = path;
+  s->expected = expected;
+  s->mode = options.device;
+  s->names = {sys::basename_of(path)};
+  if (options.use_inotify && s->watch.valid()) {
+    // Path lookups can hang on a wedged filesystem: on the helper thread too.
+    auto ok = durable::run_before<bool>(std::max(deadline, Clock::now() + kCheckGrace), [s] {
+      if (s->watch.add(sys::dirname_of(s->path)) != 0) return false;
+      // A symlink's target changes in its own directory: watch that too (best effort).
+      if (char* real = ::realpath(s->path.c_str(), nullptr)) {
+        std::string r = real;
+        ::free(real);
+        if (sys::dirname_of(r) != sys::dirname_of(s->path) && s->watch.add(sys::dirname_of(r)) == 0) {
+          s->names.push_back(sys::basename_of(r));
+        }
       }
+      return true;
+    });
+    if (!ok) {
+      result.hung = true;
+      result.last = hung_observation();
+      result.elapsed = since(start);
+      return result;
     }
+    s->events = *ok;
+    result.used_inotify = *ok;
   }
   for (;;) {
-    result.last = observe_until(path, expected, options, deadline);
+    auto obs = observe_local_before(s, deadline);
     ++result.checks;
+    result.elapsed = since(start);
+    if (!obs) {
+      result.hung = true;
+      result.last = hung_observation();
+      return result;
+    }
+    result.last = std::move(*obs);
+    if (options.on_check) options.on_check(result.last, result.elapsed);
+    if (result.last.matched) {
+      result.matched = true;
+      return result;
+    }
+    auto now = Clock::now();
+    if (now >= deadline) return result;
+    auto step = result.last.device_pending ? std::min(kDevicePoll, options.interval) : options.interval;
+    auto wake = deadline - now < step ? deadline : now + step;
+    auto pause = std::chrono::duration_cast<milliseconds>(wake - now) + milliseconds(1);
+    if (s->events) {
+      s->watch.wait(pause, s->names);
+    } else {
+      std::this_thread::sleep_for(pause);
+    }
+  }
+}
+
+// The host-side flush detector for a --via wait: whether the host's copy of `path` has reached
+// the device. nullopt when it cannot tell (no such local file, no cachestat, a hung filesystem).
+struct HostWatch {
+  std::shared_ptr<LocalState> state;
+  std::optional<bool> on_device(Clock::time_point deadline) {
+    auto s = state;
+    auto r = durable::run_before<std::optional<bool>>(deadline, [s]() -> std::optional<bool> {
+      int fd = open_for_reading(s->path);
+      if (fd < 0) return std::nullopt;
+      sys::UniqueFd owned(fd);
+      struct stat st {};
+      if (sys::fstat_nothrow(fd, st) != 0) return std::nullopt;
+      if (!s->probe || s->probe_dev != st.st_dev) {
+        s->probe.emplace(st);
+        s->probe_dev = st.st_dev;
+      }
+      auto view = s->probe->look(fd);
+      if (view.state == durable::DeviceState::pending) return false;
+      if (view.state == durable::DeviceState::on_device) return true;
+      return std::nullopt;
+    });
+    return r ? *r : std::nullopt;
+  }
+};
+
+WaitResult wait_via(const std::string& path, const Expected& expected, const WaitOptions& options,
+                    Clock::time_point start, Clock::time_point deadline) {
+  WaitResult result;
+  HostWatch host{std::make_shared<LocalState>()};
+  host.state->path = path;
+  for (;;) {
+    int status = -1;
+    result.last = observe_via(path, expected, options, via_deadline(options, deadline), &status);
+    ++result.checks;
+    if (result.checks == 1) reject_unrunnable_via(path, status, result.last);
     result.elapsed = since(start);
     if (options.on_check) options.on_check(result.last, result.elapsed);
     if (result.last.matched) {
@@ -203,45 +456,139 @@ WaitResult wait_for_content(const std::string& path, const Expected& expected, c
     }
     auto now = Clock::now();
     if (now >= deadline) return result;
-    auto wake = std::min(now + options.interval, deadline);
-    auto pause = std::chrono::duration_cast<milliseconds>(wake - now) + milliseconds(1);
-    if (result.used_inotify) {
-      watch.wait(pause, names);
-    } else {
-      std::this_thread::sleep_for(pause);
+    auto wake = deadline - now < options.interval ? deadline : now + options.interval;
+    // While the host's copy is still on its way to the device, re-check the reader the moment it
+    // arrives rather than at the next interval.
+    std::optional<bool> was = host.on_device(wake);
+    while (was == false && Clock::now() < wake) {
+      std::this_thread::sleep_for(kDevicePoll);
+      auto is = host.on_device(wake);
+      if (is == true) break;
+      was = is;
+    }
+    if (was != false) {
+      auto left = wake - Clock::now();
+      if (left > Clock::duration::zero()) std::this_thread::sleep_for(left);
     }
   }
 }
 
-PendingResult wait_pending(const std::string& journal, const WaitOptions& options) {
+}  // namespace
+
+WaitResult wait_for_content(const std::string& path, const Expected& expected, const WaitOptions& options) {
+  if (expected.digests.empty()) throw Error(path, "wait", "no expected digest", exit_code::usage);
   auto start = Clock::now();
-  auto deadline = start + options.timeout;
+  auto deadline = deadline_after(start, options.timeout);
+  if (options.via.empty()) return wait_local(path, expected, options, start, deadline);
+  return wait_via(path, expected, options, start, deadline);
+}
+
+PendingResult wait_pending(const std::string& journal, const WaitOptions& options) {
+  return wait_pending(journal, options, {});
+}
+
+std::string pending_obsolete(const PendingWrite& entry) {
+  struct stat st {};
+  if (int r = sys::lstat_nothrow(entry.path, st); r != 0) return r == -ENOENT ? "missing on this host" : "";
+  int64_t mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  if (entry.time_unix_ns == 0 || mtime_ns <= entry.time_unix_ns) return "";
+  if (!S_ISREG(st.st_mode)) return "replaced on this host by something that is not a regular file";
+  try {
+    auto now = digest_file(entry.path, entry.digest.alg);
+    if (now.size == entry.size && now.digest == entry.digest) return "";
+  } catch (const Error&) {
+    return "";
+  }
+  return "modified on this host after the recorded write";
+}
+
+namespace {
+bool selected(const std::string& entry, const std::vector<std::string>& only) {
+  if (only.empty()) return true;
+  for (const auto& o : only) {
+    std::string prefix = o;
+    while (prefix.size() > 1 && prefix.back() == '/') prefix.pop_back();
+    if (entry == prefix || (entry.starts_with(prefix) && (prefix == "/" || entry[prefix.size()] == '/'))) return true;
+  }
+  return false;
+}
+}  // namespace
+
+PendingResult wait_pending(const std::string& journal, const WaitOptions& options, const std::vector<std::string>& only) {
+  auto start = Clock::now();
+  auto deadline = deadline_after(start, options.timeout);
   PendingResult result;
   std::vector<PendingWrite> todo = journal_read(journal);
+  std::erase_if(todo, [&](const PendingWrite& e) { return !selected(e.path, only); });
 
-  sys::DirWatch watch;
+  // One state per entry (each keeps its own "content already matched" memory).
+  std::vector<std::shared_ptr<LocalState>> states;
+  auto watch = std::make_shared<sys::DirWatch>();
   std::vector<std::string> names;
-  bool events = options.via.empty() && options.use_inotify && watch.valid();
+  bool events = options.via.empty() && options.use_inotify && watch->valid();
   for (const auto& e : todo) {
+    auto s = std::make_shared<LocalState>();
+    s->path = e.path;
+    s->expected = Expected{e.size, {e.digest}};
+    s->mode = options.device;
+    states.push_back(s);
     names.push_back(sys::basename_of(e.path));
-    if (events && watch.add(sys::dirname_of(e.path)) != 0) events = false;
+  }
+  if (events) {
+    auto dirs = std::make_shared<std::vector<std::string>>();
+    for (const auto& e : todo) dirs->push_back(sys::dirname_of(e.path));
+    auto ok = durable::run_before<bool>(std::max(deadline, Clock::now() + kCheckGrace), [watch, dirs] {
+      for (const auto& d : *dirs) {
+        if (watch->add(d) != 0) return false;
+      }
+      return true;
+    });
+    events = ok && *ok;
   }
 
+  bool first = true;
   for (;;) {
     std::vector<PendingWrite> matched;
+    std::vector<PendingWrite> dropped;
     result.remaining.clear();
-    for (const auto& e : todo) {
-      Expected expected{e.size, {e.digest}};
-      auto obs = observe_until(e.path, expected, options, deadline);
+    bool device_pending = false;
+    for (size_t i = 0; i < todo.size(); ++i) {
+      const auto& e = todo[i];
+      Observation obs;
+      if (options.via.empty()) {
+        auto o = observe_local_before(states[i], deadline);
+        obs = o ? *o : hung_observation();
+      } else {
+        int status = -1;
+        obs = observe_via(e.path, states[i]->expected, options, via_deadline(options, deadline), &status);
+        if (first) reject_unrunnable_via(e.path, status, obs);
+      }
       if (obs.matched) {
         matched.push_back(e);
-      } else {
-        result.remaining.emplace_back(e, obs);
+        continue;
+      }
+      // A host file that is gone, or was replaced by someone else after the recorded write, can
+      // never match again: report it and drop it instead of blocking every later wait.
+      auto check = durable::run_before<std::string>(std::max(deadline, Clock::now() + kCheckGrace), [e] { return pending_obsolete(e); });
+      if (auto why = check.value_or(""); !why.empty()) {
+        dropped.push_back(e);
+        result.dropped.emplace_back(e, why);
+        continue;
+      }
+      device_pending = device_pending || obs.device_pending;
+      result.remaining.emplace_back(e, obs);
+    }
+    first = false;
+    std::vector<PendingWrite> done = matched;
+    done.insert(done.end(), dropped.begin(), dropped.end());
+    journal_remove(journal, done);
+    result.cleared.insert(result.cleared.end(), matched.begin(), matched.end());
+    for (size_t i = todo.size(); i-- > 0;) {
+      if (std::find(done.begin(), done.end(), todo[i]) != done.end()) {
+        todo.erase(todo.begin() + static_cast<std::ptrdiff_t>(i));
+        states.erase(states.begin() + static_cast<std::ptrdiff_t>(i));
       }
     }
-    journal_remove(journal, matched);
-    result.cleared.insert(result.cleared.end(), matched.begin(), matched.end());
-    std::erase_if(todo, [&](const PendingWrite& e) { return std::find(matched.begin(), matched.end(), e) != matched.end(); });
     result.elapsed = since(start);
     if (options.on_check && !result.remaining.empty()) {
       Observation summary = result.remaining.front().second;
@@ -255,10 +602,11 @@ PendingResult wait_pending(const std::string& journal, const WaitOptions& option
     }
     auto now = Clock::now();
     if (now >= deadline) return result;
-    auto wake = std::min(now + options.interval, deadline);
+    auto step = device_pending ? std::min(kDevicePoll, options.interval) : options.interval;
+    auto wake = deadline - now < step ? deadline : now + step;
     auto pause = std::chrono::duration_cast<milliseconds>(wake - now) + milliseconds(1);
     if (events) {
-      watch.wait(pause, names);
+      watch->wait(pause, names);
     } else {
       std::this_thread::sleep_for(pause);
     }

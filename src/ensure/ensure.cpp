@@ -1,18 +1,17 @@
 // ensure_running: observe, single-flight spawn, wait for the record to say ready.
 #include <fcntl.h>
-#include <poll.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <thread>
 
 #include "ensure/internal.hpp"
 #include "holdfast/ensure.hpp"
 #include "sys/file.hpp"
 #include "sys/process.hpp"
+
+extern char** environ;
 
 namespace holdfast {
 
@@ -27,57 +26,26 @@ StartFailure::StartFailure(std::string name, const std::string& cause, int exit,
 
 namespace {
 
+// What a client sees: the lock, the record, and whether the record verifies (verify_instance, the
+// same check status and stop make).
 struct Observation {
   bool lock_held = false;
   std::optional<InstanceRecord> record;
+  Verification verification;
+
   bool verified_ready() const {
-    return lock_held && record && record->state == RecordState::ready && verified_alive(*record);
+    return lock_held && record && record->state == RecordState::ready &&
+           verification.verdict == Verdict::verified;
   }
-};
-
-// Wakes a waiter when the start it waits for has ended. The launcher exits right after it writes
-// the final record (ready or failed), so a pidfd on the launcher named in the record is a precise,
-// cheap wake-up for any number of waiters. (inotify was the first design: closing an inotify
-// instance waits for an SRCU grace period — 20 to 200 ms measured here — which every client paid
-// on return.) Before the launcher has recorded itself, and after it is gone, waiters poll with a
-// short, growing interval.
-class StartWatch {
- public:
-  void wait(const Observation& o, Clock::time_point until) {
-    pid_t launcher = (o.record && o.record->state == RecordState::starting) ? o.record->launcher_pid : 0;
-    if (launcher != watched_) {
-      watched_ = launcher;
-      launcher_exited_ = false;
-      int fd = launcher > 0 ? sys::pidfd_open_nothrow(launcher) : -1;
-      pidfd_.reset(fd >= 0 ? fd : -1);
-    }
-    auto now = Clock::now();
-    if (pidfd_ && !launcher_exited_) {
-      // A recycled launcher pid would only cost a slice: the state is re-read after every wake.
-      auto end = std::min(until, now + std::chrono::milliseconds(50));
-      auto ms = std::chrono::ceil<std::chrono::milliseconds>(end - now).count();
-      if (ms <= 0) return;
-      pollfd p{pidfd_.get(), POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(ms)) > 0) launcher_exited_ = true;
-      return;
-    }
-    // 1 ms at first, backing off to 20 ms.
-    auto interval = std::chrono::milliseconds(std::min<int64_t>(20, 1 + polls_++ / 8));
-    auto end = std::min(until, now + interval);
-    if (end > now) std::this_thread::sleep_for(end - now);
-  }
-
- private:
-  pid_t watched_ = 0;
-  bool launcher_exited_ = false;
-  sys::UniqueFd pidfd_;
-  int64_t polls_ = 0;
 };
 
 Observation observe(const Paths& paths) {
   Observation o;
   o.lock_held = lock_held(paths.lock);
   o.record = read_record(paths.record);
+  if (o.lock_held && o.record && o.record->state == RecordState::ready) {
+    o.verification = verify_instance(paths, *o.record);
+  }
   return o;
 }
 
@@ -96,70 +64,121 @@ Instance make_instance(const std::string& name, const InstanceRecord& record, bo
 
 [[noreturn]] void throw_failure(const std::string& name, const InstanceRecord& record) {
   int exit = exit_code::conflict;
-  if (record.exit_status == exit_code::not_found && record.failure.starts_with("cannot execute")) {
-    exit = exit_code::not_found;
-  } else if (record.exit_status == exit_code::cannot_exec && record.failure.starts_with("cannot execute")) {
-    exit = exit_code::cannot_exec;
-  }
+  if (record.failure_kind == FailureKind::not_found) exit = exit_code::not_found;
+  if (record.failure_kind == FailureKind::cannot_exec) exit = exit_code::cannot_exec;
   std::string cause = record.failure;
   if (!record.log_path.empty()) cause += " (log: " + record.log_path + ")";
   throw StartFailure(name, cause, exit, record.exit_status, log_tail(record.log_path, 20));
 }
 
-// A ready record whose process is gone while the lock is still held: the command daemonized
-// itself after readiness (or MAINPID was wrong). Under the spawn lock, point the record at the
-// process that holds the instance lock. Returns true if the record was repaired.
-bool repair_pid(const Paths& paths) {
-  auto spawn = open_lock_file(paths.spawn_lock);
-  if (ofd_try_lock(spawn.get()) != 0) return false;
-  auto o = observe(paths);
-  if (!o.lock_held || !o.record || o.record->state != RecordState::ready || verified_alive(*o.record)) {
-    return false;
+// The daemon's environment: the caller's, minus what holdfast sets, plus the extras.
+std::vector<std::string> daemon_environment(const std::vector<std::string>& extra) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string_view v(*e);
+    if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("HOLDFAST_INSTANCE")) continue;
+    env.emplace_back(v);
   }
-  struct stat st {};
-  if (::stat(paths.lock.c_str(), &st) != 0) return false;
-  auto holders = sys::processes_locking(st, ::getpid());
-  if (holders.empty()) return false;
-  auto id = identity_of(holders.front());
-  if (!id) return false;
-  auto rec = *o.record;
-  rec.process = *id;
-  rec.forked = true;
-  write_record(paths.record, rec);
-  return true;
+  for (const auto& e : extra) {
+    // A later KEY=VALUE replaces an inherited KEY.
+    auto key = e.substr(0, e.find('=') + 1);
+    std::erase_if(env, [&](const std::string& have) { return have.starts_with(key); });
+    env.push_back(e);
+  }
+  return env;
 }
 
-// A start whose launcher is gone (the spawn lock is free while the record says starting and the
-// instance lock is held): nobody will record readiness. Under the spawn lock, if the readiness
-// can be observed by anyone (none, tcp, unix, file), probe it and record it; notify and fd
-// readiness went to the launcher and are lost. Returns true if the start is orphaned.
-bool adopt_orphaned_start(const Paths& paths) {
-  auto spawn = open_lock_file(paths.spawn_lock);
-  if (ofd_try_lock(spawn.get()) != 0) return false;  // a launcher (or spawner) is at work
-  auto o = observe(paths);
-  if (!o.lock_held || !o.record || o.record->state != RecordState::starting) return false;
-  auto rec = *o.record;
-  if (!verified_alive(rec)) return true;
-  std::optional<ReadySpec> spec;
-  try {
-    spec = ReadySpec::parse(rec.ready_mode);
-  } catch (const Error&) {
-    return true;
-  }
-  using Kind = ReadySpec::Kind;
-  if (spec->kind == Kind::notify || spec->kind == Kind::fd) return true;
-  if (spec->kind != Kind::none && !probe_ready(*spec)) return true;
-  rec.state = RecordState::ready;
-  rec.ready_unix_ns = sys::realtime_ns();
-  rec.attempt_ended_boot_ns = sys::boottime_ns();
-  write_record(paths.record, rec);
-  return true;
+std::string absolute(const std::string& path) {
+  if (path.empty() || path.front() == '/') return path;
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof cwd) == nullptr) throw Error(errno, path, "cannot resolve path");
+  return std::string(cwd) + "/" + path;
 }
 
-std::string fmt_seconds(double secs) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%gs", secs);
-  return buf;
+// Under the spawn lock, with the instance lock free: write the starting record, take the
+// instance lock and fork the supervisor. Returns this start's attempt id (0 if something outside
+// the protocol took the instance lock meanwhile).
+uint64_t spawn_instance(const Paths& paths, const std::string& name, const std::vector<std::string>& command,
+                        const EnsureOptions& options, int spawn_fd, int instance_fd) {
+  int exec_err = 0;
+  auto exe = sys::find_executable(command[0], exec_err);
+  if (!exe) {
+    throw Error(command[0], "cannot run command",
+                exec_err == ENOENT ? "command not found" : "permission denied (not executable)",
+                exec_err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
+  }
+  const std::string log_path = absolute(options.log_path.empty() ? paths.log : options.log_path);
+  auto log = sys::open_or_throw(AT_FDCWD, log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY, 0644,
+                                "cannot open log");
+  auto null = sys::open_or_throw(AT_FDCWD, "/dev/null", O_RDONLY, 0, "cannot open");
+  SpawnPlan plan;
+  plan.paths = paths;
+  plan.executable = absolute(*exe);  // the daemon runs in --chdir, not here
+  plan.argv = command;
+  plan.ready = options.ready;
+  plan.log_path = log_path;
+  plan.environment = daemon_environment(options.environment);
+  plan.daemon = options.daemon;
+  InstanceRecord& rec = plan.record;
+  rec.name = name;
+  rec.process = ProcessIdentity{0, 0, this_boot_id(), this_host()};
+  rec.command = command;
+  rec.state = RecordState::starting;
+  rec.ready_mode = options.ready.to_string();
+  rec.attempt = sys::random_u64() | 1;
+  rec.attempt_started_boot_ns = sys::boottime_ns();
+  rec.log_path = log_path;
+  // The starting record goes in before the instance lock is taken, so nobody can pair a held
+  // lock with the previous instance's ready record.
+  write_record(paths.record, rec);
+  int rc = ofd_try_lock(instance_fd);
+  if (rc == -EAGAIN) return 0;  // taken outside the protocol: wait for it like any instance
+  if (rc != 0) throw Error(-rc, paths.lock, "cannot lock");
+  start_supervisor(plan, spawn_fd, instance_fd, log.get(), null.get());
+  return rec.attempt;
+}
+
+// Takes the spawn lock if free and, if the instance lock is still free under it, starts the
+// instance. Returns the attempt id, or 0 if someone else is starting (or running) it.
+uint64_t try_start(const Paths& paths, const std::string& name, const std::vector<std::string>& command,
+                   const EnsureOptions& options, int64_t call_boot_ns) {
+  auto spawn = open_lock_file(paths.spawn_lock);
+  int rc = ofd_try_lock(spawn.get());
+  if (rc == -EAGAIN) return 0;
+  if (rc != 0) throw Error(-rc, paths.spawn_lock, "cannot lock");
+  // Single flight: re-check under the spawn lock; the previous holder may have finished.
+  auto instance = open_lock_file(paths.lock);
+  auto rec = read_record(paths.record);
+  if (rec && rec->state == RecordState::failed && rec->attempt_ended_boot_ns >= call_boot_ns) {
+    throw_failure(name, *rec);
+  }
+  int held = ofd_held_elsewhere(instance.get());
+  if (held < 0) throw Error(-held, paths.lock, "cannot test lock (F_OFD_GETLK)");
+  if (held == 1) return 0;
+  return spawn_instance(paths, name, command, options, spawn.get(), instance.get());
+  // Our copies of both locks close here; the supervisor keeps them.
+}
+
+std::string timeout_message(const EnsureOptions& options, const Observation& o) {
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%gs", std::chrono::duration<double>(options.ready_timeout).count());
+  std::string what = std::string("not ready after ") + secs;
+  if (o.lock_held && o.record) {
+    if (o.record->state == RecordState::ready && o.verification.verdict != Verdict::verified) {
+      what += " (the instance lock is held but the record does not verify: " + o.verification.reason + ")";
+    } else if (o.record->process.pid > 0) {
+      what += " (pid " + std::to_string(o.record->process.pid) + " is " + std::string(to_string(o.record->state)) + ")";
+    }
+  }
+  return what;
+}
+
+// Sleeps until the next look: 1 ms at first, backing off to 10 ms.
+void pause_before_next_look(int64_t& looks, Clock::time_point deadline) {
+  auto interval = std::chrono::milliseconds(std::min<int64_t>(10, 1 + looks++ / 8));
+  auto end = std::min(deadline, Clock::now() + interval);
+  auto now = Clock::now();
+  if (end > now) std::this_thread::sleep_for(end - now);
 }
 
 }  // namespace
@@ -170,19 +189,17 @@ Instance ensure_running(const std::string& name, const std::vector<std::string>&
   const int64_t call_boot_ns = sys::boottime_ns();
   validate_instance_name(name);
   if (command.empty()) throw Error(name, "ensure", "no command given", exit_code::usage);
-  const auto paths = paths_for(resolve_state_dir(options.state_dir), name);
+  const std::string dir = resolve_state_dir(options.state_dir);
+  require_enforced_locks(dir);  // C4: on a filesystem that grants every lock, N clients start N
+  const auto paths = paths_for(dir, name);
   const auto deadline = begin + options.ready_timeout;
 
-  // Fast path: a verified, ready instance.
-  auto o = observe(paths);
-  if (o.verified_ready()) return make_instance(name, *o.record, false, begin);
-
-  StartWatch watch;
   uint64_t my_attempt = 0;
-  bool repaired = false;
+  int64_t looks = 0;
   for (;;) {
+    auto o = observe(paths);
     if (o.verified_ready()) {
-      return make_instance(name, *o.record, o.record->attempt == my_attempt && my_attempt != 0, begin);
+      return make_instance(name, *o.record, my_attempt != 0 && o.record->attempt == my_attempt, begin);
     }
     // A start that failed while this call was waiting is this call's failure too.
     if (o.record && o.record->state == RecordState::failed &&
@@ -190,98 +207,11 @@ Instance ensure_running(const std::string& name, const std::vector<std::string>&
       throw_failure(name, *o.record);
     }
     if (!o.lock_held && my_attempt == 0) {
-      auto spawn = open_lock_file(paths.spawn_lock);
-      int rc = ofd_try_lock(spawn.get());
-      if (rc != 0 && rc != -EAGAIN) throw Error(-rc, paths.spawn_lock, "cannot lock");
-      if (rc == 0) {
-        // Single flight: re-check under the spawn lock; the previous holder may have finished.
-        auto instance = open_lock_file(paths.lock);
-        o = observe(paths);
-        if (o.record && o.record->state == RecordState::failed && o.record->attempt_ended_boot_ns >= call_boot_ns) {
-          throw_failure(name, *o.record);
-        }
-        int held = ofd_held_elsewhere(instance.get());
-        if (held < 0) throw Error(-held, paths.lock, "cannot test lock (F_OFD_GETLK)");
-        if (held == 0) {
-          int exec_err = 0;
-          auto exe = sys::find_executable(command[0], exec_err);
-          if (!exe) {
-            throw Error(command[0], "cannot run command",
-                        exec_err == ENOENT ? "command not found" : "permission denied (not executable)",
-                        exec_err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
-          }
-          std::string log_path = options.log_path.empty() ? paths.log : options.log_path;
-          if (log_path.front() != '/') {
-            char cwd[4096];
-            if (::getcwd(cwd, sizeof cwd) != nullptr) log_path = std::string(cwd) + "/" + log_path;
-          }
-          auto log = sys::open_or_throw(AT_FDCWD, log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY,
-                                        0644, "cannot open log");
-          auto null = sys::open_or_throw(AT_FDCWD, "/dev/null", O_RDONLY, 0, "cannot open");
-          SpawnPlan plan;
-          plan.paths = paths;
-          plan.executable = *exe;
-          plan.argv = command;
-          plan.ready = options.ready;
-          plan.log_path = log_path;
-          plan.environment = options.environment;
-          InstanceRecord& rec = plan.record;
-          rec.name = name;
-          rec.process = ProcessIdentity{0, 0, this_boot_id(), this_host()};
-          rec.command = command;
-          rec.state = RecordState::starting;
-          rec.ready_mode = options.ready.to_string();
-          rec.attempt = sys::random_u64() | 1;
-          rec.attempt_started_boot_ns = sys::boottime_ns();
-          rec.log_path = log_path;
-          // The starting record goes in before the instance lock is taken, so nobody can pair a
-          // held lock with the previous instance's ready record.
-          write_record(paths.record, rec);
-          rc = ofd_try_lock(instance.get());
-          if (rc != 0 && rc != -EAGAIN) throw Error(-rc, paths.lock, "cannot lock");
-          if (rc == 0) {
-            start_launcher(plan, spawn.get(), instance.get(), log.get(), null.get());
-            my_attempt = rec.attempt;
-          }
-          // -EAGAIN: something outside the protocol took the instance lock; wait for it like
-          // for any running instance.
-        }
-        // Our copies close here; the launcher (if any) keeps both locks.
-        o = observe(paths);
-        continue;
-      }
-      // Someone else is spawning: wait for their record.
+      my_attempt = try_start(paths, name, command, options, call_boot_ns);
+      if (my_attempt != 0) continue;
     }
-    if (o.lock_held && !repaired && o.record && o.record->state == RecordState::ready &&
-        !verified_alive(*o.record)) {
-      repaired = repair_pid(paths);
-      o = observe(paths);
-      continue;
-    }
-    bool orphaned = false;
-    if (o.lock_held && o.record && o.record->state == RecordState::starting &&
-        o.record->process.pid > 0) {
-      orphaned = adopt_orphaned_start(paths);
-      if (orphaned) {
-        o = observe(paths);
-        if (o.verified_ready()) continue;
-      }
-    }
-    if (Clock::now() >= deadline) {
-      auto secs = std::chrono::duration<double>(options.ready_timeout).count();
-      std::string what = "not ready after " + fmt_seconds(secs);
-      if (o.record && o.record->process.pid > 0 && o.lock_held) {
-        what += " (pid " + std::to_string(o.record->process.pid) + " is " +
-                std::string(to_string(o.record->state)) + ")";
-      }
-      if (orphaned) {
-        what += "; its launcher is gone, so " + o.record->ready_mode +
-                " readiness can no longer be received: `holdfast stop " + name + "` and retry";
-      }
-      throw Error(name, "ensure", what, exit_code::temp_fail);
-    }
-    watch.wait(o, deadline);
-    o = observe(paths);
+    if (Clock::now() >= deadline) throw Error(name, "ensure", timeout_message(options, o), exit_code::temp_fail);
+    pause_before_next_look(looks, deadline);
   }
 }
 

@@ -134,6 +134,24 @@ bool process_holds_lock_on(pid_t pid, const struct stat& st) {
   return found;
 }
 
+int process_lock_state(pid_t pid, const struct stat& st) {
+  std::string proc = "/proc/" + std::to_string(pid);
+  DIR* dir = ::opendir((proc + "/fd").c_str());
+  if (dir == nullptr) return -errno;
+  int found = 0;
+  while (dirent* e = ::readdir(dir)) {
+    if (!is_number(e->d_name)) continue;
+    struct stat fst {};
+    if (::stat((proc + "/fd/" + e->d_name).c_str(), &fst) != 0) continue;
+    if (same_inode(fst, st) && fd_has_lock(proc, e->d_name)) {
+      found = 1;
+      break;
+    }
+  }
+  ::closedir(dir);
+  return found;
+}
+
 std::vector<pid_t> processes_locking(const struct stat& st, pid_t except) {
   std::vector<pid_t> out;
   DIR* dir = ::opendir("/proc");

@@ -37,6 +37,10 @@ int64_t realtime_ns() noexcept;
 // inode `st` names, per /proc/PID/fd and /proc/PID/fdinfo. False if not, or unreadable.
 bool process_holds_lock_on(pid_t pid, const struct stat& st);
 
+// As process_holds_lock_on, telling "cannot inspect" apart: 1 holds, 0 does not, -errno when
+// /proc/PID/fd cannot be read (-EACCES: another user's or a non-dumpable process; -ENOENT: gone).
+int process_lock_state(pid_t pid, const struct stat& st);
+
 // Every process (other than `except`) that holds a kernel lock on the inode `st` names, found by
 // scanning /proc (as lslocks does). Processes this user cannot inspect are skipped.
 std::vector<pid_t> processes_locking(const struct stat& st, pid_t except = 0);

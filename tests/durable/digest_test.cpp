@@ -86,8 +86,11 @@ TEST(DigestCli, OutputLikeSha256sum) {
   EXPECT_EQ(r.out, ref.out);
   auto x = hf({"digest", dir / "a"});
   EXPECT_EQ(x.out, xxh128_reference("abc") + "  " + (dir / "a") + "\n");
-  auto tag = hf({"digest", "--tag", dir / "a"});
+  auto tag = hf({"digest", "--prefixed", dir / "a"});
   EXPECT_EQ(tag.out, "xxh128:" + xxh128_reference("abc") + "  " + (dir / "a") + "\n");
+  // D12: --tag is coreutils' BSD form, byte for byte.
+  EXPECT_EQ(hf({"digest", "--tag", "-a", "sha256", dir / "a"}).out, run({"sha256sum", "--tag", dir / "a"}).out);
+  EXPECT_EQ(hf({"digest", "--tag", dir / "a"}).out, "XXH128 (" + (dir / "a") + ") = " + xxh128_reference("abc") + "\n");
   auto in = hf({"digest", "-a", "sha256", "-"}, "abc");
   EXPECT_EQ(in.out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  -\n");
   auto missing = hf({"digest", dir / "nope"});
@@ -127,8 +130,14 @@ TEST(DigestCli, CheckPassesAndFails) {
   EXPECT_EQ(hf({"digest", "--check", dir / "junk"}).exit_code, exit_code::data);
   // Tagged lines from --tag work with --check.
   spit(dir / "b", "def");
-  spit(dir / "tagged", hf({"digest", "--tag", "-a", "sha256", dir / "b"}).out);
+  spit(dir / "tagged", hf({"digest", "--prefixed", "-a", "sha256", dir / "b"}).out);
   EXPECT_EQ(hf({"digest", "--check", dir / "tagged"}).exit_code, 0);
+  // D12: coreutils' --tag output is a valid checklist (as for sha256sum -c).
+  spit(dir / "a", "abc");
+  spit(dir / "bsd", run({"sha256sum", "--tag", dir / "a", dir / "b"}).out + hf({"digest", "--tag", dir / "b"}).out);
+  auto bsd = hf({"digest", "--check", dir / "bsd"});
+  EXPECT_EQ(bsd.exit_code, 0) << bsd.err;
+  EXPECT_EQ(bsd.out, (dir / "a") + ": OK\n" + (dir / "b") + ": OK\n" + (dir / "b") + ": OK\n");
 }
 
 }  // namespace

@@ -36,10 +36,18 @@ TEST_F(Journal, PendingClearsOnlyWhatMatches) {
   ASSERT_EQ(entries.size(), 4u);
   EXPECT_EQ(entries[0].path, dir / "f0");  // absolute
   EXPECT_EQ(entries[2].size, 1002u);
-  // The reader does not see f1 and f3 as written (e.g. another writer, or bytes not landed).
-  spit(dir / "f1", "something else");
-  spit(dir / "f3", pattern(1003, 99));
-  auto r = hf({"wait", "--pending", "--timeout", "500ms", "--interval", "100ms", "--json"});
+  // The reader (its own copy under reader/, named as the host does under dir) does not see f1
+  // and f3 as written: bytes not landed there yet.
+  ASSERT_EQ(::mkdir((dir / "reader").c_str(), 0755), 0);
+  for (int i = 0; i < 4; ++i) spit(dir / ("reader/f" + std::to_string(i)), pattern(1000 + static_cast<size_t>(i), static_cast<uint64_t>(i)));
+  spit(dir / "reader/f1", "something else");
+  spit(dir / "reader/f3", pattern(1003, 99));
+  const std::vector<std::string> via{"--via", "cat \"$1\"", "--via-map", dir.path() + "=" + (dir / "reader")};
+  auto args = [&](std::vector<std::string> a) {
+    a.insert(a.end(), via.begin(), via.end());
+    return a;
+  };
+  auto r = hf(args({"wait", "--pending", "--timeout", "500ms", "--interval", "100ms", "--json"}));
   EXPECT_EQ(r.exit_code, exit_code::conflict);
   EXPECT_NE(r.err.find("2 of 4 pending writes still differ"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(dir / "f1"), std::string::npos);
@@ -51,15 +59,15 @@ TEST_F(Journal, PendingClearsOnlyWhatMatches) {
   EXPECT_EQ(entries[0].path, dir / "f1");
   EXPECT_EQ(entries[1].path, dir / "f3");
   // Restore f1 only: one left.
-  spit(dir / "f1", pattern(1001, 1));
-  EXPECT_EQ(hf({"wait", "--pending", "--timeout", "300ms"}).exit_code, exit_code::conflict);
+  spit(dir / "reader/f1", pattern(1001, 1));
+  EXPECT_EQ(hf(args({"wait", "--pending", "--timeout", "300ms"})).exit_code, exit_code::conflict);
   ASSERT_EQ(journal_read(journal).size(), 1u);
   // Restore f3 while waiting: the gate opens, the journal is empty.
   std::thread fix([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    spit(dir / "f3", pattern(1003, 3));
+    spit(dir / "reader/f3", pattern(1003, 3));
   });
-  auto ok = hf({"wait", "--pending", "--timeout", "10s"});
+  auto ok = hf(args({"wait", "--pending", "--interval", "100ms", "--timeout", "10s"}));
   fix.join();
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_TRUE(journal_read(journal).empty());

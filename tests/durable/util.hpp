@@ -3,6 +3,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -53,6 +55,14 @@ inline void spit(const std::string& path, const std::string& data, mode_t mode =
   ::close(fd);
 }
 
+// As spit, then fsync: the bytes are on the device when it returns (a well-behaved writer).
+inline void spit_durable(const std::string& path, const std::string& data, mode_t mode = 0644) {
+  spit(path, data, mode);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) throw std::runtime_error("fsync " + path);
+  ::close(fd);
+}
+
 inline std::vector<std::string> list_dir(const std::string& dir) {
   std::vector<std::string> out;
   DIR* d = ::opendir(dir.c_str());
@@ -91,5 +101,63 @@ inline int64_t mono_us() {
 
 // The filesystems every durable test runs on: tmpfs and ext4 (/tmp here).
 inline std::vector<std::string> test_roots() { return {"/dev/shm", "/tmp"}; }
+
+}  // namespace holdfast::testing::durable
+
+namespace holdfast::testing::durable {
+
+// The holdfast command running in the background, stdout and stderr to files. SIGKILLed and
+// reaped on destruction if still running.
+class Background {
+ public:
+  Background(const std::vector<std::string>& args, const std::string& out_file) : out_(out_file) {
+    std::vector<std::string> argv{cli_path()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    pid_ = fork_child([argv, out_file] {
+      std::vector<char*> a;
+      for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+      a.push_back(nullptr);
+      int fd = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int efd = ::open((out_file + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd < 0 || efd < 0) return 120;
+      ::dup2(fd, 1);
+      ::dup2(efd, 2);
+      ::execv(a[0], a.data());
+      return 127;
+    });
+  }
+  ~Background() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      (void)wait_child(pid_);
+    }
+  }
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+  // True once the process has exited (its status is then kept for wait()).
+  bool exited() {
+    if (pid_ <= 0) return true;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) != pid_) return false;
+    pid_ = -1;
+    status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return true;
+  }
+  // Waits for the exit; returns its status.
+  int wait() {
+    if (pid_ > 0) {
+      status_ = wait_child(pid_);
+      pid_ = -1;
+    }
+    return status_;
+  }
+  std::string out() const { return slurp(out_); }
+  std::string err() const { return slurp(out_ + ".err"); }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+  std::string out_;
+};
 
 }  // namespace holdfast::testing::durable

@@ -31,6 +31,8 @@ pid_t size_first_writer(const std::string& path, const std::string& data, std::c
     if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(data.size())) != 0) return 1;
     std::this_thread::sleep_for(delay);
     if (::pwrite(fd, data.data(), data.size(), 0) != static_cast<ssize_t>(data.size())) return 2;
+    // Landed = on the device (wait checks the device, not the page cache).
+    if (::fdatasync(fd) != 0) return 3;
     *landed_us = mono_us();
     ::close(fd);
     return 0;
@@ -175,7 +177,7 @@ TEST(Wait, DelayedDataOnFaultfs) {
 
 TEST(Wait, ExplicitSizeAndDigest) {
   TempDir dir;
-  spit(dir / "f", "abc");
+  spit_durable(dir / "f", "abc");
   auto sha = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
   EXPECT_EQ(hf({"wait", "--size", "3", "--digest", sha, "--timeout", "1s", dir / "f"}).exit_code, 0);
   // Right digest, wrong size: not done.
@@ -197,8 +199,8 @@ TEST(Wait, ViaBytesAndDigestProtocols) {
   EXPECT_EQ(hf({"wait", "--like", dir / "src", "--via", "cat \"$1\"", "--timeout", "5s", dir / "reader"}).exit_code, 0);
   // Digest lines: sha256sum style, holdfast digest (xxh128), ALG:HEX, ALG:HEX SIZE.
   for (std::string via : {std::string("sha256sum \"$1\""), bin + " digest \"$HOLDFAST_PATH\"",
-                          bin + " digest --tag -a sha256 \"$1\" | cut -d' ' -f1",
-                          "echo \"$(" + bin + " digest --tag \"$1\" | cut -d' ' -f1) $(stat -c %s \"$1\")\""}) {
+                          bin + " digest --prefixed -a sha256 \"$1\" | cut -d' ' -f1",
+                          "echo \"$(" + bin + " digest --prefixed \"$1\" | cut -d' ' -f1) $(stat -c %s \"$1\")\""}) {
     auto r = hf({"wait", "--like", dir / "src", "--via", via, "--via-prints", "digest", "--timeout", "5s",
                        dir / "reader"});
     EXPECT_EQ(r.exit_code, 0) << via << ": " << r.err;
@@ -248,7 +250,7 @@ TEST(Wait, ViaBecomesTrueLater) {
 
 TEST(Wait, LibraryObserve) {
   TempDir dir;
-  spit(dir / "f", "hello");
+  spit_durable(dir / "f", "hello");
   auto e = expected_from_file(dir / "f", {DigestAlg::xxh128});
   EXPECT_EQ(e.size, 5u);
   EXPECT_TRUE(observe(dir / "f", e, {}).matched);

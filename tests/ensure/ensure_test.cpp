@@ -7,7 +7,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -23,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "holdfast/ensure.hpp"
 #include "holdfast/identity.hpp"
+#include "support/faultfs.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -67,10 +70,15 @@ struct Daemon {
   std::string ready = "notify";  // what the daemon does (HF_READY)
   std::string count_file;
   std::string marker;
+  std::string worker_file;  // forks-worker / crash-leaving-child: the worker's pid
+  std::string signal_file;  // every SIGHUP received appends "HUP"
+  std::string describe_file;  // cwd, umask, uid, $HF_FOO written at start
   int delay_ms = 20;
   std::vector<std::string> env() const {
     return {"HOLDFAST_TEST_DAEMON=" + mode, "HF_READY=" + ready, "HF_COUNT_FILE=" + count_file,
-            "HF_READY_MARKER=" + marker, "HF_DELAY_MS=" + std::to_string(delay_ms)};
+            "HF_READY_MARKER=" + marker, "HF_DELAY_MS=" + std::to_string(delay_ms),
+            "HF_WORKER_FILE=" + worker_file, "HF_SIGNAL_FILE=" + signal_file,
+            "HF_DESCRIBE_FILE=" + describe_file};
   }
   std::vector<std::string> cli_command() const {
     std::vector<std::string> c{"env"};
@@ -107,6 +115,9 @@ class EnsureTest : public ::testing::Test {
     Daemon d;
     d.count_file = tmp_ / ("count-" + tag);
     d.marker = tmp_ / ("marker-" + tag);
+    d.worker_file = tmp_ / ("worker-" + tag);
+    d.signal_file = tmp_ / ("signals-" + tag);
+    d.describe_file = tmp_ / ("describe-" + tag);
     return d;
   }
   std::string use(const std::string& name) {
@@ -134,18 +145,37 @@ struct Slot {
 // ---------------------------------------------------------------------------------------------
 // the race: exactly one instance, everyone gets it, nobody returns before ready
 
-// 100 clients x 50 rounds through the library in forked processes, cycling notify / fd / file
-// readiness; the CLI variant below does the same 100 x 50 with `holdfast ensure` commands.
+// The issue's figure: 100 clients x 50 rounds through the library in forked processes, cycling
+// readiness protocols and daemons that keep nothing of what they inherited: a plain server, one
+// that closes every inherited descriptor (sshd's closefrom), and one that double-forks
+// (daemon(3)). Exactly one instance per round. 50 rounds under HOLDFAST_SOAK; a few by default
+// (make test stays affordable), fewer under sanitizers.
+int soak_rounds(int full, int normal) {
+  if (std::getenv("HOLDFAST_SOAK") != nullptr) return full;
+#ifdef HOLDFAST_SANITIZED
+  return std::max(1, normal / 3);
+#else
+  return normal;
+#endif
+}
+
 TEST_F(EnsureTest, HundredConcurrentClientsFiftyRoundsExactlyOneInstance) {
   const int clients = 100;
-  const int rounds = std::getenv("HOLDFAST_SOAK") ? 500 : 50;
+  const int rounds = soak_rounds(50, 16);
   const std::string name = use("race");
   auto* slots = static_cast<Slot*>(testing::shared_memory(sizeof(Slot) * clients));
-  const char* modes[] = {"notify", "fd:5", "file"};
+  struct Combo {
+    const char* mode;
+    const char* ready;
+  } combos[] = {{"serve", "notify"},     {"closefds", "notify"},   {"doublefork", "notify"},
+                {"serve", "fd:5"},       {"doublefork", "fd:5"},   {"closefds", "file"},
+                {"doublefork", "file"},  {"serve", "file"}};
   for (int round = 0; round < rounds; ++round) {
-    SCOPED_TRACE("round " + std::to_string(round));
+    const auto& combo = combos[round % 8];
+    SCOPED_TRACE("round " + std::to_string(round) + ": " + combo.mode + " " + combo.ready);
     Daemon d = daemon(std::to_string(round));
-    std::string mode = modes[round % 3];
+    d.mode = combo.mode;
+    std::string mode = combo.ready;
     std::string ready_flag = mode;
     if (mode == "file") {
       d.ready = "file:" + (tmp_ / ("ready-" + std::to_string(round)));
@@ -178,6 +208,10 @@ TEST_F(EnsureTest, HundredConcurrentClientsFiftyRoundsExactlyOneInstance) {
     EXPECT_EQ(pids.size(), 1u) << "distinct pids reported";
     EXPECT_EQ(started, 1) << "clients that report having started it";
     EXPECT_EQ(markers, clients) << "clients that returned after the daemon's ready marker";
+    std::ifstream in(d.count_file);
+    pid_t daemon_pid = 0;
+    in >> daemon_pid;
+    EXPECT_EQ(*pids.begin(), daemon_pid) << "the reported pid is the daemon that runs";
     auto status = instance_status(name, state_);
     EXPECT_EQ(status.state, InstanceState::ready) << status.reason;
     ASSERT_TRUE(status.record);
@@ -186,7 +220,7 @@ TEST_F(EnsureTest, HundredConcurrentClientsFiftyRoundsExactlyOneInstance) {
     s.state_dir = state_;
     auto stopped = stop_instance(name, s);
     EXPECT_TRUE(stopped.was_running);
-    EXPECT_FALSE(process_alive(*pids.begin()));
+    EXPECT_FALSE(process_alive(daemon_pid));
     if (::testing::Test::HasFailure()) break;
   }
   testing::free_shared_memory(slots, sizeof(Slot) * clients);
@@ -194,7 +228,7 @@ TEST_F(EnsureTest, HundredConcurrentClientsFiftyRoundsExactlyOneInstance) {
 
 TEST_F(EnsureTest, HundredConcurrentCliClientsExactlyOneInstance) {
   const int clients = 100;
-  const int rounds = std::getenv("HOLDFAST_SOAK") ? 200 : 50;
+  const int rounds = soak_rounds(50, 5);
   const std::string name = use("cli-race");
   auto* slots = static_cast<Slot*>(testing::shared_memory(sizeof(Slot) * clients));
   for (int round = 0; round < rounds; ++round) {
@@ -296,14 +330,23 @@ TEST_F(EnsureTest, EachReadinessProtocol) {
   }
 }
 
-TEST_F(EnsureTest, NotifyOverAbstractSocketWhenThePathIsTooLong) {
-  // A state directory so deep that STATE/NAME.notify exceeds sun_path: NOTIFY_SOCKET=@...
+TEST_F(EnsureTest, NotifySocketIsAPrivatePathEvenForADeepStateDirectory) {
+  // C5: a state directory so deep that STATE/NAME.notify would not fit sun_path used to fall back
+  // to an abstract socket any local user could reach. Now NOTIFY_SOCKET is always a path.
   std::string deep = tmp_ / std::string(60, 'd') + "/" + std::string(60, 'e');
   state_ = deep;
   Daemon d = daemon("abstract");
   auto inst = ensure_running(use("abstract"), {self_exe()}, options("notify", d));
   EXPECT_TRUE(inst.ready);
   EXPECT_TRUE(exists(d.marker));
+  std::ifstream env("/proc/" + std::to_string(inst.pid) + "/environ");
+  std::string entry, socket;
+  while (std::getline(env, entry, '\0')) {
+    if (entry.rfind("NOTIFY_SOCKET=", 0) == 0) socket = entry.substr(14);
+  }
+  ASSERT_FALSE(socket.empty());
+  EXPECT_EQ(socket.front(), '/') << socket;
+  EXPECT_TRUE(exists(socket)) << socket;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,16 +477,95 @@ TEST_F(EnsureTest, DoubleForkingDaemonWithoutReadinessIsFoundByItsLock) {
   (void)first;
 }
 
-TEST_F(EnsureTest, DaemonThatDropsTheLockWhenForkingIsAClearFailure) {
-  Daemon d = daemon("dfc");
-  d.mode = "doublefork-close";
+TEST_F(EnsureTest, DaemonThatClosesEveryInheritedDescriptorIsStillOneInstance) {
+  // C1: a daemon that closes every inherited descriptor (closefrom(3)), in the foreground or
+  // after a double fork, used to drop the instance lock: each ensure started one more.
+  for (std::string mode : {"closefds", "doublefork-close"}) {
+    SCOPED_TRACE(mode);
+    Daemon d = daemon(mode);
+    d.mode = mode;
+    d.ready = "none";
+    const std::string name = use("close-" + mode);
+    auto first = ensure_running(name, {self_exe()}, options("none", d));
+    // Wait until the daemon has closed its descriptors (it records itself after closing them).
+    for (int i = 0; i < 2000 && count_lines(d.count_file) == 0; ++i) std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(count_lines(d.count_file), 1);
+    for (int i = 0; i < 3; ++i) {
+      auto again = ensure_running(name, {self_exe()}, options("none", d));
+      EXPECT_FALSE(again.started);
+    }
+    EXPECT_EQ(count_lines(d.count_file), 1) << "instances started";
+    auto st = instance_status(name, state_);
+    EXPECT_EQ(st.state, InstanceState::ready) << st.reason;
+    std::ifstream in(d.count_file);
+    pid_t daemon_pid = 0;
+    in >> daemon_pid;
+    EXPECT_EQ(st.record->process.pid, daemon_pid);
+    auto stop = stop_instance(name, StopOptions{state_});
+    EXPECT_TRUE(stop.was_running);
+    EXPECT_FALSE(process_alive(daemon_pid)) << "stop left the daemon running";
+    (void)first;
+  }
+}
+
+TEST_F(EnsureTest, StopStopsEveryProcessOfTheInstance) {
+  // C2: stop signalled one pid; children that kept the lock kept the instance running.
+  Daemon d = daemon("worker");
+  d.mode = "forks-worker";
+  auto inst = ensure_running(use("worker"), {self_exe()}, options("notify", d));
+  for (int i = 0; i < 2000 && count_lines(d.worker_file) == 0; ++i) std::this_thread::sleep_for(5ms);
+  std::ifstream in(d.worker_file);
+  pid_t worker = 0;
+  in >> worker;
+  ASSERT_GT(worker, 0);
+  ASSERT_TRUE(process_alive(worker));
+  auto r = run_cli(cli({"stop", "worker", "--timeout", "5s"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(process_alive(inst.pid));
+  EXPECT_FALSE(process_alive(worker)) << "the worker outlived stop";
+  EXPECT_EQ(instance_status("worker", state_).state, InstanceState::stopped);
+}
+
+TEST_F(EnsureTest, CrashedDaemonsLeftoverChildIsNeverAdopted) {
+  // C3: after the daemon crashed, a leftover child was adopted as the ready instance.
+  Daemon d = daemon("crash");
+  d.mode = "crash-leaving-child";
+  d.delay_ms = 50;
+  auto first = ensure_running(use("crash"), {self_exe()}, options("notify", d));
+  EXPECT_TRUE(first.started);
+  // The daemon aborts 50 ms after ready; its supervisor ends the instance, worker included.
+  for (int i = 0; i < 4000 && instance_status("crash", state_).state != InstanceState::stopped; ++i) {
+    std::this_thread::sleep_for(5ms);
+  }
+  auto st = instance_status("crash", state_);
+  EXPECT_EQ(st.state, InstanceState::stopped) << st.reason;
+  ASSERT_TRUE(st.record);
+  EXPECT_EQ(st.record->exit_status, 128 + SIGABRT);
+  std::ifstream in(d.worker_file);
+  pid_t worker = 0;
+  in >> worker;
+  ASSERT_GT(worker, 0);
+  EXPECT_FALSE(process_alive(worker)) << "the crashed daemon's child was left running";
+  d.mode = "serve";
+  auto second = ensure_running("crash", {self_exe()}, options("notify", d));
+  EXPECT_TRUE(second.started) << "a leftover was adopted instead of a fresh start";
+  EXPECT_NE(second.pid, worker);
+  EXPECT_EQ(count_lines(d.count_file), 2);
+  // Before ready: the start fails and the child goes with it.
+  Daemon early = daemon("crash-early");
+  early.mode = "crash-leaving-child";
+  early.ready = "none";  // never reports: aborts first
   try {
-    ensure_running(use("dfc"), {self_exe()}, options("notify", d));
+    ensure_running(use("crash-early"), {self_exe()}, options("notify", early));
     FAIL() << "expected StartFailure";
   } catch (const StartFailure& e) {
-    EXPECT_NE(std::string(e.what()).find("no process holds the instance lock"), std::string::npos) << e.what();
-    EXPECT_EQ(e.exit_status(), 0);
+    EXPECT_EQ(e.exit_status(), 128 + SIGABRT) << e.what();
   }
+  std::ifstream in2(early.worker_file);
+  pid_t worker2 = 0;
+  in2 >> worker2;
+  ASSERT_GT(worker2, 0);
+  EXPECT_FALSE(process_alive(worker2));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,9 +575,12 @@ TEST_F(EnsureTest, SigkilledInstanceIsReplacedByTheNextEnsure) {
   Daemon d = daemon("kill");
   auto first = ensure_running(use("killed"), {self_exe()}, options("notify", d));
   ASSERT_EQ(::kill(first.pid, SIGKILL), 0);
-  for (int i = 0; i < 200 && process_alive(first.pid); ++i) std::this_thread::sleep_for(5ms);
+  for (int i = 0; i < 2000 && instance_status("killed", state_).state != InstanceState::stopped; ++i) {
+    std::this_thread::sleep_for(5ms);
+  }
   auto s = run_cli(cli({"status", "killed", "--json"}));
-  EXPECT_EQ(nlohmann::json::parse(s.out).at("state"), "stale") << s.out;
+  EXPECT_EQ(s.exit_code, 3) << s.out;
+  EXPECT_EQ(nlohmann::json::parse(s.out).at("state"), "stopped") << s.out;
   auto second = ensure_running("killed", {self_exe()}, options("notify", d));
   EXPECT_TRUE(second.started);
   EXPECT_NE(second.pid, first.pid);
@@ -480,43 +605,19 @@ TEST_F(EnsureTest, SpawningClientKilledMidWaitDoesNotLoseTheInstance) {
   EXPECT_EQ(count_lines(d.count_file), 1);
 }
 
-TEST_F(EnsureTest, StartWhoseLauncherWasKilledIsAdoptedOrReportedClearly) {
-  // file readiness can be observed by anyone: a later client records it.
-  Daemon d = daemon("orphan");
-  d.mode = "never";
-  std::string ready_file = tmp_ / "orphan-ready";
-  auto opts = options("file:" + ready_file, d);
-  opts.ready_timeout = 300ms;
-  EXPECT_THROW(ensure_running(use("orphan"), {self_exe()}, opts), Error);
-  auto rec = instance_status("orphan", state_).record;
-  ASSERT_TRUE(rec);
-  ASSERT_GT(rec->launcher_pid, 0);
-  ASSERT_EQ(::kill(rec->launcher_pid, SIGKILL), 0);
-  for (int i = 0; i < 200 && process_alive(rec->launcher_pid); ++i) std::this_thread::sleep_for(5ms);
-  std::ofstream(ready_file) << "ok\n";
-  opts.ready_timeout = 5s;
-  auto inst = ensure_running("orphan", {self_exe()}, opts);
-  EXPECT_TRUE(inst.ready);
-  EXPECT_FALSE(inst.started);
-  EXPECT_EQ(inst.pid, rec->process.pid);
-  // notify readiness went to the dead launcher: a clear timeout, not a second instance.
-  Daemon n = daemon("orphan-notify");
-  n.mode = "never";
-  auto nopts = options("notify", n);
-  nopts.ready_timeout = 300ms;
-  EXPECT_THROW(ensure_running(use("orphan-notify"), {self_exe()}, nopts), Error);
-  auto nrec = instance_status("orphan-notify", state_).record;
-  ASSERT_TRUE(nrec);
-  ::kill(nrec->launcher_pid, SIGKILL);
-  for (int i = 0; i < 200 && process_alive(nrec->launcher_pid); ++i) std::this_thread::sleep_for(5ms);
-  try {
-    ensure_running("orphan-notify", {self_exe()}, nopts);
-    FAIL() << "expected a timeout";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.exit_code(), exit_code::temp_fail);
-    EXPECT_NE(std::string(e.what()).find("launcher is gone"), std::string::npos) << e.what();
-  }
-  EXPECT_EQ(count_lines(n.count_file), 1);
+TEST_F(EnsureTest, KillingTheSupervisorTakesTheMainProcessWithIt) {
+  // The supervisor holds the lock; if it is SIGKILLed the lock goes, and the main process must go
+  // too (PR_SET_PDEATHSIG) so the next ensure does not run a second copy beside it.
+  Daemon d = daemon("supkill");
+  auto first = ensure_running(use("supkill"), {self_exe()}, options("notify", d));
+  ASSERT_GT(first.record.launcher_pid, 0);
+  ASSERT_EQ(::kill(first.record.launcher_pid, SIGKILL), 0);
+  for (int i = 0; i < 2000 && process_alive(first.pid); ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_FALSE(process_alive(first.pid));
+  auto s = run_cli(cli({"status", "supkill"}));
+  EXPECT_EQ(s.exit_code, 1) << s.out << s.err;  // LSB 1: dead, record left
+  auto second = ensure_running("supkill", {self_exe()}, options("notify", d));
+  EXPECT_TRUE(second.started);
 }
 
 TEST_F(EnsureTest, StopNeverSignalsAProcessWhoseStartTimeDiffers) {
@@ -561,7 +662,10 @@ TEST_F(EnsureTest, StopNeverSignalsAnUnrelatedLiveProcessNamedByTheRecord) {
   std::ofstream(record_path) << j.dump() << "\n";
   auto r = run_cli(cli({"stop", "unrelated", "--signal", "KILL"}));
   EXPECT_EQ(r.exit_code, exit_code::data) << r.err;
-  EXPECT_NE(r.err.find("does not hold the instance lock"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("is not a process of the instance"), std::string::npos) << r.err;
+  auto st = run_cli(cli({"status", "unrelated"}));
+  EXPECT_EQ(st.exit_code, 4) << st.out;  // never reported as the running instance
+  EXPECT_NE(st.out.find("unknown"), std::string::npos) << st.out;
   std::this_thread::sleep_for(50ms);
   EXPECT_TRUE(process_alive(bystander));
   EXPECT_TRUE(process_alive(inst.pid));
@@ -650,6 +754,310 @@ TEST_F(EnsureTest, UnwritableStateDirectoryAsAnotherUser) {
     return 0;
   });
   EXPECT_EQ(testing::wait_child(child), 0);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// review items (issue 9): each a regression test
+
+TEST_F(EnsureTest, RefusesAStateDirectoryWhoseLocksAreNotEnforced) {
+  // C4: on a filesystem that grants every lock, N clients started N instances.
+  if (auto why = testing::FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+  testing::FaultFs fs("nolocks");
+  Daemon d = daemon("nolocks");
+  std::vector<std::string> args{"ensure", "nl", "--state-dir", fs / "state", "--"};
+  for (auto& c : d.cli_command()) args.push_back(c);
+  const int clients = 6;
+  auto* codes = static_cast<int*>(testing::shared_memory(sizeof(int) * clients));
+  StartGun gun;
+  std::vector<pid_t> kids;
+  for (int i = 0; i < clients; ++i) {
+    kids.push_back(testing::fork_child([&, i] {
+      gun.wait();
+      auto r = run_cli(args);
+      codes[i] = r.exit_code;
+      if (i == 0 && (r.err.find("not enforced") == std::string::npos || r.err.find(fs / "state") == std::string::npos ||
+                     std::count(r.err.begin(), r.err.end(), '\n') != 1)) {
+        return 1;
+      }
+      return 0;
+    }));
+  }
+  gun.release();
+  for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
+  for (int i = 0; i < clients; ++i) EXPECT_EQ(codes[i], exit_code::unavailable) << "client " << i;
+  EXPECT_EQ(count_lines(d.count_file), 0) << "instances started on a lockless filesystem";
+  testing::free_shared_memory(codes, sizeof(int) * clients);
+}
+
+// NOTIFY_SOCKET of a running process, from its environment.
+std::string notify_socket_of(pid_t pid) {
+  std::ifstream env("/proc/" + std::to_string(pid) + "/environ");
+  std::string entry;
+  while (std::getline(env, entry, '\0')) {
+    if (entry.rfind("NOTIFY_SOCKET=", 0) == 0) return entry.substr(14);
+  }
+  return {};
+}
+
+bool send_datagram(const std::string& path, const std::string& text) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), std::min(path.size(), sizeof addr.sun_path - 1));
+  int s = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  bool ok = ::sendto(s, text.data(), text.size(), 0, reinterpret_cast<sockaddr*>(&addr), sizeof addr) >= 0;
+  ::close(s);
+  return ok;
+}
+
+TEST_F(EnsureTest, NotificationsFromOutsideTheInstanceAreIgnored) {
+  // C5: anyone who could reach the notify socket could declare the instance ready and rename
+  // its pid (MAINPID=1), after which stop refused forever.
+  Daemon d = daemon("spoof");
+  d.mode = "never";
+  auto opts = options("notify", d);
+  opts.ready_timeout = 300ms;
+  EXPECT_THROW(ensure_running(use("spoof"), {self_exe()}, opts), Error);
+  auto rec = instance_status("spoof", state_).record;
+  ASSERT_TRUE(rec);
+  std::string socket = notify_socket_of(rec->process.pid);
+  ASSERT_FALSE(socket.empty());
+  // From this process (root, not part of the instance) and from another user.
+  EXPECT_TRUE(send_datagram(socket, "READY=1\nMAINPID=1\nSTATUS=forged\n"));
+  pid_t other = testing::fork_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
+    return send_datagram(socket, "READY=1\nMAINPID=1\n") ? 0 : 91;
+  });
+  EXPECT_EQ(testing::wait_child(other), 0) << "the socket must be reachable (C6), just not trusted";
+  try {
+    ensure_running("spoof", {self_exe()}, opts);
+    FAIL() << "a forged READY=1 made the instance ready";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::temp_fail) << e.what();
+  }
+  auto st = instance_status("spoof", state_);
+  EXPECT_EQ(st.state, InstanceState::running) << st.reason;
+  ASSERT_TRUE(st.record);
+  EXPECT_EQ(st.record->process.pid, rec->process.pid);
+  EXPECT_NE(st.record->status, "forged");
+  auto stop = run_cli(cli({"stop", "spoof"}));
+  EXPECT_EQ(stop.exit_code, 0) << stop.err;
+  EXPECT_FALSE(process_alive(rec->process.pid));
+}
+
+TEST_F(EnsureTest, DaemonThatDropsPrivilegesCanStillNotify) {
+  // C6: a root-started daemon that setuid()s before sd_notify could not reach the socket.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  Daemon d = daemon("dropprivs");
+  d.mode = "dropprivs";
+  auto inst = ensure_running(use("dropprivs"), {self_exe()}, options("notify", d));
+  EXPECT_TRUE(inst.ready);
+  auto id = identity_of(inst.pid);
+  ASSERT_TRUE(id);
+  std::ifstream status("/proc/" + std::to_string(inst.pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Uid:", 0) == 0) EXPECT_NE(line.find("65534"), std::string::npos) << line;
+  }
+}
+
+TEST_F(EnsureTest, ReadinessOnlyCountsWhatThisStartCreated) {
+  // C7: a stale ready file, or a port someone else listens on, made a start "ready" at once.
+  std::string ready_file = tmp_ / "stale.ready";
+  std::ofstream(ready_file) << "left by a SIGKILLed run\n";
+  timespec old[2] = {{::time(nullptr) - 3600, 0}, {::time(nullptr) - 3600, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, ready_file.c_str(), old, 0), 0);
+  Daemon d = daemon("stale-file");
+  d.ready = "file:" + ready_file;
+  d.delay_ms = 200;
+  auto inst = ensure_running(use("stale-file"), {self_exe()}, options("file:" + ready_file, d));
+  EXPECT_TRUE(exists(d.marker)) << "returned on the stale file, before the daemon was ready";
+  EXPECT_TRUE(inst.ready);
+
+  // A listener that is not the instance's.
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(s, 16), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  Daemon n = daemon("foreign-port");
+  n.mode = "never";
+  auto opts = options("tcp:127.0.0.1:" + std::to_string(ntohs(a.sin_port)), n);
+  opts.ready_timeout = 500ms;
+  try {
+    ensure_running(use("foreign-port"), {self_exe()}, opts);
+    FAIL() << "someone else's listener counted as the instance's readiness";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::temp_fail) << e.what();
+  }
+  ::close(s);
+}
+
+TEST_F(EnsureTest, NonDumpableDaemonCanBeStoppedByItsUser) {
+  // C8: stop read the daemon's /proc/PID/fd, which a non-dumpable process hides from its own user.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  ::chmod(tmp_.path().c_str(), 0755);
+  std::string dir = tmp_ / "nd";
+  ::mkdir(dir.c_str(), 0700);
+  ASSERT_EQ(::chown(dir.c_str(), 65534, 65534), 0);
+  pid_t child = testing::fork_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
+    auto r = testing::run({cli_path(), "ensure", "agent", "--state-dir", dir + "/st", "--ready", "notify", "--", "env",
+                           "HOLDFAST_TEST_DAEMON=nondumpable", "HF_READY=notify", self_exe()});
+    if (r.exit_code != 0) {
+      std::fprintf(stderr, "%s", r.err.c_str());
+      return 91;
+    }
+    pid_t pid = std::atoi(r.out.c_str());
+    auto st = testing::run({cli_path(), "status", "agent", "--state-dir", dir + "/st"});
+    if (st.exit_code != 0) return 92;
+    auto stop = testing::run({cli_path(), "stop", "agent", "--state-dir", dir + "/st"});
+    if (stop.exit_code != 0) return 93;
+    return ::kill(pid, 0) == 0 ? 94 : 0;
+  });
+  EXPECT_EQ(testing::wait_child(child), 0);
+}
+
+TEST_F(EnsureTest, DescriptorLimitsAreCheckedAndReported) {
+  // C9: fd:N above the limit, or a low RLIMIT_NOFILE, made the pre-exec shuffle fail silently.
+  auto r = run_cli(cli({"ensure", "bigfd", "--ready", "fd:999999", "--", "true"}));
+  EXPECT_EQ(r.exit_code, exit_code::usage) << r.err;
+  EXPECT_NE(r.err.find("descriptor limit"), std::string::npos) << r.err;
+  Daemon d = daemon("lowfd");
+  std::vector<std::string> args = cli({"ensure", use("lowfd"), "--ready", "notify", "--"});
+  for (auto& c : d.cli_command()) args.push_back(c);
+  pid_t child = testing::fork_child([&] {
+    rlimit lim{24, 24};
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) return 90;
+    auto res = run_cli(args);
+    return res.exit_code == 0 ? 0 : 10 + res.exit_code % 100;
+  });
+  EXPECT_EQ(testing::wait_child(child), 0);
+  EXPECT_EQ(count_lines(d.count_file), 1);
+}
+
+TEST_F(EnsureTest, StopSignalOnlyModeAndEverySignalName) {
+  // C10: --signal HUP waited for an exit (75), and only 8 names were known.
+  Daemon d = daemon("reload");
+  auto inst = ensure_running(use("reload"), {self_exe()}, options("notify", d));
+  auto r = run_cli(cli({"stop", "reload", "--signal", "HUP", "--no-wait"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  for (int i = 0; i < 2000 && count_lines(d.signal_file) == 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(count_lines(d.signal_file), 1);
+  EXPECT_TRUE(process_alive(inst.pid));
+  EXPECT_EQ(instance_status("reload", state_).state, InstanceState::ready);
+  for (std::string sig : {"WINCH", "SIGCONT", "cont", "0", "28"}) {
+    auto s = run_cli(cli({"stop", "reload", "--signal", sig, "--no-wait"}));
+    EXPECT_EQ(s.exit_code, 0) << sig << ": " << s.err;
+  }
+  EXPECT_TRUE(process_alive(inst.pid));
+  for (std::string bad : {"BOGUS", "99", "-1", "RTMIN+99"}) {
+    EXPECT_EQ(run_cli(cli({"stop", "reload", "--signal", bad})).exit_code, exit_code::usage) << bad;
+  }
+  EXPECT_EQ(run_cli(cli({"stop", "reload", "--signal", "0"})).exit_code, exit_code::usage);
+  // Durations in every form (D12's half for stop and ensure).
+  r = run_cli(cli({"stop", "reload", "--signal", "RTMIN+2", "--timeout", "2s", "--kill-after", "500ms"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(process_alive(inst.pid));
+  EXPECT_EQ(run_cli(cli({"ensure", "x", "--ready-timeout", "1h", "--", "holdfast-no-such-command"})).exit_code,
+            exit_code::not_found);
+  EXPECT_EQ(run_cli(cli({"ensure", "x", "--ready-timeout", "soon", "--", "true"})).exit_code, exit_code::usage);
+}
+
+TEST_F(EnsureTest, DaemonEnvironmentIsSetNotInherited) {
+  // C11: the daemon got the race winner's cwd, umask and environment.
+  ::chmod(tmp_.path().c_str(), 0777);
+  std::string work = tmp_ / "work";
+  ::mkdir(work.c_str(), 0755);
+  Daemon d = daemon("env");
+  ::umask(077);
+  std::vector<std::string> args = cli({"ensure", use("env"), "--ready", "notify", "--chdir", work, "--env",
+                                       "HF_FOO=bar", "--umask", "027", "--"});
+  for (auto& c : d.cli_command()) args.push_back(c);
+  auto r = run_cli(args);
+  ::umask(022);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream in(d.describe_file);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, work + " 0027 0 bar");
+  // Defaults: / and 022, whatever the caller has.
+  Daemon d2 = daemon("env-default");
+  ::umask(077);
+  auto inst = ensure_running(use("env-default"), {self_exe()}, options("notify", d2));
+  ::umask(022);
+  std::ifstream in2(d2.describe_file);
+  std::getline(in2, line);
+  EXPECT_EQ(line, "/ 0022 0 ");
+  // --user: privileges dropped in the daemon only; the supervisor keeps the caller's.
+  if (::geteuid() == 0) {
+    Daemon d3 = daemon("env-user");
+    std::vector<std::string> a3 = cli({"ensure", use("env-user"), "--ready", "notify", "--user", "65534", "--"});
+    for (auto& c : d3.cli_command()) a3.push_back(c);
+    auto r3 = run_cli(a3);
+    ASSERT_EQ(r3.exit_code, 0) << r3.err;
+    std::ifstream in3(d3.describe_file);
+    std::getline(in3, line);
+    EXPECT_EQ(line, "/ 0022 65534 ");
+    EXPECT_EQ(run_cli(cli({"stop", "env-user"})).exit_code, 0);
+  }
+  (void)inst;
+}
+
+TEST_F(EnsureTest, LogIsRotatedBySize) {
+  Daemon d = daemon("chatty");
+  d.mode = "chatty";
+  std::vector<std::string> args = cli({"ensure", use("chatty"), "--ready", "notify", "--log-max", "8K", "--"});
+  for (auto& c : d.cli_command()) args.push_back(c);
+  auto r = run_cli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string log = state_ + "/chatty.log";
+  for (int i = 0; i < 2000 && !exists(log + ".1"); ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_TRUE(exists(log + ".1"));
+  struct stat st {};
+  ASSERT_EQ(::stat(log.c_str(), &st), 0);
+  EXPECT_LE(st.st_size, 8192 + 65536);
+}
+
+TEST_F(EnsureTest, StatusExitCodesFollowLsb) {
+  // C12: status exited 0 for stopped and stale instances.
+  EXPECT_EQ(run_cli(cli({"status", "never-started"})).exit_code, 3);
+  Daemon d = daemon("lsb");
+  ensure_running(use("lsb"), {self_exe()}, options("notify", d));
+  EXPECT_EQ(run_cli(cli({"status", "lsb"})).exit_code, 0);
+  EXPECT_EQ(run_cli(cli({"stop", "lsb"})).exit_code, 0);
+  EXPECT_EQ(run_cli(cli({"status", "lsb"})).exit_code, 3);
+  EXPECT_EQ(run_cli(cli({"status"})).exit_code, 0);
+}
+
+TEST_F(EnsureTest, StopDuringTheFirstMomentsOfAStartWaitsInsteadOfRefusing) {
+  // S5: a stop between the client's "starting" record and the supervisor recording itself said
+  // "refusing to signal pid 0" (65). It now waits for the supervisor, bounded by --timeout.
+  ::mkdir(state_.c_str(), 0700);
+  InstanceRecord rec;
+  rec.name = "early";
+  rec.process = ProcessIdentity{0, 0, this_boot_id(), this_host()};
+  rec.command = {"sleep", "100"};
+  rec.state = RecordState::starting;
+  rec.ready_mode = "none";
+  rec.attempt = 12345;
+  std::ofstream(state_ + "/early.json") << rec.to_json() << "\n";
+  int fd = ::open((state_ + "/early.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(::fcntl(fd, F_OFD_SETLK, &fl), 0);  // as the spawning client holds it
+  auto r = run_cli(cli({"stop", "early", "--timeout", "300ms"}));
+  EXPECT_EQ(r.exit_code, exit_code::temp_fail) << r.err;
+  EXPECT_NE(r.err.find("still starting"), std::string::npos) << r.err;
+  auto st = run_cli(cli({"status", "early"}));
+  EXPECT_EQ(st.exit_code, 0) << st.out;
+  EXPECT_NE(st.out.find("starting"), std::string::npos) << st.out;
+  ::close(fd);
 }
 
 }  // namespace

@@ -3,7 +3,11 @@
 // GoogleTest. Tests start it as {exe, ...} with the mode in the environment.
 //
 // Environment:
-//   HOLDFAST_TEST_DAEMON   serve | die | never | doublefork | doublefork-close | ignore-term
+//   HOLDFAST_TEST_DAEMON   serve | die | never | doublefork | doublefork-close | closefds |
+//                          ignore-term | forks-worker | crash-leaving-child | dropprivs |
+//                          nondumpable | chatty
+//   HF_SIGNAL_FILE         every SIGHUP appends "HUP" here (the daemon keeps running)
+//   HF_DESCRIBE_FILE       "cwd umask uid $HF_FOO" written at start
 //   HF_COUNT_FILE          append "PID\n" here on start (counts starts)
 //   HF_READY_MARKER        created just before readiness is signalled
 //   HF_READY               none | notify | fd:N | file:PATH | unix:PATH | tcp:PORT
@@ -11,7 +15,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -42,6 +48,7 @@ void touch(const std::string& path) {
   if (path.empty()) return;
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
   if (fd >= 0) ::close(fd);
+  ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // as touch(1): an existing file gets "now"
 }
 
 // sd_notify(3), written out: one datagram to $NOTIFY_SOCKET ('@' = abstract namespace).
@@ -104,8 +111,47 @@ void signal_ready() {
   for (;;) ::pause();
 }
 
+void on_hup(int) {
+  static const char line[] = "HUP\n";
+  const char* path = std::getenv("HF_SIGNAL_FILE");
+  if (path == nullptr || *path == '\0') return;
+  int fd = ::open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  if (::write(fd, line, sizeof line - 1) < 0) ::_exit(9);
+  ::close(fd);
+}
+
+void describe() {
+  std::string path = env("HF_DESCRIBE_FILE");
+  if (path.empty()) return;
+  char cwd[4096] = "?";
+  if (::getcwd(cwd, sizeof cwd) == nullptr) std::strcpy(cwd, "?");
+  mode_t mask = ::umask(0);
+  ::umask(mask);
+  char text[4400];
+  std::snprintf(text, sizeof text, "%s %04o %d %s", cwd, static_cast<unsigned>(mask), static_cast<int>(::getuid()),
+                env("HF_FOO").c_str());
+  append_line(path, text);
+}
+
 [[noreturn]] void run_daemon(const std::string& mode) {
   ::alarm(120);  // never outlive a broken test run by much
+  ::signal(SIGHUP, on_hup);
+  describe();
+  if (mode == "dropprivs") {
+    // As root-started daemons do before they notify (C6). The readiness marker must stay
+    // creatable: the tests make its directory writable.
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(70);
+  }
+  if (mode == "nondumpable") ::prctl(PR_SET_DUMPABLE, 0);  // as ssh-agent does (C8)
+  if (mode == "chatty") {
+    // Writes ~64 KiB to stdout in 1 KiB lines, for log rotation.
+    std::string line(1023, 'x');
+    line += '\n';
+    for (int i = 0; i < 64; ++i) {
+      if (::write(1, line.data(), line.size()) < 0) break;
+    }
+  }
   int delay = env("HF_DELAY_MS").empty() ? 20 : std::atoi(env("HF_DELAY_MS").c_str());
   if (mode == "die") {
     append_line(env("HF_COUNT_FILE"), std::to_string(::getpid()));
@@ -122,11 +168,21 @@ void signal_ready() {
     // see even where exiting is slow (sanitizer runtimes).
     while (::getppid() == first) ::usleep(1000);
     ::setsid();
-    if (mode == "doublefork-close") {
-      // A daemon that closes every inherited descriptor: the instance lock goes with them.
-      ::close(std::atoi(env("HOLDFAST_INSTANCE_FD").c_str()));
-      ::sleep(3);
-      ::_exit(0);
+    // daemon(3)-style: a second fork, so the daemon is not a session leader either.
+    if (::fork() != 0) ::_exit(0);
+  }
+  if (mode == "doublefork-close" || mode == "closefds") {
+    // sshd-style closefrom(3): every inherited descriptor above stderr goes. The readiness
+    // descriptor (fd:N) is the only one a daemon that wants to report would keep; these don't.
+    ::close_range(3, ~0U, 0);
+  }
+  if (mode == "forks-worker" || mode == "crash-leaving-child") {
+    // A worker that stays after its parent: it must be stopped with the instance (C2), and must
+    // never be adopted as the instance when its parent crashes (C3).
+    pid_t worker = ::fork();
+    if (worker == 0) {
+      append_line(env("HF_WORKER_FILE"), std::to_string(::getpid()));
+      serve_forever();
     }
   }
   append_line(env("HF_COUNT_FILE"), std::to_string(::getpid()));
@@ -134,6 +190,10 @@ void signal_ready() {
   if (mode == "never") serve_forever();
   ::usleep(static_cast<useconds_t>(delay) * 1000);
   signal_ready();
+  if (mode == "crash-leaving-child") {
+    ::usleep(static_cast<useconds_t>(delay) * 1000);
+    ::abort();
+  }
   serve_forever();
 }
 

@@ -31,3 +31,35 @@ g++ -std=c++20 "$work/src/main.cpp" -o "$work/pc_consumer" \
   $(PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig" pkg-config --define-prefix --cflags --libs --static holdfast)
 "$work/pc_consumer" "$work/pc.lock"
 echo "installed package: find_package and pkg-config consumers build and run"
+
+# The C API: a plain C11 program against the installed holdfast.h and libholdfast_c via pkg-config.
+pc="PKG_CONFIG_PATH=$work/prefix/lib/pkgconfig"
+cflags=$(env "$pc" pkg-config --define-prefix --cflags holdfast-c)
+libs=$(env "$pc" pkg-config --define-prefix --libs holdfast-c)
+here=$(cd "$(dirname "$0")" && pwd)
+gcc -std=c11 -Wall -Wextra -Werror -pedantic $cflags "$here/capi_consumer.c" -o "$work/capi_consumer" $libs
+mkdir -p "$work/capi"
+LD_LIBRARY_PATH="$work/prefix/lib" "$work/capi_consumer" "$work/capi"
+# Every exported symbol carries the ABI's version node; nothing else (no C++ symbol) is exported.
+exported=$(nm -D --defined-only "$work/prefix/lib/libholdfast_c.so.1" | awk '$2 == "T" {print $3}')
+if echo "$exported" | grep -v '@@HOLDFAST_C_1$' | grep -q .; then
+  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -v '@@HOLDFAST_C_1$'; exit 1
+fi
+echo "installed package: C API consumer builds with pkg-config and runs"
+
+# The Python module: installed under PREFIX/HOLDFAST_PYTHON_INSTALL_DIR, it imports from there with
+# /usr/bin/python3 and finds libholdfast_c through its relative RPATH (no LD_LIBRARY_PATH).
+pydir=$(sed -n 's/^HOLDFAST_PYTHON_INSTALL_DIR:[A-Z]*=//p' "$build_dir/CMakeCache.txt")
+if [ -n "$pydir" ]; then
+  test -f "$work/prefix/$pydir/holdfast/py.typed"
+  test -f "$work/prefix/$pydir/holdfast/_native.pyi"
+  env -u LD_LIBRARY_PATH PYTHONPATH="$work/prefix/$pydir" /usr/bin/python3 -c '
+import sys, holdfast
+assert holdfast.__file__.startswith(sys.argv[1]), holdfast.__file__
+with holdfast.FileLock(sys.argv[2]) as lock:
+    assert lock.token
+' "$work/prefix/$pydir" "$work/py.lock"
+  # With the default prefix, that directory is on /usr/bin/python3's own sys.path.
+  /usr/bin/python3 -c 'import sys; d = "/usr/local/" + sys.argv[1]; assert d in sys.path, (d, sys.path)' "$pydir"
+  echo "installed package: /usr/bin/python3 imports the holdfast module"
+fi

@@ -46,6 +46,8 @@ class FaultFs {
   const std::string& mount_path() const { return mount_; }
   // The backing directory: the real files, bypassing every fault.
   const std::string& backing_path() const { return backing_; }
+  // The faultfs daemon (e.g. to SIGSTOP it: a filesystem that stops answering).
+  pid_t pid() const { return pid_; }
   // mount_path() + "/" + name.
   std::string operator/(const std::string& name) const { return mount_ + "/" + name; }
 

@@ -1,0 +1,172 @@
+/* holdfast C API — a stable C ABI over the holdfast library (libholdfast_c.so.1).
+ *
+ * For bindings from any language (the Python module `holdfast` is built on exactly this API) and
+ * for C programs. Link with `pkg-config --cflags --libs holdfast-c`.
+ *
+ * Conventions (docs/C_API.md states the ABI policy):
+ *   - Every function returns an int status: HF_OK (0) on success, a positive "no" that is not an
+ *     error (HF_BUSY, HF_TIMEOUT), or HF_ERROR (-1). After HF_ERROR, hf_error_*() describe the
+ *     failure on the calling thread (thread-local; valid until the next hf_* call on that thread).
+ *   - No C++ exception ever crosses this boundary; allocation failure is HF_ERROR with ENOMEM.
+ *   - Handles are opaque. Strings returned through `char**` out-params are NUL-terminated, owned by
+ *     the caller and released with hf_free().
+ *   - Timeouts are milliseconds: < 0 waits forever, 0 tries once, > 0 waits at most that long.
+ *   - Symbols carry the version node HOLDFAST_C_1; a change that breaks a caller bumps the soname.
+ */
+#ifndef HOLDFAST_HOLDFAST_H
+#define HOLDFAST_HOLDFAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HOLDFAST_C_API_VERSION 1
+
+/* ---- status codes and errors ---- */
+
+enum {
+  HF_OK = 0,
+  HF_BUSY = 1,     /* a try (timeout 0) found the lock held by another holder */
+  HF_TIMEOUT = 2,  /* the deadline passed without the lock / the condition */
+  HF_ERROR = -1    /* failure: see hf_error_*() */
+};
+
+/* The version of the C API this library implements (HOLDFAST_C_API_VERSION at build time). */
+int hf_api_version(void);
+
+/* After HF_ERROR: one line "PATH: CONTEXT: CAUSE" (never NULL; "" when no error). */
+const char* hf_error_message(void);
+/* After HF_ERROR: the path the failure concerns ("" if none). */
+const char* hf_error_path(void);
+/* After HF_ERROR: the errno value of a failed system call, 0 when the cause is not a syscall. */
+int hf_error_errno(void);
+/* After HF_ERROR: the documented exit code of the `holdfast` command for this failure
+ * (docs/EXIT_CODES.md: 64 usage, 65 corrupt data, 66 missing, 69 unavailable, 73, 74, 75, 77...). */
+int hf_error_exit_code(void);
+/* After hf_ensure failed because the command failed before ready: its exit status (code, or
+ * 128+signal), else -1. */
+int hf_error_exit_status(void);
+/* After hf_ensure failed because the command failed: the last lines of its log ("" otherwise). */
+const char* hf_error_log_tail(void);
+
+/* Releases a string returned through a char** out-parameter. NULL is ignored. */
+void hf_free(void* pointer);
+
+/* ---- locks (include/holdfast/lock.hpp) ---- */
+
+enum hf_backend { HF_BACKEND_AUTO = 0, HF_BACKEND_OFD = 1, HF_BACKEND_FLOCK = 2, HF_BACKEND_EXCL = 3, HF_BACKEND_LINK = 4 };
+enum hf_lock_mode { HF_EXCLUSIVE = 0, HF_SHARED = 1 };
+
+typedef struct hf_lockfile hf_lockfile; /* an open lock path: take the same lock many times */
+typedef struct hf_lock hf_lock;         /* a held grant */
+
+/* Opens `path` for locking with `backend` and `mode` (files are created on first acquisition).
+ * Not for concurrent use by several threads at once. */
+int hf_lockfile_open(const char* path, int backend, int mode, hf_lockfile** out);
+/* Closes the lock path. Every hf_lock taken through it must be released first. NULL is ignored. */
+void hf_lockfile_close(hf_lockfile* lockfile);
+/* Takes the lock: HF_OK and *out set; HF_BUSY (timeout_ms == 0) or HF_TIMEOUT (timeout_ms > 0) if
+ * another holder kept it; HF_ERROR otherwise. A blocking call (< 0) is not ended by signals; to
+ * stay interruptible, call with bounded timeouts in a loop (the Python module does). */
+int hf_lockfile_acquire(hf_lockfile* lockfile, int64_t timeout_ms, hf_lock** out);
+
+/* One-shot: as hf_lockfile_acquire on a fresh hf_lockfile that the hf_lock owns. */
+int hf_lock_acquire(const char* path, int backend, int mode, int64_t timeout_ms, hf_lock** out);
+/* Releases the grant and frees the handle (always, even when HF_ERROR reports a failed release).
+ * NULL is ignored. */
+int hf_lock_release(hf_lock* lock);
+/* Forgets the grant without releasing it and frees the handle: the lock stays with every process
+ * that shares its descriptor — for a one-shot lock, a copy of the descriptor stays open in this
+ * process too; for a lock taken through an hf_lockfile, the lock lasts while that hf_lockfile (or
+ * a copy of its descriptor in another process) stays open. Meant for a child after fork(), so that
+ * it never releases its parent's lock. NULL is ignored. */
+void hf_lock_detach(hf_lock* lock);
+/* The fencing token of the grant: strictly increasing per lock path across holders and crashes. */
+uint64_t hf_lock_token(const hf_lock* lock);
+/* The backend actually used (never HF_BACKEND_AUTO). */
+int hf_lock_backend(const hf_lock* lock);
+/* The locked descriptor (kernel backends) or a read-only descriptor of the dotlock file. */
+int hf_lock_fd(const hf_lock* lock);
+
+enum hf_holder_state { HF_HOLDER_FREE = 0, HF_HOLDER_HELD = 1, HF_HOLDER_STALE = 2 };
+/* Who holds `path`, without taking the lock. *state is an hf_holder_state; if json is not NULL,
+ * *json is one JSON object {"state","backend","kernel_lock_held","kernel_lock_kinds","reason",
+ * "record_corrupt","record"} where "record" is the holder record (docs/LOCKS.md) or null. */
+int hf_holder(const char* path, int* state, char** json);
+
+/* ---- ensure: exactly one instance (include/holdfast/ensure.hpp) ---- */
+
+typedef struct hf_instance {
+  int32_t pid;          /* the daemon */
+  uint64_t start_time;  /* its start time (/proc/PID/stat field 22) */
+  int ready;            /* 1 if verified ready */
+  int started;          /* 1 if this call spawned it */
+  int64_t waited_ns;    /* time spent in hf_ensure */
+} hf_instance;
+
+/* Ensures exactly one instance `name` runs argv (NULL-terminated; argv[0] looked up in PATH) and is
+ * ready. `ready` is "none", "notify", "fd:N", "tcp:HOST:PORT", "unix:PATH" or "file:PATH" (NULL =
+ * "none"); `state_dir` NULL or "" = the default. HF_TIMEOUT if not ready within timeout_ms (the
+ * instance keeps starting); HF_ERROR with hf_error_exit_status()/hf_error_log_tail() if it failed
+ * before ready. If record_json is not NULL, *record_json receives the instance record as JSON. */
+int hf_ensure(const char* name, const char* const* argv, const char* ready, int64_t timeout_ms,
+              const char* state_dir, hf_instance* out, char** record_json);
+
+/* READY: lock held, record ready and verified. RUNNING: lock held, starting. STOPPED: lock free,
+ * no record or it says stopped/failed. STALE: lock free but the record says it runs (died without
+ * cleanup). UNKNOWN: lock held but the record does not verify (never signalled). Callers must
+ * treat values they do not know as UNKNOWN. */
+enum hf_instance_state {
+  HF_INSTANCE_READY = 0,
+  HF_INSTANCE_RUNNING = 1,
+  HF_INSTANCE_STOPPED = 2,
+  HF_INSTANCE_STALE = 3,
+  HF_INSTANCE_UNKNOWN = 4
+};
+/* The status of instance `name` (takes no lock). *state is an hf_instance_state; if json is not
+ * NULL, *json is {"name","state","lock_held","reason","record"} with "record" the record or null. */
+int hf_status(const char* name, const char* state_dir, int* state, char** json);
+
+typedef struct hf_stop_result {
+  int was_running;  /* an instance held the lock */
+  int32_t pid;      /* the process signalled, 0 if none */
+  int killed;       /* SIGKILL was sent */
+} hf_stop_result;
+
+/* Stops the verified instance with `signal` (0 = SIGTERM) and waits up to timeout_ms (< 0: 10 s)
+ * for its lock to be released; kill_after_ms >= 0 sends SIGKILL after that long. Never signals a
+ * process that does not verify against the record and the held lock. HF_TIMEOUT if it still runs. */
+int hf_stop(const char* name, const char* state_dir, int signal, int64_t timeout_ms, int64_t kill_after_ms,
+            hf_stop_result* out);
+
+/* ---- durable hand-off (atomic_write.hpp, wait.hpp, digest.hpp) ---- */
+
+/* Atomically replaces `path` with `data` (fsync'd unless sync == 0). mode < 0: 0666 & ~umask for a
+ * new file; an existing file always keeps its mode. */
+int hf_write(const char* path, const void* data, size_t size, int sync, int mode);
+
+/* Called after every check of a wait; return non-zero to abandon the wait (hf_wait_like then
+ * returns HF_ERROR with errno EINTR). */
+typedef int (*hf_cancel_fn)(void* context);
+
+/* Waits until the reader's view of `path` holds exactly the content of `like` (size and digest).
+ * `via` NULL/"" observes the local path, else a shell command printing the reader's view of $1.
+ * interval_ms <= 0: 500 ms. HF_OK when matched, HF_TIMEOUT otherwise (then, if difference is not
+ * NULL, *difference names what still differs). cancel may be NULL. */
+int hf_wait_like(const char* path, const char* like, int64_t timeout_ms, int64_t interval_ms, const char* via,
+                 hf_cancel_fn cancel, void* cancel_context, char** difference);
+
+/* "ALG:HEX" of the file at `path` ("xxh128" or "sha256"; NULL = xxh128) into *digest; *size (if
+ * not NULL) receives the bytes hashed. */
+int hf_digest_file(const char* path, const char* alg, char** digest, uint64_t* size);
+/* "ALG:HEX" of `size` bytes at `data`. */
+int hf_digest_bytes(const void* data, size_t size, const char* alg, char** digest);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HOLDFAST_HOLDFAST_H */

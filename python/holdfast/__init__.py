@@ -1,0 +1,47 @@
+"""holdfast: correct cross-process coordination through the filesystem, from Python.
+
+- ``FileLock`` / ``SoftFileLock`` / ``AsyncFileLock``: drop-ins for python filelock, interoperating
+  with filelock and flock(1) on the same files, plus fencing tokens and ``holder()``.
+- ``ensure`` / ``status`` / ``stop``: exactly one instance of a daemon, verified by a kernel lock.
+- ``write`` / ``wait_like`` / ``digest``: atomic, durable hand-off of files.
+
+Built on holdfast's C API (holdfast.h); see docs/PYTHON.md.
+"""
+
+from ._durable import digest, wait_like, write
+from ._ensure import Instance, Status, StopResult, ensure, status, stop
+from ._errors import (
+    CorruptRecord,
+    Error,
+    NotFound,
+    OSFailure,
+    PermissionDenied,
+    ReadyTimeout,
+    StartFailure,
+    Timeout,
+    Unavailable,
+    UsageError,
+    WaitTimeout,
+)
+from ._filelock import (
+    AcquireReturnProxy,
+    AsyncAcquireReturnProxy,
+    AsyncFileLock,
+    AsyncSoftFileLock,
+    BaseFileLock,
+    FileLock,
+    HolderInfo,
+    SoftFileLock,
+    UnixFileLock,
+    holder,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcquireReturnProxy", "AsyncAcquireReturnProxy", "AsyncFileLock", "AsyncSoftFileLock", "BaseFileLock",
+    "CorruptRecord", "Error", "FileLock", "HolderInfo", "Instance", "NotFound", "OSFailure", "PermissionDenied",
+    "ReadyTimeout", "SoftFileLock", "StartFailure", "Status", "StopResult", "Timeout", "UnixFileLock",
+    "Unavailable", "UsageError", "WaitTimeout", "digest", "ensure", "holder", "status", "stop", "wait_like",
+    "write",
+]

@@ -1,0 +1,204 @@
+// RAII fixtures for the device tests: the simulated board (tests/device/simboard.py behind a pty),
+// an ext2 image on a loop device mounted on the host (the board's USB drive), and helpers.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "support/testing.hpp"
+
+namespace holdfast::testing::device {
+
+inline std::string cli_path() {
+#ifdef HOLDFAST_CLI_PATH
+  return HOLDFAST_CLI_PATH;
+#else
+  return holdfast_path();
+#endif
+}
+
+inline std::string simboard_path() { return std::string(HOLDFAST_SOURCE_DIR) + "/tests/device/simboard.py"; }
+
+inline CommandResult hf(const std::vector<std::string>& args, const std::string& stdin_data = "") {
+  std::vector<std::string> argv{cli_path()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run(argv, stdin_data, std::chrono::seconds(300));
+}
+
+// A UUCP lock file's content in the HDB format minicom and picocom write: "%10d\n".
+inline std::string fmt_pid(pid_t pid) {
+  std::string s = std::to_string(pid);
+  return std::string(s.size() < 10 ? 10 - s.size() : 0, ' ') + s + "\n";
+}
+
+inline bool soak() { return std::getenv("HOLDFAST_SOAK") != nullptr; }
+inline bool sanitized() {
+#ifdef HOLDFAST_SANITIZED
+  return true;
+#else
+  return false;
+#endif
+}
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void spit(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+// A board process: a /usr/bin/python3 `script` owning a pty master, which prints
+// "READY /dev/pts/N" once the port opens. Killed and reaped on destruction.
+class SimBoardProcess {
+ public:
+  SimBoardProcess(const std::vector<std::string>& args, const std::string& script,
+                  const std::string& first_arg = "") {
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    std::vector<std::string> argv{"/usr/bin/python3", script};
+    if (!first_arg.empty()) argv.push_back(first_arg);
+    argv.insert(argv.end(), args.begin(), args.end());
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork");
+    if (pid_ == 0) {
+      ::dup2(out[1], 1);
+      std::vector<char*> a;
+      for (auto& s : argv) a.push_back(s.data());
+      a.push_back(nullptr);
+      ::execv(a[0], a.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    std::string line;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{out[0], POLLIN, 0};
+      if (::poll(&p, 1, 1000) <= 0) continue;
+      char buf[256];
+      ssize_t n = ::read(out[0], buf, sizeof buf);
+      if (n <= 0) break;
+      line.append(buf, static_cast<size_t>(n));
+    }
+    ::close(out[0]);
+    if (line.rfind("READY ", 0) != 0) {
+      stop();
+      throw std::runtime_error("simulated board did not start: " + line);
+    }
+    port_ = line.substr(6, line.find('\n') - 6);
+  }
+  ~SimBoardProcess() { stop(); }
+  SimBoardProcess(const SimBoardProcess&) = delete;
+  SimBoardProcess& operator=(const SimBoardProcess&) = delete;
+  const std::string& port() const { return port_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  void stop() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      int st = 0;
+      ::waitpid(pid_, &st, 0);
+      pid_ = -1;
+    }
+  }
+  pid_t pid_ = -1;
+  std::string port_;
+};
+
+// The simulated board (tests/device/simboard.py).
+class SimBoard : public SimBoardProcess {
+ public:
+  explicit SimBoard(const std::vector<std::string>& args) : SimBoardProcess(args, simboard_path()) {}
+};
+
+// The board's log of events (JSON lines).
+inline std::vector<nlohmann::json> board_events(const std::string& log) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(slurp(log));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  }
+  return out;
+}
+
+// An ext2 image on a loop device, mounted at MOUNT without `sync` (the default, as desktops mount
+// USB drives). Unmounted and detached on destruction. ok() is false when this machine cannot
+// (not root, no loop devices, no ext2): tests then skip.
+class LoopDrive {
+ public:
+  LoopDrive(const std::string& dir, const std::string& size = "8M") : image_(dir + "/drive.img"), mount_(dir + "/CIRCUITPY") {
+    if (::geteuid() != 0) return;
+    if (run({"mke2fs", "-q", "-F", "-t", "ext2", "-b", "1024", image_, size}).exit_code != 0) return;
+    auto r = run({"losetup", "-f", "--show", image_});
+    if (r.exit_code != 0) return;
+    loop_ = r.out.substr(0, r.out.find('\n'));
+    ::mkdir(mount_.c_str(), 0755);
+    if (::mount(loop_.c_str(), mount_.c_str(), "ext2", 0, nullptr) != 0) {
+      run({"losetup", "-d", loop_});
+      loop_.clear();
+      return;
+    }
+    mounted_ = true;
+  }
+  ~LoopDrive() {
+    if (mounted_) ::umount2(mount_.c_str(), MNT_DETACH);
+    if (!loop_.empty()) run({"losetup", "-d", loop_});
+  }
+  LoopDrive(const LoopDrive&) = delete;
+  LoopDrive& operator=(const LoopDrive&) = delete;
+  bool ok() const { return mounted_; }
+  const std::string& image() const { return image_; }
+  const std::string& mount() const { return mount_; }
+  const std::string& loop() const { return loop_; }
+  // What the board reads: the image, bypassing the host's mount and page cache.
+  std::string board_read(const std::string& path) const {
+    return run({"debugfs", "-R", "cat " + path, image_}).out;
+  }
+
+ private:
+  std::string image_, mount_, loop_;
+  bool mounted_ = false;
+};
+
+// Sets an environment variable for the test's lifetime.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (old_.empty()) {
+      ::unsetenv(name_);
+    } else {
+      ::setenv(name_, old_.c_str(), 1);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::string old_;
+};
+
+}  // namespace holdfast::testing::device
