@@ -150,7 +150,11 @@ class BlockForwarded {
 int exec_failure_status(int err) noexcept { return err == ENOMEM ? exit_code::os_error : exit_code::unavailable; }
 
 int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& before_start) {
-  const char* hook = std::getenv("HOLDFAST_TEST_STOP_AT");
+  // Read once and kept from the command (a nested holdfast must not stop too).
+  const char* hook_env = std::getenv("HOLDFAST_TEST_STOP_AT");
+  const std::string hook_point = hook_env != nullptr ? hook_env : "";
+  if (hook_env != nullptr) ::unsetenv("HOLDFAST_TEST_STOP_AT");
+  const char* hook = hook_point.empty() ? nullptr : hook_point.c_str();
   ExecArgs exec(spec.argv);
   // Forwarded signals stay blocked until the command is released: one that arrives earlier is
   // forwarded to the running command, instead of killing a child still waiting to start.
