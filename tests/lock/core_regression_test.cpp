@@ -194,9 +194,22 @@ TEST(CoreRegression, C10_LockFileFollowsAReplacedFenceFile) {
       fence = lock_internal::side_state_for(fd, st, &why)->fence;
       ::close(fd);
     }
+    // The LockFile's fence (still open in it) holds an old epoch, as after an earlier day...
+    std::string text;
+    {
+      std::ifstream in(fence);
+      text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    ASSERT_EQ(text.size(), 128u);
+    text.replace(2, 16, "0000000000000001");
+    text.replace(98, 16, "0000000000000001");
+    {
+      std::fstream out(fence, std::ios::in | std::ios::out);  // in place: same inode
+      out << text;
+    }
+    // ...then the file is deleted (LOCKS.md allows it): other processes start a new one whose
+    // epoch is now. The LockFile must follow, not keep counting on the deleted inode.
     ASSERT_EQ(::unlink(fence.c_str()), 0);
-    // Another process starts a fresh fence (epoch = now), above the LockFile's old epoch when a
-    // second has passed; make that certain by planting an old epoch in the LockFile's view.
     uint64_t other = 0;
     int pipefd[2];
     ASSERT_EQ(::pipe(pipefd), 0);
@@ -389,8 +402,11 @@ TEST(CoreRegression, C5_HolderInAnotherPidNamespaceIsHeld) {
   pid_t outer = testing::fork_child([&] {
     ::close(quit[1]);
     ::close(ready[0]);
-    if (::unshare(CLONE_NEWPID) != 0) return 10;
+    // As `unshare --pid --fork --mount-proc`: the holder sees its own /proc.
+    if (::unshare(CLONE_NEWPID | CLONE_NEWNS) != 0) return 10;
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return 10;
     pid_t inner = testing::fork_child([&] {  // pid 1 of the new namespace
+      if (::mount("proc", "/proc", "proc", 0, nullptr) != 0) return 11;
       auto l = Lock::acquire(path, opts(Backend::link));
       char c = 'r';
       (void)!::write(ready[1], &c, 1);
