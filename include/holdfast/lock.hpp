@@ -3,15 +3,23 @@
 // Backends:
 //   ofd    open-file-description locks (fcntl F_OFD_SETLKW). The default where they work. Two
 //          Lock objects in one process exclude each other (POSIX record locks would not).
-//   flock  flock(2), for interop with flock(1) users. Same discipline as ofd.
+//   flock  flock(2): excludes flock(1), python filelock and Go's lockedfile on the same file. Same
+//          guarantees as ofd (two Lock objects in one process exclude each other, inode re-check,
+//          records, tokens), and it needs no write permission: read-only files and directories
+//          lock, as with flock(1).
 //   excl   dotlock: the lock is a file created exclusively with its complete holder record
 //          (renameat2 RENAME_NOREPLACE; O_CREAT|O_EXCL where the filesystem lacks it).
 //   link   dotlock: NFS-safe unique temp file + link(2) + link-count/inode check.
 //   automatic  flock where kernel locks are enforced, else a safe fallback (see select_backend).
 //
-// Kernel-lock files are created once and never unlinked: unlinking a lock file would let waiters
-// split across two inodes. After locking, the descriptor's inode is compared with the path's, and
-// the lock is retried if the path was replaced or deleted meanwhile.
+// Kernel-lock files are opened like flock(1) does and are never written, truncated, chmod'ed or
+// touched: locking a script or a data file leaves it byte-for-byte and stat-for-stat as it was.
+// A missing one is created empty (0666 minus umask), never through a symlink, and never unlinked
+// (unlinking would let waiters split across two inodes). After locking, the descriptor's inode is
+// compared with the path's, and the lock is retried if the path was replaced or deleted meanwhile.
+// Their holder record and fencing state live in the state directory ($HOLDFAST_STATE_DIR, default
+// /var/tmp/holdfast), keyed by the file's device, inode and birth time; nothing is created beside
+// the lock file. If that directory cannot be used, the lock still works, without record or token.
 //
 // Dotlocks are stale only on proof of death of every process named in their record (see
 // identity.hpp); a record from another host, an EPERM pid or an unreadable record means held,
@@ -70,8 +78,8 @@ struct HolderRecord {
 // unparseable (and a dead holder's dotlock unreclaimable).
 inline constexpr size_t kRecordMaxArgBytes = 4096;
 inline constexpr size_t kRecordMaxArgs = 256;
-inline constexpr size_t kRecordMaxCommandBytes = 64 * 1024;
-inline constexpr size_t kRecordReadLimit = 1024 * 1024;
+inline constexpr size_t kRecordMaxCommandBytes = size_t{64} * 1024;
+inline constexpr size_t kRecordReadLimit = size_t{1024} * 1024;
 inline constexpr const char* kRecordTruncatedMarker = "...(truncated by holdfast)";
 // `command` cut to those limits; when anything was cut, kRecordTruncatedMarker is appended.
 std::vector<std::string> cap_command(std::vector<std::string> command);
@@ -96,9 +104,11 @@ class Lock {
  public:
   // Blocks until the lock on `path` is held in `options.mode`. On return, no other Lock on `path`
   // holds it in a conflicting mode — in this process or any other — until release() or
-  // destruction; for kernel backends, until every process that inherited fd() has also closed it.
-  // Throws holdfast::Error if the path cannot be locked (missing directory, EACCES, EROFS, a
-  // directory, a refused symlink, an unsupported backend, a corrupt fence file).
+  // destruction in this process; for kernel backends, also until every process that inherited
+  // fd() has closed it. A forked child's copy of a Lock never releases it: destroying the copy in
+  // the child only closes the child's descriptor. Throws holdfast::Error if the path cannot be
+  // locked (missing directory, EACCES, EROFS, a FIFO or device, a refused symlink, an unsupported
+  // backend, an exclusive ofd lock on a file that cannot be opened for writing, a corrupt fence).
   static Lock acquire(const std::string& path, const LockOptions& options = {});
 
   // As acquire, but returns nullopt at once if another holder has it.
@@ -113,7 +123,8 @@ class Lock {
   Lock& operator=(Lock&&) noexcept;
   Lock(const Lock&) = delete;
   Lock& operator=(const Lock&) = delete;
-  // Releases the lock if still held (errors are ignored; call release() to see them).
+  // Releases the lock if still held, in the process that took it (errors are ignored; call
+  // release() to see them).
   ~Lock();
 
   // Releases the lock. Kernel backends unlock and close; the file and its last record stay. A
@@ -125,16 +136,21 @@ class Lock {
   void detach() noexcept;
 
   // Adds `process` to the holder record and rewrites it (e.g. the child a command runs in), so
-  // that a dotlock is not judged stale while that process lives. Exclusive locks only.
+  // that a dotlock is not judged stale while that process lives. Exclusive locks only (a no-op
+  // for shared ones). Throws holdfast::Error if `process` is not verifiable() (its start time
+  // or the boot id could not be read): a record must never name a process it cannot judge.
   void add_holder_process(const ProcessIdentity& process);
 
   const std::string& path() const noexcept;
   Backend backend() const noexcept;      // the backend actually used (never automatic)
   LockMode mode() const noexcept;
-  uint64_t token() const noexcept;       // fencing token; for shared locks, the last exclusive one
+  // Fencing token; for shared locks, the last exclusive one. 0 for a kernel lock whose state
+  // directory cannot be used (resources that check tokens refuse 0).
+  uint64_t token() const noexcept;
   const HolderRecord& record() const noexcept;
-  // The locked descriptor for kernel backends (inheritable by clearing FD_CLOEXEC); for dotlocks,
-  // a read-only descriptor of the lock file. -1 once released.
+  // The locked descriptor for kernel backends (inheritable by clearing FD_CLOEXEC; open
+  // read-only, or write-only for an exclusive ofd lock); for dotlocks, the lock file holdfast
+  // created, open read-write. -1 once released or detached.
   int fd() const noexcept;
   bool held() const noexcept;
 
@@ -148,9 +164,12 @@ class Lock {
 
 // An open lock path, for taking the same lock many times without reopening its files (the lock
 // file for kernel backends, and the fencing-token file). Same exclusion contracts as Lock's static
-// functions. A Lock taken through a LockFile borrows its descriptor: release or destroy the Lock
-// before the LockFile. The backend is resolved once, at open(). Not for concurrent use by several
-// threads at once; use one LockFile per thread (they exclude each other like separate processes).
+// functions, and one grant at a time: while a Lock taken through it is alive, try_acquire and
+// acquire_until return nullopt at once and acquire throws (a second lock on the same open file
+// description would be granted silently, and releasing either would free both). A Lock taken
+// through a LockFile shares its files and may outlive it. The backend is resolved once, at
+// open(). Not for concurrent use by several threads at once; use one LockFile per thread (they
+// exclude each other like separate processes).
 class LockFile {
  public:
   // Resolves the backend and checks the directory; files are opened on first acquisition.
@@ -192,12 +211,15 @@ struct HolderInfo {
   std::string reason;                     // one line: why state is what it is
 };
 
-// Reads the holder record in `path` without taking the lock. nullopt if the file has no complete
-// record (absent, empty, or corrupt). Throws holdfast::Error only for unexpected I/O errors.
+// Reads the holder record of `path` without taking the lock: a dotlock's own content, or a kernel
+// lock's record in the state directory. nullopt if there is no complete record. Throws
+// holdfast::Error only for unexpected I/O errors.
 std::optional<HolderRecord> read_holder_record(const std::string& path);
 
-// Reports who holds `path`: the record, whether a kernel lock on its inode is really held
-// (from /proc/locks, as lslocks(8) reads it), and — for dotlocks — whether it is stale.
+// Reports who holds `path` (a file or a directory): the record, whether a kernel lock on its
+// inode is really held (from /proc/locks, as lslocks(8) reads it — also locks taken by flock(1)
+// or any other program, with no record), and — for dotlocks — whether it is stale. Reads at most
+// the first bytes of a file that is not a holdfast record, with O_NOATIME where permitted.
 HolderInfo inspect_holder(const std::string& path);
 
 // The backend `automatic` picks for locks in `directory`, and why. Never returns automatic.

@@ -108,5 +108,57 @@ TEST(Identity, UnreadableProcEntryIsUnknown) {
   EXPECT_EQ(judge_liveness(id, table).liveness, Liveness::unknown);
 }
 
+// C6: /proc/sys hidden (systemd ProcSubset=pid) or /proc unreadable: the fallback values must
+// make a record unverifiable (held), never look like proof of a reboot or a reused pid.
+class NoBootIdTable final : public ProcessTable {
+ public:
+  Entry lookup(pid_t pid) const override { return system_process_table().lookup(pid); }
+  int signal_probe(pid_t pid) const override { return system_process_table().signal_probe(pid); }
+  const std::string& boot_id() const override { return empty_; }
+  const std::string& host() const override { return this_host(); }
+
+ private:
+  std::string empty_;
+};
+
+TEST(Identity, C6_ReaderWithoutBootIdCannotProveDeath) {
+  auto me = self_identity();
+  me.boot_id = "00000000-0000-0000-0000-000000000000";
+  NoBootIdTable table;
+  EXPECT_EQ(judge_liveness(me, table).liveness, Liveness::unknown);
+}
+
+TEST(Identity, C6_RecordWithoutBootIdOrStartTimeIsUnverifiable) {
+  auto me = self_identity();
+  auto no_boot = me;
+  no_boot.boot_id.clear();
+  EXPECT_FALSE(no_boot.verifiable());
+  EXPECT_EQ(judge_liveness(no_boot).liveness, Liveness::unknown) << judge_liveness(no_boot).reason;
+  auto no_start = me;
+  no_start.start_time = 0;
+  EXPECT_FALSE(no_start.verifiable());
+  EXPECT_EQ(judge_liveness(no_start).liveness, Liveness::unknown) << judge_liveness(no_start).reason;
+  EXPECT_TRUE(me.verifiable());
+}
+
+// C5: a pid is only meaningful in its pid namespace, a start time only in its time namespace.
+TEST(Identity, C5_OtherPidOrTimeNamespaceIsUnknown) {
+  auto me = self_identity();
+  ASSERT_NE(me.pid_ns, 0u) << "self identity records its pid namespace";
+  me.start_time += 1;  // would be "reused" (dead) in our own namespace
+  auto other_pid_ns = me;
+  other_pid_ns.pid_ns += 1;
+  EXPECT_EQ(judge_liveness(other_pid_ns).liveness, Liveness::unknown);
+  if (me.time_ns != 0) {
+    auto other_time_ns = me;
+    other_time_ns.time_ns += 1;
+    EXPECT_EQ(judge_liveness(other_time_ns).liveness, Liveness::unknown);
+  }
+  // Records without namespaces (older writers) are judged as before.
+  auto legacy = me;
+  legacy.pid_ns = legacy.time_ns = 0;
+  EXPECT_EQ(judge_liveness(legacy).liveness, Liveness::dead);
+}
+
 }  // namespace
 }  // namespace holdfast
