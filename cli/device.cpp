@@ -1,4 +1,5 @@
 // holdfast device: MicroPython/CircuitPython boards on a serial port — exec, run, deploy, list.
+#include <termios.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -33,6 +34,8 @@ struct DeviceArgs {
   bool no_push = false;
   bool no_reboot = false;
   bool json = false;
+  std::string journal;
+  bool no_guard = false;
 };
 
 std::chrono::milliseconds ms(std::chrono::nanoseconds d) {
@@ -172,6 +175,40 @@ int do_list(const DeviceArgs& a) {
   return exit_code::ok;
 }
 
+// The user's terminal in raw mode for the session; restored on every path.
+class RawStdin {
+ public:
+  RawStdin() {
+    if (::isatty(STDIN_FILENO) == 0 || ::tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    termios raw = saved_;
+    ::cfmakeraw(&raw);
+    active_ = ::tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+  }
+  ~RawStdin() {
+    if (active_) ::tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+  }
+  RawStdin(const RawStdin&) = delete;
+  RawStdin& operator=(const RawStdin&) = delete;
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
+int do_term(const DeviceArgs& a) {
+  auto port = device::Port::open(pick_port(a.port));
+  device::TermOptions o;
+  o.drive = a.drive;
+  o.journal = a.journal;
+  o.guard = !a.no_guard;
+  o.on_notice = [](std::string_view s) {
+    std::fprintf(stderr, "\r\n[holdfast] %.*s\r\n", static_cast<int>(s.size()), s.data());
+  };
+  std::fputs("[holdfast] connected; Ctrl-] exits\r\n", stderr);
+  RawStdin raw;
+  return device::run_terminal(port, o);
+}
+
 }  // namespace
 
 Run add_device(CLI::App& root) {
@@ -214,10 +251,19 @@ Run add_device(CLI::App& root) {
   deploy->add_flag("--no-push", a->no_push, "Do not push the flush; wait for the kernel's writeback");
   deploy->add_flag("--no-reboot", a->no_reboot, "Verify only; do not soft-reboot");
   deploy->add_flag("--json", a->json, "Print a JSON summary on stdout");
+  auto* term = cmd->add_subcommand(
+      "term",
+      "Interactive terminal (Ctrl-] exits). Ctrl-D guard: a Ctrl-D typed while a write to the board's\n"
+      "--drive is still in the host's page cache (or a `holdfast write --record` entry under it does not\n"
+      "match yet) is held until the flush is pushed and done; a second Ctrl-D sends it anyway.");
+  term->add_option("--port,-p", a->port, "Serial port (default $HOLDFAST_DEVICE_PORT, else the only board)");
+  term->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
+  term->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
+  term->add_flag("--no-guard", a->no_guard, "Pass Ctrl-D through at once");
   auto* list = cmd->add_subcommand("list", "Boards present: serial ports, USB drives, firmware");
   list->add_flag("--json", a->json, "JSON output");
 
-  return [a, exec, run, deploy, list]() -> int {
+  return [a, exec, run, deploy, list, term]() -> int {
     try {
       if (exec->parsed()) return run_code(*a, a->code == "-" ? read_all_stdin() : a->code);
       if (run->parsed()) {
@@ -228,6 +274,7 @@ Run add_device(CLI::App& root) {
       }
       if (deploy->parsed()) return do_deploy(*a);
       if (list->parsed()) return do_list(*a);
+      if (term->parsed()) return do_term(*a);
     } catch (const device::DeviceError& e) {
       std::fprintf(stderr, "holdfast device: %s\n", e.what());
       return e.exit_code();

@@ -203,6 +203,30 @@ struct DeployResult {
 DeployResult deploy(const std::string& source, const std::string& dest,
                     const DeployOptions& options);
 
+// ---- the terminal ----
+
+struct TermOptions {
+  int in_fd = 0;   // the user's keys
+  int out_fd = 1;  // the board's output
+  std::string drive;    // the board's mounted drive: enables the Ctrl-D guard's page-cache check
+  std::string journal;  // pending-write journal (holdfast write --record); empty = default
+  bool guard = true;
+  unsigned char exit_key = 0x1d;  // Ctrl-]
+  // Notices for the user (the guard holding or releasing Ctrl-D), one line each.
+  std::function<void(std::string_view)> on_notice;
+};
+
+// What still stands between the host's writes and the board for the Ctrl-D guard: files on
+// `drive` with dirty or writeback pages in the host page cache (cachestat), and journal entries
+// under `drive` whose content is not yet what was recorded. Empty = nothing pending.
+std::vector<std::string> pending_for_board(const std::string& drive, const std::string& journal);
+
+// An interactive terminal on `port` until the exit key or EOF on in_fd. The Ctrl-D guard: a Ctrl-D
+// typed while writes to the board's drive are pending is held; holdfast pushes the flush
+// (syncfs of the drive, fsync of its block device) and passes the byte once nothing is pending, or
+// at once on a second Ctrl-D (with a warning). Returns 0.
+int run_terminal(Port& port, const TermOptions& options);
+
 // ---- discovery ----
 
 struct SerialPortInfo {
