@@ -15,8 +15,8 @@
 //   5. remove the marker (moved aside by rename and unlinked only if it is still ours) — on
 //      every path out of the reclaim, by a scope guard.
 //
-// "Still ours" is decided first without touching the name: if our open file has no links left
-// (fstat st_nlink == 0), someone replaced it, and the name now belongs to them.
+// "Still ours" is decided first without touching the name: if the name no longer points at our
+// inode, someone replaced it, and the name now belongs to them.
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -81,13 +81,13 @@ Owned write_temp(const Target& t, const std::string& tmp, const HolderRecord& re
   return o;
 }
 
-// Moves `name` aside and unlinks it only if it is our inode (the file open at `ours_fd`). Decides
-// without touching the name first: if our inode has no links left, it was replaced (our lease
-// expired and someone reclaimed it, or it was removed by hand) and the name is not ours — moving
-// it aside even for a moment would free the name for a third process. True if removed.
-bool remove_if_ours(const Target& t, const std::string& name, int ours_fd) {
-  struct stat mine {};
-  if (ours_fd < 0 || sys::fstat_nothrow(ours_fd, mine) < 0 || mine.st_nlink == 0) return false;
+// Moves `name` aside and unlinks it only if it is our inode `mine` (as the name showed it when we
+// created it). Decides without touching the name first: if the name points at another inode, our
+// file was replaced (our lease expired and someone reclaimed it, or it was removed by hand) and
+// the name is not ours — moving it aside even for a moment would free the name for a third
+// process. (Compared by stat of the name, not by fstat st_nlink: FUSE filesystems without
+// use_ino give each hard link its own inode, whose link count drops to 0 with its temp name.)
+bool remove_if_ours(const Target& t, const std::string& name, const struct stat& mine) {
   struct stat now {};
   if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, mine)) return false;
   // Only a reclaim landing in the microseconds since the stat can still race us here, and only
@@ -229,7 +229,7 @@ class Marker {
  public:
   Marker(const Target& t, std::string name) : t_(t), name_(std::move(name)) {}
   ~Marker() {
-    if (file.fd) remove_if_ours(t_, name_, file.fd.get());
+    if (file.fd) remove_if_ours(t_, name_, file.st);
   }
   Marker(const Marker&) = delete;
   Marker& operator=(const Marker&) = delete;
@@ -335,7 +335,7 @@ class DotlockGrant final : public Lock::State {
     held_ = false;
     stop_heartbeat();
     bool removed = true;
-    if (in_owner_process()) removed = remove_if_ours(target, target.path, file_.fd.get());
+    if (in_owner_process()) removed = remove_if_ours(target, target.path, file_.st);
     file_.fd.reset();
     return removed;
   }
