@@ -21,8 +21,16 @@ namespace {
 // Regular files under `dir` (a board drive is small; bounded anyway).
 void walk(const std::string& dir, std::vector<std::string>& out, int depth) {
   if (depth > 8 || out.size() > 10000) return;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return;
+  // O_NOATIME: reading a directory must not dirty its inode, or the check itself would keep the
+  // drive's metadata "not on the device yet" (relatime updates atime after a change).
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  DIR* d = ::fdopendir(fd);
+  if (d == nullptr) {
+    ::close(fd);
+    return;
+  }
   while (dirent* e = ::readdir(d)) {
     std::string name = e->d_name;
     if (name == "." || name == "..") continue;
