@@ -180,7 +180,9 @@ Child::~Child() { kill_and_reap(); }
 
 void Child::kill_and_reap() noexcept {
   if (pid_ <= 0) return;
-  if (pidfd_) pidfd_signal_nothrow(pidfd_.get(), SIGKILL);
+  // Our own unreaped child: its pid cannot be reused until the waitpid below, so a plain kill is
+  // as exact as the pidfd where the pidfd could not be opened or used.
+  if (!pidfd_ || pidfd_signal_nothrow(pidfd_.get(), SIGKILL) != 0) ::kill(pid_, SIGKILL);
   int status = 0;
   while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
   }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -84,12 +85,19 @@ bool alive(pid_t pid) { return ::kill(pid, 0) == 0 && state_of(pid) != 'Z'; }
 // The command's mask of ignored signals (SigIgn in /proc/PID/status), as hex text.
 const std::string kPrintSigIgn = "sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status";
 
+// The standard signals (1-31) of a SigIgn mask. Real-time signals are left out: whatever started
+// the test runner may ignore some of them (glibc's internal 32 and 33 are seen ignored on some
+// sandboxes), and neither holdfast nor flock(1) touches them.
+uint64_t standard_signals(const std::string& sigign_hex) {
+  return sigign_hex.empty() ? ~uint64_t{0} : std::stoull(sigign_hex, nullptr, 16) & 0x7fffffffULL;
+}
+
 // C15: nohup and background jobs ignore SIGHUP / SIGINT / SIGQUIT; the command must inherit that.
 TEST(LockSignals, IgnoredSignalsStayIgnoredInTheCommandAsWithFlock1) {
   testing::TempDir dir;
   SpawnOptions o{{SIGHUP, SIGINT, SIGQUIT}, {}, dir / "holdfast.out"};
   EXPECT_EQ(testing::wait_child(spawn(holdfast_lock({dir / "l", "sh", "-c", kPrintSigIgn}), o)), 0);
-  EXPECT_EQ(read_file(dir / "holdfast.out"), "0000000000000007\n");
+  EXPECT_EQ(standard_signals(read_file(dir / "holdfast.out")), 0x7U) << read_file(dir / "holdfast.out");
   if (::access("/usr/bin/flock", X_OK) == 0) {
     o.stdout_path = dir / "flock.out";
     EXPECT_EQ(testing::wait_child(spawn({"/usr/bin/flock", dir / "l", "sh", "-c", kPrintSigIgn}, o)), 0);
@@ -115,7 +123,7 @@ TEST(LockSignals, InheritedSigchldIgnoreIsReset) {
   testing::TempDir dir;
   EXPECT_EQ(testing::wait_child(spawn(holdfast_lock({dir / "l", "sh", "-c", "exit 3"}), {{SIGCHLD}, {}, "/dev/null"})), 3);
   EXPECT_EQ(testing::wait_child(spawn(holdfast_lock({dir / "l", "sh", "-c", kPrintSigIgn}), {{SIGCHLD}, {}, dir / "out"})), 0);
-  EXPECT_EQ(read_file(dir / "out"), "0000000000000000\n");
+  EXPECT_EQ(standard_signals(read_file(dir / "out")), 0U) << read_file(dir / "out");
 }
 
 // C17: the command dies (here: is killed) before holdfast releases it, and a SIGTERM is pending for
