@@ -1,13 +1,13 @@
 // deploy: write → push the flush → verify the board's own view → soft-reboot → see it start.
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <fmt/format.h>
 #include <sstream>
 #include <thread>
@@ -18,7 +18,7 @@
 #include "holdfast/digest.hpp"
 #include "holdfast/error.hpp"
 #include "sys/file.hpp"
-#include "sys/pagecache.hpp"
+#include "sys/page_cache.hpp"
 
 namespace holdfast::device {
 
@@ -194,52 +194,28 @@ BoardView check_board_view(RawRepl& repl, const std::string& board_path, std::st
 
 namespace {
 
-// The block device under the mount holding `path` (from mountinfo: the source if it is that
-// device, else /dev/block/MAJ:MIN). Empty if none is found.
-std::string block_device_under(const std::string& path) {
-  struct stat st{};
-  if (sys::stat_nothrow(path, st) != 0) return "";
-  auto info = sys::read_file("/proc/self/mountinfo", 1 << 22);
-  if (!info) return "";
-  std::istringstream lines(*info);
-  std::string line;
-  while (std::getline(lines, line)) {
-    std::istringstream f(line);
-    std::string id, parent, majmin, root, mnt;
-    f >> id >> parent >> majmin >> root >> mnt;
-    unsigned maj = 0, min = 0;
-    if (std::sscanf(majmin.c_str(), "%u:%u", &maj, &min) != 2) continue;
-    if (makedev(maj, min) != st.st_dev) continue;
-    auto dash = line.find(" - ");
-    if (dash == std::string::npos) continue;
-    std::istringstream tail(line.substr(dash + 3));
-    std::string fstype, source;
-    tail >> fstype >> source;
-    struct stat bst{};
-    if (source.rfind("/dev/", 0) == 0 && sys::stat_nothrow(source, bst) == 0 && S_ISBLK(bst.st_mode) &&
-        bst.st_rdev == st.st_dev)
-      return source;
-    std::string by_num = fmt::format("/dev/block/{}:{}", maj, min);
-    if (sys::stat_nothrow(by_num, bst) == 0 && S_ISBLK(bst.st_mode)) return by_num;
-  }
-  return "";
-}
-
-// Pushes the file's dirty pages out from the host: sync_file_range (start + wait for the data),
-// fsync of the file (data + inode), of its directory (the entry), and of the block device under
-// the mount (buffers of a filesystem that writes metadata through the device's cache, and the
-// device's write cache). TODO(durable): use durable's flush primitive once merged.
+// Pushes the file's dirty pages out from the host: sync_file_range first (starts and waits for the
+// data pages, so the flush can be watched page by page), then holdfast::sync_path (fsync of the
+// file, of its directory and, on journal-less filesystems such as the board's FAT, of the block
+// device under the mount). One difference from sync_path, kept on purpose: the block device under
+// the mount is fsynced on every filesystem (a second, cheap fsync where sync_path already did it),
+// and `note` says so when there is none that can be flushed. Throws DeviceError: io_error (74)
+// when a flush fails, sync_path's exit code when the file cannot be opened.
 void push_flush(const std::string& file, const std::function<void(const std::string&)>& note) {
-  auto fd = sys::open_or_throw(AT_FDCWD, file, O_RDONLY, 0, "open for flush");
-  if (int r = sys::write_out_range(fd.get()); r < 0 && r != -ESPIPE && r != -EINVAL)
-    throw DeviceError(fmt::format("{}: sync_file_range: {}", file, std::strerror(-r)), holdfast::exit_code::io_error);
-  if (int r = sys::fsync_nothrow(fd.get()); r < 0)
-    throw DeviceError(fmt::format("{}: fsync: {}", file, std::strerror(-r)), holdfast::exit_code::io_error);
-  std::string dir = sys::dirname_of(file);
-  auto dfd = sys::open_or_throw(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0, "open directory for flush");
-  if (int r = sys::fsync_nothrow(dfd.get()); r < 0)
-    throw DeviceError(fmt::format("{}: fsync: {}", dir, std::strerror(-r)), holdfast::exit_code::io_error);
-  std::string dev = block_device_under(file);
+  struct stat st{};
+  {
+    auto fd = sys::open_or_throw(AT_FDCWD, file, O_RDONLY, 0, "open for flush");
+    if (int r = sys::write_out_range(fd.get()); r < 0 && r != -ESPIPE && r != -EINVAL)
+      throw DeviceError(fmt::format("{}: sync_file_range: {}", file, std::strerror(-r)), holdfast::exit_code::io_error);
+    if (int r = sys::fstat_nothrow(fd.get(), st); r < 0)
+      throw DeviceError(fmt::format("{}: fstat: {}", file, std::strerror(-r)), holdfast::exit_code::io_error);
+  }
+  try {
+    sync_path(file);
+  } catch (const Error& e) {
+    throw DeviceError(e.what(), e.exit_code());
+  }
+  std::string dev = sys::block_device_path(st.st_dev);
   if (dev.empty()) {
     note("no block device found under the mount; file and directory fsynced");
     return;
@@ -257,7 +233,7 @@ void push_flush(const std::string& file, const std::function<void(const std::str
 // True when cachestat proves the host holds no dirty or writeback page of `path`.
 bool host_pages_clean(const std::string& path) {
   sys::UniqueFd f(sys::open_nothrow(AT_FDCWD, path, O_RDONLY));
-  sys::PageCacheState pc;
+  sys::PageCacheStat pc;
   return f && sys::cachestat_nothrow(f.get(), pc) == 0 && pc.dirty + pc.writeback == 0;
 }
 
@@ -366,7 +342,7 @@ DeployResult deploy(const std::string& source, const std::string& dest_arg, cons
   if (!host_path.empty()) {
     sys::UniqueFd watch(sys::open_nothrow(AT_FDCWD, host_path, O_RDONLY));
     auto note_pages = [&](std::string_view phase) {
-      sys::PageCacheState pc;
+      sys::PageCacheStat pc;
       if (watch && sys::cachestat_nothrow(watch.get(), pc) == 0) {
         result.dirty_pages_seen = std::max(result.dirty_pages_seen, pc.dirty + pc.writeback);
         progress(phase, fmt::format("host page cache: {} dirty, {} under writeback, {} cached pages", pc.dirty,

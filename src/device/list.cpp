@@ -7,11 +7,11 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <sstream>
 
 #include "device/internal.hpp"
 #include "holdfast/device.hpp"
 #include "sys/file.hpp"
+#include "sys/mountinfo.hpp"
 
 namespace holdfast::device {
 
@@ -49,29 +49,6 @@ std::string usb_device_above(std::string path, const std::string& sys_root) {
     path = sys::dirname_of(path);
   }
   return "";
-}
-
-// Unescapes mountinfo's octal escapes (\040 for a space).
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      int v = 0;
-      bool ok = true;
-      for (size_t k = 1; k <= 3; ++k) {
-        char c = i + k < s.size() ? s[i + k] : 'x';
-        if (c < '0' || c > '7') ok = false;
-        v = v * 8 + (c - '0');
-      }
-      if (ok) {
-        out += static_cast<char>(v);
-        i += 3;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
 }
 
 }  // namespace
@@ -117,35 +94,23 @@ std::vector<BoardInfo> list_boards(const DiscoveryRoots& roots) {
     }
   }
   std::vector<DriveInfo> drives;
-  if (auto info = sys::read_file(roots.mountinfo, 1 << 22)) {
-    std::istringstream lines(*info);
-    std::string line;
-    while (std::getline(lines, line)) {
-      std::istringstream f(line);
-      std::string id, parent, majmin, root, mnt;
-      f >> id >> parent >> majmin >> root >> mnt;
-      mnt = unescape(mnt);
-      struct stat st{};
-      if (mnt.empty() || sys::stat_nothrow(mnt + "/boot_out.txt", st) != 0) continue;
-      DriveInfo d;
-      d.mount = mnt;
-      auto dash = line.find(" - ");
-      if (dash != std::string::npos) {
-        std::istringstream tail(line.substr(dash + 3));
-        std::string fstype;
-        tail >> fstype >> d.source;
+  for (const auto& m : sys::read_mountinfo(roots.mountinfo)) {
+    const std::string& mnt = m.mount_point;
+    struct stat st{};
+    if (mnt.empty() || sys::stat_nothrow(mnt + "/boot_out.txt", st) != 0) continue;
+    DriveInfo d;
+    d.mount = mnt;
+    d.source = m.source;
+    auto boot = sys::read_file(mnt + "/boot_out.txt", 4096);
+    if (boot) d.firmware = boot->substr(0, boot->find('\n'));
+    if (!sys_root.empty() && d.source.rfind("/dev/", 0) == 0) {
+      std::string blk = real(sys_root + "/class/block/" + sys::basename_of(d.source));
+      if (!blk.empty()) {
+        std::string usb = usb_device_above(blk, sys_root);
+        if (!usb.empty()) d.usb_serial = attr(usb, "serial");
       }
-      auto boot = sys::read_file(mnt + "/boot_out.txt", 4096);
-      if (boot) d.firmware = boot->substr(0, boot->find('\n'));
-      if (!sys_root.empty() && d.source.rfind("/dev/", 0) == 0) {
-        std::string blk = real(sys_root + "/class/block/" + sys::basename_of(d.source));
-        if (!blk.empty()) {
-          std::string usb = usb_device_above(blk, sys_root);
-          if (!usb.empty()) d.usb_serial = attr(usb, "serial");
-        }
-      }
-      drives.push_back(std::move(d));
     }
+    drives.push_back(std::move(d));
   }
   std::vector<BoardInfo> boards;
   std::vector<bool> drive_used(drives.size(), false);

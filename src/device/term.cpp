@@ -12,7 +12,7 @@
 #include "holdfast/device.hpp"
 #include "holdfast/wait.hpp"
 #include "sys/file.hpp"
-#include "sys/pagecache.hpp"
+#include "sys/page_cache.hpp"
 
 namespace holdfast::device {
 
@@ -61,7 +61,7 @@ std::vector<std::string> pending_for_board(const std::string& drive, const std::
   walk(drive, files, 0);
   for (const auto& f : files) {
     sys::UniqueFd fd(sys::open_nothrow(AT_FDCWD, f, O_RDONLY | O_NONBLOCK));
-    sys::PageCacheState pc;
+    sys::PageCacheStat pc;
     if (fd && sys::cachestat_nothrow(fd.get(), pc) == 0 && pc.dirty + pc.writeback > 0) {
       pending.push_back(fmt::format("{} ({} dirty, {} under writeback pages on the host)", f, pc.dirty, pc.writeback));
     }

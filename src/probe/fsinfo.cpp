@@ -17,6 +17,7 @@
 #include "holdfast/probe.hpp"
 #include "probe/internal.hpp"
 #include "sys/file.hpp"
+#include "sys/mountinfo.hpp"
 
 namespace holdfast {
 
@@ -44,64 +45,6 @@ std::string fs_type_name(uint64_t magic) {
   return buf;
 }
 
-namespace {
-
-// mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      int v = 0;
-      bool ok = true;
-      for (size_t k = 1; k <= 3; ++k) {
-        char c = s[i + k];
-        if (c < '0' || c > '7') ok = false;
-        v = v * 8 + (c - '0');
-      }
-      if (ok) {
-        out.push_back(static_cast<char>(v));
-        i += 3;
-        continue;
-      }
-    }
-    out.push_back(s[i]);
-  }
-  return out;
-}
-
-struct MountLine {
-  uint64_t id = 0;
-  unsigned major = 0, minor = 0;
-  std::string mount_point, mount_options, fstype, source, super_options;
-};
-
-std::vector<MountLine> read_mountinfo() {
-  std::vector<MountLine> out;
-  auto text = sys::read_file("/proc/self/mountinfo", 16 << 20);
-  if (!text) return out;
-  std::istringstream in(*text);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    MountLine m;
-    std::string parent, majmin, root, field;
-    f >> m.id >> parent >> majmin >> root >> m.mount_point >> m.mount_options;
-    while (f >> field && field != "-") {
-    }
-    f >> m.fstype >> m.source >> m.super_options;
-    auto colon = majmin.find(':');
-    if (colon == std::string::npos) continue;
-    m.major = static_cast<unsigned>(std::stoul(majmin.substr(0, colon)));
-    m.minor = static_cast<unsigned>(std::stoul(majmin.substr(colon + 1)));
-    m.mount_point = unescape(m.mount_point);
-    m.source = unescape(m.source);
-    out.push_back(std::move(m));
-  }
-  return out;
-}
-
-}  // namespace
-
 std::optional<std::string> mount_key(const std::string& path) {
 #ifndef STATX_MNT_ID_UNIQUE
   constexpr unsigned kMntIdUnique = 0x00004000U;  // Linux 6.8 <linux/stat.h>
@@ -120,7 +63,7 @@ std::optional<std::string> mount_key(const std::string& path) {
   auto boot = sys::read_file("/proc/sys/kernel/random/boot_id", 64);
   if (!boot || boot->empty()) return std::nullopt;
   if (boot->back() == '\n') boot->pop_back();
-  for (const auto& m : read_mountinfo()) {
+  for (const auto& m : sys::read_mountinfo()) {
     if (m.id != old.stx_mnt_id) continue;
     if (m.major != old.stx_dev_major || m.minor != old.stx_dev_minor) return std::nullopt;  // raced a mount change
     return "boot=" + *boot + " mnt=" + std::to_string(unique.stx_mnt_id) + " dev=" + std::to_string(m.major) +
@@ -156,8 +99,8 @@ FilesystemInfo filesystem_info(const std::string& directory) {
   char* real = ::realpath(directory.c_str(), nullptr);
   std::string real_path = real != nullptr ? real : directory;
   std::free(real);
-  const MountLine* best = nullptr;
-  auto mounts = read_mountinfo();
+  const sys::MountEntry* best = nullptr;
+  auto mounts = sys::read_mountinfo();
   for (const auto& m : mounts) {
     if (mnt_id != 0) {
       if (m.id == mnt_id) best = &m;

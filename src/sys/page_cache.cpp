@@ -6,10 +6,10 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <fstream>
 #include <string_view>
 
 #include "sys/file.hpp"
+#include "sys/mountinfo.hpp"
 
 namespace holdfast::sys {
 
@@ -46,6 +46,15 @@ int wait_in_flight_writeback(int fd) noexcept {
   }
 }
 
+int write_out_range(int fd) noexcept {
+  for (;;) {
+    if (::sync_file_range(fd, 0, 0,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) == 0)
+      return 0;
+    if (errno != EINTR) return -errno;
+  }
+}
+
 std::string block_device_path(dev_t dev) {
   if (major(dev) == 0) return {};
   auto uevent = read_file("/sys/dev/block/" + std::to_string(major(dev)) + ":" + std::to_string(minor(dev)) + "/uevent");
@@ -63,19 +72,8 @@ std::string block_device_path(dev_t dev) {
 }
 
 std::string mount_fstype(dev_t dev) {
-  // mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS"
-  std::ifstream in("/proc/self/mountinfo");
-  std::string want = std::to_string(major(dev)) + ":" + std::to_string(minor(dev));
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t a = line.find(' ');
-    size_t b = a == std::string::npos ? a : line.find(' ', a + 1);
-    size_t c = b == std::string::npos ? b : line.find(' ', b + 1);
-    if (c == std::string::npos || line.compare(b + 1, c - b - 1, want) != 0) continue;
-    size_t sep = line.find(" - ");
-    if (sep == std::string::npos) continue;
-    size_t start = sep + 3;
-    return line.substr(start, line.find(' ', start) - start);
+  for (const auto& m : read_mountinfo()) {
+    if (m.major == major(dev) && m.minor == minor(dev)) return m.fstype;
   }
   return {};
 }

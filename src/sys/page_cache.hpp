@@ -26,6 +26,11 @@ int cachestat_nothrow(int fd, PageCacheStat& out) noexcept;
 // flight for `fd` completes; starts none and writes no metadata. Returns 0 or -errno.
 int wait_in_flight_writeback(int fd) noexcept;
 
+// sync_file_range(SYNC_FILE_RANGE_WAIT_BEFORE|WRITE|WAIT_AFTER) over the whole file: starts and
+// waits for writeback of its data pages. No metadata and no device cache flush: callers fsync too.
+// Returns 0 or -errno.
+int write_out_range(int fd) noexcept;
+
 // "/dev/NAME" for the block device numbered `dev` (from /sys/dev/block/MAJ:MIN/uevent), or empty
 // when `dev` is not a block device (major 0: tmpfs, FUSE, NFS, overlayfs, btrfs subvolumes).
 std::string block_device_path(dev_t dev);
