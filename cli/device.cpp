@@ -36,6 +36,7 @@ struct DeviceArgs {
   bool json = false;
   std::string journal;
   bool no_guard = false;
+  bool force = false;
 };
 
 std::chrono::milliseconds ms(std::chrono::nanoseconds d) {
@@ -209,6 +210,23 @@ int do_term(const DeviceArgs& a) {
   return device::run_terminal(port, o);
 }
 
+int do_reboot(const DeviceArgs& a) {
+  auto port = device::Port::open(pick_port(a.port));
+  device::RebootOptions o;
+  o.drive = a.drive;
+  o.journal = a.journal;
+  o.force = a.force;
+  o.flush_timeout = ms(parse_duration(a.flush_timeout, "--flush-timeout"));
+  o.timeout = ms(parse_duration(a.reboot_timeout, "--timeout"));
+  o.repl = repl_options(a);
+  o.on_notice = [](std::string_view s) {
+    std::fprintf(stderr, "holdfast device: %.*s\n", static_cast<int>(s.size()), s.data());
+  };
+  device::reboot_board(port, o);
+  if (::isatty(STDERR_FILENO) != 0) std::fputs("holdfast device: the board rebooted and started its code\n", stderr);
+  return exit_code::ok;
+}
+
 }  // namespace
 
 Run add_device(CLI::App& root) {
@@ -260,10 +278,22 @@ Run add_device(CLI::App& root) {
   term->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
   term->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
   term->add_flag("--no-guard", a->no_guard, "Pass Ctrl-D through at once");
+  auto* reboot = cmd->add_subcommand(
+      "reboot",
+      "Soft-reboot the board (Ctrl-D) through the Ctrl-D guard: while a write to its --drive is not on\n"
+      "the board yet, push the flush and wait (--flush-timeout, then exit 82 without rebooting); then\n"
+      "see the reboot banner and the code start within --timeout (else exit 84).");
+  reboot->add_option("--port,-p", a->port, "Serial port (default $HOLDFAST_DEVICE_PORT, else the only board)");
+  reboot->add_option("--step-timeout", a->step_timeout, "Deadline for each protocol step (default 5s)");
+  reboot->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
+  reboot->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
+  reboot->add_flag("--force", a->force, "Reboot even while writes are pending (with a warning)");
+  reboot->add_option("--flush-timeout", a->flush_timeout, "Deadline for pending writes to reach the board (default 60s)");
+  reboot->add_option("--timeout", a->reboot_timeout, "Deadline for the reboot to be seen (default 15s)");
   auto* list = cmd->add_subcommand("list", "Boards present: serial ports, USB drives, firmware");
   list->add_flag("--json", a->json, "JSON output");
 
-  return [a, exec, run, deploy, list, term]() -> int {
+  return [a, exec, run, deploy, list, term, reboot]() -> int {
     try {
       if (exec->parsed()) return run_code(*a, a->code == "-" ? read_all_stdin() : a->code);
       if (run->parsed()) {
@@ -275,6 +305,7 @@ Run add_device(CLI::App& root) {
       if (deploy->parsed()) return do_deploy(*a);
       if (list->parsed()) return do_list(*a);
       if (term->parsed()) return do_term(*a);
+      if (reboot->parsed()) return do_reboot(*a);
     } catch (const device::DeviceError& e) {
       std::fprintf(stderr, "holdfast device: %s\n", e.what());
       return e.exit_code();

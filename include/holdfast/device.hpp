@@ -227,6 +227,35 @@ std::vector<std::string> pending_for_board(const std::string& drive, const std::
 // at once on a second Ctrl-D (with a warning). Returns 0.
 int run_terminal(Port& port, const TermOptions& options);
 
+// ---- reboot ----
+
+struct RebootOptions {
+  std::string drive;    // the board's mounted drive: enables the Ctrl-D guard (as in term)
+  std::string journal;  // pending-write journal (holdfast write --record); empty = default
+  bool force = false;   // send Ctrl-D even while writes are pending (on_notice gets a warning)
+  // How long the guard waits for pending writes to reach the board (exit 82 after it).
+  std::chrono::milliseconds flush_timeout{60000};
+  // Deadline for the reboot to be seen once Ctrl-D is sent (exit 84 after it).
+  std::chrono::milliseconds timeout{15000};
+  ReplOptions repl;
+  std::function<void(std::string_view)> on_notice;  // guard notices, one line each
+};
+
+struct RebootResult {
+  std::vector<std::string> held_for;  // what was pending when Ctrl-D was due (empty: nothing)
+  bool forced = false;                // Ctrl-D went out while something was pending (--force)
+  std::string transcript;             // what the board printed from Ctrl-B to its code starting
+};
+
+// Soft-reboots the board on `port` through the Ctrl-D guard: while pending_for_board(drive,
+// journal) lists anything, pushes the flush (syncfs of the drive) and re-checks every 200 ms;
+// Ctrl-D goes out only once nothing is pending (or at once with force). Then interrupts whatever
+// runs, and reboots from the friendly REPL exactly as deploy does (RawRepl::soft_reboot), so the
+// banner ("soft reboot") and, on CircuitPython, "code.py output:" are seen. Throws DeviceError:
+// flush_timeout when writes stay pending past flush_timeout (no Ctrl-D was sent),
+// reboot_not_seen, not_answering, kbd_intr_disabled, board_reset.
+RebootResult reboot_board(Port& port, const RebootOptions& options);
+
 // ---- discovery ----
 
 struct SerialPortInfo {
