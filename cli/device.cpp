@@ -37,6 +37,7 @@ struct DeviceArgs {
   std::string journal;
   bool no_guard = false;
   bool force = false;
+  std::string reconnect_timeout = "10s";
 };
 
 std::chrono::milliseconds ms(std::chrono::nanoseconds d) {
@@ -96,6 +97,7 @@ int do_deploy(const DeviceArgs& a) {
                                       : device::VerifyMethod::automatic;
   o.flush_timeout = ms(parse_duration(a.flush_timeout, "--flush-timeout"));
   o.reboot_timeout = ms(parse_duration(a.reboot_timeout, "--reboot-timeout"));
+  o.reconnect_timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
   o.repl = repl_options(a);
   o.repl.output_timeout = o.repl.step_timeout * 4;
   const bool tty = ::isatty(STDERR_FILENO) != 0;
@@ -124,6 +126,7 @@ int do_deploy(const DeviceArgs& a) {
                      {"write_ms", r.write_ms.count()}, {"flush_ms", r.flush_ms.count()},
                      {"verify_ms", r.verify_ms.count()}, {"reboot_ms", r.reboot_ms.count()},
                      {"total_ms", r.total_ms.count()}};
+    if (!r.reconnected.empty()) j["reconnected"] = r.reconnected;
     std::puts(j.dump().c_str());
   } else if (tty) {
     std::fprintf(stderr, "%s: %llu bytes verified by %s after %u check(s)%s in %.2fs\n", r.dest.c_str(),
@@ -197,8 +200,14 @@ class RawStdin {
 };
 
 int do_term(const DeviceArgs& a) {
-  auto port = device::Port::open(pick_port(a.port));
+  const std::string path = pick_port(a.port);
+  auto port = device::Port::open(path);
   device::TermOptions o;
+  // Follow the board across a reset by its USB serial number, when it has one.
+  if (std::string serial = device::usb_serial_of_port(path); !serial.empty()) {
+    auto timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
+    o.reconnect = [serial, timeout] { return device::reopen_by_serial(serial, timeout); };
+  }
   o.drive = a.drive;
   o.journal = a.journal;
   o.guard = !a.no_guard;
@@ -269,6 +278,8 @@ Run add_device(CLI::App& root) {
   deploy->add_flag("--no-push", a->no_push, "Do not push the flush; wait for the kernel's writeback");
   deploy->add_flag("--no-reboot", a->no_reboot, "Verify only; do not soft-reboot");
   deploy->add_flag("--json", a->json, "Print a JSON summary on stdout");
+  deploy->add_option("--reconnect-timeout", a->reconnect_timeout,
+                     "After a reset during the reboot, wait this long for the board's USB serial to reappear (default 10s, 0 = don't)");
   auto* term = cmd->add_subcommand(
       "term",
       "Interactive terminal (Ctrl-] exits). Ctrl-D guard: a Ctrl-D typed while a write to the board's\n"
@@ -278,6 +289,8 @@ Run add_device(CLI::App& root) {
   term->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
   term->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
   term->add_flag("--no-guard", a->no_guard, "Pass Ctrl-D through at once");
+  term->add_option("--reconnect-timeout", a->reconnect_timeout,
+                   "After a reset, wait this long for the board's USB serial to reappear (default 10s)");
   auto* reboot = cmd->add_subcommand(
       "reboot",
       "Soft-reboot the board (Ctrl-D) through the Ctrl-D guard: while a write to its --drive is not on\n"

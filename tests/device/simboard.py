@@ -393,7 +393,39 @@ class Board:
 
         self.start_worker(body)
 
+    def point_by_id(self, name):
+        try:
+            os.unlink(self.args.by_id)
+        except FileNotFoundError:
+            pass
+        os.symlink(name, self.args.by_id)
+
+    def reenumerate(self):
+        """A reset that drops the USB device: the pty closes (the host's descriptor hangs up) and a
+        new one appears under another name (--relink), as ttyACM0 coming back as ttyACM1."""
+        with self.out_lock:
+            os.close(self.master)
+            os.close(self.slave)
+            if self.args.link:
+                try:
+                    os.unlink(self.args.link)
+                except FileNotFoundError:
+                    pass
+            self.master, self.slave = os.openpty()
+            tty.setraw(self.slave)
+            tty.setraw(self.master)
+            os.set_blocking(self.master, False)
+            name = self.args.relink or self.args.link
+            if name:
+                os.symlink(os.ttyname(self.slave), name)
+            if self.args.by_id and name:
+                self.point_by_id(name)
+        self.log(event="reenumerated", port=os.ttyname(self.slave))
+
     def soft_reboot(self, from_raw):
+        if not from_raw and self.args.reenumerate_on_reboot:
+            self.args.reenumerate_on_reboot = False
+            self.reenumerate()
         self.globals = {}
         self.log(event="soft_reboot")
         if self.cp:
@@ -588,6 +620,8 @@ class Board:
             except FileNotFoundError:
                 pass
             os.symlink(os.ttyname(self.slave), self.args.link)
+            if self.args.by_id:
+                self.point_by_id(self.args.link)
         # Boot: the main program runs first (it may need Ctrl-C), else the friendly REPL.
         if self.args.program is not None:
             self.run_main_program(after_reboot=False)
@@ -637,6 +671,10 @@ def main():
                     help="run code.py/main.py at start, as a board that was just plugged in")
     ap.add_argument("--no-autoreload", action="store_true",
                     help="CircuitPython: host writes to the drive never restart code.py")
+    ap.add_argument("--reenumerate-on-reboot", action="store_true",
+                    help="the first soft reboot from the friendly REPL drops the port and re-creates it")
+    ap.add_argument("--relink", help="the name (symlink) the port comes back as (default: --link)")
+    ap.add_argument("--by-id", help="a by-id symlink kept pointing at the port's current name")
     args = ap.parse_args()
     if not args.fs_dir and not args.image and not args.fat_image:
         ap.error("--fs-dir or --image")
