@@ -220,8 +220,13 @@ int do_term(const DeviceArgs& a) {
 }
 
 int do_reboot(const DeviceArgs& a) {
-  auto port = device::Port::open(pick_port(a.port));
+  const std::string path = pick_port(a.port);
+  auto port = device::Port::open(path);
   device::RebootOptions o;
+  if (std::string serial = device::usb_serial_of_port(path); !serial.empty()) {
+    auto timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
+    if (timeout.count() > 0) o.reconnect = [serial, timeout] { return device::reopen_by_serial(serial, timeout); };
+  }
   o.drive = a.drive;
   o.journal = a.journal;
   o.force = a.force;
@@ -303,6 +308,8 @@ Run add_device(CLI::App& root) {
   reboot->add_flag("--force", a->force, "Reboot even while writes are pending (with a warning)");
   reboot->add_option("--flush-timeout", a->flush_timeout, "Deadline for pending writes to reach the board (default 60s)");
   reboot->add_option("--timeout", a->reboot_timeout, "Deadline for the reboot to be seen (default 15s)");
+  reboot->add_option("--reconnect-timeout", a->reconnect_timeout,
+                     "After a reset, wait this long for the board's USB serial to reappear (default 10s, 0 = don't)");
   auto* list = cmd->add_subcommand("list", "Boards present: serial ports, USB drives, firmware");
   list->add_flag("--json", a->json, "JSON output");
 

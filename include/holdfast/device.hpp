@@ -247,12 +247,17 @@ struct RebootOptions {
   std::chrono::milliseconds timeout{15000};
   ReplOptions repl;
   std::function<void(std::string_view)> on_notice;  // guard notices, one line each
+  // Called when the port goes away during the reboot (a reset that re-enumerates the board):
+  // returns the board's port reopened (reopen_by_serial), where the reboot is then confirmed.
+  // Empty = board_reset.
+  std::function<Port()> reconnect;
 };
 
 struct RebootResult {
   std::vector<std::string> held_for;  // what was pending when Ctrl-D was due (empty: nothing)
   bool forced = false;                // Ctrl-D went out while something was pending (--force)
   std::string transcript;             // what the board printed from Ctrl-B to its code starting
+  std::string reconnected;            // the port the board came back as after a reset, if it did
 };
 
 // Soft-reboots the board on `port` through the Ctrl-D guard: while pending_for_board(drive,

@@ -52,7 +52,19 @@ RebootResult reboot_board(Port& port, const RebootOptions& options) {
   // friendly REPL (a Ctrl-D in the raw REPL would not run code.py/main.py, micropython#2249).
   RawRepl repl(port.fd(), options.repl);
   repl.enter();
-  repl.soft_reboot(options.timeout, &result.transcript);
+  try {
+    repl.soft_reboot(options.timeout, &result.transcript);
+  } catch (const DeviceError& e) {
+    // The reboot itself reset the board off the bus: follow it and see it reboot where it came back.
+    if (e.exit_code() != exit_code::board_reset || !options.reconnect) throw;
+    notice("the port went away during the reboot; waiting for the board to come back");
+    port = options.reconnect();
+    result.reconnected = port.path();
+    notice("reconnected: " + port.path());
+    RawRepl again(port.fd(), options.repl);
+    again.enter();
+    again.soft_reboot(options.timeout, &result.transcript);
+  }
   return result;
 }
 

@@ -84,6 +84,18 @@ TEST_F(FollowTest, DeployFollowsTheBoardToItsNewPortAndConfirmsTheReboot) {
   EXPECT_EQ(run({"ls", dir.path()}).out.find("LCK.."), std::string::npos);
 }
 
+TEST_F(FollowTest, RebootFollowsTheBoardToItsNewPort) {
+  usb_board("HFSIM1", {"ttyACM0", "ttyACM1"});
+  spit(fs() + "/main.py", "print('main')\n");
+  SimBoard board(board_args());
+  auto r = hf({"device", "reboot", "--port", dev + "/ttyACM0"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("reconnected: " + dev + "/ttyACM1"), std::string::npos) << r.err;
+  ASSERT_EQ(events("reenumerated", 1).size(), 1U);
+  r = hf({"device", "reboot", "--port", dev + "/ttyACM0", "--reconnect-timeout", "0"});
+  EXPECT_NE(r.exit_code, 0) << "the old name must be gone";
+}
+
 // Without a port of that serial coming back, the reset is exit 86 naming the serial.
 TEST_F(FollowTest, NoPortWithTheSerialIsExit86NamingIt) {
   usb_board("HFSIM1", {"ttyACM0"});  // ttyACM1 is not this board's
