@@ -36,6 +36,8 @@ struct DeviceArgs {
   bool json = false;
   std::string journal;
   bool no_guard = false;
+  bool force = false;
+  std::string reconnect_timeout = "10s";
 };
 
 std::chrono::milliseconds ms(std::chrono::nanoseconds d) {
@@ -95,6 +97,7 @@ int do_deploy(const DeviceArgs& a) {
                                       : device::VerifyMethod::automatic;
   o.flush_timeout = ms(parse_duration(a.flush_timeout, "--flush-timeout"));
   o.reboot_timeout = ms(parse_duration(a.reboot_timeout, "--reboot-timeout"));
+  o.reconnect_timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
   o.repl = repl_options(a);
   o.repl.output_timeout = o.repl.step_timeout * 4;
   const bool tty = ::isatty(STDERR_FILENO) != 0;
@@ -123,6 +126,7 @@ int do_deploy(const DeviceArgs& a) {
                      {"write_ms", r.write_ms.count()}, {"flush_ms", r.flush_ms.count()},
                      {"verify_ms", r.verify_ms.count()}, {"reboot_ms", r.reboot_ms.count()},
                      {"total_ms", r.total_ms.count()}};
+    if (!r.reconnected.empty()) j["reconnected"] = r.reconnected;
     std::puts(j.dump().c_str());
   } else if (tty) {
     std::fprintf(stderr, "%s: %llu bytes verified by %s after %u check(s)%s in %.2fs\n", r.dest.c_str(),
@@ -196,8 +200,14 @@ class RawStdin {
 };
 
 int do_term(const DeviceArgs& a) {
-  auto port = device::Port::open(pick_port(a.port));
+  const std::string path = pick_port(a.port);
+  auto port = device::Port::open(path);
   device::TermOptions o;
+  // Follow the board across a reset by its USB serial number, when it has one.
+  if (std::string serial = device::usb_serial_of_port(path); !serial.empty()) {
+    auto timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
+    o.reconnect = [serial, timeout] { return device::reopen_by_serial(serial, timeout); };
+  }
   o.drive = a.drive;
   o.journal = a.journal;
   o.guard = !a.no_guard;
@@ -207,6 +217,28 @@ int do_term(const DeviceArgs& a) {
   std::fputs("[holdfast] connected; Ctrl-] exits\r\n", stderr);
   RawStdin raw;
   return device::run_terminal(port, o);
+}
+
+int do_reboot(const DeviceArgs& a) {
+  const std::string path = pick_port(a.port);
+  auto port = device::Port::open(path);
+  device::RebootOptions o;
+  if (std::string serial = device::usb_serial_of_port(path); !serial.empty()) {
+    auto timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
+    if (timeout.count() > 0) o.reconnect = [serial, timeout] { return device::reopen_by_serial(serial, timeout); };
+  }
+  o.drive = a.drive;
+  o.journal = a.journal;
+  o.force = a.force;
+  o.flush_timeout = ms(parse_duration(a.flush_timeout, "--flush-timeout"));
+  o.timeout = ms(parse_duration(a.reboot_timeout, "--timeout"));
+  o.repl = repl_options(a);
+  o.on_notice = [](std::string_view s) {
+    std::fprintf(stderr, "holdfast device: %.*s\n", static_cast<int>(s.size()), s.data());
+  };
+  device::reboot_board(port, o);
+  if (::isatty(STDERR_FILENO) != 0) std::fputs("holdfast device: the board rebooted and started its code\n", stderr);
+  return exit_code::ok;
 }
 
 }  // namespace
@@ -251,6 +283,8 @@ Run add_device(CLI::App& root) {
   deploy->add_flag("--no-push", a->no_push, "Do not push the flush; wait for the kernel's writeback");
   deploy->add_flag("--no-reboot", a->no_reboot, "Verify only; do not soft-reboot");
   deploy->add_flag("--json", a->json, "Print a JSON summary on stdout");
+  deploy->add_option("--reconnect-timeout", a->reconnect_timeout,
+                     "After a reset during the reboot, wait this long for the board's USB serial to reappear (default 10s, 0 = don't)");
   auto* term = cmd->add_subcommand(
       "term",
       "Interactive terminal (Ctrl-] exits). Ctrl-D guard: a Ctrl-D typed while a write to the board's\n"
@@ -260,10 +294,26 @@ Run add_device(CLI::App& root) {
   term->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
   term->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
   term->add_flag("--no-guard", a->no_guard, "Pass Ctrl-D through at once");
+  term->add_option("--reconnect-timeout", a->reconnect_timeout,
+                   "After a reset, wait this long for the board's USB serial to reappear (default 10s)");
+  auto* reboot = cmd->add_subcommand(
+      "reboot",
+      "Soft-reboot the board (Ctrl-D) through the Ctrl-D guard: while a write to its --drive is not on\n"
+      "the board yet, push the flush and wait (--flush-timeout, then exit 82 without rebooting); then\n"
+      "see the reboot banner and the code start within --timeout (else exit 84).");
+  reboot->add_option("--port,-p", a->port, "Serial port (default $HOLDFAST_DEVICE_PORT, else the only board)");
+  reboot->add_option("--step-timeout", a->step_timeout, "Deadline for each protocol step (default 5s)");
+  reboot->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
+  reboot->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
+  reboot->add_flag("--force", a->force, "Reboot even while writes are pending (with a warning)");
+  reboot->add_option("--flush-timeout", a->flush_timeout, "Deadline for pending writes to reach the board (default 60s)");
+  reboot->add_option("--timeout", a->reboot_timeout, "Deadline for the reboot to be seen (default 15s)");
+  reboot->add_option("--reconnect-timeout", a->reconnect_timeout,
+                     "After a reset, wait this long for the board's USB serial to reappear (default 10s, 0 = don't)");
   auto* list = cmd->add_subcommand("list", "Boards present: serial ports, USB drives, firmware");
   list->add_flag("--json", a->json, "JSON output");
 
-  return [a, exec, run, deploy, list, term]() -> int {
+  return [a, exec, run, deploy, list, term, reboot]() -> int {
     try {
       if (exec->parsed()) return run_code(*a, a->code == "-" ? read_all_stdin() : a->code);
       if (run->parsed()) {
@@ -275,6 +325,7 @@ Run add_device(CLI::App& root) {
       if (deploy->parsed()) return do_deploy(*a);
       if (list->parsed()) return do_list(*a);
       if (term->parsed()) return do_term(*a);
+      if (reboot->parsed()) return do_reboot(*a);
     } catch (const device::DeviceError& e) {
       std::fprintf(stderr, "holdfast device: %s\n", e.what());
       return e.exit_code();

@@ -178,6 +178,10 @@ struct DeployOptions {
   VerifyMethod verify = VerifyMethod::automatic;
   std::chrono::milliseconds flush_timeout{60000};
   std::chrono::milliseconds reboot_timeout{15000};
+  // The port vanishing during the reboot (a reset that re-enumerates the USB device): wait this
+  // long for a port with the same USB serial number, reopen it and confirm the reboot there.
+  // 0 = fail with board_reset at once. Elsewhere a vanished port is board_reset.
+  std::chrono::milliseconds reconnect_timeout{10000};
   PortOptions port_options;
   ReplOptions repl;
   // Progress: phase name and a detail line (bytes, dirty pages, checks).
@@ -195,6 +199,7 @@ struct DeployResult {
   bool rebooted = false;
   std::chrono::milliseconds write_ms{0}, flush_ms{0}, verify_ms{0}, reboot_ms{0}, total_ms{0};
   std::string reboot_transcript;
+  std::string reconnected;      // the port the board came back as after a reset, if it did
 };
 
 // The whole hand-off. Throws DeviceError with one of the codes above (or holdfast::Error for the
@@ -214,6 +219,9 @@ struct TermOptions {
   unsigned char exit_key = 0x1d;  // Ctrl-]
   // Notices for the user (the guard holding or releasing Ctrl-D), one line each.
   std::function<void(std::string_view)> on_notice;
+  // Called when the port hangs up (the board reset): returns the board's port reopened (e.g.
+  // reopen_by_serial) or throws DeviceError. Empty = the terminal ends on a hang-up.
+  std::function<Port()> reconnect;
 };
 
 // What still stands between the host's writes and the board for the Ctrl-D guard: files on
@@ -226,6 +234,40 @@ std::vector<std::string> pending_for_board(const std::string& drive, const std::
 // (syncfs of the drive, fsync of its block device) and passes the byte once nothing is pending, or
 // at once on a second Ctrl-D (with a warning). Returns 0.
 int run_terminal(Port& port, const TermOptions& options);
+
+// ---- reboot ----
+
+struct RebootOptions {
+  std::string drive;    // the board's mounted drive: enables the Ctrl-D guard (as in term)
+  std::string journal;  // pending-write journal (holdfast write --record); empty = default
+  bool force = false;   // send Ctrl-D even while writes are pending (on_notice gets a warning)
+  // How long the guard waits for pending writes to reach the board (exit 82 after it).
+  std::chrono::milliseconds flush_timeout{60000};
+  // Deadline for the reboot to be seen once Ctrl-D is sent (exit 84 after it).
+  std::chrono::milliseconds timeout{15000};
+  ReplOptions repl;
+  std::function<void(std::string_view)> on_notice;  // guard notices, one line each
+  // Called when the port goes away during the reboot (a reset that re-enumerates the board):
+  // returns the board's port reopened (reopen_by_serial), where the reboot is then confirmed.
+  // Empty = board_reset.
+  std::function<Port()> reconnect;
+};
+
+struct RebootResult {
+  std::vector<std::string> held_for;  // what was pending when Ctrl-D was due (empty: nothing)
+  bool forced = false;                // Ctrl-D went out while something was pending (--force)
+  std::string transcript;             // what the board printed from Ctrl-B to its code starting
+  std::string reconnected;            // the port the board came back as after a reset, if it did
+};
+
+// Soft-reboots the board on `port` through the Ctrl-D guard: while pending_for_board(drive,
+// journal) lists anything, pushes the flush (syncfs of the drive) and re-checks every 200 ms;
+// Ctrl-D goes out only once nothing is pending (or at once with force). Then interrupts whatever
+// runs, and reboots from the friendly REPL exactly as deploy does (RawRepl::soft_reboot), so the
+// banner ("soft reboot") and, on CircuitPython, "code.py output:" are seen. Throws DeviceError:
+// flush_timeout when writes stay pending past flush_timeout (no Ctrl-D was sent),
+// reboot_not_seen, not_answering, kbd_intr_disabled, board_reset.
+RebootResult reboot_board(Port& port, const RebootOptions& options);
 
 // ---- discovery ----
 
@@ -260,5 +302,19 @@ struct DiscoveryRoots {
 // Every board present: serial ports and board drives (a mount with boot_out.txt at its root),
 // paired by USB serial number.
 std::vector<BoardInfo> list_boards(const DiscoveryRoots& roots = DiscoveryRoots::from_environment());
+
+// ---- following a board across a reset ----
+
+// The USB serial number of the board whose serial port is `port` (any name of the same tty: the
+// /dev node, a by-id link), as list_boards(roots) reports it; empty when it has none or is absent.
+std::string usb_serial_of_port(const std::string& port,
+                               const DiscoveryRoots& roots = DiscoveryRoots::from_environment());
+
+// Waits up to `timeout` for a serial port with USB serial `serial` to exist (under any name) and
+// opens it with Port::open (the same three locks). Throws DeviceError(board_reset) naming the
+// serial when none could be opened in time.
+Port reopen_by_serial(const std::string& serial, std::chrono::milliseconds timeout,
+                      const PortOptions& options = {},
+                      const DiscoveryRoots& roots = DiscoveryRoots::from_environment());
 
 }  // namespace holdfast::device

@@ -320,6 +320,8 @@ DeployResult deploy(const std::string& source, const std::string& dest_arg, cons
 
   progress("connect", options.port);
   Port port = Port::open(options.port, options.port_options);
+  // Known while the port exists, to find the board again if a reset re-enumerates it.
+  const std::string usb_serial = usb_serial_of_port(options.port);
   RawRepl repl(port.fd(), options.repl);
   // Entering the REPL also turns CircuitPython's auto-reload off, so the host's write below does
   // not restart the board mid-way; we reboot it ourselves once the board sees the new file.
@@ -388,7 +390,21 @@ DeployResult deploy(const std::string& source, const std::string& dest_arg, cons
   if (options.reboot) {
     t = Clock::now();
     progress("reboot", "soft reboot");
-    repl.soft_reboot(options.reboot_timeout, &result.reboot_transcript);
+    try {
+      repl.soft_reboot(options.reboot_timeout, &result.reboot_transcript);
+    } catch (const DeviceError& e) {
+      // The file is verified on the board, so a reset here is safe to follow: find the board by its
+      // USB serial under whatever name it came back as, and see it reboot there.
+      if (e.exit_code() != exit_code::board_reset || options.reconnect_timeout.count() <= 0) throw;
+      if (usb_serial.empty())
+        throw DeviceError(std::string(e.what()) + " (no USB serial number known to follow it)", exit_code::board_reset);
+      progress("reboot", "the port went away; waiting for USB serial " + usb_serial);
+      port = reopen_by_serial(usb_serial, options.reconnect_timeout, options.port_options);
+      result.reconnected = port.path();
+      RawRepl again(port.fd(), options.repl);
+      again.enter();
+      again.soft_reboot(options.reboot_timeout, &result.reboot_transcript);
+    }
     result.rebooted = true;
     result.reboot_ms = since(t);
   }

@@ -94,6 +94,9 @@ struct ReplIo {
         if (n < 0 && errno != EAGAIN && errno != EINTR)
           throw DeviceError(fmt::format("the board's port went away ({})", std::strerror(errno)),
                             exit_code::board_reset);
+        // A hung-up tty (its USB device or pty master gone) reads 0 and polls POLLHUP forever.
+        if (n == 0 && (p.revents & (POLLHUP | POLLERR)) != 0)
+          throw DeviceError("the board's port went away (hang-up)", exit_code::board_reset);
       } else if (pr > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0) {
         throw DeviceError("the board's port went away (hang-up)", exit_code::board_reset);
       }

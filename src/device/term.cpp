@@ -96,11 +96,28 @@ int run_terminal(Port& port, const TermOptions& options) {
     pollfd fds[2] = {{options.in_fd, POLLIN, 0}, {port.fd(), POLLIN, 0}};
     int pr = ::poll(fds, 2, holding ? 100 : 1000);
     if (pr < 0 && errno != EINTR) return 0;
+    bool gone = false;
     if ((fds[1].revents & POLLIN) != 0) {
       char buf[4096];
       ssize_t n = ::read(port.fd(), buf, sizeof buf);
       if (n > 0) write_all(options.out_fd, std::string_view(buf, static_cast<size_t>(n)));
+      // EIO, or a hung-up tty: reads 0 and polls POLLHUP.
+      gone = (n < 0 && errno != EAGAIN && errno != EINTR) || (n == 0 && (fds[1].revents & POLLHUP) != 0);
     } else if ((fds[1].revents & (POLLHUP | POLLERR)) != 0) {
+      gone = true;
+    }
+    if (gone && options.reconnect) {
+      notice("the board's port went away; waiting for it to come back");
+      try {
+        port = options.reconnect();
+      } catch (const DeviceError& e) {
+        notice(e.what());
+        return e.exit_code();
+      }
+      notice("reconnected: " + port.path());
+      continue;
+    }
+    if (gone) {
       notice("the board's port went away");
       return 0;
     }

@@ -174,6 +174,13 @@ class Board:
         self.resets_left = 1 if args.reset_after_bytes else 0
         self.received_in_raw = 0
         self.log_file = builtins.open(args.log, "a") if args.log else None
+        # CircuitPython auto-reload: a host write reaching the drive while code.py runs (or has
+        # finished and waits for a key) restarts it; the REPL, friendly or raw, suspends it.
+        self.reloading = False
+        self.reload_lock = threading.Lock()
+        self.reload_at = None
+        self.autoreload = self.cp and not args.no_autoreload and hasattr(self.fs, "image")
+        self.drive_sig = self.image_sig() if self.autoreload else None
 
     # ---- output ----
     def write(self, data):
@@ -205,6 +212,8 @@ class Board:
         board = self
 
         def check_interrupt():
+            if board.reloading:
+                raise BoardInterrupt()
             if board.interrupt.is_set() and board.kbd_enabled:
                 board.interrupt.clear()
                 raise KeyboardInterrupt()
@@ -350,6 +359,11 @@ class Board:
             self.write("\r\nAuto-reload is on. Simply save files over USB to run them or enter REPL to disable.\r\n")
             if source is not None:
                 self.write(name + " output:\r\n")
+        if self.autoreload:
+            # Writes that reached the drive before this start are part of what runs now.
+            with self.reload_lock:
+                self.drive_sig = self.image_sig()
+                self.reload_at = None
         self.state = "program"
 
         def body():
@@ -366,6 +380,8 @@ class Board:
                 else:
                     tb = self.run_code(text, name, self.write)
                 self.log(event="ran", file=name, ok=tb == "", error=tb.strip().split("\r\n")[-1] if tb else "")
+            if self.reloading:
+                return  # stopped by auto-reload: the watcher reboots the board
             if tb:
                 self.write(tb)
             if self.cp:
@@ -377,7 +393,39 @@ class Board:
 
         self.start_worker(body)
 
+    def point_by_id(self, name):
+        try:
+            os.unlink(self.args.by_id)
+        except FileNotFoundError:
+            pass
+        os.symlink(name, self.args.by_id)
+
+    def reenumerate(self):
+        """A reset that drops the USB device: the pty closes (the host's descriptor hangs up) and a
+        new one appears under another name (--relink), as ttyACM0 coming back as ttyACM1."""
+        with self.out_lock:
+            os.close(self.master)
+            os.close(self.slave)
+            if self.args.link:
+                try:
+                    os.unlink(self.args.link)
+                except FileNotFoundError:
+                    pass
+            self.master, self.slave = os.openpty()
+            tty.setraw(self.slave)
+            tty.setraw(self.master)
+            os.set_blocking(self.master, False)
+            name = self.args.relink or self.args.link
+            if name:
+                os.symlink(os.ttyname(self.slave), name)
+            if self.args.by_id and name:
+                self.point_by_id(name)
+        self.log(event="reenumerated", port=os.ttyname(self.slave))
+
     def soft_reboot(self, from_raw):
+        if not from_raw and self.args.reenumerate_on_reboot:
+            self.args.reenumerate_on_reboot = False
+            self.reenumerate()
         self.globals = {}
         self.log(event="soft_reboot")
         if self.cp:
@@ -420,6 +468,37 @@ class Board:
         self.state = "friendly"
         self.write("\r\nMPY: soft reboot\r\n" if not self.cp else "\r\nsoft reboot\r\n")
         self.write(self.banner() + ">>> ")
+
+    # ---- auto-reload ----
+    def image_sig(self):
+        st = os.stat(self.fs.image)
+        return (st.st_mtime_ns, st.st_size)
+
+    def watch_drive(self):
+        """Polls the drive's image: a change while code.py runs or waits restarts it after a quiet
+        period (CircuitPython waits 750 ms for writes to settle; the simulator 300 ms)."""
+        while True:
+            time.sleep(0.05)
+            with self.reload_lock:
+                sig = self.image_sig()
+                now = time.monotonic()
+                if sig != self.drive_sig:
+                    self.drive_sig = sig
+                    self.reload_at = now + 0.3 if self.state in ("program", "waiting") else None
+                    continue
+                if self.reload_at is None or now < self.reload_at:
+                    continue
+                self.reload_at = None
+                if self.state not in ("program", "waiting"):
+                    continue
+                self.reloading = True
+            self.log(event="autoreload")
+            if self.worker is not None:
+                self.worker.join()
+            self.reloading = False
+            if self.state == "program":
+                self.write("\r\nCode stopped by auto-reload. Reloading soon.\r\n")
+            self.soft_reboot(from_raw=False)
 
     # ---- input ----
     def feed(self, data):
@@ -541,11 +620,17 @@ class Board:
             except FileNotFoundError:
                 pass
             os.symlink(os.ttyname(self.slave), self.args.link)
+            if self.args.by_id:
+                self.point_by_id(self.args.link)
         # Boot: the main program runs first (it may need Ctrl-C), else the friendly REPL.
         if self.args.program is not None:
             self.run_main_program(after_reboot=False)
+        elif self.args.boot_code:
+            self.run_main_program(after_reboot=True)
         else:
             self.write(self.banner() + ">>> ")
+        if self.autoreload:
+            threading.Thread(target=self.watch_drive, daemon=True).start()
         sys.stdout.write("READY %s\n" % os.ttyname(self.slave))
         sys.stdout.flush()
         while True:
@@ -582,6 +667,14 @@ def main():
     ap.add_argument("--slow", action="store_true", help="a slow line: paced output, delayed grants")
     ap.add_argument("--reset-after-bytes", type=int, default=0,
                     help="reset once after this many bytes arrive in raw/raw-paste mode")
+    ap.add_argument("--boot-code", action="store_true",
+                    help="run code.py/main.py at start, as a board that was just plugged in")
+    ap.add_argument("--no-autoreload", action="store_true",
+                    help="CircuitPython: host writes to the drive never restart code.py")
+    ap.add_argument("--reenumerate-on-reboot", action="store_true",
+                    help="the first soft reboot from the friendly REPL drops the port and re-creates it")
+    ap.add_argument("--relink", help="the name (symlink) the port comes back as (default: --link)")
+    ap.add_argument("--by-id", help="a by-id symlink kept pointing at the port's current name")
     args = ap.parse_args()
     if not args.fs_dir and not args.image and not args.fat_image:
         ap.error("--fs-dir or --image")
