@@ -319,3 +319,45 @@ INSTANTIATE_TEST_SUITE_P(Dotlocks, DotlockTest, ::testing::Values(Backend::excl,
 
 }  // namespace
 }  // namespace holdfast
+
+namespace holdfast {
+namespace {
+
+// Restores the working directory on scope exit (the test changes it while holding a lock).
+class CwdGuard {
+ public:
+  CwdGuard() : fd_(::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC)) {}
+  ~CwdGuard() {
+    if (fd_ >= 0) {
+      (void)!::fchdir(fd_);
+      ::close(fd_);
+    }
+  }
+  CwdGuard(const CwdGuard&) = delete;
+  CwdGuard& operator=(const CwdGuard&) = delete;
+
+ private:
+  int fd_;
+};
+
+// S8: a dotlock taken by a relative path is released in the directory it was taken in, even
+// after chdir(); a file of the same name in the new working directory is left alone.
+TEST_P(DotlockTest, ReleaseAfterChdirActsOnTheLocksOwnDirectory) {
+  testing::TempDir taken_in;
+  testing::TempDir elsewhere;
+  plant_text(elsewhere / "lock", "not a lock of ours\n");
+  CwdGuard restore;
+  ASSERT_EQ(::chdir(taken_in.path().c_str()), 0);
+  auto l = Lock::acquire("lock", opts(GetParam()));
+  ASSERT_EQ(::chdir(elsewhere.path().c_str()), 0);
+  EXPECT_NO_THROW(l.release());
+  struct stat st {};
+  EXPECT_NE(::stat((taken_in / "lock").c_str(), &st), 0) << "our dotlock stayed behind";
+  std::ifstream other(elsewhere / "lock");
+  std::string text;
+  std::getline(other, text);
+  EXPECT_EQ(text, "not a lock of ours");
+}
+
+}  // namespace
+}  // namespace holdfast
