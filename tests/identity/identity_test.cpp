@@ -21,12 +21,22 @@ TEST(Identity, SelfIsAliveAndMatchesProc) {
 }
 
 TEST(Identity, ExitedAndReapedChildIsDead) {
-  pid_t pid = testing::fork_child([] { return 0; });
-  // Capture identity while the child may still run; then reap it.
-  ProcessIdentity id{pid, 0, this_boot_id(), this_host()};
+  // The child runs until we have read its identity (a child that exits first leaves no start
+  // time to read, and a record without one is rightly unverifiable); then it exits and is reaped.
+  int gate[2];
+  ASSERT_EQ(::pipe(gate), 0);
+  pid_t pid = testing::fork_child([&] {
+    ::close(gate[1]);
+    char c;
+    (void)!::read(gate[0], &c, 1);
+    return 0;
+  });
+  ::close(gate[0]);
   auto live = identity_of(pid);
-  if (live) id = *live;
+  ::close(gate[1]);
   testing::wait_child(pid);
+  ASSERT_TRUE(live) << "could not read the running child's identity";
+  const ProcessIdentity id = *live;
   auto verdict = judge_liveness(id);
   EXPECT_EQ(verdict.liveness, Liveness::dead) << verdict.reason;
 }
