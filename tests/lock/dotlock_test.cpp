@@ -273,6 +273,18 @@ TEST_P(DotlockTest, RecordFromAnEarlierBootIsStale) {
   EXPECT_TRUE(Lock::try_acquire(dir / "lock", opts(GetParam())));
 }
 
+// S4: a record from a machine that shares our host name (another machine id) is another host's:
+// its other boot id is no proof of a reboot, so it is held.
+TEST_P(DotlockTest, RecordFromAnotherMachineWithOurHostNameIsHeld) {
+  testing::TempDir dir;
+  auto twin = self_identity();
+  twin.boot_id = "00000000-1111-2222-3333-444444444444";
+  twin.machine_id = "not-" + this_machine_id() + "-machine";
+  plant_record(dir / "lock", {twin}, GetParam());
+  EXPECT_EQ(inspect_holder(dir / "lock").state, HolderState::held);
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", opts(GetParam())));
+}
+
 // A reclaimer that crashed holding a reclaim marker does not block reclaim forever: the marker's
 // own holder is dead, so the marker is reclaimed the same way.
 TEST_P(DotlockTest, DeadReclaimersMarkerIsItselfReclaimed) {
