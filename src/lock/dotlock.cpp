@@ -29,6 +29,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "holdfast/error.hpp"
 #include "lock/fence.hpp"
@@ -179,6 +180,26 @@ struct Judgment {
   std::string reason;
 };
 
+std::chrono::system_clock::time_point time_point_of(const struct timespec& ts) {
+  return std::chrono::system_clock::time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+}
+
+// The filesystem's own "now": the mtime of a file created (and removed at once) beside the lock,
+// ".BASE.clock.RANDOM", holdfast's own. On NFS or SMB the server sets both that mtime and the
+// holder's heartbeat mtime, so a lease is judged server time against server time, whatever the
+// clocks of the holder and the waiter say. nullopt if it cannot be made (read-only directory).
+std::optional<std::chrono::system_clock::time_point> filesystem_now(const Target& t, int dir, const std::string& name) {
+  const std::string clock = sibling(t, name, "clock", hex(sys::random_u64()));
+  int fd = sys::open_nothrow(dir, leaf(clock), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
+  if (fd < 0) return std::nullopt;
+  sys::UniqueFd file(fd);
+  struct stat st {};
+  const int rc = sys::fstat_nothrow(fd, st);
+  ::unlinkat(dir, leaf(clock).c_str(), 0);
+  if (rc < 0) return std::nullopt;
+  return time_point_of(st.st_mtim);
+}
+
 // Decides whether the dotlock at `name` is held or proven stale.
 Judgment judge(const Target& t, int dir, const std::string& name, const LockOptions& options) {
   Judgment j;
@@ -199,10 +220,14 @@ Judgment judge(const Target& t, int dir, const std::string& name, const LockOpti
 
   int64_t lease_ms = options.stale_after.count();
   if (record) lease_ms = std::max(lease_ms, record->lease_ms);
-  auto mtime = std::chrono::system_clock::time_point(std::chrono::seconds(j.st.st_mtim.tv_sec) +
-                                                     std::chrono::nanoseconds(j.st.st_mtim.tv_nsec));
-  auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now() - mtime);
-  const bool lease_expired = lease_ms > 0 && idle.count() > lease_ms;
+  // The lease is measured on the filesystem's clock (S3: a waiter whose own clock runs ahead must
+  // not steal a heartbeating holder); the local clock only where no clock file can be made.
+  bool lease_expired = false;
+  if (lease_ms > 0) {
+    const auto now = filesystem_now(t, dir, name).value_or(std::chrono::system_clock::now());
+    const auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(now - time_point_of(j.st.st_mtim));
+    lease_expired = idle.count() > lease_ms;
+  }
 
   if (!record) {
     j.kind = lease_expired ? Judgment::stale : Judgment::held;

@@ -8,10 +8,12 @@
 #include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -283,6 +285,29 @@ TEST_P(DotlockTest, RecordFromAnotherMachineWithOurHostNameIsHeld) {
   plant_record(dir / "lock", {twin}, GetParam());
   EXPECT_EQ(inspect_holder(dir / "lock").state, HolderState::held);
   EXPECT_FALSE(Lock::try_acquire(dir / "lock", opts(GetParam())));
+}
+
+// S3: a lease is judged on the filesystem's clock, not the waiter's. A waiter whose clock runs
+// two hours ahead (libfaketime; file timestamps left real, as a file server sets them) must not
+// reclaim a remote holder whose heartbeat is fresh; a holder whose heartbeat really stopped is
+// still reclaimed.
+TEST_P(DotlockTest, S3_WaiterClockAheadOfTheFilesystemDoesNotStealALease) {
+  if (::access("/usr/bin/faketime", X_OK) != 0) GTEST_SKIP() << "faketime(1) is not installed";
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto other = self_identity();
+  other.host = "far-away-host";
+  plant_record(path, {other}, GetParam(), /*lease_ms=*/60000);
+  const std::string backend(to_string(GetParam()));
+  const std::string waiter = "NO_FAKE_STAT=1 /usr/bin/faketime -f +2h '" + testing::holdfast_path() +
+                             "' lock -n --backend " + backend + " '" + path + "' true";
+  int status = std::system(waiter.c_str());
+  ASSERT_TRUE(WIFEXITED(status)) << waiter;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << "a waiter with a fast clock reclaimed a heartbeating holder";
+  EXPECT_EQ(inspect_holder(path).state, HolderState::held);
+  age_file(path, std::chrono::hours(3));
+  EXPECT_TRUE(Lock::try_acquire(path, opts(GetParam()))) << "a lease that really expired";
+  EXPECT_EQ(list_dir(dir.path()), std::vector<std::string>{"lock.fence"}) << "a clock file was left behind";
 }
 
 // A reclaimer that crashed holding a reclaim marker does not block reclaim forever: the marker's
