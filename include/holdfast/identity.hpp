@@ -24,6 +24,10 @@ struct ProcessIdentity {
   // the start time is shifted by a time namespace's boottime offset.
   uint64_t pid_ns = 0;
   uint64_t time_ns = 0;
+  // /etc/machine-id when the identity was read; empty = not recorded (older records) or
+  // unreadable. Host names collide (cloned VMs, "localhost"); a record from "this host name"
+  // with another machine id was written by another machine, whose boot id proves nothing here.
+  std::string machine_id;
 
   bool operator==(const ProcessIdentity&) const = default;
 
@@ -37,6 +41,8 @@ struct ProcessIdentity {
 // systemd's ProcSubset=pid) and host name. Read once, cached.
 const std::string& this_boot_id();
 const std::string& this_host();
+// This machine's /etc/machine-id (trimmed); empty if it cannot be read. Read once, cached.
+const std::string& this_machine_id();
 
 // The identity of the calling process. If /proc cannot be read, the result is not verifiable()
 // (start time 0 or empty boot id): records naming it are then held, never judged dead.
@@ -76,6 +82,8 @@ class ProcessTable {
   virtual int signal_probe(pid_t pid) const = 0;
   virtual const std::string& boot_id() const = 0;  // empty: unknown
   virtual const std::string& host() const = 0;
+  // The reader's machine id (empty: unknown). Defaults to this_machine_id().
+  virtual const std::string& machine_id() const;
   // The reader's own pid and time namespace inodes (0: unknown). Defaults read /proc/self/ns.
   virtual uint64_t pid_ns() const;
   virtual uint64_t time_ns() const;
@@ -85,8 +93,9 @@ class ProcessTable {
 const ProcessTable& system_process_table();
 
 // Judges whether the recorded process still runs. Dead only on proof: another boot id on this
-// host, the pid absent (both /proc and kill(2) agree) or exited, or the pid alive with a
-// different start time. Unknown: another host; another pid or time namespace than the reader's;
+// host (same host name, and the same machine id when the record has one), the pid absent (both /proc and kill(2) agree) or exited, or the pid alive with a
+// different start time. Unknown: another host, or a record from this host name whose machine
+// id differs from the reader's (or the reader's cannot be read); another pid or time namespace than the reader's;
 // a record or a reader that lacks its boot id or start time; EPERM; an unreadable /proc entry.
 LivenessVerdict judge_liveness(const ProcessIdentity& recorded,
                                const ProcessTable& table = system_process_table());

@@ -120,6 +120,16 @@ const std::string& this_host() {
   return host;
 }
 
+const std::string& this_machine_id() {
+  static const std::string id = [] {
+    auto text = sys::read_file("/etc/machine-id", 128);
+    return text ? trim(*text) : std::string();
+  }();
+  return id;
+}
+
+const std::string& ProcessTable::machine_id() const { return this_machine_id(); }
+
 const ProcessTable& system_process_table() {
   static const SystemProcessTable table;
   return table;
@@ -130,6 +140,7 @@ namespace {
 // Whatever can be read about `pid`; start_time 0 / empty boot id when unreadable.
 ProcessIdentity read_identity(pid_t pid, bool* running) {
   ProcessIdentity id{pid, 0, this_boot_id(), this_host()};
+  id.machine_id = this_machine_id();
   auto entry = system_process_table().lookup(pid);
   *running = entry.state == ProcessTable::Entry::State::running;
   if (*running) id.start_time = entry.start_time;
@@ -163,6 +174,12 @@ LivenessVerdict judge_liveness(const ProcessIdentity& recorded, const ProcessTab
   const std::string pid = "pid " + std::to_string(recorded.pid);
   if (recorded.host != table.host()) {
     return {Liveness::unknown, "recorded on host '" + recorded.host + "', this is '" + table.host() + "'"};
+  }
+  // One host name, two machines: their boot ids differ without any reboot. A record that names
+  // its machine is judged here only if it is ours; one without (older records) as before.
+  if (!recorded.machine_id.empty() && recorded.machine_id != table.machine_id()) {
+    return {Liveness::unknown, "recorded on another machine named '" + recorded.host + "' (machine id " +
+                                   recorded.machine_id + ")"};
   }
   // Without both boot ids, "another boot" cannot be told from "this boot" (ProcSubset=pid hides
   // /proc/sys): unverifiable, never proof of a reboot.

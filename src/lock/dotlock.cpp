@@ -17,6 +17,10 @@
 //
 // "Still ours" is decided first without touching the name: if the name no longer points at our
 // inode, someone replaced it, and the name now belongs to them.
+//
+// Every name is used relative to a descriptor of the lock's directory, opened once per acquire
+// (O_PATH): a relative lock path followed by chdir() must not make release, or a reclaim, act on
+// a file of the same name in another directory. Paths are kept only for messages.
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -25,6 +29,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "holdfast/error.hpp"
 #include "lock/fence.hpp"
@@ -46,6 +51,13 @@ std::string sibling(const Target& t, const std::string& of_name, const std::stri
   return t.dir + "/." + sys::basename_of(of_name) + "." + kind + "." + suffix;
 }
 
+// The name of a file of ours relative to the lock directory's descriptor.
+std::string leaf(const std::string& name) { return sys::basename_of(name); }
+
+int stat_at(int dir, const std::string& name, struct stat& st) {
+  return ::fstatat(dir, leaf(name).c_str(), &st, 0) == 0 ? 0 : -errno;
+}
+
 struct Owned {
   sys::UniqueFd fd;
   struct stat st {};
@@ -55,9 +67,9 @@ struct Owned {
 // Unlinks a temp name on scope exit unless disarmed (it was linked or renamed into place).
 class TempName {
  public:
-  explicit TempName(std::string path) : path_(std::move(path)) {}
+  TempName(int dir, std::string path) : dir_(dir), path_(std::move(path)) {}
   ~TempName() {
-    if (armed_) ::unlink(path_.c_str());
+    if (armed_) ::unlinkat(dir_, leaf(path_).c_str(), 0);
   }
   TempName(const TempName&) = delete;
   TempName& operator=(const TempName&) = delete;
@@ -65,15 +77,16 @@ class TempName {
   void disarm() { armed_ = false; }
 
  private:
+  int dir_;
   std::string path_;
   bool armed_ = true;
 };
 
 // Writes `record` to the fresh temp file `tmp` (created exclusively). Throws on failure; the
 // caller's TempName removes the name.
-Owned write_temp(const Target& t, const std::string& tmp, const HolderRecord& record) {
+Owned write_temp(const Target& t, int dir, const std::string& tmp, const HolderRecord& record) {
   Owned o;
-  int fd = sys::open_nothrow(AT_FDCWD, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
+  int fd = sys::open_nothrow(dir, leaf(tmp), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
   if (fd < 0) throw_open_error(-fd, t, tmp);
   o.fd.reset(fd);
   if (int rc = write_record(fd, record, o.size); rc < 0) throw Error(-rc, tmp, "cannot write holder record");
@@ -87,31 +100,31 @@ Owned write_temp(const Target& t, const std::string& tmp, const HolderRecord& re
 // the name is not ours — moving it aside even for a moment would free the name for a third
 // process. (Compared by stat of the name, not by fstat st_nlink: FUSE filesystems without
 // use_ino give each hard link its own inode, whose link count drops to 0 with its temp name.)
-bool remove_if_ours(const Target& t, const std::string& name, const struct stat& mine) {
+bool remove_if_ours(const Target& t, int dir, const std::string& name, const struct stat& mine) {
   struct stat now {};
-  if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, mine)) return false;
+  if (stat_at(dir, name, now) != 0 || !sys::same_inode(now, mine)) return false;
   // Only a reclaim landing in the microseconds since the stat can still race us here, and only
   // for a holder whose lease had already expired; then the file is put back.
   const std::string aside = sibling(t, name, "gone", hex(sys::random_u64()));
-  if (::rename(name.c_str(), aside.c_str()) != 0) return false;
+  if (::renameat(dir, leaf(name).c_str(), dir, leaf(aside).c_str()) != 0) return false;
   struct stat st {};
-  if (sys::stat_nothrow(aside, st) == 0 && sys::same_inode(st, mine)) {
-    ::unlink(aside.c_str());
+  if (stat_at(dir, aside, st) == 0 && sys::same_inode(st, mine)) {
+    ::unlinkat(dir, leaf(aside).c_str(), 0);
     return true;
   }
-  ::renameat2(AT_FDCWD, aside.c_str(), AT_FDCWD, name.c_str(), RENAME_NOREPLACE);
+  ::renameat2(dir, leaf(aside).c_str(), dir, leaf(name).c_str(), RENAME_NOREPLACE);
   return false;
 }
 
 enum class Create { created, exists };
 
 // Makes `name` appear, exclusively, already holding `record`.
-Create create_exclusive(const Target& t, Backend backend, const std::string& name, const HolderRecord& record,
+Create create_exclusive(const Target& t, int dir, Backend backend, const std::string& name, const HolderRecord& record,
                         Owned& out) {
-  TempName tmp(sibling(t, name, "new", hex(sys::random_u64())));
-  Owned o = write_temp(t, tmp.path(), record);
+  TempName tmp(dir, sibling(t, name, "new", hex(sys::random_u64())));
+  Owned o = write_temp(t, dir, tmp.path(), record);
   if (backend == Backend::link) {
-    int rc = ::link(tmp.path().c_str(), name.c_str());
+    int rc = ::linkat(dir, leaf(tmp.path()).c_str(), dir, leaf(name).c_str(), 0);
     int err = rc == 0 ? 0 : errno;
     struct stat st {};
     // NFS may report failure for a link that was made (lost reply); the link count tells.
@@ -127,7 +140,7 @@ Create create_exclusive(const Target& t, Backend backend, const std::string& nam
     }
     // tmp's destructor unlinks the temp name; the lock name stays.
   } else {
-    int rc = ::renameat2(AT_FDCWD, tmp.path().c_str(), AT_FDCWD, name.c_str(), RENAME_NOREPLACE);
+    int rc = ::renameat2(dir, leaf(tmp.path()).c_str(), dir, leaf(name).c_str(), RENAME_NOREPLACE);
     if (rc == 0) {
       tmp.disarm();
     } else {
@@ -136,12 +149,12 @@ Create create_exclusive(const Target& t, Backend backend, const std::string& nam
       if (err != EINVAL && err != ENOSYS && err != EOPNOTSUPP) throw Error(err, name, "cannot create dotlock");
       // No RENAME_NOREPLACE here: plain O_CREAT|O_EXCL. The record follows the create, so a
       // reader may briefly see an empty file; it treats that as held (fail closed).
-      int fd = sys::open_nothrow(AT_FDCWD, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
+      int fd = sys::open_nothrow(dir, leaf(name), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
       if (fd == -EEXIST) return Create::exists;
       if (fd < 0) throw_open_error(-fd, t, name);
       o = Owned{};
       o.fd.reset(fd);
-      TempName created(name);  // ours: created exclusively a moment ago and never shared
+      TempName created(dir, name);  // ours: created exclusively a moment ago and never shared
       if (int wrc = write_record(fd, record, o.size); wrc < 0) throw Error(-wrc, name, "cannot write holder record");
       if (sys::fstat_nothrow(fd, o.st) < 0) throw Error(errno, name, "cannot stat lock file");
       created.disarm();
@@ -151,7 +164,7 @@ Create create_exclusive(const Target& t, Backend backend, const std::string& nam
   // replaced our file already. Only the inode the name points at now is the lock. A check that
   // cannot be made is an error, never "someone else has it" (we would wait on ourselves).
   struct stat now {};
-  if (int rc = sys::stat_nothrow(name, now); rc != 0) {
+  if (int rc = stat_at(dir, name, now); rc != 0) {
     if (rc == -ENOENT) return Create::exists;
     throw Error(-rc, name, "cannot check the dotlock just created");
   }
@@ -167,11 +180,31 @@ struct Judgment {
   std::string reason;
 };
 
+std::chrono::system_clock::time_point time_point_of(const struct timespec& ts) {
+  return std::chrono::system_clock::time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+}
+
+// The filesystem's own "now": the mtime of a file created (and removed at once) beside the lock,
+// ".BASE.clock.RANDOM", holdfast's own. On NFS or SMB the server sets both that mtime and the
+// holder's heartbeat mtime, so a lease is judged server time against server time, whatever the
+// clocks of the holder and the waiter say. nullopt if it cannot be made (read-only directory).
+std::optional<std::chrono::system_clock::time_point> filesystem_now(const Target& t, int dir, const std::string& name) {
+  const std::string clock = sibling(t, name, "clock", hex(sys::random_u64()));
+  int fd = sys::open_nothrow(dir, leaf(clock), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
+  if (fd < 0) return std::nullopt;
+  sys::UniqueFd file(fd);
+  struct stat st {};
+  const int rc = sys::fstat_nothrow(fd, st);
+  ::unlinkat(dir, leaf(clock).c_str(), 0);
+  if (rc < 0) return std::nullopt;
+  return time_point_of(st.st_mtim);
+}
+
 // Decides whether the dotlock at `name` is held or proven stale.
-Judgment judge(const Target& t, const std::string& name, const LockOptions& options) {
+Judgment judge(const Target& t, int dir, const std::string& name, const LockOptions& options) {
   Judgment j;
   // O_NONBLOCK: a FIFO planted at the name must not block -n or -w.
-  int fd = sys::open_nothrow(AT_FDCWD, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+  int fd = sys::open_nothrow(dir, leaf(name), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
   if (fd == -ENOENT) {
     j.kind = Judgment::vanished;
     return j;
@@ -187,10 +220,14 @@ Judgment judge(const Target& t, const std::string& name, const LockOptions& opti
 
   int64_t lease_ms = options.stale_after.count();
   if (record) lease_ms = std::max(lease_ms, record->lease_ms);
-  auto mtime = std::chrono::system_clock::time_point(std::chrono::seconds(j.st.st_mtim.tv_sec) +
-                                                     std::chrono::nanoseconds(j.st.st_mtim.tv_nsec));
-  auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now() - mtime);
-  const bool lease_expired = lease_ms > 0 && idle.count() > lease_ms;
+  // The lease is measured on the filesystem's clock (S3: a waiter whose own clock runs ahead must
+  // not steal a heartbeating holder); the local clock only where no clock file can be made.
+  bool lease_expired = false;
+  if (lease_ms > 0) {
+    const auto now = filesystem_now(t, dir, name).value_or(std::chrono::system_clock::now());
+    const auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(now - time_point_of(j.st.st_mtim));
+    lease_expired = idle.count() > lease_ms;
+  }
 
   if (!record) {
     j.kind = lease_expired ? Judgment::stale : Judgment::held;
@@ -227,9 +264,9 @@ Judgment judge(const Target& t, const std::string& name, const LockOptions& opti
 // A reclaim marker we created: removed (if still ours) when the reclaim ends, however it ends.
 class Marker {
  public:
-  Marker(const Target& t, std::string name) : t_(t), name_(std::move(name)) {}
+  Marker(const Target& t, int dir, std::string name) : t_(t), dir_(dir), name_(std::move(name)) {}
   ~Marker() {
-    if (file.fd) remove_if_ours(t_, name_, file.st);
+    if (file.fd) remove_if_ours(t_, dir_, name_, file.st);
   }
   Marker(const Marker&) = delete;
   Marker& operator=(const Marker&) = delete;
@@ -238,6 +275,7 @@ class Marker {
 
  private:
   const Target& t_;
+  int dir_;
   std::string name_;
 };
 
@@ -245,22 +283,24 @@ constexpr int kMaxReclaimDepth = 2;
 
 // Replaces the stale file `victim` at `name` by a file holding `record`. True if we did; `out`
 // then owns the new file.
-bool reclaim(const Target& t, Backend backend, const std::string& name, const Judgment& victim,
+bool reclaim(const Target& t, int dir, Backend backend, const std::string& name, const Judgment& victim,
              const HolderRecord& record, const LockOptions& options, int depth, Owned& out) {
-  Marker marker(t, sibling(t, name, "reclaim", hex(victim.st.st_dev) + "-" + hex(victim.st.st_ino)));
-  if (create_exclusive(t, backend, marker.name(), record, marker.file) == Create::exists) {
+  Marker marker(t, dir, sibling(t, name, "reclaim", hex(victim.st.st_dev) + "-" + hex(victim.st.st_ino)));
+  if (create_exclusive(t, dir, backend, marker.name(), record, marker.file) == Create::exists) {
     if (depth >= kMaxReclaimDepth) return false;
-    Judgment m = judge(t, marker.name(), options);
+    Judgment m = judge(t, dir, marker.name(), options);
     if (m.kind != Judgment::stale) return false;  // a live reclaimer is at work, or it just finished
-    if (!reclaim(t, backend, marker.name(), m, record, options, depth + 1, marker.file)) return false;
+    if (!reclaim(t, dir, backend, marker.name(), m, record, options, depth + 1, marker.file)) return false;
   }
   struct stat now {};
-  if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, victim.st)) return false;
-  TempName tmp(sibling(t, name, "new", hex(sys::random_u64())));
-  Owned fresh = write_temp(t, tmp.path(), record);
-  if (::rename(tmp.path().c_str(), name.c_str()) != 0) throw Error(errno, name, "cannot replace stale dotlock");
+  if (stat_at(dir, name, now) != 0 || !sys::same_inode(now, victim.st)) return false;
+  TempName tmp(dir, sibling(t, name, "new", hex(sys::random_u64())));
+  Owned fresh = write_temp(t, dir, tmp.path(), record);
+  if (::renameat(dir, leaf(tmp.path()).c_str(), dir, leaf(name).c_str()) != 0) {
+    throw Error(errno, name, "cannot replace stale dotlock");
+  }
   tmp.disarm();
-  if (sys::stat_nothrow(name, now) != 0 || !sys::same_inode(now, fresh.st)) return false;
+  if (stat_at(dir, name, now) != 0 || !sys::same_inode(now, fresh.st)) return false;
   out = std::move(fresh);
   return true;
 }
@@ -269,8 +309,8 @@ bool reclaim(const Target& t, Backend backend, const std::string& name, const Ju
 // that took it; a forked child only closes its descriptor).
 class DotlockGrant final : public Lock::State {
  public:
-  DotlockGrant(const Target& where, Backend kind, HolderRecord initial, Owned file)
-      : State(where, kind, LockMode::exclusive, std::move(initial)), file_(std::move(file)) {}
+  DotlockGrant(const Target& where, Backend kind, HolderRecord initial, sys::UniqueFd dir, Owned file)
+      : State(where, kind, LockMode::exclusive, std::move(initial)), dir_(std::move(dir)), file_(std::move(file)) {}
   ~DotlockGrant() override {
     try {
       end();
@@ -335,11 +375,12 @@ class DotlockGrant final : public Lock::State {
     held_ = false;
     stop_heartbeat();
     bool removed = true;
-    if (in_owner_process()) removed = remove_if_ours(target, target.path, file_.st);
+    if (in_owner_process()) removed = remove_if_ours(target, dir_.get(), target.path, file_.st);
     file_.fd.reset();
     return removed;
   }
 
+  sys::UniqueFd dir_;  // the lock's directory, as resolved at acquire
   Owned file_;
   std::unique_ptr<Heartbeat> heartbeat_;
 };
@@ -354,15 +395,22 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
   }
   // The token is assigned once we hold the lock; 0 in a record means "being finalised".
   HolderRecord record = make_record(backend, options.mode, options);
+  // Resolved once: every later step (reclaim, release) acts in this directory, whatever the
+  // process's working directory becomes.
+  int dir_fd = sys::open_nothrow(AT_FDCWD, target.dir, O_PATH | O_DIRECTORY);
+  if (dir_fd < 0) throw Error(-dir_fd, target.dir, "cannot use lock directory");
+  sys::UniqueFd dir(dir_fd);
   Owned owned;
   int attempt = 0;
   int stale_handles = 0;
   for (;;) {
     try {
-      if (create_exclusive(target, backend, target.path, record, owned) == Create::created) break;
-      Judgment j = judge(target, target.path, options);
+      if (create_exclusive(target, dir.get(), backend, target.path, record, owned) == Create::created) break;
+      Judgment j = judge(target, dir.get(), target.path, options);
       if (j.kind == Judgment::vanished) continue;
-      if (j.kind == Judgment::stale && reclaim(target, backend, target.path, j, record, options, 0, owned)) break;
+      if (j.kind == Judgment::stale && reclaim(target, dir.get(), backend, target.path, j, record, options, 0, owned)) {
+        break;
+      }
       stale_handles = 0;  // the budget is for ESTALEs in a row, not over a long wait
     } catch (const Error& e) {
       // Network and FUSE filesystems answer ESTALE when a file we just looked up was replaced
@@ -372,7 +420,7 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
     }
     if (!poll_sleep(wait, attempt)) return nullptr;
   }
-  auto grant = std::make_unique<DotlockGrant>(target, backend, std::move(record), std::move(owned));
+  auto grant = std::make_unique<DotlockGrant>(target, backend, std::move(record), std::move(dir), std::move(owned));
   grant->files = files;
   files->busy = true;
   grant->finish(options);
@@ -381,7 +429,10 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
 
 std::pair<HolderState, std::string> judge_dotlock(const std::string& path) {
   Target t = resolve_target(path);
-  Judgment j = judge(t, path, LockOptions{});
+  int dir_fd = sys::open_nothrow(AT_FDCWD, t.dir, O_PATH | O_DIRECTORY);
+  if (dir_fd < 0) throw Error(-dir_fd, t.dir, "cannot use lock directory");
+  sys::UniqueFd dir(dir_fd);
+  Judgment j = judge(t, dir.get(), path, LockOptions{});
   switch (j.kind) {
     case Judgment::held: return {HolderState::held, j.reason};
     case Judgment::stale: return {HolderState::stale, j.reason};

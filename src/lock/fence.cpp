@@ -14,6 +14,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/identity.hpp"
 #include "sys/file.hpp"
+#include "sys/fs_kind.hpp"
 
 namespace holdfast::fence {
 namespace {
@@ -112,6 +113,17 @@ ssize_t read_state(int fd, char (&buf)[kEpochSize + kCounterSize]) {
   return static_cast<ssize_t>(got);
 }
 
+// fdatasync, retrying EINTR. Returns 0 or -errno.
+int datasync(int fd) {
+  for (;;) {
+    if (::fdatasync(fd) == 0) return 0;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+// A filesystem whose kind cannot be read is treated as a network one: syncing costs time only.
+bool network_filesystem(int fd) { return sys::on_network_filesystem(fd) != 0; }
+
 uint64_t unix_seconds() {
   return static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
@@ -151,7 +163,29 @@ FenceFile FenceFile::adopt(const std::string& path, Opener opener, sys::UniqueFd
   return FenceFile(path, std::move(opener), std::move(fd), created);
 }
 
+FenceFile::FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created)
+    : path_(std::move(path)),
+      opener_(std::move(opener)),
+      fd_(std::move(fd)),
+      created_(created),
+      network_(network_filesystem(fd_.get())) {}
+
+void FenceFile::reopen() {
+  bool created = false;
+  int fd = opener_(created);
+  if (fd < 0) throw Error(-fd, path_, "cannot reopen fencing-token file");
+  fd_.reset(fd);
+  created_ = created_ || created;
+  network_ = network_filesystem(fd_.get());
+}
+
 void FenceFile::reopen_if_replaced() {
+  // On a network filesystem another client's write is seen only after an open (close-to-open
+  // consistency), and the name may have been replaced by another host: reopen on every grant.
+  if (network_) {
+    reopen();
+    return;
+  }
   // One stat per grant: if someone removed or replaced the file (LOCKS.md allows deleting it),
   // every other process opens the new one; we must too, or we would keep counting on an inode
   // nobody else sees, and hand out tokens below theirs.
@@ -161,11 +195,7 @@ void FenceFile::reopen_if_replaced() {
       sys::same_inode(mine, now)) {
     return;
   }
-  bool created = false;
-  int fd = opener_(created);
-  if (fd < 0) throw Error(-fd, path_, "cannot reopen fencing-token file");
-  fd_.reset(fd);
-  created_ = created;
+  reopen();
 }
 
 uint64_t FenceFile::next() {
@@ -204,10 +234,7 @@ uint64_t FenceFile::next() {
     if (int rc = sys::pwrite_all(fd_.get(), padded(line, kEpochSize), kEpochOffset); rc < 0) {
       throw Error(-rc, path_, "cannot write fencing epoch");
     }
-    int synced = 0;
-    while ((synced = ::fdatasync(fd_.get())) != 0 && errno == EINTR) {
-    }
-    if (synced != 0) throw Error(errno, path_, "cannot sync fencing epoch");
+    if (int rc = datasync(fd_.get()); rc < 0) throw Error(-rc, path_, "cannot sync fencing epoch");
     if (created_ || bytes.empty()) {
       // The file's directory entry must survive a crash too, or the epoch would restart.
       sys::UniqueFd dir(sys::open_nothrow(AT_FDCWD, sys::dirname_of(path_), O_RDONLY | O_DIRECTORY));
@@ -224,6 +251,11 @@ uint64_t FenceFile::next() {
   line[kCounterSize - 1] = '\n';
   if (int rc = sys::pwrite_all(fd_.get(), std::string_view(line, sizeof line), kCounterOffset); rc < 0) {
     throw Error(-rc, path_, "cannot write fencing counter");
+  }
+  // A server that loses this write (it crashes, or drops it on a writeback error) would roll the
+  // counter back under our unchanged boot id, and the next grant would reissue this token.
+  if (network_) {
+    if (int rc = datasync(fd_.get()); rc < 0) throw Error(-rc, path_, "cannot sync fencing counter");
   }
   return (epoch << 32) | counter;
 }

@@ -10,6 +10,12 @@
 // before. A new epoch is max(previous + 1, unix seconds), so even a deleted fence file restarts
 // above the tokens of any earlier day.
 //
+// Network and userspace filesystems (sys::on_network_filesystem: NFS, SMB, 9p, FUSE, ...) break
+// both premises: a server can lose an unsynced counter write without this machine rebooting
+// (rolling the counter back under the same boot id), and another client's cache is not ours.
+// There the counter write is fdatasync'ed on every grant, and the file is reopened on every
+// grant (close-to-open revalidation), at the cost of a server round trip or two per grant.
+//
 // File layout (text, fixed offsets so in-place writes never move each other):
 //   [0, 96)   "E <epoch:16 hex> <boot id> <host hash:16 hex>" padded, '\n' at 95 — durable part
 //   [96, 128) "C <epoch:16 hex> <counter:8 hex>" padded, '\n' at 127   — per-grant part
@@ -55,13 +61,14 @@ class FenceFile {
   uint64_t current();
 
  private:
-  FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created)
-      : path_(std::move(path)), opener_(std::move(opener)), fd_(std::move(fd)), created_(created) {}
+  FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created);
   void reopen_if_replaced();
+  void reopen();
   std::string path_;
   Opener opener_;
   sys::UniqueFd fd_;
   bool created_;
+  bool network_;  // on a network or userspace filesystem (or unknown): sync and reopen per grant
 };
 
 }  // namespace holdfast::fence

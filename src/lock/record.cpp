@@ -127,6 +127,10 @@ std::string HolderRecord::to_json() const {
       out.append(",\"time_ns\":");
       append_int(out, p.time_ns);
     }
+    if (!p.machine_id.empty()) {
+      out.append(",\"machine_id\":");
+      append_string(out, p.machine_id);
+    }
     out.push_back('}');
   }
   out.append("],\"command\":[");
@@ -156,6 +160,7 @@ std::optional<HolderRecord> HolderRecord::parse(std::string_view text) {
       id.host = p.at("host").get<std::string>();
       id.pid_ns = p.value("pid_ns", uint64_t{0});
       id.time_ns = p.value("time_ns", uint64_t{0});
+      id.machine_id = p.value("machine_id", std::string());  // absent in older records: unknown
       r.processes.push_back(std::move(id));
     }
     if (r.processes.empty()) return std::nullopt;

@@ -21,12 +21,22 @@ TEST(Identity, SelfIsAliveAndMatchesProc) {
 }
 
 TEST(Identity, ExitedAndReapedChildIsDead) {
-  pid_t pid = testing::fork_child([] { return 0; });
-  // Capture identity while the child may still run; then reap it.
-  ProcessIdentity id{pid, 0, this_boot_id(), this_host()};
+  // The child runs until we have read its identity (a child that exits first leaves no start
+  // time to read, and a record without one is rightly unverifiable); then it exits and is reaped.
+  int gate[2];
+  ASSERT_EQ(::pipe(gate), 0);
+  pid_t pid = testing::fork_child([&] {
+    ::close(gate[1]);
+    char c;
+    (void)!::read(gate[0], &c, 1);
+    return 0;
+  });
+  ::close(gate[0]);
   auto live = identity_of(pid);
-  if (live) id = *live;
+  ::close(gate[1]);
   testing::wait_child(pid);
+  ASSERT_TRUE(live) << "could not read the running child's identity";
+  const ProcessIdentity id = *live;
   auto verdict = judge_liveness(id);
   EXPECT_EQ(verdict.liveness, Liveness::dead) << verdict.reason;
 }
@@ -158,6 +168,44 @@ TEST(Identity, C5_OtherPidOrTimeNamespaceIsUnknown) {
   auto legacy = me;
   legacy.pid_ns = legacy.time_ns = 0;
   EXPECT_EQ(judge_liveness(legacy).liveness, Liveness::dead);
+}
+
+// A reader on a machine with a known machine id (the real one may be absent in a container).
+class MachineTable final : public ProcessTable {
+ public:
+  explicit MachineTable(std::string machine_id) : machine_id_(std::move(machine_id)) {}
+  Entry lookup(pid_t pid) const override { return system_process_table().lookup(pid); }
+  int signal_probe(pid_t pid) const override { return system_process_table().signal_probe(pid); }
+  const std::string& boot_id() const override { return this_boot_id(); }
+  const std::string& host() const override { return this_host(); }
+  const std::string& machine_id() const override { return machine_id_; }
+
+ private:
+  std::string machine_id_;
+};
+
+// S4: two machines with one host name (cloned VMs, "localhost"). A record from "this host name"
+// with another boot id is proof of a reboot only if it also names this machine; a record naming
+// another machine is another host's (unknown: held), and old records without a machine id keep
+// today's judgment.
+TEST(Identity, S4_SameHostNameOtherMachineIsNeverRebooted) {
+  MachineTable table("0123456789abcdef0123456789abcdef");
+  auto rec = self_identity();
+  rec.boot_id = "00000000-0000-0000-0000-000000000000";
+  rec.machine_id = "fedcba9876543210fedcba9876543210";
+  auto verdict = judge_liveness(rec, table);
+  EXPECT_EQ(verdict.liveness, Liveness::unknown) << verdict.reason;
+  // The reader cannot read its own machine id: it cannot tell, so unknown as well.
+  EXPECT_EQ(judge_liveness(rec, MachineTable("")).liveness, Liveness::unknown);
+  rec.machine_id = "0123456789abcdef0123456789abcdef";
+  EXPECT_EQ(judge_liveness(rec, table).liveness, Liveness::dead) << "same machine, another boot: rebooted";
+  rec.machine_id.clear();
+  EXPECT_EQ(judge_liveness(rec, table).liveness, Liveness::dead) << "older record: judged as before";
+}
+
+TEST(Identity, S4_SelfIdentityRecordsThisMachineId) {
+  EXPECT_EQ(self_identity().machine_id, this_machine_id());
+  EXPECT_EQ(judge_liveness(self_identity()).liveness, Liveness::alive);
 }
 
 }  // namespace

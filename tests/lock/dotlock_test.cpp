@@ -8,10 +8,12 @@
 #include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -273,6 +275,41 @@ TEST_P(DotlockTest, RecordFromAnEarlierBootIsStale) {
   EXPECT_TRUE(Lock::try_acquire(dir / "lock", opts(GetParam())));
 }
 
+// S4: a record from a machine that shares our host name (another machine id) is another host's:
+// its other boot id is no proof of a reboot, so it is held.
+TEST_P(DotlockTest, RecordFromAnotherMachineWithOurHostNameIsHeld) {
+  testing::TempDir dir;
+  auto twin = self_identity();
+  twin.boot_id = "00000000-1111-2222-3333-444444444444";
+  twin.machine_id = "not-" + this_machine_id() + "-machine";
+  plant_record(dir / "lock", {twin}, GetParam());
+  EXPECT_EQ(inspect_holder(dir / "lock").state, HolderState::held);
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", opts(GetParam())));
+}
+
+// S3: a lease is judged on the filesystem's clock, not the waiter's. A waiter whose clock runs
+// two hours ahead (libfaketime; file timestamps left real, as a file server sets them) must not
+// reclaim a remote holder whose heartbeat is fresh; a holder whose heartbeat really stopped is
+// still reclaimed.
+TEST_P(DotlockTest, S3_WaiterClockAheadOfTheFilesystemDoesNotStealALease) {
+  if (::access("/usr/bin/faketime", X_OK) != 0) GTEST_SKIP() << "faketime(1) is not installed";
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto other = self_identity();
+  other.host = "far-away-host";
+  plant_record(path, {other}, GetParam(), /*lease_ms=*/60000);
+  const std::string backend(to_string(GetParam()));
+  const std::string waiter = "NO_FAKE_STAT=1 /usr/bin/faketime -f +2h '" + testing::holdfast_path() +
+                             "' lock -n --backend " + backend + " '" + path + "' true";
+  int status = std::system(waiter.c_str());
+  ASSERT_TRUE(WIFEXITED(status)) << waiter;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << "a waiter with a fast clock reclaimed a heartbeating holder";
+  EXPECT_EQ(inspect_holder(path).state, HolderState::held);
+  age_file(path, std::chrono::hours(3));
+  EXPECT_TRUE(Lock::try_acquire(path, opts(GetParam()))) << "a lease that really expired";
+  EXPECT_EQ(list_dir(dir.path()), std::vector<std::string>{"lock.fence"}) << "a clock file was left behind";
+}
+
 // A reclaimer that crashed holding a reclaim marker does not block reclaim forever: the marker's
 // own holder is dead, so the marker is reclaimed the same way.
 TEST_P(DotlockTest, DeadReclaimersMarkerIsItselfReclaimed) {
@@ -316,6 +353,48 @@ TEST_P(DotlockTest, EpermPidBehindHiddenProcIsHeld) {
 
 INSTANTIATE_TEST_SUITE_P(Dotlocks, DotlockTest, ::testing::Values(Backend::excl, Backend::link),
                          [](const auto& info) { return std::string(to_string(info.param)); });
+
+}  // namespace
+}  // namespace holdfast
+
+namespace holdfast {
+namespace {
+
+// Restores the working directory on scope exit (the test changes it while holding a lock).
+class CwdGuard {
+ public:
+  CwdGuard() : fd_(::open(".", O_PATH | O_DIRECTORY | O_CLOEXEC)) {}
+  ~CwdGuard() {
+    if (fd_ >= 0) {
+      (void)!::fchdir(fd_);
+      ::close(fd_);
+    }
+  }
+  CwdGuard(const CwdGuard&) = delete;
+  CwdGuard& operator=(const CwdGuard&) = delete;
+
+ private:
+  int fd_;
+};
+
+// S8: a dotlock taken by a relative path is released in the directory it was taken in, even
+// after chdir(); a file of the same name in the new working directory is left alone.
+TEST_P(DotlockTest, ReleaseAfterChdirActsOnTheLocksOwnDirectory) {
+  testing::TempDir taken_in;
+  testing::TempDir elsewhere;
+  plant_text(elsewhere / "lock", "not a lock of ours\n");
+  CwdGuard restore;
+  ASSERT_EQ(::chdir(taken_in.path().c_str()), 0);
+  auto l = Lock::acquire("lock", opts(GetParam()));
+  ASSERT_EQ(::chdir(elsewhere.path().c_str()), 0);
+  EXPECT_NO_THROW(l.release());
+  struct stat st {};
+  EXPECT_NE(::stat((taken_in / "lock").c_str(), &st), 0) << "our dotlock stayed behind";
+  std::ifstream other(elsewhere / "lock");
+  std::string text;
+  std::getline(other, text);
+  EXPECT_EQ(text, "not a lock of ours");
+}
 
 }  // namespace
 }  // namespace holdfast

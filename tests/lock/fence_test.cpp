@@ -12,6 +12,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
 #include "lock/internal.hpp"
+#include "support/faultfs.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -141,6 +142,29 @@ TEST_P(FenceTest, CorruptEpochFailsClosedNamingTheFile) {
   }
   // The failed attempt released what it took: a dotlock file is not left behind.
   EXPECT_EQ(inspect_holder(path).state, HolderState::free);
+}
+
+// S1: on a network or userspace filesystem the counter is synced on every grant. faultfs with
+// delay_data models a file server that does not yet have (and may lose) an unsynced write: the
+// next grant would read the previous counter and reissue the same token.
+TEST(NetworkFence, S1_CounterWriteIsSyncedPerGrant) {
+  if (auto why = testing::FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+  testing::FaultFs fs("delay_data=0");
+  const std::string path = fs / "lock";
+  const LockOptions options{Backend::excl, LockMode::exclusive, {}, {}};
+  auto grant = [&] {
+    Lock l = Lock::acquire(path, options);
+    uint64_t token = l.token();
+    l.release();
+    return token;
+  };
+  uint64_t last = grant();  // the first epoch and counter reach the server
+  fs.control("delay_data=600000");  // from now on, only a sync lands a write
+  for (int i = 0; i < 3; ++i) {
+    uint64_t next = grant();
+    EXPECT_GT(next, last) << "a grant reissued a token the server had not stored";
+    last = next;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, FenceTest,

@@ -12,6 +12,7 @@ HolderRecord sample() {
   HolderRecord r;
   r.processes = {{4242, 96412, "f63de502-9bd1-4522-9452-b57274632256", "build-7"},
                  {4243, 18446744073709551615ULL, "boot", "host \"quoted\" \\ back"}};
+  r.processes[0].machine_id = "5d1c0e3bd8a84c2f9b6e0f4a7c2d1e90";  // the second has none (older writer)
   r.token = 7710624558805417987ULL;
   r.nonce = 18446744073709551615ULL;
   r.backend = Backend::link;
