@@ -27,7 +27,7 @@ struct ProcessIdentity {
   // /etc/machine-id when the identity was read; empty = not recorded (older records) or
   // unreadable. Host names collide (cloned VMs, "localhost"); a record from "this host name"
   // with another machine id was written by another machine, whose boot id proves nothing here.
-  std::string machine_id;
+  std::string machine_id{};
 
   bool operator==(const ProcessIdentity&) const = default;
 

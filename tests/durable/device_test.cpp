@@ -121,7 +121,9 @@ TEST(DeviceFlush, ViaChecksTheReaderAsSoonAsTheHostCopyReachesTheDevice) {
   std::string data = pattern(40000, 45);
   spit(dir / "src", data);
   spit(dev / "code.py", data);
-  ASSERT_NE(dev.device_view("code.py"), data);
+  // A global sync() from a test running in parallel can write it back first: then there is
+  // nothing left to show here.
+  if (dev.device_view("code.py") == data) GTEST_SKIP() << "the kernel wrote back already (another process synced)";
   // The reader: debugfs on the image, naming the file as the device does (/code.py).
   // It marks each run, so the test syncs only after the first check has failed.
   std::string via = "debugfs -R \"cat $1\" " + dev.image() + " 2>/dev/null; echo >> " + (dir / "runs");
@@ -129,9 +131,11 @@ TEST(DeviceFlush, ViaChecksTheReaderAsSoonAsTheHostCopyReachesTheDevice) {
                      "60s", "--timeout", "120s", "--json", dev / "code.py"},
                     dir / "w.out");
   while (slurp(dir / "runs").empty()) {
+    if (waiter.exited() && dev.device_view("code.py") == data) GTEST_SKIP() << "the kernel wrote back already";
     ASSERT_FALSE(waiter.exited()) << waiter.err();
     std::this_thread::sleep_for(10ms);
   }
+  if (dev.device_view("code.py") == data) GTEST_SKIP() << "the kernel wrote back during the first check";
   auto t0 = mono_us();
   ASSERT_EQ(hf({"sync", dev / "code.py"}).exit_code, 0);
   ASSERT_EQ(waiter.wait(), 0) << waiter.err();

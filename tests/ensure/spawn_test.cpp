@@ -131,7 +131,7 @@ TEST(Spawn, ChildSeesOnlyItsMappedDescriptorsAndItsSettings) {
 TEST(Spawn, DestroyingAnUnwaitedChildKillsAndReapsIt) {
   pid_t pid = 0;
   {
-    auto child = spawn(shell("sleep 300"));
+    auto child = spawn(shell("exec sleep 300"));  // exec: the pid is the sleep itself, nothing is left holding our output
     pid = child.pid();
   }
   EXPECT_NE(::kill(pid, 0), 0) << "the child outlived its Child";
