@@ -41,4 +41,9 @@ std::string sha256_hex(std::string_view data);
 // Python string literal for `s` that MicroPython and CPython both parse (board paths).
 std::string py_str(std::string_view s);
 
+// The Ctrl-D guard's push: syncfs(2) on the drive writes every dirty page of it and its metadata
+// through the device. Best effort (an unopenable drive is simply not pushed): the guard decides
+// by re-checking pending_for_board, never by this call's success.
+void push_drive(const std::string& drive) noexcept;
+
 }  // namespace holdfast::device::detail

@@ -35,9 +35,7 @@ RebootResult reboot_board(Port& port, const RebootOptions& options) {
     notice(fmt::format("Ctrl-D held: not on the board yet: {}; pushing the flush", describe_pending(pending)));
     const auto deadline = detail::Clock::now() + options.flush_timeout;
     for (;;) {
-      // Push: syncfs writes every dirty page of the drive and its metadata through the device.
-      sys::UniqueFd d(sys::open_nothrow(AT_FDCWD, options.drive, O_RDONLY | O_DIRECTORY));
-      if (d) ::syncfs(d.get());
+      detail::push_drive(options.drive);
       pending = pending_for_board(options.drive, options.journal);
       if (pending.empty()) break;
       if (detail::Clock::now() >= deadline)

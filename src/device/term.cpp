@@ -54,6 +54,13 @@ void write_all(int fd, std::string_view data) { sys::write_all(fd, data); }
 
 }  // namespace
 
+namespace detail {
+void push_drive(const std::string& drive) noexcept {
+  sys::UniqueFd d(sys::open_nothrow(AT_FDCWD, drive, O_RDONLY | O_DIRECTORY));
+  if (d) ::syncfs(d.get());
+}
+}  // namespace detail
+
 std::vector<std::string> pending_for_board(const std::string& drive, const std::string& journal) {
   std::vector<std::string> pending;
   if (drive.empty()) return pending;
@@ -154,9 +161,7 @@ int run_terminal(Port& port, const TermOptions& options) {
       if (!out.empty()) write_all(port.fd(), out);
     }
     if (holding && std::chrono::steady_clock::now() >= next_check) {
-      // Push: syncfs on the drive writes every dirty page of it (and its metadata).
-      sys::UniqueFd d(sys::open_nothrow(AT_FDCWD, options.drive, O_RDONLY | O_DIRECTORY));
-      if (d) ::syncfs(d.get());
+      detail::push_drive(options.drive);
       auto pending = pending_for_board(options.drive, options.journal);
       if (pending.empty()) {
         notice("the drive is flushed: Ctrl-D sent");
