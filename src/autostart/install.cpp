@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <set>
@@ -19,6 +20,7 @@
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 #include "sys/file.hpp"
+#include "sys/kernel_lock.hpp"
 
 namespace holdfast::autostart {
 
@@ -110,6 +112,32 @@ Others other_manifests(const Tree& tree, const std::string& manifest_dir, const 
   return o;
 }
 
+// Serialises autostart verbs on one tree: a flock on its root directory, held for the whole verb
+// (planning sees what the previous verb left, and two installs of one NAME cannot interleave).
+// A directory lock never changes the directory. Anyone who can read the directory can hold the
+// lock, so waiting is bounded: after 30 s the verb fails (75) rather than hang.
+class TreeLock {
+ public:
+  explicit TreeLock(const std::string& dir) {
+    fd_ = sys::open_or_throw(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0, "cannot open to lock");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    sys::DeadlineAlarm alarm(deadline);
+    for (;;) {
+      const bool block = alarm.armed();
+      const int rc = sys::kernel_lock(fd_.get(), sys::KernelLockKind::flock, true, block);
+      if (rc == 0) return;
+      if (rc != -EINTR && rc != -EWOULDBLOCK) throw Error(-rc, dir, "cannot lock");
+      if (std::chrono::steady_clock::now() >= deadline) {
+        throw Error(dir, "busy", "another `holdfast autostart` holds its lock for more than 30 s", exit_code::temp_fail);
+      }
+      if (!block) ::usleep(20000);  // no alarm available: poll
+    }
+  }
+
+ private:
+  sys::UniqueFd fd_;
+};
+
 struct Context {
   Request request;
   Tree tree;
@@ -118,6 +146,8 @@ struct Context {
   Method method = Method::systemd;
   std::string manifest_path;
 
+  std::optional<TreeLock> lock;
+
   explicit Context(const Request& r) : request(r), tree(r.root), host(Host::detect(r.root)) {
     validate_instance_name(r.name);
     if (!r.root.empty()) {
@@ -125,6 +155,7 @@ struct Context {
       if (::stat(r.root.c_str(), &st) != 0) throw Error(errno, r.root, "--root");
       if (!S_ISDIR(st.st_mode)) throw Error(ENOTDIR, r.root, "--root");
     }
+    lock.emplace(r.root.empty() ? std::string("/") : r.root);
     if (r.scope == Scope::system) {
       host.user = "root";
       host.uid = 0;

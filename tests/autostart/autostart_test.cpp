@@ -676,6 +676,36 @@ TEST(Autostart, BadInputIsOneLineWithADocumentedCode) {
   EXPECT_EQ(listing(root.path()), before);
 }
 
+// Racing installs of one NAME and of several NAMEs into one tree: every install succeeds (the
+// losers of one NAME find it installed, identical), and uninstalling all leaves the tree as it was.
+TEST(Autostart, ConcurrentInstallsSerialiseAndStillUninstallExactly) {
+  Env env;
+  TempDir root;
+  write_file(root / "etc/hostname", "box\n");
+  const std::string before = listing(root.path());
+  constexpr int kRacers = 8;
+  testing::StartGun gun;
+  std::vector<pid_t> pids;
+  for (int i = 0; i < kRacers; ++i) {
+    const std::string name = i % 2 == 0 ? "same" : "n" + std::to_string(i);
+    pids.push_back(testing::fork_child([&, name] {
+      gun.wait();
+      auto r = env.hf(install_args(name, {"--system", "--root", root.path()}, {"/bin/true"}));
+      if (r.exit_code != 0) std::fprintf(stderr, "%s", describe(r).c_str());
+      return r.exit_code;
+    }));
+  }
+  gun.release();
+  for (pid_t pid : pids) EXPECT_EQ(testing::wait_child(pid), 0);
+  for (const std::string& name : std::vector<std::string>{"same", "n1", "n3", "n5", "n7"}) {
+    auto s = env.hf({"autostart", "status", name, "--system", "--root", root.path()});
+    EXPECT_EQ(s.exit_code, 0) << describe(s);
+    auto u = env.hf({"autostart", "uninstall", name, "--system", "--root", root.path()});
+    EXPECT_EQ(u.exit_code, 0) << describe(u);
+  }
+  EXPECT_EQ(listing(root.path()), before);
+}
+
 // The quoting functions' contracts, checked without systemd.
 TEST(AutostartQuoting, WordsAndNames) {
   EXPECT_EQ(autostart::systemd_exec_word("a b"), "\"a b\"");
