@@ -49,8 +49,13 @@ Host Host::detect(const std::string& root) {
   h.state_home = env_path("XDG_STATE_HOME");
   if (h.state_home.empty()) h.state_home = h.home + "/.local/state";
   // sd_booted(3): systemd is the init exactly when this directory exists. Meaningless for a tree.
+  // HOLDFAST_TEST_SD_BOOTED=0|1 overrides the check, so tests can drive the live-systemd path
+  // against a fake systemctl without a systemd (docs/AUTOSTART.md).
   struct stat st {};
   h.systemd_booted = root.empty() && ::lstat("/run/systemd/system", &st) == 0 && S_ISDIR(st.st_mode);
+  if (const char* force = std::getenv("HOLDFAST_TEST_SD_BOOTED"); force != nullptr && root.empty()) {
+    h.systemd_booted = std::string_view(force) == "1";
+  }
   return h;
 }
 

@@ -71,8 +71,9 @@ std::string listing(const std::string& root) {
   return out;
 }
 
-// A HOME and a PATH for the command under test: XDG_* unset so the layout follows HOME, and a
-// fake crontab(1) first on PATH (FAKE_CRONTAB names the file that stands for the spool).
+// A HOME and a PATH for the command under test: XDG_* unset so the layout follows HOME, a fake
+// crontab(1) first on PATH (FAKE_CRONTAB names the file that stands for the spool), and systemd
+// taken as not the init whatever this machine runs, so no test talks to a real systemd.
 struct Env {
   TempDir dir;
   std::string home = "/home/tester";
@@ -93,7 +94,8 @@ struct Env {
   std::vector<std::string> prefix(const std::string& home_override = "") const {
     return {"env", "-u", "XDG_CONFIG_HOME", "-u", "XDG_STATE_HOME", "-u", "NOTIFY_SOCKET",
             "HOME=" + (home_override.empty() ? home : home_override),
-            "PATH=" + dir.path() + "/bin:/usr/bin:/bin", "FAKE_CRONTAB=" + crontab_file};
+            "PATH=" + dir.path() + "/bin:/usr/bin:/bin", "FAKE_CRONTAB=" + crontab_file,
+            "HOLDFAST_TEST_SD_BOOTED=0"};  // as in a container: no systemd (a test may override)
   }
   CommandResult hf(const std::vector<std::string>& args, const std::string& home_override = "") const {
     auto argv = prefix(home_override);
@@ -616,8 +618,6 @@ TEST(Autostart, UserCrontabEntryIsAddedAndRemovedByteForByte) {
 }
 
 TEST(Autostart, AutoMethodFallsBackToCronWithoutSystemd) {
-  struct stat st {};
-  if (::stat("/run/systemd/system", &st) == 0) GTEST_SKIP() << "systemd is the init here: auto picks systemd";
   Env env;
   TempDir home;
   auto r = env.hf(install_args("fb", {"--user"}, {"/bin/true"}), home.path());
@@ -631,7 +631,7 @@ TEST(Autostart, AutoMethodFallsBackToCronWithoutSystemd) {
 
   // Neither systemd nor cron: a clear refusal (69), nothing written.
   auto argv = std::vector<std::string>{"env", "-u", "XDG_CONFIG_HOME", "-u", "XDG_STATE_HOME", "HOME=" + home.path(),
-                                       "PATH=/nonexistent", kCli};
+                                       "PATH=/nonexistent", "HOLDFAST_TEST_SD_BOOTED=0", kCli};
   for (const auto& a : install_args("fb", {"--user"}, {"/bin/true"})) argv.push_back(a);
   auto none = testing::run(argv);
   EXPECT_EQ(none.exit_code, 69) << describe(none);
@@ -674,6 +674,51 @@ TEST(Autostart, BadInputIsOneLineWithADocumentedCode) {
   EXPECT_EQ(u.exit_code, 65) << describe(u);
   EXPECT_NE(u.err.find(root.path() + "/var/lib/holdfast/autostart/x.json: corrupt manifest"), std::string::npos) << u.err;
   EXPECT_EQ(listing(root.path()), before);
+}
+
+// The live-systemd path (no --root, systemd the init), driven against fake systemctl/loginctl that
+// log their argv: install writes the files itself and reloads; --now starts without blocking;
+// uninstall never stops the running unit, only says how; --linger is taken back by uninstall.
+TEST(Autostart, LiveSystemdIsReloadedNeverStopped) {
+  Env env;
+  TempDir home;
+  const std::string log = env.dir / "calls.log";
+  for (const std::string tool : {"systemctl", "loginctl"}) {
+    write_file(env.dir / ("bin/" + tool),
+               "#!/bin/sh\necho \"" + tool + " $*\" >> '" + log + "'\n"
+               "case \"$*\" in *is-active*) echo active ;; esac\nexit 0\n");
+    ::chmod((env.dir / ("bin/" + tool)).c_str(), 0755);
+  }
+  auto live = [&](std::vector<std::string> args) {
+    auto argv = env.prefix(home.path());
+    argv.emplace_back("HOLDFAST_TEST_SD_BOOTED=1");
+    argv.push_back(kCli);
+    argv.insert(argv.end(), args.begin(), args.end());
+    return testing::run(argv);
+  };
+  auto r = live(install_args("web", {"--user", "--now", "--linger"}, {"/bin/true"}));
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  ASSERT_TRUE(exists(home / ".config/systemd/user/holdfast-web.service")) << listing(home.path());
+  const std::string user = ::getpwuid(::geteuid())->pw_name;
+  std::string calls = read_file(log);
+  const bool lingering = exists("/var/lib/systemd/linger/" + user);
+  EXPECT_EQ(calls, std::string(lingering ? "" : "loginctl enable-linger " + user + "\n") +
+                       "systemctl --user daemon-reload\n"
+                       "systemctl --user start --no-block holdfast-web.service\n");
+  auto s = live({"autostart", "status", "web", "--user"});
+  EXPECT_EQ(s.exit_code, 0) << describe(s);
+  EXPECT_NE(s.out.find("active:   active"), std::string::npos) << s.out;
+
+  write_file(log, "");
+  auto u = live({"autostart", "uninstall", "web", "--user"});
+  ASSERT_EQ(u.exit_code, 0) << describe(u);
+  EXPECT_NE(u.err.find("still running"), std::string::npos) << u.err;
+  EXPECT_NE(u.err.find("systemctl --user stop holdfast-web.service"), std::string::npos) << u.err;
+  calls = read_file(log);
+  EXPECT_EQ(calls.find(" stop"), std::string::npos) << calls;
+  EXPECT_NE(calls.find("systemctl --user daemon-reload\n"), std::string::npos) << calls;
+  EXPECT_EQ(calls.find("disable-linger") != std::string::npos, !lingering) << calls;
+  EXPECT_EQ(listing(home.path()), "");
 }
 
 // Racing installs of one NAME and of several NAMEs into one tree: every install succeeds (the
