@@ -516,6 +516,15 @@ TEST(Autostart, ReinstallIsANoOpAndADifferentOneNeedsForce) {
   EXPECT_EQ(listing(root.path()), once);
 
   other.insert(other.begin() + 3, "--force");
+  auto dry = other;
+  dry.insert(dry.begin() + 3, "--dry-run");
+  auto planned = env.hf(dry);
+  ASSERT_EQ(planned.exit_code, 0) << describe(planned);
+  EXPECT_NE(planned.out.find("would remove " + root.path() + "/etc/systemd/system/holdfast-web.service"), std::string::npos)
+      << planned.out;
+  EXPECT_NE(planned.out.find("would write " + root.path() + "/etc/systemd/system/holdfast-web.service"), std::string::npos)
+      << planned.out;
+  EXPECT_EQ(listing(root.path()), once);
   auto forced = env.hf(other);
   ASSERT_EQ(forced.exit_code, 0) << describe(forced);
   EXPECT_NE(read_file(root / "etc/systemd/system/holdfast-web.service").find("\"two\""), std::string::npos);
