@@ -340,6 +340,15 @@ Plan plan_install(const Context& c, Method method, const std::set<std::string>& 
         }
       } else if (r.linger && on && c.tree.is_live() && others.linger_enabled) {
         m.linger_enabled = true;  // another install enabled it: the last one out disables it
+      } else if (r.linger && on && !c.tree.is_live() && others.paths.count(c.linger_path()) != 0) {
+        need_dir(c, others, sys::dirname_of(c.linger_path()), going, m, p.steps);
+        Entry f;  // another install wrote it: shared, so the last one out removes it
+        f.kind = Entry::Kind::file;
+        f.path = c.linger_path();
+        f.mode = kFileMode;
+        f.digest = content_digest("");
+        f.present = true;
+        m.created.push_back(f);
       } else if (!on) {
         out.notes.push_back("note: lingering is off for " + c.host.user + " (" + c.tree.real(c.linger_path()) +
                             " is missing): a user unit starts at " + c.host.user +

@@ -371,8 +371,12 @@ TEST(Autostart, UserInstallVerifyUninstallWithLinger) {
   EXPECT_EQ(l.err.find("lingering is off"), std::string::npos) << l.err;
   auto s = env.hf({"autostart", "status", "notes", "--user", "--root", root.path()});
   EXPECT_NE(s.out.find("linger:   on"), std::string::npos) << s.out;
+  // A second install that also wants lingering shares the file: it stays until the last one goes.
+  ASSERT_EQ(env.hf(install_args("more", {"--user", "--linger", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
   auto u2 = env.hf({"autostart", "uninstall", "notes", "--user", "--root", root.path()});
   ASSERT_EQ(u2.exit_code, 0) << describe(u2);
+  EXPECT_TRUE(exists(root / "var/lib/systemd/linger/" + std::string(::getpwuid(::geteuid())->pw_name)));
+  ASSERT_EQ(env.hf({"autostart", "uninstall", "more", "--user", "--root", root.path()}).exit_code, 0);
   EXPECT_EQ(listing(root.path()), before);
 }
 
