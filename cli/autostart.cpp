@@ -19,14 +19,16 @@ namespace holdfast::cli {
 namespace {
 constexpr const char* kUsage =
     "Usage: holdfast autostart install   NAME [OPTIONS] [SUPERVISE OPTIONS] -- COMMAND [ARG...]\n"
+    "       holdfast autostart install   NAME [OPTIONS] --check CMD --start CMD [SUPERVISE OPTIONS]\n"
     "       holdfast autostart status    NAME [--user|--system] [--root DIR]\n"
     "       holdfast autostart uninstall NAME [--user|--system] [--root DIR] [--dry-run]\n"
     "\n"
     "Start `holdfast supervise NAME [SUPERVISE OPTIONS] -- COMMAND` at boot: a systemd unit\n"
-    "holdfast-NAME.service (Type=notify, Restart=always, KillMode=process with --keep), enabled\n"
-    "as `systemctl enable` does; where systemd is not the init, a cron @reboot entry. install\n"
-    "records what it created in a manifest; uninstall removes exactly that (the tree is as before)\n"
-    "and refuses, removing nothing, if any of it changed since. Neither touches a running instance.\n"
+    "holdfast-NAME.service (Type=notify, Restart=always; KillMode=process with --keep or --start)\n"
+    "enabled as `systemctl enable` does; where systemd is not the init, a cron @reboot entry.\n"
+    "install records what it created in a manifest; uninstall removes exactly that (the tree is as\n"
+    "before) and refuses, removing nothing, if any of it changed since. Neither touches a running\n"
+    "instance.\n"
     "\n"
     "Options:\n"
     "  --user | --system   a user unit (~/.config/systemd/user) or a system one (/etc/systemd/system);\n"
@@ -45,8 +47,9 @@ constexpr const char* kUsage =
     "\n"
     "Exit codes: 0 done (install of an identical unit, uninstall of nothing: no-ops), 1 NAME is\n"
     "installed differently (--force replaces it), 64 bad NAME or flags, 65 a file install wrote\n"
-    "changed since (named; nothing removed), 69 no systemd and no cron, 73 a file not written by\n"
-    "install is in the way (named), 77 permission denied. status: 0 installed and enabled, 1\n"
+    "changed since (named; nothing removed), 66 no --root DIR, 69 no systemd and no cron, 73 a\n"
+    "file not written by install is in the way (named), 75 another autostart holds the tree's\n"
+    "lock over 30 s, 77 permission denied. status: 0 installed and enabled, 1\n"
     "installed but changed/missing/not enabled, 3 not installed. See docs/AUTOSTART.md.\n";
 
 std::string self_path() {
@@ -148,12 +151,12 @@ Parsed parse(const std::vector<std::string>& args) {
             : (::geteuid() == 0 ? autostart::Scope::system : autostart::Scope::user);
   if (r.name.empty()) throw usage_error(p.verb, "missing NAME");
   if (p.verb == "install") {
-    if (r.command.empty()) throw usage_error(r.name, "missing COMMAND (give it after --)");
     if (r.holdfast_path.empty()) r.holdfast_path = self_path();
-    // The two supervise options the unit itself depends on.
+    // The supervise options the unit itself depends on.
     const auto& s = r.supervise_args;
     for (size_t k = 0; k < s.size(); ++k) {
       if (s[k] == "--keep") r.keep = true;
+      if (s[k] == "--start" || s[k].starts_with("--start=")) r.external = true;
       std::string text;
       if (s[k] == "--watchdog" && k + 1 < s.size()) {
         text = s[k + 1];
@@ -166,6 +169,9 @@ Parsed parse(const std::vector<std::string>& args) {
       if (d.count() <= 0) throw usage_error("--watchdog", "must be more than 0");
       r.watchdog = std::chrono::ceil<std::chrono::milliseconds>(d);
     }
+  }
+  if (p.verb == "install" && r.command.empty() && !r.external) {
+    throw usage_error(r.name, "missing COMMAND (give it after --; none only with supervise --start)");
   }
   return p;
 }

@@ -63,6 +63,9 @@ struct Request {
   std::string root;                          // "" = the live system; else a directory tree
   std::vector<std::string> supervise_args;   // passed to `holdfast supervise` verbatim
   bool keep = false;                         // supervise_args has --keep: KillMode=process
+  // supervise_args has --start: the supervisor keeps an external thing true (say, a tmux server)
+  // and runs no COMMAND; KillMode=process, since supervise's own stop leaves that thing running.
+  bool external = false;
   std::optional<std::chrono::milliseconds> watchdog;  // supervise_args' --watchdog interval
   std::vector<std::string> command;          // COMMAND and its arguments
   std::string holdfast_path;                 // absolute path of the holdfast binary to run

@@ -633,7 +633,9 @@ void uninstall_with(const Context& c, const Manifest& m, Output& out) {
 }  // namespace
 
 Output install(const Request& request) {
-  if (request.command.empty()) throw Error("COMMAND", "missing", "give the command after --", exit_code::usage);
+  if (request.command.empty() && !request.external) {
+    throw Error("COMMAND", "missing", "give the command after -- (or supervise --check/--start)", exit_code::usage);
+  }
   if (request.holdfast_path.empty() || request.holdfast_path.front() != '/') {
     throw Error(request.holdfast_path, "holdfast path", "must be absolute", exit_code::usage);
   }

@@ -27,6 +27,7 @@ std::string systemd_time(std::chrono::milliseconds ms) {
 std::vector<std::string> supervise_argv(const Request& r) {
   std::vector<std::string> argv{r.holdfast_path, "supervise", r.name};
   argv.insert(argv.end(), r.supervise_args.begin(), r.supervise_args.end());
+  if (r.command.empty()) return argv;  // --start: nothing to run as a child
   argv.emplace_back("--");
   argv.insert(argv.end(), r.command.begin(), r.command.end());
   return argv;
@@ -98,8 +99,10 @@ std::string render_unit(const Request& r, const Layout& layout) {
   // supervisor and reset its backoff state, which is the opposite of what it is for.
   u += "TimeoutStartSec=infinity\n";
   // --keep: stopping the unit stops only the supervisor; the instance keeps running and the next
-  // supervisor adopts it. Otherwise the whole cgroup goes, as for any service.
-  u += std::string("KillMode=") + (r.keep ? "process" : "control-group") + "\n";
+  // supervisor adopts it. --start: what the supervisor keeps true (a tmux server, say) was started
+  // in this unit's cgroup, and supervise's own stop leaves it, so systemd's must too. Otherwise
+  // the whole cgroup goes, as for any service.
+  u += std::string("KillMode=") + (r.keep || r.external ? "process" : "control-group") + "\n";
   if (r.watchdog) {
     // The supervisor relays its child's WATCHDOG=1 pings; systemd's own watchdog is the outer
     // net, three intervals long, so the supervisor's watchdog (one interval) always acts first.

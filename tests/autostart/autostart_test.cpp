@@ -337,6 +337,32 @@ TEST(Autostart, WatchdogAndDefaultKillMode) {
   EXPECT_EQ(unit_warnings(v, unit), "");
 }
 
+// The case that started issue 11: a tmux session kept true with --check/--start and no COMMAND.
+// The tmux server lives in the unit's cgroup and supervise's own stop leaves it, so systemd's
+// stop must too: KillMode=process.
+TEST(Autostart, ExternalThingWithoutCommandKeepsItsProcesses) {
+  SKIP_WITHOUT_VERIFY();
+  Env env;
+  TempDir root;
+  TempDir runtime;
+  const std::vector<std::string> supervise{"--check", "tmux has-session -t fm", "--start", "tmux new-session -d -s fm"};
+  std::vector<std::string> args{"autostart", "install", "fm", "--system", "--root", root.path()};
+  args.insert(args.end(), supervise.begin(), supervise.end());
+  auto r = env.hf(args);
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  const std::string unit = root / "etc/systemd/system/holdfast-fm.service";
+  EXPECT_NE(read_file(unit).find("KillMode=process\n"), std::string::npos) << read_file(unit);
+  auto v = verify(unit, false, runtime);
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  std::vector<std::string> expected{kCli, "supervise", "fm"};
+  expected.insert(expected.end(), supervise.begin(), supervise.end());
+  EXPECT_EQ(parse_dumped_command(v.out + v.err), expected);
+  // Without --start there must be a COMMAND.
+  auto none = env.hf({"autostart", "install", "x", "--system", "--root", root.path(), "--check", "true"});
+  EXPECT_EQ(none.exit_code, 64) << describe(none);
+  EXPECT_NE(none.err.find("missing COMMAND"), std::string::npos) << none.err;
+}
+
 TEST(Autostart, UserInstallVerifyUninstallWithLinger) {
   SKIP_WITHOUT_VERIFY();
   Env env;
