@@ -12,9 +12,14 @@
 namespace holdfast::autostart {
 
 namespace {
+// An absolute directory from the environment, without trailing slashes; "" if unset or relative
+// (the XDG base directory spec says to ignore relative values).
 std::string env_path(const char* name) {
   const char* v = std::getenv(name);
-  return (v != nullptr && v[0] == '/') ? std::string(v) : std::string();
+  if (v == nullptr || v[0] != '/') return {};
+  std::string dir(v);
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir;
 }
 
 // "15s" or "1500ms": a value systemd's time parser reads exactly.

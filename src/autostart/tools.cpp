@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <string_view>
 
 #include "holdfast/error.hpp"
 #include "sys/file.hpp"
@@ -49,7 +50,12 @@ ToolResult run_tool(const std::vector<std::string>& argv, const std::string& inp
   sys::SpawnRequest req;
   req.executable = *exe;
   req.argv = argv;
-  for (char** e = environ; *e != nullptr; ++e) req.env.emplace_back(*e);
+  // The caller's environment, in the C locale: "no crontab for USER" is matched by its text.
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::string_view(*e).starts_with("LC_ALL=")) continue;
+    req.env.emplace_back(*e);
+  }
+  req.env.emplace_back("LC_ALL=C");
   req.fds = {{0, in.get()}, {1, out.get()}, {2, errfd.get()}};
   auto child = sys::spawn(req);
   const int status = child.wait();

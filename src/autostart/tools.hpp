@@ -16,8 +16,8 @@ struct ToolResult {
 // True if `name` resolves on $PATH to an executable file.
 bool tool_exists(const std::string& name);
 
-// Runs argv (argv[0] looked up on $PATH) with `input` as stdin, the caller's environment, and
-// waits for it. Throws Error if it cannot be started (127/126 codes as for exec); a non-zero exit
+// Runs argv (argv[0] looked up on $PATH) with `input` as stdin, the caller's environment with
+// LC_ALL=C, and waits for it. Throws Error if it cannot be started (127/126 codes as for exec); a non-zero exit
 // is returned, not thrown.
 ToolResult run_tool(const std::vector<std::string>& argv, const std::string& input = "");
 
