@@ -30,5 +30,7 @@ Run add_sync(CLI::App& root);
 Run add_digest(CLI::App& root);
 Run add_wait(CLI::App& root);
 Run add_device(CLI::App& root);
+Run add_supervise(CLI::App& root);
+Run add_restart(CLI::App& root);
 
 }  // namespace holdfast::cli

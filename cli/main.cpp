@@ -38,6 +38,7 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
       {"write", cli::add_write},   {"sync", cli::add_sync},     {"digest", cli::add_digest},
       {"wait", cli::add_wait},
       {"device", cli::add_device},
+      {"supervise", cli::add_supervise}, {"restart", cli::add_restart},
   };
   const std::string requested = argc > 1 ? argv[1] : "";
   const bool known = std::any_of(std::begin(kSubcommands), std::end(kSubcommands),
