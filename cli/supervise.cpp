@@ -26,6 +26,11 @@ struct SuperviseArgs {
   bool keep = false;
   std::string watchdog;
   std::string heartbeat;
+  std::string check;
+  std::string check_every = "10s";
+  unsigned check_fails = 3;
+  std::string start;
+  std::string stop;
   std::string ready = "none";
   std::string ready_timeout = "30s";
   std::string log;
@@ -80,7 +85,7 @@ Run add_supervise(CLI::App& root) {
       "Exit codes: 0 stopped (or the policy ended it), 1 already supervised, or gave up (--give-up),\n"
       "64 bad flags, 69 state directory does not enforce locks, 126/127 command not runnable.");
   sub->add_option("name", a->name, "Instance name: [A-Za-z0-9._-]{1,64}, not starting with '.'")->required();
-  sub->add_option("command", a->command, "The command (after --) and its arguments")->required();
+  sub->add_option("command", a->command, "The command (after --) and its arguments (none with --start)");
   sub->add_option("--restart", a->restart, "When to restart: always, on-failure (non-zero exit or signal), never")
       ->capture_default_str();
   sub->add_option("--backoff", a->backoff, "Delay before a restart: MIN..MAX, doubling per consecutive failure, up to a quarter less for jitter")
@@ -95,6 +100,11 @@ Run add_supervise(CLI::App& root) {
   sub->add_flag("--keep", a->keep, "SIGTERM/SIGINT to the supervisor leave the instance running (systemd KillMode=process)");
   sub->add_option("--watchdog", a->watchdog, "The command must send sd_notify WATCHDOG=1 this often (WATCHDOG_USEC is set), or touch --heartbeat");
   sub->add_option("--heartbeat", a->heartbeat, "With --watchdog: the command touches this file instead of sending WATCHDOG=1");
+  sub->add_option("--check", a->check, "Health check: sh -c CMD every --check-every once ready; --check-fails failures in a row restart");
+  sub->add_option("--check-every", a->check_every, "How often --check runs (also its timeout)")->capture_default_str();
+  sub->add_option("--check-fails", a->check_fails, "Consecutive --check failures that count as down")->capture_default_str();
+  sub->add_option("--start", a->start, "Supervise what is not a child: sh -c CMD brings back what --check checks (no COMMAND)");
+  sub->add_option("--stop", a->stop, "With --start: sh -c CMD run by holdfast stop (never by stop --keep); default: stop leaves it");
   sub->add_option("--ready", a->ready, "How each start reports readiness (as holdfast ensure --ready)")->capture_default_str();
   sub->add_option("--ready-timeout", a->ready_timeout, "A start not ready this long after it began is stopped and retried (inf: wait)")
       ->capture_default_str();
@@ -146,6 +156,16 @@ Run add_supervise(CLI::App& root) {
         char cwd[4096];
         if (::getcwd(cwd, sizeof cwd) != nullptr) o.heartbeat_file = std::string(cwd) + "/" + o.heartbeat_file;
       }
+    }
+    o.check_command = a->check;
+    o.check_every = ms(a->check_every, "--check-every");
+    if (o.check_every.count() <= 0) throw Error("--check-every", "invalid value", "must be more than 0", exit_code::usage);
+    if (a->check_fails == 0) throw Error("--check-fails", "invalid value", "must be 1 or more", exit_code::usage);
+    o.check_fails = a->check_fails;
+    o.start_command = a->start;
+    o.stop_command = a->stop;
+    if (!o.stop_command.empty() && o.start_command.empty()) {
+      throw Error("--stop", "invalid value", "only with --start (a child is stopped by signals)", exit_code::usage);
     }
     auto result = supervise(a->name, a->command, o);
     std::fprintf(stderr, "holdfast supervise: %s\n", result.message.c_str());

@@ -62,6 +62,19 @@ struct SuperviseOptions {
   // this recent instead. A child that misses it is stopped and restarted.
   std::optional<std::chrono::milliseconds> watchdog;
   std::string heartbeat_file;
+  // A health check: `/bin/sh -c check_command` every check_every (also its timeout) once the
+  // instance is ready; check_fails consecutive failures (non-zero exit or timeout) stop and
+  // restart it.
+  std::string check_command;
+  std::chrono::milliseconds check_every{10000};
+  unsigned check_fails = 3;
+  // Supervise what is not a child: with start_command and no command, the instance is whatever
+  // check_command checks (a tmux session, a container, a mount). When the check fails
+  // check_fails times, `/bin/sh -c start_command` runs (with the same backoff and start limit)
+  // and the instance is ready once the check passes again. Stopping the supervisor never touches
+  // the external thing; stop_command, if set, is run by `holdfast stop` (not by stop --keep).
+  std::string start_command;
+  std::string stop_command;
 };
 
 // What supervise() ended with (the process exit code for the CLI).
@@ -79,6 +92,7 @@ struct SuperviseResult {
 // Throws Error(usage) for a bad name or empty command, Error(not_found/cannot_exec) if the
 // command cannot run, Error for state-directory failures. Installs signal handling (blocks
 // SIGCHLD, SIGTERM, SIGINT, SIGHUP and the control signal) and becomes a child subreaper.
+// With options.start_command set, `command` may be empty (external mode, see above).
 SuperviseResult supervise(const std::string& name, const std::vector<std::string>& command,
                           const SuperviseOptions& options);
 

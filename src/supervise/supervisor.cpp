@@ -156,6 +156,11 @@ class Supervisor {
   void setup();
   bool try_adopt(const std::optional<InstanceRecord>& old);
   void start_child();
+  void start_external();
+  pid_t spawn_shell(const std::string& command);
+  void on_check_exit(int status);
+  void on_start_command_exit(int status);
+  void kill_helpers();
   void schedule_start(const std::string& why);
   void become_ready();
   void on_signals();
@@ -217,6 +222,14 @@ class Supervisor {
   Clock::time_point start_at_ = Clock::time_point::max();
   bool killed_ = false;
   bool last_run_failed_ = false;
+  bool external_ = false;                 // --start: the instance is what --check checks
+  pid_t check_pid_ = 0;                   // a running --check
+  bool check_timed_out_ = false;
+  unsigned check_failures_ = 0;           // consecutive failed checks
+  Clock::time_point next_check_at_ = Clock::time_point::max();
+  pid_t start_pid_ = 0;                   // a running --start command
+  bool start_ran_ = false;                // external: a --start command has run in this supervisor
+  pid_t stop_pid_ = 0;                    // a running --stop command
   uint64_t failures_ = 0;                 // consecutive unhealthy runs (the backoff exponent)
   double jitter_unit_ = 0;                // this streak's jitter draw, in [0, 1)
   std::deque<Clock::time_point> starts_;  // starts inside the start-limit window
@@ -322,7 +335,9 @@ bool Supervisor::try_adopt(const std::optional<InstanceRecord>& old) {
 
 void Supervisor::setup() {
   self_ = ::getpid();
-  if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) throw Error(errno, paths_.lock, "PR_SET_CHILD_SUBREAPER");
+  // A child's double-forked descendants stay ours. Not for --start: what a start command leaves
+  // running (a tmux server) is the external thing, never a process of ours to reap or signal.
+  if (!external_ && ::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) throw Error(errno, paths_.lock, "PR_SET_CHILD_SUBREAPER");
   sigset_t set;
   sigemptyset(&set);
   for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, control_signal()}) sigaddset(&set, sig);
@@ -376,6 +391,10 @@ void Supervisor::start_child() {
     return;
   }
   starts_.push_back(now);
+  if (external_) {
+    start_external();
+    return;
+  }
 
   sys::SpawnRequest req;
   req.executable = executable_;
@@ -452,6 +471,112 @@ void Supervisor::start_child() {
   if (k == ReadySpec::Kind::none) become_ready();
 }
 
+pid_t Supervisor::spawn_shell(const std::string& command) {
+  sys::SpawnRequest req;
+  req.executable = "/bin/sh";
+  req.argv = {"sh", "-c", command};
+  req.env = environment_;
+  req.env.push_back("HOLDFAST_INSTANCE=" + name_);
+  sys::UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  req.fds = {{0, null ? null.get() : -1}, {1, log_fd_.get()}, {2, log_fd_.get()}};
+  req.session = sys::SpawnRequest::Session::new_process_group;
+  req.chdir = options_.base.daemon.chdir;
+  req.umask = options_.base.daemon.umask;
+  auto child = sys::spawn(req);
+  return child.release();  // reaped in reap()
+}
+
+void Supervisor::kill_helpers() {
+  // Our own unreaped children, each leading its process group: the group id cannot be reused yet.
+  for (pid_t pid : {check_pid_, start_pid_}) {
+    if (pid > 0) ::kill(-pid, SIGKILL);
+  }
+  check_timed_out_ = false;
+  next_check_at_ = Clock::time_point::max();
+}
+
+void Supervisor::start_external() {
+  const auto now = Clock::now();
+  record_.attempt = sys::random_u64() | 1;
+  record_.attempt_started_boot_ns = sys::boottime_ns();
+  record_.attempt_ended_boot_ns = 0;
+  record_.spawned_unix_ns = sys::realtime_ns();
+  record_.ready_unix_ns = 0;
+  record_.state = RecordState::starting;
+  started_at_ = now;
+  ready_seen_ = false;
+  start_ran_ = true;
+  record_.supervision->starts += 1;
+  if (record_.supervision->starts > 1) record_.supervision->restarts += 1;
+  set_state(Phase::starting, "starting");
+  ready_deadline_ = options_.base.ready_timeout.count() > 0 ? now + options_.base.ready_timeout : Clock::time_point::max();
+  next_check_at_ = Clock::time_point::max();  // checked once the start command has finished
+  try {
+    start_pid_ = spawn_shell(options_.start_command);
+  } catch (const Error& e) {
+    record_.supervision->last_exit = std::string("start command could not run: ") + e.what();
+    schedule_start(record_.supervision->last_exit);
+    return;
+  }
+  decide("ran the start command (start " + std::to_string(record_.supervision->starts) + "): " + options_.start_command);
+  write();
+}
+
+void Supervisor::on_start_command_exit(int status) {
+  start_pid_ = 0;
+  if (phase_ != Phase::starting) return;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    log("start command exited 0: checking");
+    next_check_at_ = Clock::now();
+    return;
+  }
+  record_.supervision->last_exit = "start command " + describe_wait_status(status);
+  record_.supervision->last_exit_status = wait_status_code(status);
+  ready_deadline_ = Clock::time_point::max();
+  schedule_start(record_.supervision->last_exit);
+}
+
+void Supervisor::on_check_exit(int status) {
+  check_pid_ = 0;
+  const bool timed_out = std::exchange(check_timed_out_, false);
+  if (phase_ == Phase::stopping || phase_ == Phase::backoff || phase_ == Phase::paused || done_) return;
+  const auto now = Clock::now();
+  const bool ok = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  const std::string what = timed_out ? "timed out after " + ms_text(options_.check_every) : describe_wait_status(status);
+  if (ok) {
+    check_failures_ = 0;
+    if (external_ && phase_ == Phase::starting) ready_seen_ = true;
+    next_check_at_ = now + options_.check_every;
+    return;
+  }
+  if (external_ && phase_ == Phase::starting) {
+    if (!start_ran_ && start_pid_ == 0) {
+      log("check " + what + ": starting it");
+      start_child();
+      return;
+    }
+    // Started, not up yet: look again soon, until --ready-timeout.
+    next_check_at_ = now + std::min(options_.check_every, milliseconds(100));
+    return;
+  }
+  check_failures_ += 1;
+  next_check_at_ = now + options_.check_every;
+  log("check " + what + " (" + std::to_string(check_failures_) + " of " + std::to_string(options_.check_fails) + ")");
+  if (check_failures_ < options_.check_fails) return;
+  check_failures_ = 0;
+  const std::string why = "check failed " + std::to_string(options_.check_fails) + " time(s) (last: " + what + ")";
+  if (external_) {
+    record_.supervision->last_exit = why;
+    record_.supervision->last_exit_status = timed_out ? -1 : wait_status_code(status);
+    const auto ran = now - started_at_;
+    if (ran >= options_.healthy_after) failures_ = 0;
+    next_check_at_ = Clock::time_point::max();
+    schedule_start(why);
+    return;
+  }
+  begin_stop(SIGTERM, After::restart_backoff, why + ": stopping pid " + std::to_string(main_) + " to restart it");
+}
+
 void Supervisor::become_ready() {
   if (phase_ != Phase::starting) return;
   probe_.reset();
@@ -461,7 +586,8 @@ void Supervisor::become_ready() {
   record_.ready_unix_ns = sys::realtime_ns();
   record_.attempt_ended_boot_ns = sys::boottime_ns();
   set_state(Phase::ready, "ready");
-  decide("pid " + std::to_string(main_) + " is ready");
+  if (!options_.check_command.empty()) next_check_at_ = Clock::now() + options_.check_every;
+  decide(external_ ? "check passes: ready" : "pid " + std::to_string(main_) + " is ready");
   write();
   if (upstream_.active()) {
     upstream_.send("READY=1\nMAINPID=" + std::to_string(self_) + "\nSTATUS=" + name_ + ": pid " + std::to_string(main_) + " ready\n");
@@ -490,6 +616,27 @@ void Supervisor::schedule_start(const std::string& why) {
 
 void Supervisor::begin_stop(int sig, After after, const std::string& why) {
   after_ = after;
+  kill_helpers();
+  if (external_) {
+    // Never a signal to the external thing; the stop command, if any, when asked to stop.
+    start_at_ = ready_deadline_ = Clock::time_point::max();
+    decide(why);
+    if (after == After::finish && !options_.stop_command.empty() && stop_pid_ == 0) {
+      try {
+        stop_pid_ = spawn_shell(options_.stop_command);
+        log("ran the stop command: " + options_.stop_command);
+      } catch (const Error& e) {
+        log(std::string("stop command could not run: ") + e.what());
+      }
+    }
+    if (instance_gone()) {
+      after_instance_gone();
+      return;
+    }
+    set_state(Phase::stopping, "stopping");
+    write();
+    return;
+  }
   if (phase_ == Phase::backoff || phase_ == Phase::paused || instance_gone()) {
     start_at_ = Clock::time_point::max();
     decide(why);
@@ -574,6 +721,12 @@ void Supervisor::reap() {
     pid_t pid = ::waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
     if (pid == main_ && main_is_child_) on_main_exit(status);
+    else if (pid == check_pid_) on_check_exit(status);
+    else if (pid == start_pid_) on_start_command_exit(status);
+    else if (pid == stop_pid_) {
+      stop_pid_ = 0;
+      log("stop command " + describe_wait_status(status));
+    }
     if (done_) return;
   }
   if (phase_ == Phase::stopping && instance_gone()) after_instance_gone();
@@ -738,6 +891,21 @@ void Supervisor::on_timer() {
     return;
   }
   if (phase_ == Phase::starting || phase_ == Phase::ready) check_watchdog(now);
+  const bool checking = phase_ == Phase::ready || (external_ && phase_ == Phase::starting && start_pid_ == 0);
+  if (!options_.check_command.empty() && checking && now >= next_check_at_) {
+    if (check_pid_ != 0) {
+      check_timed_out_ = true;
+      ::kill(-check_pid_, SIGKILL);  // our unreaped child: its group id is still its own
+      next_check_at_ = Clock::time_point::max();
+    } else {
+      try {
+        check_pid_ = spawn_shell(options_.check_command);
+      } catch (const Error& e) {
+        log(std::string("check could not run: ") + e.what());
+      }
+      next_check_at_ = now + options_.check_every;
+    }
+  }
   if (now >= upstream_ping_at_) {
     upstream_.send("WATCHDOG=1\n");
     upstream_ping_at_ = now + std::chrono::duration_cast<Clock::duration>(*upstream_.watchdog() / 2);
@@ -747,7 +915,7 @@ void Supervisor::on_timer() {
 void Supervisor::arm_timer() {
   auto next = std::min({kill_at_, start_at_, upstream_ping_at_});
   if (phase_ == Phase::starting) next = std::min({next, next_probe_, ready_deadline_});
-  if (phase_ == Phase::starting || phase_ == Phase::ready) next = std::min(next, watchdog_deadline_);
+  if (phase_ == Phase::starting || phase_ == Phase::ready) next = std::min({next, watchdog_deadline_, next_check_at_});
   itimerspec its{};
   if (next != Clock::time_point::max()) {
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(next.time_since_epoch()).count();
@@ -760,18 +928,27 @@ void Supervisor::arm_timer() {
 
 SuperviseResult Supervisor::run() {
   validate_instance_name(name_);
-  if (command_.empty()) throw Error(name_, "supervise", "no command given", exit_code::usage);
+  external_ = !options_.start_command.empty();
+  if (external_ && !command_.empty()) {
+    throw Error(name_, "supervise", "--start supervises what --check checks: give no COMMAND with it", exit_code::usage);
+  }
+  if (external_ && options_.check_command.empty()) {
+    throw Error(name_, "supervise", "--start needs --check (how to tell the thing is there)", exit_code::usage);
+  }
+  if (!external_ && command_.empty()) throw Error(name_, "supervise", "no command given", exit_code::usage);
   const std::string dir = resolve_state_dir(options_.base.state_dir);
   require_enforced_locks(dir);
   paths_ = paths_for(dir, name_);
-  int exec_err = 0;
-  auto exe = sys::find_executable(command_[0], exec_err);
-  if (!exe) {
-    throw Error(command_[0], "cannot run command",
-                exec_err == ENOENT ? "command not found" : "permission denied (not executable)",
-                exec_err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
+  if (!external_) {
+    int exec_err = 0;
+    auto exe = sys::find_executable(command_[0], exec_err);
+    if (!exe) {
+      throw Error(command_[0], "cannot run command",
+                  exec_err == ENOENT ? "command not found" : "permission denied (not executable)",
+                  exec_err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
+    }
+    executable_ = absolute(*exe);
   }
-  executable_ = absolute(*exe);
   log_path_ = absolute(options_.base.log_path.empty() ? paths_.log : options_.base.log_path);
   log_fd_ = sys::open_or_throw(AT_FDCWD, log_path_, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY, 0644, "cannot open log");
 
@@ -780,7 +957,7 @@ SuperviseResult Supervisor::run() {
   auto old = read_record(paths_.record);
   record_.name = name_;
   record_.process = ProcessIdentity{0, 0, this_boot_id(), this_host()};
-  record_.command = command_;
+  record_.command = external_ ? std::vector<std::string>{"sh", "-c", options_.start_command} : command_;
   record_.state = RecordState::starting;
   record_.ready_mode = options_.base.ready.to_string();
   record_.log_path = log_path_;
@@ -791,7 +968,7 @@ SuperviseResult Supervisor::run() {
   record_.supervision = SupervisionRecord{};
   record_.supervision->restart = std::string(to_string(options_.restart));
   record_.supervision->keep = options_.keep;
-  const bool adopted = try_adopt(old);
+  const bool adopted = !external_ && try_adopt(old);
   if (adopted) {
     record_.state = RecordState::ready;
     set_state(Phase::ready, "ready");
@@ -809,7 +986,13 @@ SuperviseResult Supervisor::run() {
     upstream_.send("READY=1\nMAINPID=" + std::to_string(self_) + "\n");
     upstream_ready_sent_ = true;
   }
-  if (!adopted) start_child();
+  if (external_) {
+    // First look: if the thing is already there, it is ready without a start.
+    decide("checking: " + options_.check_command);
+    next_check_at_ = Clock::now();
+  } else if (!adopted) {
+    start_child();
+  }
 
   while (!done_) {
     pollfd fds[5];

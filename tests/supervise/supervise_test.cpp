@@ -506,5 +506,155 @@ TEST_F(SuperviseTest, RestartCommandStartsANewProcessNow) {
   EXPECT_EQ(cli({"restart", "plain"}).exit_code, 64);
 }
 
+// ---------------------------------------------------------------------------------------------
+// watchdog and checks
+
+TEST_F(SuperviseTest, WatchdogRestartsAChildThatStopsPinging) {
+  const auto name = use("watchdog");
+  const std::string mute = tmp_ / "mute";
+  const std::string pinged = tmp_ / "pinged";
+  supervise(name, {"--watchdog", "1s", "--backoff", "10ms..1s"},
+            daemon("serve", {"HF_PING=1", "HF_MUTE_FILE=" + mute, "HF_PINGED_FILE=" + pinged}));
+  auto rec = wait_ready(name);
+  // The child pinged: WATCHDOG_USEC was set and WATCHDOG_PID named the child itself.
+  ASSERT_TRUE(eventually([&] { return ::access(pinged.c_str(), F_OK) == 0; }));
+  { std::ofstream(mute) << "x"; }
+  auto next = wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  EXPECT_FALSE(alive(rec.process.pid));
+  EXPECT_NE(read_text(state_ + "/" + name + ".log").find("watchdog: no WATCHDOG=1 from pid " + std::to_string(rec.process.pid)),
+            std::string::npos);
+  EXPECT_GE(next.supervision->restarts, 1U);
+}
+
+TEST_F(SuperviseTest, WatchdogRestartsASigstoppedChild) {
+  const auto name = use("stopped");
+  const std::string pinged = tmp_ / "pinged";
+  supervise(name, {"--watchdog", "1s", "--kill-after", "500ms", "--backoff", "10ms..1s"},
+            daemon("serve", {"HF_PING=1", "HF_PINGED_FILE=" + pinged}));
+  auto rec = wait_ready(name);
+  ASSERT_TRUE(eventually([&] { return ::access(pinged.c_str(), F_OK) == 0; }));
+  ASSERT_EQ(::kill(rec.process.pid, SIGSTOP), 0);
+  auto next = wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  EXPECT_FALSE(alive(rec.process.pid));
+  // TERM then CONT (as systemd does): a stopped process gets to act on the TERM.
+  EXPECT_NE(next.supervision->last_exit.find("killed by signal"), std::string::npos) << next.supervision->last_exit;
+}
+
+TEST_F(SuperviseTest, HeartbeatFileWatchdogRestartsAHungChild) {
+  const auto name = use("heartbeat");
+  const std::string beat = tmp_ / "beat";
+  supervise(name, {"--watchdog", "1s", "--heartbeat", beat, "--backoff", "10ms..1s"},
+            daemon("serve", {"HF_HEARTBEAT=" + beat}));
+  auto rec = wait_ready(name);
+  ASSERT_TRUE(eventually([&] { return ::access(beat.c_str(), F_OK) == 0; }));
+  ASSERT_EQ(::kill(rec.process.pid, SIGSTOP), 0);
+  wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  EXPECT_FALSE(alive(rec.process.pid));
+  EXPECT_NE(read_text(state_ + "/" + name + ".log").find("watchdog: heartbeat"), std::string::npos);
+}
+
+TEST_F(SuperviseTest, FailingCheckRestartsTheChildAfterTheThreshold) {
+  const auto name = use("check");
+  const std::string sick = tmp_ / "sick";
+  supervise(name, {"--check", "test ! -e " + sick, "--check-every", "100ms", "--check-fails", "2", "--backoff", "10ms..1s"},
+            daemon("serve"));
+  auto rec = wait_ready(name);
+  { std::ofstream(sick) << "x"; }
+  wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  ::unlink(sick.c_str());
+  auto log = read_text(state_ + "/" + name + ".log");
+  EXPECT_NE(log.find("(1 of 2)"), std::string::npos) << log;
+  EXPECT_NE(log.find("check failed 2 time(s)"), std::string::npos) << log;
+}
+
+// ---------------------------------------------------------------------------------------------
+// supervising what is not a child: a tmux session
+
+// A private tmux server (its own socket in the test's directory), killed at the end.
+class TmuxServer {
+ public:
+  explicit TmuxServer(std::string socket) : socket_(std::move(socket)) {}
+  ~TmuxServer() { testing::run({"tmux", "-S", socket_, "kill-server"}); }
+  TmuxServer(const TmuxServer&) = delete;
+  TmuxServer& operator=(const TmuxServer&) = delete;
+  bool has(const std::string& session) const {
+    return testing::run({"tmux", "-S", socket_, "has-session", "-t", session}).exit_code == 0;
+  }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string socket_;
+};
+
+TEST_F(SuperviseTest, TmuxSessionComesBackAfterItsServerIsKilledAndStopLeavesIt) {
+  if (testing::run({"sh", "-c", "command -v tmux"}).exit_code != 0) GTEST_SKIP() << "tmux is not installed";
+  const auto name = use("fm");
+  TmuxServer fm(tmp_ / "fm.sock");
+  TmuxServer other(tmp_ / "other.sock");
+  ASSERT_EQ(testing::run({"tmux", "-S", other.socket(), "new-session", "-d", "-s", "other", "sleep 1000"}).exit_code, 0);
+  const std::string t = "tmux -S " + fm.socket();
+  auto& sup = supervise(name, {"--check", t + " has-session -t fm", "--start", t + " new-session -d -s fm 'sleep 1000'",
+                               "--check-every", "100ms", "--check-fails", "1", "--backoff", "50ms..1s"},
+                        {});
+  auto first = wait_ready(name);
+  EXPECT_TRUE(fm.has("fm"));
+  EXPECT_EQ(first.supervision->starts, 1U);
+  ASSERT_EQ(testing::run({"tmux", "-S", fm.socket(), "kill-server"}).exit_code, 0);
+  auto back = wait_ready(name, [](const InstanceRecord& r) { return r.supervision->starts >= 2; });
+  EXPECT_TRUE(fm.has("fm"));
+  EXPECT_NE(back.supervision->last_exit.find("check failed"), std::string::npos) << back.supervision->last_exit;
+  EXPECT_TRUE(other.has("other"));
+  // stop stops the supervisor, never the session.
+  auto r = cli({"stop", name});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(sup.wait_exit(), 0);
+  EXPECT_TRUE(fm.has("fm"));
+  EXPECT_TRUE(other.has("other"));
+  // A new supervisor finds it there: ready without a start.
+  auto& again = supervise(name, {"--check", t + " has-session -t fm", "--start", t + " new-session -d -s fm 'sleep 1000'",
+                                 "--check-every", "100ms"},
+                          {});
+  auto found = wait_ready(name, [&](const InstanceRecord& x) { return x.launcher_pid == again.pid(); });
+  EXPECT_EQ(found.supervision->starts, 0U);
+  ::kill(again.pid(), SIGTERM);
+  EXPECT_EQ(again.wait_exit(), 0);
+  EXPECT_TRUE(fm.has("fm"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// under systemd: READY=1 and watchdog relay on $NOTIFY_SOCKET
+
+TEST_F(SuperviseTest, ReportsReadyAndRelaysWatchdogPingsToSystemd) {
+  const auto name = use("systemd");
+  const std::string path = tmp_ / "notify.sock";
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  auto& sup = supervise(name, {"--watchdog", "1s"}, daemon("serve", {"HF_PING=1"}),
+                        {"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=3000000"});
+  bool ready = false;
+  bool ping = false;
+  std::string ready_text;
+  ASSERT_TRUE(eventually([&] {
+    char buf[4096];
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) {
+      std::string text(buf, static_cast<size_t>(n));
+      if (text.find("READY=1") != std::string::npos) {
+        ready = true;
+        ready_text = text;
+      }
+      if (text.find("WATCHDOG=1") != std::string::npos && ready) ping = true;
+    }
+    return ready && ping;
+  }));
+  ::close(fd);
+  EXPECT_NE(ready_text.find("MAINPID=" + std::to_string(sup.pid())), std::string::npos) << ready_text;
+  // READY=1 came once the child was ready: the record said so by then.
+  EXPECT_EQ(status(name).state, InstanceState::ready);
+}
+
 }  // namespace
 }  // namespace holdfast
