@@ -7,6 +7,7 @@
 // for the nearest deadline only (next start, kill-after, readiness timeout, watchdog), the
 // adopted main process's pidfd, the sd_notify socket and the readiness pipe. An idle supervisor
 // (its child running, no watchdog) sleeps in poll with no timeout.
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/prctl.h>
@@ -61,7 +62,8 @@ std::vector<std::string> child_environment(const std::vector<std::string>& extra
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view v(*e);
     if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("HOLDFAST_INSTANCE=") || v.starts_with("WATCHDOG_USEC=") ||
-        v.starts_with("WATCHDOG_PID=") || v.starts_with("LISTEN_")) {
+        v.starts_with("WATCHDOG_PID=") || v.starts_with("LISTEN_") || v.starts_with("HOLDFAST_ATTEMPT=") ||
+        v.starts_with("HOLDFAST_SUPERVISE_TEST_")) {
       continue;
     }
     env.emplace_back(v);
@@ -101,6 +103,28 @@ std::optional<int> zombie_exit_status(pid_t pid, uint64_t start_time) {
   }
   if (start != start_time || status < 0) return std::nullopt;
   return static_cast<int>(status);
+}
+
+// The process whose environment carries HOLDFAST_ATTEMPT=`attempt` (the start a killed supervisor
+// forked but did not live to record), found by reading /proc/PID/environ (this user's processes).
+std::optional<pid_t> find_attempt(uint64_t attempt) {
+  const std::string needle = std::string(1, '\0') + "HOLDFAST_ATTEMPT=" + std::to_string(attempt) + std::string(1, '\0');
+  DIR* d = ::opendir("/proc");
+  if (d == nullptr) return std::nullopt;
+  std::optional<pid_t> found;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0' || pid == ::getpid()) continue;
+    auto text = sys::read_file("/proc/" + std::to_string(pid) + "/environ", 1 << 20);
+    if (!text) continue;
+    if ((std::string(1, '\0') + *text).find(needle) != std::string::npos) {
+      found = static_cast<pid_t>(pid);
+      break;
+    }
+  }
+  ::closedir(d);
+  return found;
 }
 
 double random_unit() { return static_cast<double>(sys::random_u64() >> 11) / static_cast<double>(1ULL << 53); }
@@ -222,6 +246,8 @@ class Supervisor {
   Clock::time_point start_at_ = Clock::time_point::max();
   bool killed_ = false;
   bool last_run_failed_ = false;
+  const bool die_after_fork_ = std::getenv("HOLDFAST_SUPERVISE_TEST_DIE_AFTER_FORK") != nullptr;
+  bool attempt_published_ = false;        // record_.attempt is the next start's, already written
   bool external_ = false;                 // --start: the instance is what --check checks
   pid_t check_pid_ = 0;                   // a running --check
   bool check_timed_out_ = false;
@@ -296,9 +322,20 @@ void Supervisor::acquire() {
   if (held == 1) throw already();
 }
 
-bool Supervisor::try_adopt(const std::optional<InstanceRecord>& old) {
-  if (!old || old->process.pid <= 0) return false;
-  if (old->state != RecordState::ready && old->state != RecordState::starting) return false;
+bool Supervisor::try_adopt(const std::optional<InstanceRecord>& old_record) {
+  if (!old_record || !old_record->supervision) return false;
+  if (old_record->state != RecordState::ready && old_record->state != RecordState::starting) return false;
+  std::optional<InstanceRecord> old = old_record;
+  if (old->process.pid <= 0) {
+    // Its supervisor published this attempt and may have forked it, then died before recording
+    // the pid: the child carries the attempt id in its environment.
+    auto pid = find_attempt(old->attempt);
+    if (!pid) return false;
+    auto id = identity_of(*pid);
+    if (!id) return false;
+    old->process = *id;
+    log("found pid " + std::to_string(*pid) + " of attempt " + std::to_string(old->attempt) + ", which its supervisor did not live to record");
+  }
   if (judge_liveness(old->process).liveness != Liveness::alive) return false;
   int fd = sys::pidfd_open_nothrow(old->process.pid);
   if (fd < 0) return false;
@@ -423,9 +460,18 @@ void Supervisor::start_child() {
   req.groups = d.groups;
   req.uid = d.uid;
   // No parent-death signal: the instance outlives a killed supervisor, and the next one adopts it.
+  // The attempt id is published (with no pid) before the fork and given to the child, so a
+  // supervisor killed before it records the pid leaves a child the next one can still find.
+  if (!attempt_published_) {
+    record_.attempt = sys::random_u64() | 1;
+    record_.process.pid = 0;
+    record_.state = RecordState::starting;
+    write();
+  }
+  attempt_published_ = false;
+  req.env.push_back("HOLDFAST_ATTEMPT=" + std::to_string(record_.attempt));
   const int64_t not_before = coarse_realtime_ns();
   record_.spawned_unix_ns = sys::realtime_ns();
-  record_.attempt = sys::random_u64() | 1;
   record_.attempt_started_boot_ns = sys::boottime_ns();
   record_.attempt_ended_boot_ns = 0;
   record_.ready_unix_ns = 0;
@@ -441,6 +487,8 @@ void Supervisor::start_child() {
     main_pidfd_.reset(sys::pidfd_open_nothrow(main_));
     main_is_child_ = true;
     child.release();  // reaped in reap()
+    // Fault injection for the test of the fork-to-record window (tests/supervise).
+    if (die_after_fork_) ::raise(SIGKILL);
   } catch (const Error& e) {
     ready_w_.reset();
     ready_r_.reset();
@@ -611,6 +659,10 @@ void Supervisor::schedule_start(const std::string& why) {
   record_.process.pid = 0;
   record_.supervision->next_attempt_unix_ns = sys::realtime_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(delay).count();
   decide(why + ": restarting in " + ms_text(delay) + " (backoff, failure " + std::to_string(failures_) + ")");
+  if (!external_) {
+    record_.attempt = sys::random_u64() | 1;  // the next start's, published now (see start_child)
+    attempt_published_ = true;
+  }
   write();
 }
 
@@ -974,6 +1026,10 @@ SuperviseResult Supervisor::run() {
     set_state(Phase::ready, "ready");
   } else {
     set_state(Phase::starting, "starting");
+    if (!external_) {
+      record_.attempt = sys::random_u64() | 1;
+      attempt_published_ = true;
+    }
   }
   // The record names us before we take the instance lock, so nobody pairs the held lock with the
   // previous supervisor's record.

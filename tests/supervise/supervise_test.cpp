@@ -486,6 +486,24 @@ TEST_F(SuperviseTest, SigkilledSupervisorIsReplacedAndTheChildAdoptedEveryRound)
   EXPECT_EQ(starts_in(starts_).size(), 1U) << "second starts over " << rounds << " rounds";
 }
 
+// A supervisor killed after forking a start but before recording its pid: the attempt id it
+// published before the fork is in the child's environment, and the next supervisor adopts it.
+TEST_F(SuperviseTest, ChildForkedByASupervisorKilledBeforeRecordingItIsStillAdopted) {
+  const auto name = use("window");
+  auto& dying = supervise(name, {}, daemon("serve"), {"HOLDFAST_SUPERVISE_TEST_DIE_AFTER_FORK=1"});
+  EXPECT_EQ(dying.wait_exit(), 128 + SIGKILL);
+  ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() == 1; }));
+  const pid_t child = starts_in(starts_)[0].pid;
+  auto left = record(name);
+  ASSERT_TRUE(left);
+  EXPECT_EQ(left->process.pid, 0);  // never recorded
+  supervise(name, {}, daemon("serve"));
+  auto rec = wait_ready(name);
+  EXPECT_EQ(rec.process.pid, child);
+  EXPECT_TRUE(rec.supervision->adopted);
+  EXPECT_EQ(starts_in(starts_).size(), 1U);
+}
+
 TEST_F(SuperviseTest, RestartCommandStartsANewProcessNow) {
   const auto name = use("restart");
   supervise(name, {"--backoff", "5s..5s"}, daemon("serve"));
