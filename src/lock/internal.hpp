@@ -104,6 +104,7 @@ namespace holdfast {
 
 namespace lock_internal {
 struct OpenFiles;
+struct ShmMapping;
 }
 
 // A grant: what one acquisition took. Each backend's grant releases exactly what it took, on
@@ -162,6 +163,7 @@ struct OpenFiles {
   sys::UniqueFd record_fd;  // kernel backends: the record file in the state directory
   off_t record_size = 0;
   std::optional<fence::FenceFile> fence;
+  std::shared_ptr<ShmMapping> shm;  // shm backend: the validated mapping
 };
 
 // Return null if the wait ended without the lock. Throw holdfast::Error.
