@@ -15,6 +15,7 @@
 
 #include "holdfast/lock.hpp"
 #include "lock/fence.hpp"
+#include "sys/current_pid.hpp"
 #include "sys/fd.hpp"
 
 namespace holdfast::lock_internal {
@@ -140,11 +141,11 @@ struct Lock::State {
   std::shared_ptr<lock_internal::OpenFiles> files;
 
  protected:
-  bool in_owner_process() const noexcept { return ::getpid() == owner_pid_; }
+  bool in_owner_process() const noexcept { return sys::current_pid() == owner_pid_; }
   bool held_ = true;
 
  private:
-  const pid_t owner_pid_ = ::getpid();
+  const pid_t owner_pid_ = sys::current_pid();
 };
 
 namespace lock_internal {

@@ -194,6 +194,11 @@ struct ShmMapping {
   HolderRecord spare;
   pid_t spare_pid = 0;
   uint64_t nonce_state = 0;
+  // The record slot's sequence number after this handle's last write, and how many processes it
+  // wrote: if the slot still has it, nobody wrote since, and only the per-grant fields change.
+  uint64_t written_seq = 0;
+  size_t written_processes = 0;
+  pid_t written_pid = 0;
 
   ShmMapping() = default;
   ShmMapping(const ShmMapping&) = delete;
@@ -512,7 +517,7 @@ class ShmGrant final : public Lock::State {
   }
 
   const ProcessIdentity& self_identity_cached() {
-    const pid_t me = ::getpid();
+    const pid_t me = sys::current_pid();
     if (mapping_->spare_pid != me || mapping_->spare.processes.empty()) {
       mapping_->spare.processes.assign(1, self_identity());
       mapping_->spare_pid = me;
@@ -536,12 +541,21 @@ class ShmGrant final : public Lock::State {
     if (mode != LockMode::exclusive) return;
     RecordSlot& r = mapping_->map->record;
     const uint64_t seq = r.seq.load(std::memory_order_relaxed);
+    const size_t n = std::min(record.processes.size(), kRecordProcesses);
+    const bool rewrite_all = seq != mapping_->written_seq || n != mapping_->written_processes ||
+                             mapping_->written_pid != sys::current_pid();
     r.seq.store(seq | 1, std::memory_order_relaxed);  // odd: being written (even if a writer died mid-way)
     std::atomic_thread_fence(std::memory_order_release);
     r.token.store(record.token, std::memory_order_relaxed);
     r.nonce.store(record.nonce, std::memory_order_relaxed);
     r.acquired_unix_ns.store(record.acquired_unix_ns, std::memory_order_relaxed);
-    const size_t n = std::min(record.processes.size(), kRecordProcesses);
+    if (!rewrite_all) {
+      // Nobody wrote since this handle's last record: processes and command are already there.
+      stop_for_test(mapping_->hook, "shm-record-torn");
+      r.seq.store((seq | 1) + 1, std::memory_order_release);
+      mapping_->written_seq = (seq | 1) + 1;
+      return;
+    }
     for (size_t i = 0; i < n; ++i) {
       const ProcessIdentity& p = record.processes[i];
       r.process[i].pid.store(static_cast<uint64_t>(p.pid), std::memory_order_relaxed);
@@ -569,6 +583,9 @@ class ShmGrant final : public Lock::State {
     }
     r.command_bytes.store(static_cast<uint32_t>(used), std::memory_order_relaxed);
     r.seq.store((seq | 1) + 1, std::memory_order_release);
+    mapping_->written_seq = (seq | 1) + 1;
+    mapping_->written_processes = n;
+    mapping_->written_pid = sys::current_pid();
   }
 
   void unlock_gates() noexcept {
