@@ -431,9 +431,7 @@ class ShmGrant final : public Lock::State {
   void detach() noexcept override {
     if (!held_) return;
     held_ = false;
-    // Still held by this thread: keep the mutex mapped until the process ends.
-    std::lock_guard lk(g_detached_mu);
-    detached_mappings().push_back(files->shm);
+    keep_mapped();
   }
 
   void add_holder_process(const ProcessIdentity& process) override {
@@ -625,8 +623,17 @@ class ShmGrant final : public Lock::State {
   void end() noexcept {
     if (!held_) return;
     held_ = false;
-    // A forked child's copy never releases the parent's lock.
-    if (in_owner_process()) unlock_all();
+    // A forked child's copy never releases the parent's lock. Destroyed in a thread that does not
+    // own it, the lock stays with its owner thread, which frees it (owner-dead) when it exits.
+    if (in_owner_process() && unlock_all() != 0) keep_mapped();
+  }
+
+  // The lock stays held by a thread of this process: the kernel finds its mutexes by address
+  // when that thread exits, so the mapping must never be unmapped (or something else mapped
+  // there) before the process ends.
+  void keep_mapped() noexcept {
+    std::lock_guard lk(g_detached_mu);
+    detached_mappings().push_back(files->shm);
   }
 
   ShmMapping* mapping_ = nullptr;

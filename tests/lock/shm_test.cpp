@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -491,6 +492,25 @@ TEST(ShmLock, ReleaseFromAnotherThreadIsRefused) {
   EXPECT_FALSE(Lock::try_acquire(dir / "lock", shm()));
   l.release();
   EXPECT_TRUE(Lock::try_acquire(dir / "lock", shm()));
+}
+
+TEST(ShmLock, AGrantDestroyedInAnotherThreadStaysWithItsOwnerUntilItExits) {
+  StateDir state;
+  testing::TempDir dir;
+  std::optional<Lock> handed;
+  std::atomic<int> step{0};
+  std::thread owner([&] {
+    handed.emplace(Lock::acquire(dir / "lock", shm()));
+    step = 1;
+    while (step.load() != 2) std::this_thread::sleep_for(1ms);
+  });
+  while (step.load() != 1) std::this_thread::sleep_for(1ms);
+  handed.reset();  // destroyed here: cannot unlock (not the owner thread), and must stay mapped
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", shm()));
+  step = 2;
+  owner.join();  // the owner thread exits: the kernel marks its mutex owner-dead
+  auto l = Lock::acquire_until(dir / "lock", shm(), Clock::now() + 30s);
+  EXPECT_TRUE(l) << "the lock was lost with its mapping";
 }
 
 TEST(ShmLock, AForkedChildsCopyNeverReleasesTheParentsLock) {
