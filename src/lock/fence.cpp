@@ -26,8 +26,9 @@ constexpr size_t kCounterSize = 32;
 constexpr uint64_t kCounterMax = 0xffffffffULL;
 
 uint64_t host_hash() {
-  // Only needs to tell hosts apart, not resist attack.
-  return std::hash<std::string>{}(this_host());
+  // Only needs to tell hosts apart, not resist attack. this_host() is read once per process.
+  static const uint64_t hash = std::hash<std::string>{}(this_host());
+  return hash;
 }
 
 std::string padded(std::string text, size_t size) {
@@ -39,7 +40,7 @@ std::string padded(std::string text, size_t size) {
 struct State {
   bool epoch_valid = false;
   uint64_t epoch = 0;
-  std::string boot_id;
+  std::string_view boot_id;  // in the caller's buffer
   uint64_t host = 0;
   bool counter_valid = false;
   uint64_t counter_epoch = 0;
@@ -60,6 +61,19 @@ bool parse_hex(std::string_view s, size_t pos, size_t digits, uint64_t& out) {
   return true;
 }
 
+// The counter line, "C <epoch:16> <counter:8>", into `s`.
+void parse_counter(std::string_view bytes, State& s) {
+  if (bytes.size() >= kCounterOffset + kCounterSize) {
+    auto c = bytes.substr(kCounterOffset, kCounterSize);
+    uint64_t epoch = 0, counter = 0;
+    if (c.substr(0, 2) == "C " && c[18] == ' ' && parse_hex(c, 2, 16, epoch) && parse_hex(c, 19, 8, counter)) {
+      s.counter_valid = true;
+      s.counter_epoch = epoch;
+      s.counter = counter;
+    }
+  }
+}
+
 // Parsed by position (the layout is fixed): this runs on every grant, and sscanf was most of
 // its cost.
 State parse(std::string_view bytes) {
@@ -72,20 +86,11 @@ State parse(std::string_view bytes) {
         parse_hex(bytes, boot_end + 1, 16, host) && epoch > 0) {
       s.epoch_valid = true;
       s.epoch = epoch;
-      s.boot_id = std::string(bytes.substr(19, boot_end - 19));
+      s.boot_id = bytes.substr(19, boot_end - 19);
       s.host = host;
     }
   }
-  // "C <epoch:16> <counter:8>"
-  if (bytes.size() >= kCounterOffset + kCounterSize) {
-    auto c = bytes.substr(kCounterOffset, kCounterSize);
-    uint64_t epoch = 0, counter = 0;
-    if (c.substr(0, 2) == "C " && c[18] == ' ' && parse_hex(c, 2, 16, epoch) && parse_hex(c, 19, 8, counter)) {
-      s.counter_valid = true;
-      s.counter_epoch = epoch;
-      s.counter = counter;
-    }
-  }
+  parse_counter(bytes, s);
   return s;
 }
 
@@ -160,13 +165,14 @@ FenceFile FenceFile::adopt(const std::string& path, Opener opener, sys::UniqueFd
   if (sys::fstat_nothrow(fd.get(), st) < 0 || !S_ISREG(st.st_mode)) {
     throw Error(path, "cannot open fencing-token file", "not a regular file", exit_code::cant_create);
   }
-  return FenceFile(path, std::move(opener), std::move(fd), created);
+  return FenceFile(path, std::move(opener), std::move(fd), created, st);
 }
 
-FenceFile::FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created)
+FenceFile::FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created, const struct stat& opened)
     : path_(std::move(path)),
       opener_(std::move(opener)),
       fd_(std::move(fd)),
+      opened_(opened),
       created_(created),
       network_(network_filesystem(fd_.get())) {}
 
@@ -174,7 +180,13 @@ void FenceFile::reopen() {
   bool created = false;
   int fd = opener_(created);
   if (fd < 0) throw Error(-fd, path_, "cannot reopen fencing-token file");
-  fd_.reset(fd);
+  sys::UniqueFd owned(fd);
+  struct stat st {};
+  if (sys::fstat_nothrow(fd, st) < 0 || !S_ISREG(st.st_mode)) {
+    throw Error(path_, "cannot reopen fencing-token file", "not a regular file", exit_code::cant_create);
+  }
+  fd_ = std::move(owned);
+  opened_ = st;
   created_ = created_ || created;
   network_ = network_filesystem(fd_.get());
 }
@@ -189,12 +201,10 @@ void FenceFile::reopen_if_replaced() {
   // One stat per grant: if someone removed or replaced the file (LOCKS.md allows deleting it),
   // every other process opens the new one; we must too, or we would keep counting on an inode
   // nobody else sees, and hand out tokens below theirs.
-  struct stat mine {};
+  // The path naming our inode also proves it is still linked: one stat, against the identity
+  // of the descriptor taken when it was opened.
   struct stat now {};
-  if (sys::fstat_nothrow(fd_.get(), mine) == 0 && mine.st_nlink > 0 && sys::stat_nothrow(path_, now) == 0 &&
-      sys::same_inode(mine, now)) {
-    return;
-  }
+  if (sys::stat_nothrow(path_, now) == 0 && sys::same_inode(opened_, now)) return;
   reopen();
 }
 
@@ -204,7 +214,18 @@ uint64_t FenceFile::next() {
   const ssize_t n = read_state(fd_.get(), buf);
   if (n < 0) throw Error(static_cast<int>(-n), path_, "cannot read fencing-token file");
   const std::string_view bytes(buf, static_cast<size_t>(n));
-  State s = parse(bytes);
+  // The epoch line changes once per boot: when its bytes are the ones last parsed (and found
+  // valid, of this boot and host), only the counter line needs parsing.
+  const bool epoch_seen = epoch_cache_valid_ && bytes.size() >= kEpochSize &&
+                          std::memcmp(bytes.data(), epoch_cache_, kEpochSize) == 0;
+  State s;
+  if (epoch_seen) {
+    s.epoch_valid = true;
+    s.epoch = cached_epoch_;
+    parse_counter(bytes, s);
+  } else {
+    s = parse(bytes);
+  }
   if (!bytes.empty() && !s.epoch_valid) {
     // The durable region was written with fdatasync; if it is unreadable we cannot know which
     // tokens were issued, and guessing could hand out a smaller one. Fail closed.
@@ -213,8 +234,13 @@ uint64_t FenceFile::next() {
   }
   // An unreadable boot id (empty) can never prove "same boot": the counter is not durable, so
   // without that proof every grant starts a new, durably written epoch.
-  const bool same_boot =
-      s.epoch_valid && !this_boot_id().empty() && s.boot_id == this_boot_id() && s.host == host_hash();
+  const bool same_boot = epoch_seen || (s.epoch_valid && !this_boot_id().empty() && s.boot_id == this_boot_id() &&
+                                         s.host == host_hash());
+  if (same_boot && !epoch_seen) {
+    std::memcpy(epoch_cache_, bytes.data(), kEpochSize);
+    cached_epoch_ = s.epoch;
+    epoch_cache_valid_ = true;
+  }
   const bool counter_ok = s.counter_valid && s.counter_epoch == s.epoch && s.counter < kCounterMax;
   uint64_t epoch = s.epoch;
   uint64_t counter = 0;

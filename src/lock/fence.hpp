@@ -21,6 +21,7 @@
 //   [96, 128) "C <epoch:16 hex> <counter:8 hex>" padded, '\n' at 127   — per-grant part
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -61,14 +62,19 @@ class FenceFile {
   uint64_t current();
 
  private:
-  FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created);
+  FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created, const struct stat& opened);
   void reopen_if_replaced();
   void reopen();
   std::string path_;
   Opener opener_;
   sys::UniqueFd fd_;
+  struct stat opened_;  // fd_'s inode when opened: the path must still name it
   bool created_;
   bool network_;  // on a network or userspace filesystem (or unknown): sync and reopen per grant
+  // The epoch line last read that was valid and of this boot and host, and its epoch.
+  bool epoch_cache_valid_ = false;
+  char epoch_cache_[96] = {};
+  uint64_t cached_epoch_ = 0;
 };
 
 }  // namespace holdfast::fence

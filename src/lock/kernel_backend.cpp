@@ -116,9 +116,8 @@ Locked lock_fd(int fd, const Target& target, Backend backend, bool exclusive, co
 // the process that locked) and, for per-grant files, close.
 class KernelGrant final : public Lock::State {
  public:
-  KernelGrant(const Target& where, Backend kind, LockMode how, std::shared_ptr<OpenFiles> open_files)
-      : State(where, kind, how, HolderRecord{}) {
-    files = std::move(open_files);
+  KernelGrant(std::shared_ptr<OpenFiles> open_files, Backend kind, LockMode how)
+      : State(std::move(open_files), kind, how, HolderRecord{}) {
     files->busy = true;
   }
   ~KernelGrant() override { end(); }
@@ -138,6 +137,7 @@ class KernelGrant final : public Lock::State {
 
   void add_holder_process(const ProcessIdentity& process) override {
     record.processes.push_back(process);
+    record_cached_ = false;  // no longer the cached shape: written in full from now on
     write_side_record();
   }
 
@@ -145,14 +145,15 @@ class KernelGrant final : public Lock::State {
 
   // Issues the token and writes the record. Throws (and the grant, destroyed, unlocks).
   void finish(const LockOptions& options) {
-    record = make_record(backend, mode, options);
+    record = files->records.take(backend, mode, options);
+    record_cached_ = true;
     if (!files->side_state_checked) {
       files->side_state = side_state_for(files->lock_fd.get(), files->st, &files->side_state_why);
       files->side_state_checked = true;
     }
     if (!files->side_state) return;  // no state directory: a grant without token or record
-    const SideStatePaths paths = *files->side_state;
     if (!files->fence) {
+      const SideStatePaths paths = *files->side_state;
       auto opener = [paths](bool& created) { return open_state_file(paths, paths.fence, &created); };
       bool created = false;
       int fd = opener(created);
@@ -176,7 +177,9 @@ class KernelGrant final : public Lock::State {
       struct stat st {};
       files->record_size = sys::fstat_nothrow(fd, st) == 0 ? st.st_size : 0;
     }
-    if (write_record(files->record_fd.get(), record, files->record_size) < 0) files->record_fd.reset();
+    const int rc = record_cached_ ? files->records.write(files->record_fd.get(), record, files->record_size)
+                                  : write_record(files->record_fd.get(), record, files->record_size);
+    if (rc < 0) files->record_fd.reset();
   }
 
   void end() noexcept {
@@ -212,7 +215,7 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
       access = O_RDWR;
       continue;
     }
-    auto grant = std::make_unique<KernelGrant>(target, backend, options.mode, files);
+    auto grant = std::make_unique<KernelGrant>(files, backend, options.mode);
 
     // The path may have been unlinked or replaced between our open and our lock; then we hold a
     // lock nobody else can see. Only a lock on the inode the path names now counts.
