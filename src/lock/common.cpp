@@ -154,7 +154,14 @@ int RecordCache::write(int fd, const HolderRecord& record, off_t& file_size) {
 }
 
 bool poll_sleep(const WaitSpec& wait, int& attempt) {
-  if (wait.kind == WaitSpec::none) return false;
+  auto delay = poll_delay(wait, attempt);
+  if (!delay) return false;
+  std::this_thread::sleep_for(*delay);
+  return true;
+}
+
+std::optional<std::chrono::microseconds> poll_delay(const WaitSpec& wait, int& attempt) {
+  if (wait.kind == WaitSpec::none) return std::nullopt;
   thread_local std::minstd_rand rng(static_cast<unsigned>(sys::random_u64()));
   auto base = std::chrono::microseconds(1000) * (1 << std::min(attempt, 5));  // 1 ms .. 32 ms
   base = std::min(base, std::chrono::microseconds(25000));
@@ -163,11 +170,10 @@ bool poll_sleep(const WaitSpec& wait, int& attempt) {
   ++attempt;
   auto now = Clock::now();
   if (wait.kind == WaitSpec::until) {
-    if (now >= wait.deadline) return false;
+    if (now >= wait.deadline) return std::nullopt;
     delay = std::min(delay, std::chrono::duration_cast<std::chrono::microseconds>(wait.deadline - now));
   }
-  std::this_thread::sleep_for(delay);
-  return true;
+  return delay;
 }
 
 }  // namespace holdfast::lock_internal

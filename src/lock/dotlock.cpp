@@ -30,6 +30,7 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "holdfast/error.hpp"
 #include "lock/fence.hpp"
@@ -191,6 +192,7 @@ struct Judgment {
   sys::UniqueFd fd;
   struct stat st {};
   std::string reason;
+  std::vector<pid_t> live_holders;  // held: the local process verified alive (its exit wakes waiters)
 };
 
 std::chrono::system_clock::time_point time_point_of(const struct timespec& ts) {
@@ -255,6 +257,7 @@ Judgment judge(const Target& t, int dir, const std::string& name, const LockOpti
     if (verdict.liveness == Liveness::alive) {
       j.kind = Judgment::held;
       j.reason = verdict.reason;
+      j.live_holders.push_back(p.pid);
       return j;
     }
     if (verdict.liveness == Liveness::unknown) {
@@ -426,11 +429,15 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
   Owned owned;
   int attempt = 0;
   int stale_handles = 0;
+  HolderWatch watch(dir.get(), leaf(target.path));
+  std::vector<pid_t> live_holders;
   for (;;) {
+    live_holders.clear();
     try {
       if (create_exclusive(target, dir.get(), backend, target.path, record, owned) == Create::created) break;
       Judgment j = judge(target, dir.get(), target.path, options);
       if (j.kind == Judgment::vanished) continue;
+      live_holders = std::move(j.live_holders);
       if (j.kind == Judgment::stale && reclaim(target, dir.get(), backend, target.path, j, record, options, 0, owned)) {
         break;
       }
@@ -441,7 +448,7 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
       if (e.error_number() != ESTALE || ++stale_handles > 8) throw;
       continue;
     }
-    if (!poll_sleep(wait, attempt)) {
+    if (!watch.sleep(wait, attempt, live_holders)) {
       files->records.give_back(std::move(taken), true);
       return nullptr;
     }

@@ -101,6 +101,35 @@ int write_record(int fd, const HolderRecord& record, off_t& file_size);
 // Sleeps for the next poll interval (1 ms doubling to 25 ms, with jitter), never past `wait`'s
 // deadline. Returns false if the deadline has passed.
 bool poll_sleep(const WaitSpec& wait, int& attempt);
+// The next poll interval poll_sleep would sleep; nullopt if the deadline has passed.
+std::optional<std::chrono::microseconds> poll_delay(const WaitSpec& wait, int& attempt);
+
+// A dotlock waiter's sleep between two judgments, ended early by the events that can free the
+// lock: a local holder's exit (a pidfd per live holder process) and the lock's name leaving its
+// directory (inotify: renamed aside by release, or deleted). The poll interval stays the upper
+// bound, for what no event reports (a holder on another host, a lease expiring, a change made
+// by another NFS client). Events only end the sleep early: every wake-up is followed by a new
+// judgment, so they never decide anything.
+class HolderWatch {
+ public:
+  // `dir_fd`: the lock's directory (O_PATH is enough); `name`: the lock's name in it.
+  HolderWatch(int dir_fd, std::string name) : dir_fd_(dir_fd), name_(std::move(name)) {}
+  ~HolderWatch();
+  HolderWatch(const HolderWatch&) = delete;
+  HolderWatch& operator=(const HolderWatch&) = delete;
+  // Sleeps until an event, or poll_delay's interval. Returns false if the deadline has passed.
+  // The first call only sets up the directory watch and returns at once (a change between the
+  // caller's judgment and the watch would otherwise go unseen).
+  bool sleep(const WaitSpec& wait, int& attempt, const std::vector<pid_t>& live_holders);
+
+ private:
+  bool relevant_events() noexcept;  // drains the queue; true if one concerns name_
+  int dir_fd_;
+  std::string name_;
+  int inotify_fd_ = -1;  // this thread's instance (never closed here)
+  int watch_ = -1;
+  bool armed_ = false;
+};
 
 // ---- side state of kernel locks (state_dir.cpp) ----
 //

@@ -2,12 +2,14 @@
 // the fence's epoch line, the pid): every grant must still write exactly the record a fresh one
 // would, and a forked child must never write its parent's identity.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "holdfast/identity.hpp"
 #include "holdfast/lock.hpp"
@@ -164,6 +166,48 @@ TEST(HolderRecordHead, ExtremeAndNegativeValuesRoundTrip) {
       EXPECT_EQ(back->acquired_unix_ns, t);
       EXPECT_EQ(back->token, v);
       EXPECT_EQ(back->nonce, ~v);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace holdfast
+
+namespace holdfast {
+namespace {
+
+// A dotlock waiter sleeps on its live holder's pidfd and on the lock's directory: whenever the
+// holder dies (before, while or after the waiter starts waiting), the waiter is woken, proves the
+// death and reclaims. Repeated so that the death lands at different moments of the wait.
+TEST(DotlockWaiter, GetsTheLockWhenItsHolderIsKilledAtAnyMoment) {
+  for (Backend backend : {Backend::excl, Backend::link}) {
+    for (int round = 0; round < 10; ++round) {
+      holdfast::testing::TempDir dir;
+      const std::string path = dir / "a.lock";
+      int ready[2];
+      int die[2];
+      ASSERT_EQ(::pipe(ready), 0);
+      ASSERT_EQ(::pipe(die), 0);
+      const pid_t holder = holdfast::testing::fork_child([&] {
+        auto l = Lock::acquire(path, LockOptions{backend});
+        (void)!::write(ready[1], "r", 1);
+        char c;
+        (void)!::read(die[0], &c, 1);
+        ::raise(SIGKILL);
+        return 1;
+      });
+      char c;
+      ASSERT_EQ(::read(ready[0], &c, 1), 1);
+      // The kill is requested from another thread while this one starts waiting; the holder stays
+      // an unreaped zombie until the end (a zombie is dead: its pidfd is readable).
+      std::thread killer([&] { (void)!::write(die[1], "k", 1); });
+      auto l = Lock::acquire_until(path, LockOptions{backend}, std::chrono::steady_clock::now() + std::chrono::minutes(2));
+      killer.join();
+      ASSERT_TRUE(l) << to_string(backend) << " round " << round;
+      EXPECT_EQ(l->record().processes.front().pid, ::getpid());
+      l->release();
+      EXPECT_EQ(holdfast::testing::wait_child(holder), 128 + SIGKILL);
+      for (int fd : {ready[0], ready[1], die[0], die[1]}) ::close(fd);
     }
   }
 }
