@@ -160,9 +160,15 @@ FenceFile FenceFile::open_with(const std::string& path, Opener opener) {
   return adopt(path, std::move(opener), sys::UniqueFd(fd), created);
 }
 
-FenceFile FenceFile::adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created) {
+FenceFile FenceFile::adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created,
+                           const struct stat* known) {
   struct stat st {};
-  if (sys::fstat_nothrow(fd.get(), st) < 0 || !S_ISREG(st.st_mode)) {
+  if (known != nullptr) {
+    st = *known;
+  } else if (sys::fstat_nothrow(fd.get(), st) < 0) {
+    st.st_mode = 0;
+  }
+  if (!S_ISREG(st.st_mode)) {
     throw Error(path, "cannot open fencing-token file", "not a regular file", exit_code::cant_create);
   }
   return FenceFile(path, std::move(opener), std::move(fd), created, st);

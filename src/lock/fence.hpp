@@ -50,7 +50,9 @@ class FenceFile {
   // Throws holdfast::Error naming `path` if it fails.
   static FenceFile open_with(const std::string& path, Opener opener);
   // Wraps `fd`, already opened by `opener` (which set `created`). Throws if it is not a regular file.
-  static FenceFile adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created);
+  // `st`, when given, is fd's fstat, already taken.
+  static FenceFile adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created,
+                         const struct stat* st = nullptr);
 
   // Issues the next token. Must be called while holding the lock exclusively. If the file at
   // the path was replaced or removed since it was opened, reopens it first, so a long-lived

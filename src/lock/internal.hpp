@@ -156,7 +156,9 @@ std::optional<SideStatePaths> side_state_for(int lock_fd, const struct stat& st,
 // Opens (creating if absent, when allowed) a state file for writing: O_NOFOLLOW, a regular file
 // owned by root, us or the lock file's owner. Returns the fd or -errno (-EPERM: untrusted);
 // sets *created when this call created it.
-int open_state_file(const SideStatePaths& paths, const std::string& file, bool* created = nullptr);
+// `st`, when given, receives the file's fstat (taken for the ownership check anyway).
+int open_state_file(const SideStatePaths& paths, const std::string& file, bool* created = nullptr,
+                    struct stat* st = nullptr);
 
 }  // namespace holdfast::lock_internal
 

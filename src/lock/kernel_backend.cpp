@@ -156,9 +156,10 @@ class KernelGrant final : public Lock::State {
       const SideStatePaths paths = *files->side_state;
       auto opener = [paths](bool& created) { return open_state_file(paths, paths.fence, &created); };
       bool created = false;
-      int fd = opener(created);
+      struct stat st {};
+      int fd = open_state_file(paths, paths.fence, &created, &st);
       if (fd < 0) return;  // unwritable or not ours to trust (see open_state_file): no token
-      files->fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created));
+      files->fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created, &st));
     }
     record.token = mode == LockMode::exclusive ? files->fence->next() : files->fence->current();
     // Shared holders leave the record alone: several of them would overwrite each other.
@@ -171,11 +172,11 @@ class KernelGrant final : public Lock::State {
   void write_side_record() {
     if (mode != LockMode::exclusive || !files->side_state) return;
     if (!files->record_fd) {
-      int fd = open_state_file(*files->side_state, files->side_state->record);
+      struct stat st {};
+      int fd = open_state_file(*files->side_state, files->side_state->record, nullptr, &st);
       if (fd < 0) return;
       files->record_fd.reset(fd);
-      struct stat st {};
-      files->record_size = sys::fstat_nothrow(fd, st) == 0 ? st.st_size : 0;
+      files->record_size = st.st_size;
     }
     const int rc = record_cached_ ? files->records.write(files->record_fd.get(), record, files->record_size)
                                   : write_record(files->record_fd.get(), record, files->record_size);

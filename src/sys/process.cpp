@@ -32,14 +32,21 @@ ProcessCache g_process;
 std::once_flag g_process_once;
 
 void refresh_process_cache() noexcept {
-  g_process.pid.store(::getpid(), std::memory_order_relaxed);
+  // The pid last: whoever sees it set also sees this process's own key.
   g_process.key.store(random_u64(), std::memory_order_relaxed);
   g_process.counter.store(0, std::memory_order_relaxed);
+  g_process.pid.store(::getpid(), std::memory_order_release);
 }
 
 void init_process_cache() {
   refresh_process_cache();
-  ::pthread_atfork(nullptr, nullptr, [] { refresh_process_cache(); });
+  // The child refreshes lazily: one that only execs (a forked command) makes no system call.
+  ::pthread_atfork(nullptr, nullptr, [] { g_process.pid.store(0, std::memory_order_relaxed); });
+}
+
+void ensure_process_cache() noexcept {
+  std::call_once(g_process_once, init_process_cache);
+  if (g_process.pid.load(std::memory_order_acquire) == 0) refresh_process_cache();  // a forked child
 }
 
 // splitmix64's finaliser: a bijection on 64-bit values, so distinct inputs give distinct outputs.
@@ -52,12 +59,12 @@ uint64_t mix(uint64_t z) noexcept {
 }  // namespace
 
 pid_t current_pid() noexcept {
-  std::call_once(g_process_once, init_process_cache);
+  ensure_process_cache();
   return g_process.pid.load(std::memory_order_relaxed);
 }
 
 uint64_t unique_u64() noexcept {
-  std::call_once(g_process_once, init_process_cache);
+  ensure_process_cache();
   // key + counter is distinct per call (until 2^64 calls); mix keeps it distinct and hides both.
   const uint64_t n = g_process.counter.fetch_add(1, std::memory_order_relaxed);
   return mix(g_process.key.load(std::memory_order_relaxed) + n * 0x9e3779b97f4a7c15ULL);
