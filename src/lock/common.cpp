@@ -146,6 +146,18 @@ void RecordCache::give_back(HolderRecord&& record, bool unchanged) noexcept {
   spare_.emplace(std::move(record));
 }
 
+const std::string& RecordCache::format(const HolderRecord& record, off_t file_size) {
+  text_.clear();
+  append_record_head(text_, record.token, record.nonce, record.acquired_unix_ns);
+  text_.append(tail_);
+  if (static_cast<off_t>(text_.size()) < file_size) {
+    text_.pop_back();
+    text_.resize(static_cast<size_t>(file_size) - 1, ' ');
+    text_.push_back('\n');
+  }
+  return text_;
+}
+
 int RecordCache::write(int fd, const HolderRecord& record, off_t& file_size) {
   text_.clear();
   append_record_head(text_, record.token, record.nonce, record.acquired_unix_ns);

@@ -180,7 +180,16 @@ FenceFile::FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool cre
       fd_(std::move(fd)),
       opened_(opened),
       created_(created),
-      network_(network_filesystem(fd_.get())) {}
+      network_(network_filesystem(fd_.get())) {
+  known_size_ = opened_.st_size;
+  map_if_local();
+}
+
+void FenceFile::map_if_local() {
+  map_.reset();
+  // On a network filesystem a mapping is not coherent with other clients: pread/pwrite there.
+  if (!network_) map_ = sys::SharedMapping(fd_.get(), kEpochSize + kCounterSize);
+}
 
 void FenceFile::reopen() {
   bool created = false;
@@ -193,8 +202,10 @@ void FenceFile::reopen() {
   }
   fd_ = std::move(owned);
   opened_ = st;
+  known_size_ = st.st_size;
   created_ = created_ || created;
   network_ = network_filesystem(fd_.get());
+  map_if_local();
 }
 
 void FenceFile::reopen_if_replaced() {
@@ -210,14 +221,24 @@ void FenceFile::reopen_if_replaced() {
   // The path naming our inode also proves it is still linked: one stat, against the identity
   // of the descriptor taken when it was opened.
   struct stat now {};
-  if (sys::stat_nothrow(path_, now) == 0 && sys::same_inode(opened_, now)) return;
+  if (sys::stat_nothrow(path_, now) == 0 && sys::same_inode(opened_, now)) {
+    known_size_ = now.st_size;
+    return;
+  }
   reopen();
 }
 
 uint64_t FenceFile::next() {
   reopen_if_replaced();
   char buf[kEpochSize + kCounterSize];
-  const ssize_t n = read_state(fd_.get(), buf);
+  // The stat just made says the whole layout is there: read and bump it through the mapping.
+  const bool mapped = !map_.empty() && known_size_ >= static_cast<off_t>(sizeof buf);
+  ssize_t n = static_cast<ssize_t>(sizeof buf);
+  if (mapped) {
+    std::memcpy(buf, map_.data(), sizeof buf);
+  } else {
+    n = read_state(fd_.get(), buf);
+  }
   if (n < 0) throw Error(static_cast<int>(-n), path_, "cannot read fencing-token file");
   const std::string_view bytes(buf, static_cast<size_t>(n));
   // The epoch line changes once per boot: when its bytes are the ones last parsed (and found
@@ -281,7 +302,9 @@ uint64_t FenceFile::next() {
   format_hex(line + 2, epoch, 16);
   format_hex(line + 19, counter, 8);
   line[kCounterSize - 1] = '\n';
-  if (int rc = sys::pwrite_all(fd_.get(), std::string_view(line, sizeof line), kCounterOffset); rc < 0) {
+  if (mapped) {
+    std::memcpy(map_.data() + kCounterOffset, line, sizeof line);
+  } else if (int rc = sys::pwrite_all(fd_.get(), std::string_view(line, sizeof line), kCounterOffset); rc < 0) {
     throw Error(-rc, path_, "cannot write fencing counter");
   }
   // A server that loses this write (it crashes, or drops it on a writeback error) would roll the
@@ -295,7 +318,12 @@ uint64_t FenceFile::next() {
 uint64_t FenceFile::current() {
   reopen_if_replaced();
   char buf[kEpochSize + kCounterSize];
-  const ssize_t n = read_state(fd_.get(), buf);
+  ssize_t n = static_cast<ssize_t>(sizeof buf);
+  if (!map_.empty() && known_size_ >= static_cast<off_t>(sizeof buf)) {
+    std::memcpy(buf, map_.data(), sizeof buf);
+  } else {
+    n = read_state(fd_.get(), buf);
+  }
   if (n < 0) return 0;
   State s = parse(std::string_view(buf, static_cast<size_t>(n)));
   if (!s.epoch_valid || !s.counter_valid || s.counter_epoch != s.epoch) return 0;

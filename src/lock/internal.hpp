@@ -17,6 +17,7 @@
 #include "holdfast/lock.hpp"
 #include "lock/fence.hpp"
 #include "sys/fd.hpp"
+#include "sys/mapping.hpp"
 
 namespace holdfast::lock_internal {
 
@@ -84,6 +85,8 @@ class RecordCache {
   void give_back(HolderRecord&& record, bool unchanged) noexcept;
   // Writes `record` (from take(), unchanged) as write_record does, formatting only the head.
   int write(int fd, const HolderRecord& record, off_t& file_size);
+  // The text write() would write (padded to `file_size`), in a buffer valid until the next call.
+  const std::string& format(const HolderRecord& record, off_t file_size);
 
  private:
   std::mutex mu_;  // guards pid_ and spare_ (take and give_back may run on two threads)
@@ -234,6 +237,9 @@ struct OpenFiles {
   std::string side_state_why;
   sys::UniqueFd record_fd;  // kernel backends: the record file in the state directory
   off_t record_size = 0;
+  // Its first page mapped shared (local state directories): a record no longer than the file
+  // is stored with a memcpy instead of a pwrite.
+  sys::SharedMapping record_map;
   std::optional<fence::FenceFile> fence;
   RecordCache records;  // this process's record, kept between grants
 };

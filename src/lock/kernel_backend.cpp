@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -20,6 +21,8 @@
 
 namespace holdfast::lock_internal {
 namespace {
+
+constexpr size_t kRecordMapBytes = 4096;
 
 sys::KernelLockKind kind_of(Backend backend) {
   return backend == Backend::flock ? sys::KernelLockKind::flock : sys::KernelLockKind::ofd;
@@ -74,6 +77,7 @@ void open_lock_file(const Target& target, int access, OpenFiles& files) {
   files.side_state_checked = false;
   files.side_state.reset();
   files.record_fd.reset();
+  files.record_map.reset();  // it maps the previous file's record
   files.record_size = 0;
   files.fence.reset();
 }
@@ -177,10 +181,28 @@ class KernelGrant final : public Lock::State {
       if (fd < 0) return;
       files->record_fd.reset(fd);
       files->record_size = st.st_size;
+      if (files->fence && files->fence->local()) files->record_map = sys::SharedMapping(fd, kRecordMapBytes);
     }
-    const int rc = record_cached_ ? files->records.write(files->record_fd.get(), record, files->record_size)
-                                  : write_record(files->record_fd.get(), record, files->record_size);
-    if (rc < 0) files->record_fd.reset();
+    if (record_cached_) {
+      const std::string& text = files->records.format(record, files->record_size);
+      // Within the file's size (holdfast never truncates a state file): a store, no syscall.
+      if (!files->record_map.empty() && static_cast<off_t>(text.size()) == files->record_size &&
+          text.size() <= files->record_map.size()) {
+        std::memcpy(files->record_map.data(), text.data(), text.size());
+        return;
+      }
+      if (sys::pwrite_all(files->record_fd.get(), text, 0) < 0) {
+        files->record_fd.reset();
+        files->record_map.reset();
+        return;
+      }
+      files->record_size = std::max(files->record_size, static_cast<off_t>(text.size()));
+      return;
+    }
+    if (write_record(files->record_fd.get(), record, files->record_size) < 0) {
+      files->record_fd.reset();
+      files->record_map.reset();
+    }
   }
 
   void end() noexcept {
@@ -195,6 +217,7 @@ class KernelGrant final : public Lock::State {
     if (files->per_grant) {
       files->lock_fd.reset();
       files->record_fd.reset();
+      files->record_map.reset();
     }
   }
 };
