@@ -20,6 +20,7 @@
 #include <ftw.h>
 #include <stdio.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -168,21 +169,34 @@ Sample sample_record(const std::string& path, Backend backend) {
   holdfast::HolderRecord zero = l.record();
   zero.token = 0;
   s.first_record = zero.to_json().size();
-  if (backend == Backend::ofd || backend == Backend::flock) {
-    l.release();
-    s.record = read_all(path);  // padded to the file's size, as write_record pads
-  }
   return s;
+}
+
+// A kernel lock's state files: $HOLDFAST_STATE_DIR (default /var/tmp/holdfast), named after the
+// lock file's device, inode and birth time (src/lock/state_dir.cpp).
+std::string state_base(const std::string& path) {
+  struct statx sx {};
+  check(::statx(AT_FDCWD, path.c_str(), 0, STATX_BASIC_STATS | STATX_BTIME, &sx) == 0, "statx " + path);
+  const bool birth = (sx.stx_mask & STATX_BTIME) != 0;
+  char key[160];
+  std::snprintf(key, sizeof key, "%x.%x.%llx.%llx.%x", sx.stx_dev_major, sx.stx_dev_minor,
+                static_cast<unsigned long long>(sx.stx_ino),
+                static_cast<unsigned long long>(birth ? sx.stx_btime.tv_sec : 0), birth ? sx.stx_btime.tv_nsec : 0);
+  const char* env = std::getenv("HOLDFAST_STATE_DIR");
+  return std::string(env != nullptr && *env != '\0' ? env : "/var/tmp/holdfast") + "/" + key;
 }
 
 // ---- the syscalls each backend makes per acquisition (see strace -f of the handle loop) ----
 
 void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backend) {
-  const Sample s = sample_record(path, backend);
-  const std::string fence_path = path + ".fence";
+  sample_record(path, backend);
+  const std::string base = state_base(path);
+  const std::string fence_path = base + ".fence";
+  const std::string record = read_all(base + ".holder");  // padded to the file's size, as holdfast writes it
   int fd = ::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
   int fence = ::open(fence_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
-  check(fd >= 0 && fence >= 0, "open " + path);
+  int rec = ::open((base + ".holder").c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+  check(fd >= 0 && fence >= 0 && rec >= 0, "open " + path + " and its state files");
   const bool ofd = backend == Backend::ofd;
   struct flock wr {};
   wr.l_type = F_WRLCK;
@@ -190,6 +204,11 @@ void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backe
   struct flock un {};
   un.l_type = F_UNLCK;
   un.l_whence = SEEK_SET;
+  // holdfast maps the fence (its first 128 bytes) and the record file's first page shared on a
+  // local filesystem: the counter and the record are loads and stores, not syscalls.
+  char* fmap = static_cast<char*>(::mmap(nullptr, kFenceRead, PROT_READ | PROT_WRITE, MAP_SHARED, fence, 0));
+  char* rmap = static_cast<char*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, rec, 0));
+  check(fmap != MAP_FAILED && rmap != MAP_FAILED, "mmap state files");
   char fbuf[kFenceRead];
   for (auto _ : state) {
     if (ofd) {
@@ -198,19 +217,22 @@ void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backe
       check(::flock(fd, LOCK_EX) == 0, "flock");
     }
     struct stat now;
-    check(::stat(path.c_str(), &now) == 0, "stat");  // inode re-check
-    benchmark::DoNotOptimize(::getpid());             // self_identity() fork check
-    benchmark::DoNotOptimize(random_u64());           // record nonce
-    check(::pread(fence, fbuf, sizeof fbuf, 0) == static_cast<ssize_t>(sizeof fbuf), "pread fence");
+    check(::stat(path.c_str(), &now) == 0, "stat");              // inode re-check
+    check(::stat(fence_path.c_str(), &now) == 0, "stat fence");  // fence file not replaced
+    std::memcpy(fbuf, fmap, sizeof fbuf);
     increment_counter(fbuf);
-    check(::pwrite(fence, fbuf + kCounterOffset, kCounterSize, kCounterOffset) == kCounterSize, "pwrite fence");
-    check(::pwrite(fd, s.record.data(), s.record.size(), 0) == static_cast<ssize_t>(s.record.size()), "pwrite record");
+    std::memcpy(fmap + kCounterOffset, fbuf + kCounterOffset, kCounterSize);
+    std::memcpy(rmap, record.data(), record.size());
+    benchmark::ClobberMemory();
     if (ofd) {
       check(::fcntl(fd, F_OFD_SETLK, &un) == 0, "F_OFD_SETLK unlock");
     } else {
       check(::flock(fd, LOCK_UN) == 0, "flock LOCK_UN");
     }
   }
+  ::munmap(fmap, kFenceRead);
+  ::munmap(rmap, 4096);
+  ::close(rec);
   ::close(fence);
   ::close(fd);
   set_counters(state);
@@ -221,42 +243,51 @@ void bm_dotlock_syscalls(benchmark::State& state, std::string path, Backend back
   const std::string fence_path = path + ".fence";
   int fence = ::open(fence_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
   check(fence >= 0, "open " + fence_path);
+  char* fmap = static_cast<char*>(::mmap(nullptr, kFenceRead, PROT_READ | PROT_WRITE, MAP_SHARED, fence, 0));
+  check(fmap != MAP_FAILED, "mmap fence");
   const std::string dir = path.substr(0, path.rfind('/'));
   const std::string base = path.substr(path.rfind('/') + 1);
-  std::string tmp = dir + "/." + base + ".new.0123456789abcdef";
-  std::string aside = dir + "/." + base + ".gone.0123456789abcdef";
+  std::string tmp = "." + base + ".new.0123456789abcdef";
+  std::string aside = "." + base + ".gone.0123456789abcdef";
   char* tmp_hex = tmp.data() + tmp.size() - 16;
   char* aside_hex = aside.data() + aside.size() - 16;
   const bool link_backend = backend == Backend::link;
+  uint64_t name_counter = random_u64();  // temp names: any unique value (holdfast mixes a counter)
   char fbuf[kFenceRead];
   for (auto _ : state) {
-    benchmark::DoNotOptimize(::getpid());    // self_identity() fork check
-    benchmark::DoNotOptimize(random_u64());  // record nonce
-    hex16(random_u64(), tmp_hex);             // temp name
-    int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0644);
+    // Every name relative to the lock's directory, resolved once per acquire.
+    int d = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    check(d >= 0, "open dir");
+    hex16(++name_counter, tmp_hex);
+    int fd = ::openat(d, tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0644);
     check(fd >= 0, "open temp");
     check(::pwrite(fd, s.record.data(), s.first_record, 0) == static_cast<ssize_t>(s.first_record), "pwrite temp");
     struct stat mine, now;
     check(::fstat(fd, &mine) == 0, "fstat");
     if (link_backend) {
-      check(::link(tmp.c_str(), path.c_str()) == 0, "link");
+      check(::linkat(d, tmp.c_str(), d, base.c_str(), 0) == 0, "link");
       check(::fstat(fd, &now) == 0 && now.st_nlink >= 2, "fstat link count");
-      check(::unlink(tmp.c_str()) == 0, "unlink temp");
+      check(::unlinkat(d, tmp.c_str(), 0) == 0, "unlink temp");
     } else {
-      check(::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0, "renameat2");
+      check(::renameat2(d, tmp.c_str(), d, base.c_str(), RENAME_NOREPLACE) == 0, "renameat2");
     }
-    check(::stat(path.c_str(), &now) == 0, "stat");  // post-create check
-    check(::pread(fence, fbuf, sizeof fbuf, 0) == static_cast<ssize_t>(sizeof fbuf), "pread fence");
+    check(::fstatat(d, base.c_str(), &now, 0) == 0, "stat");       // post-create check
+    check(::stat(fence_path.c_str(), &now) == 0, "stat fence");  // fence file not replaced
+    std::memcpy(fbuf, fmap, sizeof fbuf);
     increment_counter(fbuf);
-    check(::pwrite(fence, fbuf + kCounterOffset, kCounterSize, kCounterOffset) == kCounterSize, "pwrite fence");
+    std::memcpy(fmap + kCounterOffset, fbuf + kCounterOffset, kCounterSize);
+    benchmark::ClobberMemory();
     check(::pwrite(fd, s.record.data(), s.record.size(), 0) == static_cast<ssize_t>(s.record.size()), "pwrite record");
-    // release: move aside, check it is ours, unlink
-    hex16(random_u64(), aside_hex);
-    check(::rename(path.c_str(), aside.c_str()) == 0, "rename aside");
-    check(::stat(aside.c_str(), &now) == 0, "stat aside");
-    check(::unlink(aside.c_str()) == 0, "unlink aside");
+    // release: check it is ours, move aside, check again, unlink
+    check(::fstatat(d, base.c_str(), &now, 0) == 0, "stat name");
+    hex16(++name_counter, aside_hex);
+    check(::renameat(d, base.c_str(), d, aside.c_str()) == 0, "rename aside");
+    check(::fstatat(d, aside.c_str(), &now, 0) == 0, "stat aside");
+    check(::unlinkat(d, aside.c_str(), 0) == 0, "unlink aside");
     ::close(fd);
+    ::close(d);
   }
+  ::munmap(fmap, kFenceRead);
   ::close(fence);
   set_counters(state);
 }

@@ -57,7 +57,8 @@ def main() -> None:
     native = holdfast._native.LockFile(path + ".native", holdfast._native.BACKEND_FLOCK, 0)
 
     def native_pair() -> None:  # the C API through the binding, without the Python class
-        native.acquire(0).release()
+        native.hold(0)
+        native.unhold()
 
     def hf_pair() -> None:
         hf.acquire()

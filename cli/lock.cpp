@@ -247,6 +247,9 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
   // or an shm lock (which dies with holdfast).
   CommandSpec spec{inv.command, prog, kernel && !inv.close_before_exec ? lock->fd() : -1,
                    inv.close_before_exec || lease || shm};
+  // A dotlock's record must name the command before it runs; a kernel lock's record is
+  // informative (the kernel lock is the truth), so the command need not wait for it.
+  spec.hold_until_named = !kernel;
   if (inv.no_fork) {
     // The lock passes to the command with this pid: the kernel lock's descriptor is inherited,
     // and a dotlock's record already names this process (whose identity exec keeps).

@@ -121,18 +121,22 @@ class BlockForwarded {
   sigset_t previous_{};
 };
 
+// The child between fork and exec: only async-signal-safe calls, and nothing that writes the
+// parent's memory (after vfork it is shared). `go` < 0: no handshake.
 [[noreturn]] void child_main(const CommandSpec& spec, ExecArgs& exec, int go, pid_t parent, const sigset_t& mask) {
   if (spec.die_with_holdfast) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(exit_code::software);  // it died before prctl took effect
   }
   ::sigprocmask(SIG_SETMASK, &mask, nullptr);
-  char byte = 0;
-  ssize_t n;
-  while ((n = ::read(go, &byte, 1)) < 0 && errno == EINTR) {
+  if (go >= 0) {
+    char byte = 0;
+    ssize_t n;
+    while ((n = ::read(go, &byte, 1)) < 0 && errno == EINTR) {
+    }
+    if (n != 1) ::_exit(exit_code::software);  // holdfast died (or gave up) before releasing us
+    ::close(go);
   }
-  if (n != 1) ::_exit(exit_code::software);  // holdfast died (or gave up) before releasing us
-  ::close(go);
   if (spec.inherit_fd >= 0) {
     // The command inherits the locked open file description (as with flock(1)), so the lock
     // lives as long as the command even if holdfast is killed.
@@ -160,18 +164,30 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
   // forwarded to the running command, instead of killing a child still waiting to start.
   BlockForwarded blocked;
 
-  int go[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) != 0) throw Error(errno, "", "cannot create socket pair");
+  int go[2] = {-1, -1};
+  if (spec.hold_until_named && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) != 0) {
+    throw Error(errno, "", "cannot create socket pair");
+  }
   sys::UniqueFd parent_end(go[0]);
   sys::UniqueFd child_end(go[1]);
   std::fflush(nullptr);  // nothing buffered is written twice (by the child's exit paths)
   const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) throw Error(errno, "", "cannot fork");
-  if (pid == 0) {
-    ::close(go[0]);
-    child_main(spec, exec, go[1], parent, blocked.previous());
+  pid_t pid = -1;
+  if (spec.hold_until_named) {
+    pid = ::fork();
+    if (pid == 0) {
+      ::close(go[0]);
+      child_main(spec, exec, go[1], parent, blocked.previous());
+    }
+  } else {
+    // No handshake: the child only execs, so it can borrow our memory until it does, and we
+    // are suspended until then. It never returns here (exec or _exit).
+    pid = ::vfork();  // NOLINT(clang-analyzer-security.insecureAPI.vfork): posix_spawn cannot set PR_SET_PDEATHSIG
+    // child_main makes only async-signal-safe calls, writes no memory of ours, and ends in
+    // execvp or _exit (the analyzer cannot see into it).
+    if (pid == 0) child_main(spec, exec, -1, parent, blocked.previous());  // NOLINT(clang-analyzer-unix.Vfork)
   }
+  if (pid < 0) throw Error(errno, "", "cannot fork");
   Child child(pid);
   child_end.reset();
   g_child = pid;
@@ -191,6 +207,10 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
 
   before_start(pid);
   stop_for_test_at(hook, "before-start");
+  if (!spec.hold_until_named) {
+    ::sigprocmask(SIG_SETMASK, &blocked.previous(), nullptr);
+    return status_of(child.wait(hook));
+  }
   ssize_t sent;
   while ((sent = ::send(parent_end.get(), "g", 1, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
   }

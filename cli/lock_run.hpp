@@ -28,14 +28,19 @@ struct CommandSpec {
   // The command is killed (PR_SET_PDEATHSIG=SIGKILL) when holdfast dies: when only holdfast
   // protects it (-o), or when only holdfast keeps its lease alive (--stale-after).
   bool die_with_holdfast = false;
+  // The command waits at a handshake until before_start has returned: a dotlock's record must
+  // name it before it runs, or it would run unprotected if holdfast died. false (a kernel lock,
+  // whose inherited descriptor protects the command by itself): it starts at once, forked with
+  // vfork (no page tables copied), and before_start runs while it may already be running.
+  bool hold_until_named = true;
 };
 
 // flock(1)'s exit status when exec fails: 69 (EX_UNAVAILABLE), or 71 (EX_OSERR) for ENOMEM.
 int exec_failure_status(int err) noexcept;
 
-// Forks the command and holds it at a handshake until `before_start(pid)` has returned (e.g. the
-// holder record now names it); if that throws, the command is killed, reaped, and the exception
-// propagates. Then waits for it. Returns its exit status, or 128+N if signal N killed it.
+// Forks the command and (spec.hold_until_named) holds it at a handshake until `before_start(pid)`
+// has returned (e.g. the holder record now names it); if that throws, the command is killed,
+// reaped, and the exception propagates. Then waits for it. Returns its exit status, or 128+N if signal N killed it.
 int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& before_start);
 
 // Replaces this process with the command (-F). Returns only if exec failed, having printed why;

@@ -11,7 +11,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -86,15 +88,55 @@ class LockFile {
   }
   LockFile(const LockFile&) = delete;
   LockFile& operator=(const LockFile&) = delete;
-  ~LockFile() { hf_lockfile_close(handle_); }
+  ~LockFile() {
+    if (grant_ != nullptr) hf_lock_release(grant_);
+    hf_lockfile_close(handle_);
+  }
 
   // One attempt, then (timeout_s != 0) waits in slices: < 0 forever, else at most timeout_s
   // seconds. Returns the grant, or None when the wait ended without it. Raises on errors and
   // propagates exceptions from signal handlers (KeyboardInterrupt).
   std::unique_ptr<Lock> acquire(double timeout_s) {
+    hf_lock* out = take(timeout_s);
+    return out == nullptr ? nullptr : std::make_unique<Lock>(out);
+  }
+
+  // The same grant kept inside this object (what holdfast.FileLock uses: no Python object per
+  // grant). True if held; False when the wait ended without it.
+  bool hold(double timeout_s) {
+    if (grant_ != nullptr) throw std::runtime_error("this LockFile already holds its grant");
+    grant_ = take(timeout_s);
+    return grant_ != nullptr;
+  }
+  // Releases the held grant; idempotent. A kernel unlock never blocks, so it keeps the GIL
+  // (dropping and retaking it cost more than the unlock); a dotlock's renames release it.
+  void unhold() {
+    if (grant_ == nullptr) return;
+    hf_lock* grant = grant_;
+    grant_ = nullptr;
+    const int backend = hf_lock_backend(grant);
+    int status = 0;
+    if (backend == HF_BACKEND_FLOCK || backend == HF_BACKEND_OFD) {
+      status = hf_lock_release(grant);
+    } else {
+      py::gil_scoped_release unlocked;
+      status = hf_lock_release(grant);
+    }
+    if (status == HF_ERROR) raise_last_error();
+  }
+  // Forgets the held grant without releasing it (a forked child).
+  void forget() {
+    hf_lock_detach(grant_);
+    grant_ = nullptr;
+  }
+  bool holding() const { return grant_ != nullptr; }
+  uint64_t token() const { return hf_lock_token(grant_); }
+
+ private:
+  hf_lock* take(double timeout_s) {
     hf_lock* out = nullptr;
     int status = hf_lockfile_acquire(handle_, 0, &out);  // the uncontended case, GIL held: cheapest
-    if (status == HF_OK) return std::make_unique<Lock>(out);
+    if (status == HF_OK) return out;
     if (status == HF_ERROR) raise_last_error();
     if (timeout_s == 0) return nullptr;
     // Beyond ~30 years is forever: a deadline that far would overflow the clock.
@@ -113,14 +155,14 @@ class LockFile {
         py::gil_scoped_release unlocked;
         status = hf_lockfile_acquire(handle_, slice, &out);
       }
-      if (status == HF_OK) return std::make_unique<Lock>(out);
+      if (status == HF_OK) return out;
       if (status == HF_ERROR) raise_last_error();
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
     }
   }
 
- private:
   hf_lockfile* handle_ = nullptr;
+  hf_lock* grant_ = nullptr;  // hold()'s grant
 };
 
 std::tuple<int, std::string> holder(const std::string& path) {
@@ -258,7 +300,12 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("fd", &Lock::fd);
   py::class_<LockFile>(m, "LockFile")
       .def(py::init<const std::string&, int, int>(), py::arg("path"), py::arg("backend"), py::arg("mode"))
-      .def("acquire", &LockFile::acquire, py::arg("timeout"));
+      .def("acquire", &LockFile::acquire, py::arg("timeout"))
+      .def("hold", &LockFile::hold, py::arg("timeout"))
+      .def("unhold", &LockFile::unhold)
+      .def("forget", &LockFile::forget)
+      .def_property_readonly("holding", &LockFile::holding)
+      .def_property_readonly("token", &LockFile::token);
   m.def("holder", &holder, py::arg("path"));
   m.def("ensure", &ensure, py::arg("name"), py::arg("argv"), py::arg("ready"), py::arg("timeout_ms"),
         py::arg("state_dir"));

@@ -67,12 +67,14 @@ def holder(path: str | os.PathLike[str]) -> HolderInfo:
 
 
 class _Context:
-    """One holder's state: the open lock path, the grant and the re-entrancy counter."""
+    """One holder's state: the open lock path, whether it holds the grant, the re-entrancy counter."""
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
-        self.file: Any = None  # _native.LockFile, opened on first acquire and kept for re-use
-        self.grant: Any = None  # _native.Lock while held
+        # _native.LockFile, opened on first acquire and kept for re-use; it keeps the grant itself
+        # (hold/unhold), so a grant costs no Python object.
+        self.file: Any = None
+        self.held = False
         self.counter = 0
         _contexts.add(self)
 
@@ -81,9 +83,9 @@ class _Context:
         that neither release() nor garbage collection in the child unlocks the parent's lock
         (flock and OFD locks live on the open file description the child shares)."""
         self.mutex = threading.Lock()  # another thread may have held it at fork time
-        if self.grant is not None:
-            self.grant.detach()
-        self.grant = None
+        if self.held and self.file is not None:
+            self.file.forget()
+        self.held = False
         self.counter = 0
         self.file = None  # closes the child's copy only; the parent's descriptor keeps the lock
 
@@ -178,7 +180,7 @@ class BaseFileLock(contextlib.ContextDecorator):
     @property
     def is_locked(self) -> bool:
         """Whether this object (this thread's, if thread-local) holds the lock."""
-        return self._context().grant is not None
+        return self._context().held
 
     @property
     def lock_counter(self) -> int:
@@ -189,8 +191,8 @@ class BaseFileLock(contextlib.ContextDecorator):
     def token(self) -> Optional[int]:
         """The fencing token of the current grant (None if not held): strictly increasing per lock
         path across holders, processes and crashes. Pass it to the resource; reject lower ones."""
-        grant = self._context().grant
-        return None if grant is None else grant.token
+        context = self._context()
+        return context.file.token if context.held else None
 
     def holder(self) -> HolderInfo:
         """Who holds this lock path now (any process), read without taking it."""
@@ -232,13 +234,12 @@ class BaseFileLock(contextlib.ContextDecorator):
                 raise Timeout(self._lock_file)
             left = 0.0 if timeout == 0 else max(0.0, timeout - (time.monotonic() - start))
         try:
-            if context.grant is None:
+            if not context.held:
                 if context.file is None:
                     context.file = _native.LockFile(self._lock_file, self._backend, _EXCLUSIVE)
-                grant = context.file.acquire(left)
-                if grant is None:
+                if not context.file.hold(left):
                     raise Timeout(self._lock_file)
-                context.grant = grant
+                context.held = True
             context.counter += 1
         finally:
             mutex.release()
@@ -249,13 +250,13 @@ class BaseFileLock(contextlib.ContextDecorator):
         The lock file itself stays (deleting it would split waiters across inodes)."""
         context = self._shared if self._shared is not None else self._context()
         with context.mutex:
-            if context.grant is None:
+            if not context.held:
                 return
             context.counter -= 1
             if context.counter == 0 or force:
-                grant, context.grant = context.grant, None
+                context.held = False
                 context.counter = 0
-                grant.release()
+                context.file.unhold()
 
     def __enter__(self) -> BaseFileLock:
         self.acquire()

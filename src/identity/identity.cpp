@@ -10,6 +10,7 @@
 #include <string>
 
 #include "sys/file.hpp"
+#include "sys/process.hpp"
 
 namespace holdfast {
 namespace {
@@ -162,12 +163,13 @@ std::optional<ProcessIdentity> identity_of(pid_t pid) {
 ProcessIdentity self_identity() {
   static const ProcessIdentity cached = [] {
     bool running = false;
-    return read_identity(::getpid(), &running);
+    return read_identity(sys::current_pid(), &running);
   }();
   // After fork the cached value belongs to the parent; recompute for a child.
-  if (cached.pid == ::getpid()) return cached;
+  const pid_t self = sys::current_pid();
+  if (cached.pid == self) return cached;
   bool running = false;
-  return read_identity(::getpid(), &running);
+  return read_identity(self, &running);
 }
 
 LivenessVerdict judge_liveness(const ProcessIdentity& recorded, const ProcessTable& table) {

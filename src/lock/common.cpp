@@ -9,6 +9,7 @@
 #include "holdfast/error.hpp"
 #include "lock/internal.hpp"
 #include "sys/file.hpp"
+#include "sys/process.hpp"
 
 namespace holdfast::lock_internal {
 
@@ -57,14 +58,37 @@ Heartbeat::~Heartbeat() {
   thread_.join();
 }
 
+namespace {
+
+int64_t unix_ns_now() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Pads `text` (one record line) with spaces before its newline to at least `file_size` bytes,
+// writes it at offset 0 of `fd` and updates `file_size`. Returns 0 or -errno.
+int write_padded(int fd, std::string& text, off_t& file_size) {
+  if (static_cast<off_t>(text.size()) < file_size) {
+    // Pad before the final newline so the file stays one parseable line.
+    text.pop_back();
+    text.resize(static_cast<size_t>(file_size) - 1, ' ');
+    text.push_back('\n');
+  }
+  if (int rc = sys::pwrite_all(fd, text, 0); rc < 0) return rc;
+  file_size = std::max(file_size, static_cast<off_t>(text.size()));
+  return 0;
+}
+
+}  // namespace
+
 HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& options) {
   HolderRecord r;
   r.processes.push_back(self_identity());
-  r.nonce = sys::random_u64();
+  // Unique per grant and unpredictable; getrandom(2) once per process, not per grant.
+  r.nonce = sys::unique_u64();
   r.backend = backend;
   r.mode = mode;
-  r.acquired_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::system_clock::now().time_since_epoch()).count();
+  r.acquired_unix_ns = unix_ns_now();
   r.command = cap_command(options.command);
   if (r.command.empty()) {
     static const std::vector<std::string> self_cmdline = [] {
@@ -88,19 +112,68 @@ HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& opti
 
 int write_record(int fd, const HolderRecord& record, off_t& file_size) {
   std::string text = record.to_json();
-  if (static_cast<off_t>(text.size()) < file_size) {
-    // Pad before the final newline so the file stays one parseable line.
-    text.pop_back();
-    text.resize(static_cast<size_t>(file_size) - 1, ' ');
-    text.push_back('\n');
+  return write_padded(fd, text, file_size);
+}
+
+HolderRecord RecordCache::take(Backend backend, LockMode mode, const LockOptions& options) {
+  const pid_t self = sys::current_pid();
+  {
+    std::lock_guard lk(mu_);
+    if (pid_ == self && spare_) {
+      HolderRecord r = std::move(*spare_);
+      spare_.reset();
+      r.token = 0;
+      r.nonce = sys::unique_u64();
+      r.acquired_unix_ns = unix_ns_now();
+      return r;
+    }
   }
-  if (int rc = sys::pwrite_all(fd, text, 0); rc < 0) return rc;
-  file_size = std::max(file_size, static_cast<off_t>(text.size()));
-  return 0;
+  HolderRecord r = make_record(backend, mode, options);
+  std::lock_guard lk(mu_);
+  if (pid_ != self || !spare_) {
+    // The tail is read only by the grant holding r (one grant at a time per LockFile).
+    tail_.clear();
+    append_record_tail(tail_, r);
+    pid_ = self;
+  }
+  return r;
+}
+
+void RecordCache::give_back(HolderRecord&& record, bool unchanged) noexcept {
+  if (!unchanged) return;
+  std::lock_guard lk(mu_);
+  if (pid_ != sys::current_pid() || record.processes.empty() || record.processes.front().pid != pid_) return;
+  spare_.emplace(std::move(record));
+}
+
+const std::string& RecordCache::format(const HolderRecord& record, off_t file_size) {
+  text_.clear();
+  append_record_head(text_, record.token, record.nonce, record.acquired_unix_ns);
+  text_.append(tail_);
+  if (static_cast<off_t>(text_.size()) < file_size) {
+    text_.pop_back();
+    text_.resize(static_cast<size_t>(file_size) - 1, ' ');
+    text_.push_back('\n');
+  }
+  return text_;
+}
+
+int RecordCache::write(int fd, const HolderRecord& record, off_t& file_size) {
+  text_.clear();
+  append_record_head(text_, record.token, record.nonce, record.acquired_unix_ns);
+  text_.append(tail_);
+  return write_padded(fd, text_, file_size);
 }
 
 bool poll_sleep(const WaitSpec& wait, int& attempt) {
-  if (wait.kind == WaitSpec::none) return false;
+  auto delay = poll_delay(wait, attempt);
+  if (!delay) return false;
+  std::this_thread::sleep_for(*delay);
+  return true;
+}
+
+std::optional<std::chrono::microseconds> poll_delay(const WaitSpec& wait, int& attempt) {
+  if (wait.kind == WaitSpec::none) return std::nullopt;
   thread_local std::minstd_rand rng(static_cast<unsigned>(sys::random_u64()));
   auto base = std::chrono::microseconds(1000) * (1 << std::min(attempt, 5));  // 1 ms .. 32 ms
   base = std::min(base, std::chrono::microseconds(25000));
@@ -109,11 +182,10 @@ bool poll_sleep(const WaitSpec& wait, int& attempt) {
   ++attempt;
   auto now = Clock::now();
   if (wait.kind == WaitSpec::until) {
-    if (now >= wait.deadline) return false;
+    if (now >= wait.deadline) return std::nullopt;
     delay = std::min(delay, std::chrono::duration_cast<std::chrono::microseconds>(wait.deadline - now));
   }
-  std::this_thread::sleep_for(delay);
-  return true;
+  return delay;
 }
 
 }  // namespace holdfast::lock_internal

@@ -30,20 +30,34 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "holdfast/error.hpp"
 #include "lock/fence.hpp"
 #include "lock/internal.hpp"
 #include "sys/file.hpp"
+#include "sys/process.hpp"
 
 namespace holdfast::lock_internal {
 namespace {
 
 std::string hex(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i) {
+    out[static_cast<size_t>(i)] = kHex[v & 0xf];
+    v >>= 4;
+  }
+  return out;
 }
+
+// The record being written while acquiring, formatted through the LockFile's cache (only the
+// per-grant head is formatted each time).
+struct RecordOut {
+  const HolderRecord& record;
+  RecordCache& cache;
+  int write(int fd, off_t& size) const { return cache.write(fd, record, size); }
+};
 
 // A sibling name for a temp or marker file: ".BASE.KIND.SUFFIX" in the lock's directory. The
 // leading dot keeps them out of casual listings; the base ties them to their lock.
@@ -84,12 +98,12 @@ class TempName {
 
 // Writes `record` to the fresh temp file `tmp` (created exclusively). Throws on failure; the
 // caller's TempName removes the name.
-Owned write_temp(const Target& t, int dir, const std::string& tmp, const HolderRecord& record) {
+Owned write_temp(const Target& t, int dir, const std::string& tmp, const RecordOut& record) {
   Owned o;
   int fd = sys::open_nothrow(dir, leaf(tmp), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
   if (fd < 0) throw_open_error(-fd, t, tmp);
   o.fd.reset(fd);
-  if (int rc = write_record(fd, record, o.size); rc < 0) throw Error(-rc, tmp, "cannot write holder record");
+  if (int rc = record.write(fd, o.size); rc < 0) throw Error(-rc, tmp, "cannot write holder record");
   if (sys::fstat_nothrow(fd, o.st) < 0) throw Error(errno, tmp, "cannot stat lock file");
   return o;
 }
@@ -105,7 +119,7 @@ bool remove_if_ours(const Target& t, int dir, const std::string& name, const str
   if (stat_at(dir, name, now) != 0 || !sys::same_inode(now, mine)) return false;
   // Only a reclaim landing in the microseconds since the stat can still race us here, and only
   // for a holder whose lease had already expired; then the file is put back.
-  const std::string aside = sibling(t, name, "gone", hex(sys::random_u64()));
+  const std::string aside = sibling(t, name, "gone", hex(sys::unique_u64()));
   if (::renameat(dir, leaf(name).c_str(), dir, leaf(aside).c_str()) != 0) return false;
   struct stat st {};
   if (stat_at(dir, aside, st) == 0 && sys::same_inode(st, mine)) {
@@ -119,9 +133,9 @@ bool remove_if_ours(const Target& t, int dir, const std::string& name, const str
 enum class Create { created, exists };
 
 // Makes `name` appear, exclusively, already holding `record`.
-Create create_exclusive(const Target& t, int dir, Backend backend, const std::string& name, const HolderRecord& record,
+Create create_exclusive(const Target& t, int dir, Backend backend, const std::string& name, const RecordOut& record,
                         Owned& out) {
-  TempName tmp(dir, sibling(t, name, "new", hex(sys::random_u64())));
+  TempName tmp(dir, sibling(t, name, "new", hex(sys::unique_u64())));
   Owned o = write_temp(t, dir, tmp.path(), record);
   if (backend == Backend::link) {
     int rc = ::linkat(dir, leaf(tmp.path()).c_str(), dir, leaf(name).c_str(), 0);
@@ -155,7 +169,7 @@ Create create_exclusive(const Target& t, int dir, Backend backend, const std::st
       o = Owned{};
       o.fd.reset(fd);
       TempName created(dir, name);  // ours: created exclusively a moment ago and never shared
-      if (int wrc = write_record(fd, record, o.size); wrc < 0) throw Error(-wrc, name, "cannot write holder record");
+      if (int wrc = record.write(fd, o.size); wrc < 0) throw Error(-wrc, name, "cannot write holder record");
       if (sys::fstat_nothrow(fd, o.st) < 0) throw Error(errno, name, "cannot stat lock file");
       created.disarm();
     }
@@ -178,6 +192,7 @@ struct Judgment {
   sys::UniqueFd fd;
   struct stat st {};
   std::string reason;
+  std::vector<pid_t> live_holders;  // held: the local process verified alive (its exit wakes waiters)
 };
 
 std::chrono::system_clock::time_point time_point_of(const struct timespec& ts) {
@@ -189,7 +204,7 @@ std::chrono::system_clock::time_point time_point_of(const struct timespec& ts) {
 // holder's heartbeat mtime, so a lease is judged server time against server time, whatever the
 // clocks of the holder and the waiter say. nullopt if it cannot be made (read-only directory).
 std::optional<std::chrono::system_clock::time_point> filesystem_now(const Target& t, int dir, const std::string& name) {
-  const std::string clock = sibling(t, name, "clock", hex(sys::random_u64()));
+  const std::string clock = sibling(t, name, "clock", hex(sys::unique_u64()));
   int fd = sys::open_nothrow(dir, leaf(clock), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY, 0644);
   if (fd < 0) return std::nullopt;
   sys::UniqueFd file(fd);
@@ -242,6 +257,7 @@ Judgment judge(const Target& t, int dir, const std::string& name, const LockOpti
     if (verdict.liveness == Liveness::alive) {
       j.kind = Judgment::held;
       j.reason = verdict.reason;
+      j.live_holders.push_back(p.pid);
       return j;
     }
     if (verdict.liveness == Liveness::unknown) {
@@ -284,7 +300,7 @@ constexpr int kMaxReclaimDepth = 2;
 // Replaces the stale file `victim` at `name` by a file holding `record`. True if we did; `out`
 // then owns the new file.
 bool reclaim(const Target& t, int dir, Backend backend, const std::string& name, const Judgment& victim,
-             const HolderRecord& record, const LockOptions& options, int depth, Owned& out) {
+             const RecordOut& record, const LockOptions& options, int depth, Owned& out) {
   Marker marker(t, dir, sibling(t, name, "reclaim", hex(victim.st.st_dev) + "-" + hex(victim.st.st_ino)));
   if (create_exclusive(t, dir, backend, marker.name(), record, marker.file) == Create::exists) {
     if (depth >= kMaxReclaimDepth) return false;
@@ -294,7 +310,7 @@ bool reclaim(const Target& t, int dir, Backend backend, const std::string& name,
   }
   struct stat now {};
   if (stat_at(dir, name, now) != 0 || !sys::same_inode(now, victim.st)) return false;
-  TempName tmp(dir, sibling(t, name, "new", hex(sys::random_u64())));
+  TempName tmp(dir, sibling(t, name, "new", hex(sys::unique_u64())));
   Owned fresh = write_temp(t, dir, tmp.path(), record);
   if (::renameat(dir, leaf(tmp.path()).c_str(), dir, leaf(name).c_str()) != 0) {
     throw Error(errno, name, "cannot replace stale dotlock");
@@ -309,8 +325,14 @@ bool reclaim(const Target& t, int dir, Backend backend, const std::string& name,
 // that took it; a forked child only closes its descriptor).
 class DotlockGrant final : public Lock::State {
  public:
-  DotlockGrant(const Target& where, Backend kind, HolderRecord initial, sys::UniqueFd dir, Owned file)
-      : State(where, kind, LockMode::exclusive, std::move(initial)), dir_(std::move(dir)), file_(std::move(file)) {}
+  DotlockGrant(std::shared_ptr<OpenFiles> open_files, Backend kind, HolderRecord initial, sys::UniqueFd dir,
+               Owned file)
+      : State(std::move(open_files), kind, LockMode::exclusive, std::move(initial)),
+        dir_(std::move(dir)),
+        file_(std::move(file)) {
+    files->busy = true;
+    record_cached_ = true;  // taken from files->records by dotlock_acquire
+  }
   ~DotlockGrant() override {
     try {
       end();
@@ -338,6 +360,7 @@ class DotlockGrant final : public Lock::State {
 
   void add_holder_process(const ProcessIdentity& process) override {
     record.processes.push_back(process);
+    record_cached_ = false;  // no longer the cached shape: written in full from now on
     rewrite();
   }
 
@@ -354,7 +377,9 @@ class DotlockGrant final : public Lock::State {
 
  private:
   void rewrite() {
-    if (int rc = write_record(file_.fd.get(), record, file_.size); rc < 0) {
+    const int rc = record_cached_ ? files->records.write(file_.fd.get(), record, file_.size)
+                                  : write_record(file_.fd.get(), record, file_.size);
+    if (rc < 0) {
       throw Error(-rc, target.path, "cannot write holder record");
     }
   }
@@ -394,7 +419,8 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
                 exit_code::usage);
   }
   // The token is assigned once we hold the lock; 0 in a record means "being finalised".
-  HolderRecord record = make_record(backend, options.mode, options);
+  HolderRecord taken = files->records.take(backend, options.mode, options);
+  const RecordOut record{taken, files->records};
   // Resolved once: every later step (reclaim, release) acts in this directory, whatever the
   // process's working directory becomes.
   int dir_fd = sys::open_nothrow(AT_FDCWD, target.dir, O_PATH | O_DIRECTORY);
@@ -403,11 +429,15 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
   Owned owned;
   int attempt = 0;
   int stale_handles = 0;
+  HolderWatch watch(dir.get(), leaf(target.path));
+  std::vector<pid_t> live_holders;
   for (;;) {
+    live_holders.clear();
     try {
       if (create_exclusive(target, dir.get(), backend, target.path, record, owned) == Create::created) break;
       Judgment j = judge(target, dir.get(), target.path, options);
       if (j.kind == Judgment::vanished) continue;
+      live_holders = std::move(j.live_holders);
       if (j.kind == Judgment::stale && reclaim(target, dir.get(), backend, target.path, j, record, options, 0, owned)) {
         break;
       }
@@ -418,11 +448,12 @@ std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backe
       if (e.error_number() != ESTALE || ++stale_handles > 8) throw;
       continue;
     }
-    if (!poll_sleep(wait, attempt)) return nullptr;
+    if (!watch.sleep(wait, attempt, live_holders)) {
+      files->records.give_back(std::move(taken), true);
+      return nullptr;
+    }
   }
-  auto grant = std::make_unique<DotlockGrant>(target, backend, std::move(record), std::move(dir), std::move(owned));
-  grant->files = files;
-  files->busy = true;
+  auto grant = std::make_unique<DotlockGrant>(files, backend, std::move(taken), std::move(dir), std::move(owned));
   grant->finish(options);
   return grant;
 }

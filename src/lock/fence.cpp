@@ -26,8 +26,9 @@ constexpr size_t kCounterSize = 32;
 constexpr uint64_t kCounterMax = 0xffffffffULL;
 
 uint64_t host_hash() {
-  // Only needs to tell hosts apart, not resist attack.
-  return std::hash<std::string>{}(this_host());
+  // Only needs to tell hosts apart, not resist attack. this_host() is read once per process.
+  static const uint64_t hash = std::hash<std::string>{}(this_host());
+  return hash;
 }
 
 std::string padded(std::string text, size_t size) {
@@ -39,7 +40,7 @@ std::string padded(std::string text, size_t size) {
 struct State {
   bool epoch_valid = false;
   uint64_t epoch = 0;
-  std::string boot_id;
+  std::string_view boot_id;  // in the caller's buffer
   uint64_t host = 0;
   bool counter_valid = false;
   uint64_t counter_epoch = 0;
@@ -60,6 +61,19 @@ bool parse_hex(std::string_view s, size_t pos, size_t digits, uint64_t& out) {
   return true;
 }
 
+// The counter line, "C <epoch:16> <counter:8>", into `s`.
+void parse_counter(std::string_view bytes, State& s) {
+  if (bytes.size() >= kCounterOffset + kCounterSize) {
+    auto c = bytes.substr(kCounterOffset, kCounterSize);
+    uint64_t epoch = 0, counter = 0;
+    if (c.substr(0, 2) == "C " && c[18] == ' ' && parse_hex(c, 2, 16, epoch) && parse_hex(c, 19, 8, counter)) {
+      s.counter_valid = true;
+      s.counter_epoch = epoch;
+      s.counter = counter;
+    }
+  }
+}
+
 // Parsed by position (the layout is fixed): this runs on every grant, and sscanf was most of
 // its cost.
 State parse(std::string_view bytes) {
@@ -72,20 +86,11 @@ State parse(std::string_view bytes) {
         parse_hex(bytes, boot_end + 1, 16, host) && epoch > 0) {
       s.epoch_valid = true;
       s.epoch = epoch;
-      s.boot_id = std::string(bytes.substr(19, boot_end - 19));
+      s.boot_id = bytes.substr(19, boot_end - 19);
       s.host = host;
     }
   }
-  // "C <epoch:16> <counter:8>"
-  if (bytes.size() >= kCounterOffset + kCounterSize) {
-    auto c = bytes.substr(kCounterOffset, kCounterSize);
-    uint64_t epoch = 0, counter = 0;
-    if (c.substr(0, 2) == "C " && c[18] == ' ' && parse_hex(c, 2, 16, epoch) && parse_hex(c, 19, 8, counter)) {
-      s.counter_valid = true;
-      s.counter_epoch = epoch;
-      s.counter = counter;
-    }
-  }
+  parse_counter(bytes, s);
   return s;
 }
 
@@ -155,28 +160,52 @@ FenceFile FenceFile::open_with(const std::string& path, Opener opener) {
   return adopt(path, std::move(opener), sys::UniqueFd(fd), created);
 }
 
-FenceFile FenceFile::adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created) {
+FenceFile FenceFile::adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created,
+                           const struct stat* known) {
   struct stat st {};
-  if (sys::fstat_nothrow(fd.get(), st) < 0 || !S_ISREG(st.st_mode)) {
+  if (known != nullptr) {
+    st = *known;
+  } else if (sys::fstat_nothrow(fd.get(), st) < 0) {
+    st.st_mode = 0;
+  }
+  if (!S_ISREG(st.st_mode)) {
     throw Error(path, "cannot open fencing-token file", "not a regular file", exit_code::cant_create);
   }
-  return FenceFile(path, std::move(opener), std::move(fd), created);
+  return FenceFile(path, std::move(opener), std::move(fd), created, st);
 }
 
-FenceFile::FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created)
+FenceFile::FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created, const struct stat& opened)
     : path_(std::move(path)),
       opener_(std::move(opener)),
       fd_(std::move(fd)),
+      opened_(opened),
       created_(created),
-      network_(network_filesystem(fd_.get())) {}
+      network_(network_filesystem(fd_.get())) {
+  known_size_ = opened_.st_size;
+  map_if_local();
+}
+
+void FenceFile::map_if_local() {
+  map_.reset();
+  // On a network filesystem a mapping is not coherent with other clients: pread/pwrite there.
+  if (!network_) map_ = sys::SharedMapping(fd_.get(), kEpochSize + kCounterSize);
+}
 
 void FenceFile::reopen() {
   bool created = false;
   int fd = opener_(created);
   if (fd < 0) throw Error(-fd, path_, "cannot reopen fencing-token file");
-  fd_.reset(fd);
+  sys::UniqueFd owned(fd);
+  struct stat st {};
+  if (sys::fstat_nothrow(fd, st) < 0 || !S_ISREG(st.st_mode)) {
+    throw Error(path_, "cannot reopen fencing-token file", "not a regular file", exit_code::cant_create);
+  }
+  fd_ = std::move(owned);
+  opened_ = st;
+  known_size_ = st.st_size;
   created_ = created_ || created;
   network_ = network_filesystem(fd_.get());
+  map_if_local();
 }
 
 void FenceFile::reopen_if_replaced() {
@@ -189,10 +218,11 @@ void FenceFile::reopen_if_replaced() {
   // One stat per grant: if someone removed or replaced the file (LOCKS.md allows deleting it),
   // every other process opens the new one; we must too, or we would keep counting on an inode
   // nobody else sees, and hand out tokens below theirs.
-  struct stat mine {};
+  // The path naming our inode also proves it is still linked: one stat, against the identity
+  // of the descriptor taken when it was opened.
   struct stat now {};
-  if (sys::fstat_nothrow(fd_.get(), mine) == 0 && mine.st_nlink > 0 && sys::stat_nothrow(path_, now) == 0 &&
-      sys::same_inode(mine, now)) {
+  if (sys::stat_nothrow(path_, now) == 0 && sys::same_inode(opened_, now)) {
+    known_size_ = now.st_size;
     return;
   }
   reopen();
@@ -201,10 +231,28 @@ void FenceFile::reopen_if_replaced() {
 uint64_t FenceFile::next() {
   reopen_if_replaced();
   char buf[kEpochSize + kCounterSize];
-  const ssize_t n = read_state(fd_.get(), buf);
+  // The stat just made says the whole layout is there: read and bump it through the mapping.
+  const bool mapped = !map_.empty() && known_size_ >= static_cast<off_t>(sizeof buf);
+  ssize_t n = static_cast<ssize_t>(sizeof buf);
+  if (mapped) {
+    std::memcpy(buf, map_.data(), sizeof buf);
+  } else {
+    n = read_state(fd_.get(), buf);
+  }
   if (n < 0) throw Error(static_cast<int>(-n), path_, "cannot read fencing-token file");
   const std::string_view bytes(buf, static_cast<size_t>(n));
-  State s = parse(bytes);
+  // The epoch line changes once per boot: when its bytes are the ones last parsed (and found
+  // valid, of this boot and host), only the counter line needs parsing.
+  const bool epoch_seen = epoch_cache_valid_ && bytes.size() >= kEpochSize &&
+                          std::memcmp(bytes.data(), epoch_cache_, kEpochSize) == 0;
+  State s;
+  if (epoch_seen) {
+    s.epoch_valid = true;
+    s.epoch = cached_epoch_;
+    parse_counter(bytes, s);
+  } else {
+    s = parse(bytes);
+  }
   if (!bytes.empty() && !s.epoch_valid) {
     // The durable region was written with fdatasync; if it is unreadable we cannot know which
     // tokens were issued, and guessing could hand out a smaller one. Fail closed.
@@ -213,8 +261,13 @@ uint64_t FenceFile::next() {
   }
   // An unreadable boot id (empty) can never prove "same boot": the counter is not durable, so
   // without that proof every grant starts a new, durably written epoch.
-  const bool same_boot =
-      s.epoch_valid && !this_boot_id().empty() && s.boot_id == this_boot_id() && s.host == host_hash();
+  const bool same_boot = epoch_seen || (s.epoch_valid && !this_boot_id().empty() && s.boot_id == this_boot_id() &&
+                                         s.host == host_hash());
+  if (same_boot && !epoch_seen) {
+    std::memcpy(epoch_cache_, bytes.data(), kEpochSize);
+    cached_epoch_ = s.epoch;
+    epoch_cache_valid_ = true;
+  }
   const bool counter_ok = s.counter_valid && s.counter_epoch == s.epoch && s.counter < kCounterMax;
   uint64_t epoch = s.epoch;
   uint64_t counter = 0;
@@ -249,7 +302,9 @@ uint64_t FenceFile::next() {
   format_hex(line + 2, epoch, 16);
   format_hex(line + 19, counter, 8);
   line[kCounterSize - 1] = '\n';
-  if (int rc = sys::pwrite_all(fd_.get(), std::string_view(line, sizeof line), kCounterOffset); rc < 0) {
+  if (mapped) {
+    std::memcpy(map_.data() + kCounterOffset, line, sizeof line);
+  } else if (int rc = sys::pwrite_all(fd_.get(), std::string_view(line, sizeof line), kCounterOffset); rc < 0) {
     throw Error(-rc, path_, "cannot write fencing counter");
   }
   // A server that loses this write (it crashes, or drops it on a writeback error) would roll the
@@ -263,7 +318,12 @@ uint64_t FenceFile::next() {
 uint64_t FenceFile::current() {
   reopen_if_replaced();
   char buf[kEpochSize + kCounterSize];
-  const ssize_t n = read_state(fd_.get(), buf);
+  ssize_t n = static_cast<ssize_t>(sizeof buf);
+  if (!map_.empty() && known_size_ >= static_cast<off_t>(sizeof buf)) {
+    std::memcpy(buf, map_.data(), sizeof buf);
+  } else {
+    n = read_state(fd_.get(), buf);
+  }
   if (n < 0) return 0;
   State s = parse(std::string_view(buf, static_cast<size_t>(n)));
   if (!s.epoch_valid || !s.counter_valid || s.counter_epoch != s.epoch) return 0;

@@ -21,6 +21,7 @@
 //   [96, 128) "C <epoch:16 hex> <counter:8 hex>" padded, '\n' at 127   — per-grant part
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -28,6 +29,7 @@
 #include <string>
 
 #include "sys/fd.hpp"
+#include "sys/mapping.hpp"
 
 namespace holdfast::fence {
 
@@ -49,7 +51,9 @@ class FenceFile {
   // Throws holdfast::Error naming `path` if it fails.
   static FenceFile open_with(const std::string& path, Opener opener);
   // Wraps `fd`, already opened by `opener` (which set `created`). Throws if it is not a regular file.
-  static FenceFile adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created);
+  // `st`, when given, is fd's fstat, already taken.
+  static FenceFile adopt(const std::string& path, Opener opener, sys::UniqueFd fd, bool created,
+                         const struct stat* st = nullptr);
 
   // Issues the next token. Must be called while holding the lock exclusively. If the file at
   // the path was replaced or removed since it was opened, reopens it first, so a long-lived
@@ -60,15 +64,29 @@ class FenceFile {
   // The last token issued (0 if none yet); for shared holders.
   uint64_t current();
 
+  // Whether the file is on a local filesystem (where a shared mapping is coherent).
+  bool local() const noexcept { return !network_; }
+
  private:
-  FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created);
+  FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created, const struct stat& opened);
   void reopen_if_replaced();
   void reopen();
   std::string path_;
   Opener opener_;
   sys::UniqueFd fd_;
+  struct stat opened_;  // fd_'s inode when opened: the path must still name it
   bool created_;
   bool network_;  // on a network or userspace filesystem (or unknown): sync and reopen per grant
+  // Local filesystems: the file's first 128 bytes mapped shared, so a grant reads and bumps the
+  // counter with loads and stores on the page cache instead of pread + pwrite. Used only while
+  // the last stat showed the whole layout present (no access beyond the end of the file).
+  sys::SharedMapping map_;
+  off_t known_size_ = 0;  // st_size at the last check of the path
+  void map_if_local();
+  // The epoch line last read that was valid and of this boot and host, and its epoch.
+  bool epoch_cache_valid_ = false;
+  char epoch_cache_[96] = {};
+  uint64_t cached_epoch_ = 0;
 };
 
 }  // namespace holdfast::fence

@@ -12,11 +12,12 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "holdfast/lock.hpp"
 #include "lock/fence.hpp"
-#include "sys/current_pid.hpp"
 #include "sys/fd.hpp"
+#include "sys/mapping.hpp"
 
 namespace holdfast::lock_internal {
 
@@ -63,6 +64,38 @@ class Heartbeat {
 // A fresh record for this process (token filled in by the backend). The command is capped.
 HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& options);
 
+// The record's JSON (HolderRecord::to_json) in two parts: the head holds what changes with every
+// grant (token, nonce, time), the tail everything else (backend, mode, lease, processes,
+// command), which a LockFile formats once and keeps (RecordCache).
+void append_record_head(std::string& out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns);
+void append_record_tail(std::string& out, const HolderRecord& record);
+
+// A LockFile's record between grants, so that a repeated grant formats only the head and
+// allocates nothing: the tail as formatted, and the HolderRecord itself, handed back by the
+// grant that used it when that grant ends. Everything here belongs to the process that made it
+// (a forked child starts afresh). Thread-safe: a grant may end on another thread than the one
+// that takes the next.
+class RecordCache {
+ public:
+  // A record for a new grant, token 0, fresh nonce and time: the cached one when this process
+  // made it, else make_record's (whose tail is then cached).
+  HolderRecord take(Backend backend, LockMode mode, const LockOptions& options);
+  // Hands back a record take() returned, if its invariant part is still the cached one
+  // (`unchanged`: no process was added to it).
+  void give_back(HolderRecord&& record, bool unchanged) noexcept;
+  // Writes `record` (from take(), unchanged) as write_record does, formatting only the head.
+  int write(int fd, const HolderRecord& record, off_t& file_size);
+  // The text write() would write (padded to `file_size`), in a buffer valid until the next call.
+  const std::string& format(const HolderRecord& record, off_t file_size);
+
+ private:
+  std::mutex mu_;  // guards pid_ and spare_ (take and give_back may run on two threads)
+  pid_t pid_ = 0;
+  std::string tail_;  // append_record_tail of the cached record (written only by take())
+  std::optional<HolderRecord> spare_;
+  std::string text_;  // the buffer records are formatted into; its capacity is kept
+};
+
 // Writes `record` at offset 0 of `fd`, padded with spaces to at least `file_size` so the file
 // never needs truncating (a shorter rewrite would otherwise leave a tail of the old record).
 // Only for files holdfast created itself. Updates `file_size`. Returns 0 or -errno.
@@ -71,6 +104,35 @@ int write_record(int fd, const HolderRecord& record, off_t& file_size);
 // Sleeps for the next poll interval (1 ms doubling to 25 ms, with jitter), never past `wait`'s
 // deadline. Returns false if the deadline has passed.
 bool poll_sleep(const WaitSpec& wait, int& attempt);
+// The next poll interval poll_sleep would sleep; nullopt if the deadline has passed.
+std::optional<std::chrono::microseconds> poll_delay(const WaitSpec& wait, int& attempt);
+
+// A dotlock waiter's sleep between two judgments, ended early by the events that can free the
+// lock: a local holder's exit (a pidfd per live holder process) and the lock's name leaving its
+// directory (inotify: renamed aside by release, or deleted). The poll interval stays the upper
+// bound, for what no event reports (a holder on another host, a lease expiring, a change made
+// by another NFS client). Events only end the sleep early: every wake-up is followed by a new
+// judgment, so they never decide anything.
+class HolderWatch {
+ public:
+  // `dir_fd`: the lock's directory (O_PATH is enough); `name`: the lock's name in it.
+  HolderWatch(int dir_fd, std::string name) : dir_fd_(dir_fd), name_(std::move(name)) {}
+  ~HolderWatch();
+  HolderWatch(const HolderWatch&) = delete;
+  HolderWatch& operator=(const HolderWatch&) = delete;
+  // Sleeps until an event, or poll_delay's interval. Returns false if the deadline has passed.
+  // The first call only sets up the directory watch and returns at once (a change between the
+  // caller's judgment and the watch would otherwise go unseen).
+  bool sleep(const WaitSpec& wait, int& attempt, const std::vector<pid_t>& live_holders);
+
+ private:
+  bool relevant_events() noexcept;  // drains the queue; true if one concerns name_
+  int dir_fd_;
+  std::string name_;
+  int inotify_fd_ = -1;  // this thread's instance (never closed here)
+  int watch_ = -1;
+  bool armed_ = false;
+};
 
 // ---- side state of kernel locks (state_dir.cpp) ----
 //
@@ -97,7 +159,9 @@ std::optional<SideStatePaths> side_state_for(int lock_fd, const struct stat& st,
 // Opens (creating if absent, when allowed) a state file for writing: O_NOFOLLOW, a regular file
 // owned by root, us or the lock file's owner. Returns the fd or -errno (-EPERM: untrusted);
 // sets *created when this call created it.
-int open_state_file(const SideStatePaths& paths, const std::string& file, bool* created = nullptr);
+// `st`, when given, receives the file's fstat (taken for the ownership check anyway).
+int open_state_file(const SideStatePaths& paths, const std::string& file, bool* created = nullptr,
+                    struct stat* st = nullptr);
 
 }  // namespace holdfast::lock_internal
 
@@ -113,8 +177,10 @@ struct ShmMapping;
 // Only the process that took a grant releases it: a forked child's copy (fork() duplicates the
 // Lock) only closes its descriptors, and never unlocks the parent's lock or removes its files.
 struct Lock::State {
-  State(lock_internal::Target where, Backend kind, LockMode how, HolderRecord initial)
-      : target(std::move(where)), backend(kind), mode(how), record(std::move(initial)) {}
+  // A grant through `open_files` (whose target it names, without a copy).
+  State(std::shared_ptr<lock_internal::OpenFiles> open_files, Backend kind, LockMode how, HolderRecord initial);
+  // A grant naming its own copy of `where` (callers set `files` themselves).
+  State(lock_internal::Target where, Backend kind, LockMode how, HolderRecord initial);
   virtual ~State();
   State(const State&) = delete;
   State& operator=(const State&) = delete;
@@ -131,21 +197,29 @@ struct Lock::State {
 
   bool held() const noexcept { return held_; }
 
-  const lock_internal::Target target;
-  const Backend backend;
-  const LockMode mode;
-  HolderRecord record;
   // What the grant was taken through: a LockFile's open files (shared with it), or files opened
   // for this grant alone. While a grant lives, files->busy is set so that the LockFile does not
   // grant again (a second lock on the same open file description would be a silent no-op).
   std::shared_ptr<lock_internal::OpenFiles> files;
 
+ private:
+  std::optional<lock_internal::Target> own_target_;  // only for the second constructor
+
+ public:
+  const lock_internal::Target& target;  // files->target, or own_target_
+  const Backend backend;
+  const LockMode mode;
+  HolderRecord record;
+
  protected:
-  bool in_owner_process() const noexcept { return sys::current_pid() == owner_pid_; }
+  bool in_owner_process() const noexcept;
   bool held_ = true;
+  // `record` came from files->records.take() and still has its invariant part: the grant hands
+  // it back when it ends (see ~State).
+  bool record_cached_ = false;
 
  private:
-  const pid_t owner_pid_ = sys::current_pid();
+  const pid_t owner_pid_;
 };
 
 namespace lock_internal {
@@ -153,6 +227,7 @@ namespace lock_internal {
 // Kept by a LockFile between acquisitions (so a repeated lock costs only the lock itself), or
 // made for one acquisition by Lock's static functions (`per_grant`: closed when the grant ends).
 struct OpenFiles {
+  Target target;  // the lock path, checked once
   bool per_grant = true;
   bool busy = false;      // a grant taken through these files is alive
   sys::UniqueFd lock_fd;  // kernel backends: the lock file
@@ -163,8 +238,12 @@ struct OpenFiles {
   std::string side_state_why;
   sys::UniqueFd record_fd;  // kernel backends: the record file in the state directory
   off_t record_size = 0;
+  // Its first page mapped shared (local state directories): a record no longer than the file
+  // is stored with a memcpy instead of a pwrite.
+  sys::SharedMapping record_map;
   std::optional<fence::FenceFile> fence;
   std::shared_ptr<ShmMapping> shm;  // shm backend: the validated mapping
+  RecordCache records;  // this process's record, kept between grants
 };
 
 // Return null if the wait ended without the lock. Throw holdfast::Error.

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -20,6 +21,8 @@
 
 namespace holdfast::lock_internal {
 namespace {
+
+constexpr size_t kRecordMapBytes = 4096;
 
 sys::KernelLockKind kind_of(Backend backend) {
   return backend == Backend::flock ? sys::KernelLockKind::flock : sys::KernelLockKind::ofd;
@@ -74,6 +77,7 @@ void open_lock_file(const Target& target, int access, OpenFiles& files) {
   files.side_state_checked = false;
   files.side_state.reset();
   files.record_fd.reset();
+  files.record_map.reset();  // it maps the previous file's record
   files.record_size = 0;
   files.fence.reset();
 }
@@ -116,9 +120,8 @@ Locked lock_fd(int fd, const Target& target, Backend backend, bool exclusive, co
 // the process that locked) and, for per-grant files, close.
 class KernelGrant final : public Lock::State {
  public:
-  KernelGrant(const Target& where, Backend kind, LockMode how, std::shared_ptr<OpenFiles> open_files)
-      : State(where, kind, how, HolderRecord{}) {
-    files = std::move(open_files);
+  KernelGrant(std::shared_ptr<OpenFiles> open_files, Backend kind, LockMode how)
+      : State(std::move(open_files), kind, how, HolderRecord{}) {
     files->busy = true;
   }
   ~KernelGrant() override { end(); }
@@ -138,6 +141,7 @@ class KernelGrant final : public Lock::State {
 
   void add_holder_process(const ProcessIdentity& process) override {
     record.processes.push_back(process);
+    record_cached_ = false;  // no longer the cached shape: written in full from now on
     write_side_record();
   }
 
@@ -145,19 +149,21 @@ class KernelGrant final : public Lock::State {
 
   // Issues the token and writes the record. Throws (and the grant, destroyed, unlocks).
   void finish(const LockOptions& options) {
-    record = make_record(backend, mode, options);
+    record = files->records.take(backend, mode, options);
+    record_cached_ = true;
     if (!files->side_state_checked) {
       files->side_state = side_state_for(files->lock_fd.get(), files->st, &files->side_state_why);
       files->side_state_checked = true;
     }
     if (!files->side_state) return;  // no state directory: a grant without token or record
-    const SideStatePaths paths = *files->side_state;
     if (!files->fence) {
+      const SideStatePaths paths = *files->side_state;
       auto opener = [paths](bool& created) { return open_state_file(paths, paths.fence, &created); };
       bool created = false;
-      int fd = opener(created);
+      struct stat st {};
+      int fd = open_state_file(paths, paths.fence, &created, &st);
       if (fd < 0) return;  // unwritable or not ours to trust (see open_state_file): no token
-      files->fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created));
+      files->fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created, &st));
     }
     record.token = mode == LockMode::exclusive ? files->fence->next() : files->fence->current();
     // Shared holders leave the record alone: several of them would overwrite each other.
@@ -170,13 +176,33 @@ class KernelGrant final : public Lock::State {
   void write_side_record() {
     if (mode != LockMode::exclusive || !files->side_state) return;
     if (!files->record_fd) {
-      int fd = open_state_file(*files->side_state, files->side_state->record);
+      struct stat st {};
+      int fd = open_state_file(*files->side_state, files->side_state->record, nullptr, &st);
       if (fd < 0) return;
       files->record_fd.reset(fd);
-      struct stat st {};
-      files->record_size = sys::fstat_nothrow(fd, st) == 0 ? st.st_size : 0;
+      files->record_size = st.st_size;
+      if (files->fence && files->fence->local()) files->record_map = sys::SharedMapping(fd, kRecordMapBytes);
     }
-    if (write_record(files->record_fd.get(), record, files->record_size) < 0) files->record_fd.reset();
+    if (record_cached_) {
+      const std::string& text = files->records.format(record, files->record_size);
+      // Within the file's size (holdfast never truncates a state file): a store, no syscall.
+      if (!files->record_map.empty() && static_cast<off_t>(text.size()) == files->record_size &&
+          text.size() <= files->record_map.size()) {
+        std::memcpy(files->record_map.data(), text.data(), text.size());
+        return;
+      }
+      if (sys::pwrite_all(files->record_fd.get(), text, 0) < 0) {
+        files->record_fd.reset();
+        files->record_map.reset();
+        return;
+      }
+      files->record_size = std::max(files->record_size, static_cast<off_t>(text.size()));
+      return;
+    }
+    if (write_record(files->record_fd.get(), record, files->record_size) < 0) {
+      files->record_fd.reset();
+      files->record_map.reset();
+    }
   }
 
   void end() noexcept {
@@ -191,6 +217,7 @@ class KernelGrant final : public Lock::State {
     if (files->per_grant) {
       files->lock_fd.reset();
       files->record_fd.reset();
+      files->record_map.reset();
     }
   }
 };
@@ -212,7 +239,7 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
       access = O_RDWR;
       continue;
     }
-    auto grant = std::make_unique<KernelGrant>(target, backend, options.mode, files);
+    auto grant = std::make_unique<KernelGrant>(files, backend, options.mode);
 
     // The path may have been unlinked or replaced between our open and our lock; then we hold a
     // lock nobody else can see. Only a lock on the inode the path names now counts.

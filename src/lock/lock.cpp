@@ -11,6 +11,7 @@
 #include "lock/select_backend.hpp"
 #include "lock/shm.hpp"
 #include "sys/file.hpp"
+#include "sys/process.hpp"
 
 namespace holdfast {
 namespace {
@@ -36,16 +37,38 @@ std::unique_ptr<Lock::State> acquire_with(const lock_internal::Target& target, B
 }
 
 std::unique_ptr<Lock::State> acquire_with(const std::string& path, const LockOptions& options, const WaitSpec& wait) {
-  auto target = lock_internal::resolve_target(path);
-  return acquire_with(target, resolve_backend(target, options), options, wait,
-                      std::make_shared<lock_internal::OpenFiles>());
+  auto files = std::make_shared<lock_internal::OpenFiles>();
+  files->target = lock_internal::resolve_target(path);
+  return acquire_with(files->target, resolve_backend(files->target, options), options, wait, files);
 }
 
 }  // namespace
 
+Lock::State::State(std::shared_ptr<lock_internal::OpenFiles> open_files, Backend kind, LockMode how,
+                   HolderRecord initial)
+    : files(std::move(open_files)),
+      target(files->target),
+      backend(kind),
+      mode(how),
+      record(std::move(initial)),
+      owner_pid_(sys::current_pid()) {}
+
+Lock::State::State(lock_internal::Target where, Backend kind, LockMode how, HolderRecord initial)
+    : own_target_(std::move(where)),
+      target(*own_target_),
+      backend(kind),
+      mode(how),
+      record(std::move(initial)),
+      owner_pid_(sys::current_pid()) {}
+
 Lock::State::~State() {
-  if (files) files->busy = false;
+  if (files) {
+    files->busy = false;
+    if (record_cached_) files->records.give_back(std::move(record), true);
+  }
 }
+
+bool Lock::State::in_owner_process() const noexcept { return sys::current_pid() == owner_pid_; }
 
 Lock::Lock(std::unique_ptr<State> state) noexcept : state_(std::move(state)) {}
 Lock::Lock(Lock&&) noexcept = default;
@@ -117,7 +140,6 @@ bool Lock::held() const noexcept { return state_ && state_->held(); }
 namespace holdfast {
 
 struct LockFile::Impl {
-  lock_internal::Target target;
   LockOptions options;
   Backend backend;
   // Shared with the grants taken through it, so a grant that outlives the LockFile still owns
@@ -129,23 +151,23 @@ struct LockFile::Impl {
     // conversion), and releasing either would free both: refuse instead.
     if (files->busy) {
       if (wait.kind == WaitSpec::forever) {
-        throw Error(target.path, "lock", "this LockFile already holds the lock (it would wait on itself forever)",
-                    exit_code::software);
+        throw Error(files->target.path, "lock",
+                    "this LockFile already holds the lock (it would wait on itself forever)", exit_code::software);
       }
       return nullptr;
     }
-    return acquire_with(target, backend, options, wait, files);
+    return acquire_with(files->target, backend, options, wait, files);
   }
 };
 
 LockFile LockFile::open(const std::string& path, const LockOptions& options) {
   auto impl = std::make_unique<Impl>();
-  impl->target = lock_internal::resolve_target(path);
-  impl->options = options;
-  impl->backend = resolve_backend(impl->target, options);
-  impl->options.backend = impl->backend;
   impl->files = std::make_shared<lock_internal::OpenFiles>();
   impl->files->per_grant = false;
+  impl->files->target = lock_internal::resolve_target(path);
+  impl->options = options;
+  impl->backend = resolve_backend(impl->files->target, options);
+  impl->options.backend = impl->backend;
   return LockFile(std::move(impl));
 }
 
@@ -156,7 +178,7 @@ LockFile::~LockFile() = default;
 
 Lock LockFile::acquire() {
   auto state = impl_->acquire(WaitSpec{WaitSpec::forever, {}});
-  if (!state) throw Error(impl_->target.path, "lock", "wait ended without the lock", exit_code::software);
+  if (!state) throw Error(impl_->files->target.path, "lock", "wait ended without the lock", exit_code::software);
   return Lock(std::move(state));
 }
 
@@ -173,6 +195,6 @@ std::optional<Lock> LockFile::acquire_until(std::chrono::steady_clock::time_poin
 }
 
 Backend LockFile::backend() const noexcept { return impl_->backend; }
-const std::string& LockFile::path() const noexcept { return impl_->target.path; }
+const std::string& LockFile::path() const noexcept { return impl_->files->target.path; }
 
 }  // namespace holdfast

@@ -1,8 +1,10 @@
 // Holder record serialisation: one line of JSON, padded with spaces when rewritten in place.
 #include <charconv>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "holdfast/lock.hpp"
+#include "lock/internal.hpp"
 
 namespace holdfast {
 
@@ -89,29 +91,71 @@ void append_string(std::string& out, std::string_view s) {
 
 }  // namespace
 
-// Written by hand rather than through a JSON tree: this runs on every grant, and building and
-// dumping a tree cost ~50,000 instructions, ten times the syscalls of the grant itself.
-std::string HolderRecord::to_json() const {
-  std::string out;
-  out.reserve(256 + 96 * processes.size() + 32 * command.size());
-  out.append("{\"holdfast\":1,\"token\":");
-  append_int(out, token);
-  out.append(",\"nonce\":");
-  append_int(out, nonce);
-  out.append(",\"acquired_unix_ns\":");
-  append_int(out, acquired_unix_ns);
+namespace lock_internal {
+
+namespace {
+
+// Decimal digits of `v` ending just before `end`, two at a time; returns where they start.
+char* format_decimal_backwards(char* end, uint64_t v) {
+  static constexpr char kPairs[] =
+      "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+      "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+      "8081828384858687888990919293949596979899";
+  while (v >= 100) {
+    const auto pair = static_cast<size_t>(v % 100) * 2;
+    v /= 100;
+    *--end = kPairs[pair + 1];
+    *--end = kPairs[pair];
+  }
+  if (v >= 10) {
+    *--end = kPairs[v * 2 + 1];
+    *--end = kPairs[v * 2];
+  } else {
+    *--end = static_cast<char>('0' + v);
+  }
+  return end;
+}
+
+// Appends the literal `lit` and the decimal `v` at `p`; returns the new end.
+template <size_t N>
+char* put_field(char* p, const char (&lit)[N], uint64_t v, bool negative = false) {
+  std::memcpy(p, lit, N - 1);
+  p += N - 1;
+  if (negative) *p++ = '-';
+  char digits[20];
+  char* start = format_decimal_backwards(digits + sizeof digits, v);
+  const auto len = static_cast<size_t>(digits + sizeof digits - start);
+  std::memcpy(p, start, len);
+  return p + len;
+}
+
+}  // namespace
+
+// Formatted into one stack buffer and appended once: this runs on every grant.
+void append_record_head(std::string& out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns) {
+  char buf[128];
+  char* p = put_field(buf, "{\"holdfast\":1,\"token\":", token);
+  p = put_field(p, ",\"nonce\":", nonce);
+  const bool negative = acquired_unix_ns < 0;
+  const uint64_t magnitude =
+      negative ? uint64_t{0} - static_cast<uint64_t>(acquired_unix_ns) : static_cast<uint64_t>(acquired_unix_ns);
+  p = put_field(p, ",\"acquired_unix_ns\":", magnitude, negative);
+  out.append(buf, static_cast<size_t>(p - buf));
+}
+
+void append_record_tail(std::string& out, const HolderRecord& record) {
   out.append(",\"backend\":\"");
-  out.append(to_string(backend));
+  out.append(to_string(record.backend));
   out.append("\",\"mode\":\"");
-  out.append(to_string(mode));
+  out.append(to_string(record.mode));
   out.push_back('"');
-  if (lease_ms > 0) {
+  if (record.lease_ms > 0) {
     out.append(",\"lease_ms\":");
-    append_int(out, lease_ms);
+    append_int(out, record.lease_ms);
   }
   out.append(",\"processes\":[");
-  for (size_t i = 0; i < processes.size(); ++i) {
-    const auto& p = processes[i];
+  for (size_t i = 0; i < record.processes.size(); ++i) {
+    const auto& p = record.processes[i];
     out.append(i == 0 ? "{\"pid\":" : ",{\"pid\":");
     append_int(out, p.pid);
     out.append(",\"start_time\":");
@@ -135,11 +179,22 @@ std::string HolderRecord::to_json() const {
     out.push_back('}');
   }
   out.append("],\"command\":[");
-  for (size_t i = 0; i < command.size(); ++i) {
+  for (size_t i = 0; i < record.command.size(); ++i) {
     if (i > 0) out.push_back(',');
-    append_string(out, command[i]);
+    append_string(out, record.command[i]);
   }
   out.append("]}\n");
+}
+
+}  // namespace lock_internal
+
+// Written by hand rather than through a JSON tree: this runs on every grant, and building and
+// dumping a tree cost ~50,000 instructions, ten times the syscalls of the grant itself.
+std::string HolderRecord::to_json() const {
+  std::string out;
+  out.reserve(256 + 96 * processes.size() + 32 * command.size());
+  lock_internal::append_record_head(out, token, nonce, acquired_unix_ns);
+  lock_internal::append_record_tail(out, *this);
   return out;
 }
 

@@ -54,6 +54,7 @@
 #include "lock/internal.hpp"
 #include "lock/shm.hpp"
 #include "sys/file.hpp"
+#include "sys/process.hpp"
 #include "sys/robust_mutex.hpp"
 
 namespace holdfast::lock_internal {

@@ -37,14 +37,16 @@ std::string state_key(int fd, const struct stat& st) {
 // file can keep its state) or checks an existing one. Returns an empty string or why not.
 std::string check_directory(const std::string& dir) {
   struct stat st {};
-  if (sys::lstat_nothrow(dir, st) == -ENOENT) {
+  int rc = sys::lstat_nothrow(dir, st);
+  if (rc == -ENOENT) {
     if (::mkdir(dir.c_str(), 01777) == 0) {
       ::chmod(dir.c_str(), 01777);  // mkdir's mode is cut by the umask
     } else if (errno != EEXIST) {
       return dir + ": cannot create state directory: " + std::strerror(errno);
     }
+    rc = sys::lstat_nothrow(dir, st);  // what is there now (ours, or a racer's)
   }
-  if (int rc = sys::lstat_nothrow(dir, st); rc < 0) return dir + ": " + std::strerror(-rc);
+  if (rc < 0) return dir + ": " + std::strerror(-rc);
   if (!S_ISDIR(st.st_mode)) return dir + " is not a directory";
   if (st.st_uid != 0 && st.st_uid != ::geteuid()) return dir + " is owned by another user";
   if ((st.st_mode & S_IWOTH) != 0 && (st.st_mode & S_ISVTX) == 0) return dir + " is world-writable without the sticky bit";
@@ -77,7 +79,7 @@ std::optional<SideStatePaths> side_state_for(int lock_fd, const struct stat& st,
   return paths;
 }
 
-int open_state_file(const SideStatePaths& paths, const std::string& file, bool* created) {
+int open_state_file(const SideStatePaths& paths, const std::string& file, bool* created, struct stat* out) {
   if (created != nullptr) *created = false;
   constexpr int kFlags = O_RDWR | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK;
   int fd = sys::open_nothrow(AT_FDCWD, file, kFlags);
@@ -101,6 +103,7 @@ int open_state_file(const SideStatePaths& paths, const std::string& file, bool* 
     ::close(fd);
     return -EPERM;
   }
+  if (out != nullptr) *out = st;
   return fd;
 }
 

@@ -15,6 +15,7 @@
 
 #include "holdfast/error.hpp"
 #include "holdfast/probe.hpp"
+#include "holdfast/identity.hpp"
 #include "probe/internal.hpp"
 #include "sys/file.hpp"
 #include "sys/mountinfo.hpp"
@@ -60,13 +61,13 @@ std::optional<std::string> mount_key(const std::string& path) {
   if (::statx(AT_FDCWD, path.c_str(), 0, STATX_MNT_ID, &old) != 0 || (old.stx_mask & STATX_MNT_ID) == 0) {
     return std::nullopt;
   }
-  auto boot = sys::read_file("/proc/sys/kernel/random/boot_id", 64);
-  if (!boot || boot->empty()) return std::nullopt;
-  if (boot->back() == '\n') boot->pop_back();
+  // Read once per process (the holder record needs it too).
+  const std::string& boot = this_boot_id();
+  if (boot.empty()) return std::nullopt;
   for (const auto& m : sys::read_mountinfo()) {
     if (m.id != old.stx_mnt_id) continue;
     if (m.major != old.stx_dev_major || m.minor != old.stx_dev_minor) return std::nullopt;  // raced a mount change
-    return "boot=" + *boot + " mnt=" + std::to_string(unique.stx_mnt_id) + " dev=" + std::to_string(m.major) +
+    return "boot=" + boot + " mnt=" + std::to_string(unique.stx_mnt_id) + " dev=" + std::to_string(m.major) +
            ":" + std::to_string(m.minor) + " type=" + m.fstype + " source=" + m.source +
            " options=" + m.mount_options + ";" + m.super_options;
   }

@@ -215,7 +215,11 @@ KernelLockVerdict kernel_lock_verdict(const std::string& directory, const std::s
     if (auto stored = probe_internal::load_verdicts(*key); stored && stored->ofd_excludes && stored->flock_excludes) {
       KernelLockVerdict v = from_store(*stored);
       std::lock_guard lock(g_mutex);
-      g_cache[st.st_dev].lock = v;
+      // The same file holds holdfast probe's verdicts for this mount: keep them too, so that
+      // stored_probe_verdict (asked next by select_backend) does not read it again.
+      Entry& e = g_cache[st.st_dev];
+      e.lock = v;
+      e.probe = stored->probe;
       return v;
     }
   }

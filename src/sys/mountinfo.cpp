@@ -1,7 +1,6 @@
 #include "sys/mountinfo.hpp"
 
 #include <charconv>
-#include <sstream>
 
 #include "sys/file.hpp"
 
@@ -32,33 +31,58 @@ std::string unescape(const std::string& s) {
   return out;
 }
 
-bool parse_unsigned(std::string_view s, unsigned& out) {
+template <typename Unsigned>
+bool parse_unsigned(std::string_view s, Unsigned& out) {
   const char* end = s.data() + s.size();
   auto [ptr, ec] = std::from_chars(s.data(), end, out);
   return ec == std::errc() && ptr == end;
 }
 
+// The next whitespace-separated field of `line` from `pos` (as `>>` would read it); empty at
+// the end.
+std::string_view next_field(std::string_view line, size_t& pos) {
+  auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; };
+  while (pos < line.size() && blank(line[pos])) ++pos;
+  const size_t start = pos;
+  while (pos < line.size() && !blank(line[pos])) ++pos;
+  return line.substr(start, pos - start);
+}
+
 }  // namespace
 
+// Split by hand, not with istringstream: every `holdfast lock` with the `auto` backend parses
+// this table once, and the stream version was a third of the command's instructions.
 std::vector<MountEntry> parse_mountinfo(std::string_view text) {
   std::vector<MountEntry> out;
-  std::istringstream in{std::string(text)};
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
+  size_t line_start = 0;
+  while (line_start < text.size()) {
+    size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string_view::npos) line_end = text.size();
+    const std::string_view line = text.substr(line_start, line_end - line_start);
+    line_start = line_end + 1;
+    size_t pos = 0;
     MountEntry m;
-    std::string parent, majmin, field;
-    if (!(f >> m.id >> parent >> majmin >> m.root >> m.mount_point >> m.mount_options)) continue;
-    while (f >> field && field != "-") {
-    }
-    f >> m.fstype >> m.source >> m.super_options;
+    const std::string_view id = next_field(line, pos);
+    const std::string_view parent = next_field(line, pos);
+    const std::string_view majmin = next_field(line, pos);
+    const std::string_view root = next_field(line, pos);
+    const std::string_view mount_point = next_field(line, pos);
+    const std::string_view options = next_field(line, pos);
+    if (options.empty() || parent.empty() || !parse_unsigned(id, m.id)) continue;
+    std::string_view field;
+    do {
+      field = next_field(line, pos);
+    } while (!field.empty() && field != "-");
+    m.fstype = std::string(next_field(line, pos));
+    m.source = unescape(std::string(next_field(line, pos)));
+    m.super_options = std::string(next_field(line, pos));
     auto colon = majmin.find(':');
-    if (colon == std::string::npos || !parse_unsigned(std::string_view(majmin).substr(0, colon), m.major) ||
-        !parse_unsigned(std::string_view(majmin).substr(colon + 1), m.minor))
+    if (colon == std::string_view::npos || !parse_unsigned(majmin.substr(0, colon), m.major) ||
+        !parse_unsigned(majmin.substr(colon + 1), m.minor))
       continue;
-    m.root = unescape(m.root);
-    m.mount_point = unescape(m.mount_point);
-    m.source = unescape(m.source);
+    m.root = unescape(std::string(root));
+    m.mount_point = unescape(std::string(mount_point));
+    m.mount_options = std::string(options);
     out.push_back(std::move(m));
   }
   return out;

@@ -1,6 +1,7 @@
 #include "sys/process.hpp"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <linux/close_range.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -8,14 +9,66 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <mutex>
 #include <string_view>
 
 #include "sys/file.hpp"
 
 namespace holdfast::sys {
+namespace {
+
+// Per-process values, set on first use and again in every forked child (before it returns from
+// fork, so no code in the child sees the parent's).
+struct ProcessCache {
+  std::atomic<pid_t> pid{0};
+  std::atomic<uint64_t> key{0};
+  std::atomic<uint64_t> counter{0};
+};
+ProcessCache g_process;
+std::once_flag g_process_once;
+
+void refresh_process_cache() noexcept {
+  // The pid last: whoever sees it set also sees this process's own key.
+  g_process.key.store(random_u64(), std::memory_order_relaxed);
+  g_process.counter.store(0, std::memory_order_relaxed);
+  g_process.pid.store(::getpid(), std::memory_order_release);
+}
+
+void init_process_cache() {
+  refresh_process_cache();
+  // The child refreshes lazily: one that only execs (a forked command) makes no system call.
+  ::pthread_atfork(nullptr, nullptr, [] { g_process.pid.store(0, std::memory_order_relaxed); });
+}
+
+void ensure_process_cache() noexcept {
+  std::call_once(g_process_once, init_process_cache);
+  if (g_process.pid.load(std::memory_order_acquire) == 0) refresh_process_cache();  // a forked child
+}
+
+// splitmix64's finaliser: a bijection on 64-bit values, so distinct inputs give distinct outputs.
+uint64_t mix(uint64_t z) noexcept {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+pid_t current_pid() noexcept {
+  ensure_process_cache();
+  return g_process.pid.load(std::memory_order_relaxed);
+}
+
+uint64_t unique_u64() noexcept {
+  ensure_process_cache();
+  // key + counter is distinct per call (until 2^64 calls); mix keeps it distinct and hides both.
+  const uint64_t n = g_process.counter.fetch_add(1, std::memory_order_relaxed);
+  return mix(g_process.key.load(std::memory_order_relaxed) + n * 0x9e3779b97f4a7c15ULL);
+}
 
 int pidfd_open_nothrow(pid_t pid) noexcept {
   long fd = ::syscall(SYS_pidfd_open, pid, 0);  // pidfds are always close-on-exec

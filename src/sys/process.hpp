@@ -12,6 +12,18 @@
 
 namespace holdfast::sys {
 
+// This process's pid without a system call after the first (getpid(2) is one on glibc >= 2.25):
+// cached, and refreshed in the child of every fork(2) by a pthread_atfork handler. A child made
+// by a raw clone(2) (not fork, vfork+exec or posix_spawn) that calls into holdfast is not
+// supported: it would see its parent's pid.
+pid_t current_pid() noexcept;
+
+// A 64-bit value unique within this process and unpredictable from outside it, without a system
+// call: a key drawn from getrandom(2) once per process (again in a forked child) mixed with a
+// counter by a bijection, so two calls in one process never return the same value. For names of
+// temp files and record nonces, not for secrets.
+uint64_t unique_u64() noexcept;
+
 // pidfd_open(2) (always O_CLOEXEC). Returns the fd or -errno.
 int pidfd_open_nothrow(pid_t pid) noexcept;
 // pidfd_send_signal(2). Returns 0 or -errno.

@@ -1,0 +1,216 @@
+// The handle's hot path caches what does not change between grants (the record's invariant part,
+// the fence's epoch line, the pid): every grant must still write exactly the record a fresh one
+// would, and a forked child must never write its parent's identity.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "holdfast/identity.hpp"
+#include "holdfast/lock.hpp"
+#include "support/testing.hpp"
+#include "sys/process.hpp"
+
+namespace holdfast {
+namespace {
+
+using holdfast::testing::TempDir;
+
+// Points HOLDFAST_STATE_DIR at a private directory for the test's lifetime.
+class StateDir {
+ public:
+  explicit StateDir(const std::string& dir) {
+    const char* prev = std::getenv("HOLDFAST_STATE_DIR");
+    had_ = prev != nullptr;
+    if (had_) previous_ = prev;
+    ::setenv("HOLDFAST_STATE_DIR", dir.c_str(), 1);
+  }
+  ~StateDir() {
+    if (had_) {
+      ::setenv("HOLDFAST_STATE_DIR", previous_.c_str(), 1);
+    } else {
+      ::unsetenv("HOLDFAST_STATE_DIR");
+    }
+  }
+  StateDir(const StateDir&) = delete;
+  StateDir& operator=(const StateDir&) = delete;
+
+ private:
+  bool had_ = false;
+  std::string previous_;
+};
+
+class HandleCache : public ::testing::TestWithParam<Backend> {};
+
+// Every grant's record as written on disk parses, names exactly this process, carries the grant's
+// own token and a nonce no earlier grant had; a grant that added a process does not leave that
+// process in the next grant's record.
+TEST_P(HandleCache, RepeatedGrantsWriteFreshCompleteRecords) {
+  TempDir dir;
+  StateDir state(dir / "state");
+  const std::string path = dir / "a.lock";
+  auto lf = LockFile::open(path, LockOptions{GetParam()});
+  std::set<uint64_t> nonces;
+  uint64_t last_token = 0;
+  for (int round = 0; round < 50; ++round) {
+    auto l = lf.acquire();
+    if (round == 10) {
+      // A process added to one grant (as `holdfast lock` adds its command) is that grant's only.
+      auto other = identity_of(::getppid());
+      ASSERT_TRUE(other);
+      l.add_holder_process(*other);
+      auto on_disk = read_holder_record(path);
+      ASSERT_TRUE(on_disk);
+      EXPECT_EQ(on_disk->processes.size(), 2U);
+    } else {
+      auto on_disk = read_holder_record(path);
+      ASSERT_TRUE(on_disk) << "round " << round;
+      ASSERT_EQ(on_disk->processes.size(), 1U) << "round " << round;
+      EXPECT_EQ(on_disk->processes.front(), self_identity());
+      EXPECT_EQ(on_disk->token, l.token());
+      EXPECT_EQ(on_disk->nonce, l.record().nonce);
+    }
+    EXPECT_GT(l.token(), last_token);
+    last_token = l.token();
+    EXPECT_TRUE(nonces.insert(l.record().nonce).second) << "nonce reused in round " << round;
+    EXPECT_EQ(l.record().processes.size(), round == 10 ? 2U : 1U);
+    l.release();
+  }
+}
+
+// A child forked after its parent's LockFile cached the record writes its own pid, start time
+// and a nonce of its own, through a LockFile it opens, and the parent's next grant names the
+// parent again.
+TEST_P(HandleCache, ForkedChildNeverWritesItsParentsIdentity) {
+  TempDir dir;
+  StateDir state(dir / "state");
+  const std::string path = dir / "a.lock";
+  auto lf = LockFile::open(path, LockOptions{GetParam()});
+  uint64_t parent_nonce = 0;
+  {
+    auto l = lf.acquire();
+    parent_nonce = l.record().nonce;
+  }
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int rc = 0;
+    try {
+      if (sys::current_pid() != ::getpid()) rc = 10;
+      if (self_identity().pid != ::getpid()) rc = 11;
+      auto mine = LockFile::open(path, LockOptions{GetParam()});
+      auto l = mine.acquire();
+      auto on_disk = read_holder_record(path);
+      if (!on_disk || on_disk->processes.size() != 1) rc = 12;
+      else if (on_disk->processes.front().pid != ::getpid()) rc = 13;
+      else if (on_disk->processes.front() != self_identity()) rc = 14;
+      else if (on_disk->nonce == parent_nonce) rc = 15;
+    } catch (...) {
+      rc = 20;
+    }
+    ::_exit(rc);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: cached pid, 11: identity, 12-14: record, 15: nonce, 20: threw";
+  auto l = lf.acquire();
+  auto on_disk = read_holder_record(path);
+  ASSERT_TRUE(on_disk);
+  ASSERT_EQ(on_disk->processes.size(), 1U);
+  EXPECT_EQ(on_disk->processes.front().pid, ::getpid());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, HandleCache, ::testing::Values(Backend::ofd, Backend::flock, Backend::excl,
+                                                                   Backend::link),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+TEST(UniqueValues, NeverRepeatWithinAProcessAndDifferAcrossAFork) {
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 100000; ++i) ASSERT_TRUE(seen.insert(sys::unique_u64()).second);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    uint64_t v = sys::unique_u64();
+    ssize_t n = ::write(fds[1], &v, sizeof v);
+    ::_exit(n == sizeof v ? 0 : 1);
+  }
+  ::close(fds[1]);
+  uint64_t from_child = 0;
+  ASSERT_EQ(::read(fds[0], &from_child, sizeof from_child), static_cast<ssize_t>(sizeof from_child));
+  ::close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  // The child drew its own key: its first value is not the parent's next one, nor any earlier.
+  EXPECT_EQ(seen.count(from_child), 0U);
+  EXPECT_NE(from_child, sys::unique_u64());
+}
+
+TEST(HolderRecordHead, ExtremeAndNegativeValuesRoundTrip) {
+  HolderRecord r;
+  r.processes = {{1, 2, "b", "h"}};
+  for (int64_t t : {int64_t{0}, int64_t{-1}, int64_t{9}, int64_t{10}, int64_t{99}, int64_t{100}, INT64_MIN, INT64_MAX}) {
+    for (uint64_t v : {uint64_t{0}, uint64_t{7}, uint64_t{10}, uint64_t{12345678901234567890ULL}, UINT64_MAX}) {
+      r.acquired_unix_ns = t;
+      r.token = v;
+      r.nonce = ~v;
+      auto back = HolderRecord::parse(r.to_json());
+      ASSERT_TRUE(back) << r.to_json();
+      EXPECT_EQ(back->acquired_unix_ns, t);
+      EXPECT_EQ(back->token, v);
+      EXPECT_EQ(back->nonce, ~v);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace holdfast
+
+namespace holdfast {
+namespace {
+
+// A dotlock waiter sleeps on its live holder's pidfd and on the lock's directory: whenever the
+// holder dies (before, while or after the waiter starts waiting), the waiter is woken, proves the
+// death and reclaims. Repeated so that the death lands at different moments of the wait.
+TEST(DotlockWaiter, GetsTheLockWhenItsHolderIsKilledAtAnyMoment) {
+  for (Backend backend : {Backend::excl, Backend::link}) {
+    for (int round = 0; round < 10; ++round) {
+      holdfast::testing::TempDir dir;
+      const std::string path = dir / "a.lock";
+      int ready[2];
+      int die[2];
+      ASSERT_EQ(::pipe(ready), 0);
+      ASSERT_EQ(::pipe(die), 0);
+      const pid_t holder = holdfast::testing::fork_child([&] {
+        auto l = Lock::acquire(path, LockOptions{backend});
+        (void)!::write(ready[1], "r", 1);
+        char c;
+        (void)!::read(die[0], &c, 1);
+        ::raise(SIGKILL);
+        return 1;
+      });
+      char c;
+      ASSERT_EQ(::read(ready[0], &c, 1), 1);
+      // The kill is requested from another thread while this one starts waiting; the holder stays
+      // an unreaped zombie until the end (a zombie is dead: its pidfd is readable).
+      std::thread killer([&] { (void)!::write(die[1], "k", 1); });
+      auto l = Lock::acquire_until(path, LockOptions{backend}, std::chrono::steady_clock::now() + std::chrono::minutes(2));
+      killer.join();
+      ASSERT_TRUE(l) << to_string(backend) << " round " << round;
+      EXPECT_EQ(l->record().processes.front().pid, ::getpid());
+      l->release();
+      EXPECT_EQ(holdfast::testing::wait_child(holder), 128 + SIGKILL);
+      for (int fd : {ready[0], ready[1], die[0], die[1]}) ::close(fd);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace holdfast
