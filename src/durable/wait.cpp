@@ -31,6 +31,12 @@ using std::chrono::milliseconds;
 // for with sync_file_range, which returns the moment the device completes it.
 constexpr milliseconds kDevicePoll{2};
 
+// A local wait whose content already matches follows the device on one helper thread, re-checking
+// this often (open, fstat, two cachestat(2) calls: a few microseconds of CPU each time). There is
+// no kernel event for "the flusher picked these dirty pages up"; once writeback is in flight,
+// sync_file_range(WAIT_BEFORE) blocks until the device completes it, which is an event.
+constexpr std::chrono::microseconds kDeviceFollowPoll{500};
+
 milliseconds since(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
 }
@@ -218,6 +224,21 @@ std::optional<Observation> observe_local_before(const std::shared_ptr<LocalState
   return durable::run_before<Observation>(budget, [s] { return observe_local(*s); });
 }
 
+// Follows a file whose content matched until its bytes reach the device, or the content changes,
+// or `until`: the whole loop runs on one helper thread (no thread per check), abandoned like a
+// single check if the filesystem hangs. The caller wakes the moment the thread returns.
+std::optional<Observation> follow_device_before(const std::shared_ptr<LocalState>& s, Clock::time_point until) {
+  // The loop's last check starts before `until`; like any single check it gets kCheckGrace.
+  auto budget = until + kCheckGrace;
+  return durable::run_before<Observation>(budget, [s, until] {
+    for (;;) {
+      auto obs = observe_local(*s);
+      if (obs.matched || !obs.device_pending || Clock::now() >= until) return obs;
+      std::this_thread::sleep_for(kDeviceFollowPoll);
+    }
+  });
+}
+
 Observation hung_observation() {
   Observation obs;
   obs.differs = "the filesystem did not answer before the deadline (a hung mount, or a very slow read)";
@@ -385,8 +406,15 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
     s->events = *ok;
     result.used_inotify = *ok;
   }
+  bool follow_device = false;
   for (;;) {
-    auto obs = observe_local_before(s, deadline);
+    std::optional<Observation> obs;
+    if (follow_device) {
+      auto now = Clock::now();
+      obs = follow_device_before(s, deadline - now < options.interval ? deadline : now + options.interval);
+    } else {
+      obs = observe_local_before(s, deadline);
+    }
     ++result.checks;
     result.elapsed = since(start);
     if (!obs) {
@@ -402,6 +430,17 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
     }
     auto now = Clock::now();
     if (now >= deadline) return result;
+    follow_device = result.last.content_matched && result.last.device_pending;
+    if (follow_device) {
+      // Only the device is behind: follow it at once. Content changes are seen by the follower's
+      // own checks, so inotify is no longer needed; dropping its watches now lets the kernel
+      // free them while we wait, instead of in our close at exit (an SRCU grace period, 10-15
+      // ms, that would delay the exit the caller is waiting for). Later content waits poll at
+      // the interval.
+      if (s->events) s->watch.remove_all();
+      s->events = false;
+      continue;
+    }
     auto step = result.last.device_pending ? std::min(kDevicePoll, options.interval) : options.interval;
     auto wake = deadline - now < step ? deadline : now + step;
     auto pause = std::chrono::duration_cast<milliseconds>(wake - now) + milliseconds(1);
