@@ -217,7 +217,7 @@ bool wait_for_start_to_end(const Paths& paths, Clock::time_point deadline) {
   if (fd < 0) return false;
   sys::UniqueFd spawn(fd);
   int rc = sys::kernel_lock(fd, sys::KernelLockKind::ofd, /*exclusive=*/false, /*wait=*/false);
-  if (rc == 0 || rc != -EWOULDBLOCK) return false;  // free (or not lockable): nothing to wait on
+  if (rc != -EWOULDBLOCK) return false;  // free (0; closing drops it) or not lockable: nothing to wait on
   sys::DeadlineAlarm alarm(deadline);
   if (!alarm.armed()) return false;  // the application owns our alarm signal: poll instead
   // Returns 0 when the record is final, -EINTR at (or just after) the deadline.
