@@ -383,7 +383,12 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
   s->expected = expected;
   s->mode = options.device;
   s->names = {sys::basename_of(path)};
-  if (options.use_inotify && s->watch.valid()) {
+  // The watch is set up only after a first check that did not match: a wait that matches at once
+  // (the common case after `write` or `sync`) then never creates inotify marks, whose teardown at
+  // exit waits for an SRCU grace period (10-15 ms). The check right after the setup closes the
+  // window in which a change could have gone unseen.
+  bool watch_pending = options.use_inotify && s->watch.valid();
+  auto set_up_watch = [&]() -> bool {
     // Path lookups can hang on a wedged filesystem: on the helper thread too.
     auto ok = durable::run_before<bool>(std::max(deadline, Clock::now() + kCheckGrace), [s] {
       if (s->watch.add(sys::dirname_of(s->path)) != 0) return false;
@@ -397,15 +402,11 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
       }
       return true;
     });
-    if (!ok) {
-      result.hung = true;
-      result.last = hung_observation();
-      result.elapsed = since(start);
-      return result;
-    }
+    if (!ok) return false;
     s->events = *ok;
     result.used_inotify = *ok;
-  }
+    return true;
+  };
   bool follow_device = false;
   for (;;) {
     std::optional<Observation> obs;
@@ -431,6 +432,17 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
     auto now = Clock::now();
     if (now >= deadline) return result;
     follow_device = result.last.content_matched && result.last.device_pending;
+    if (watch_pending && !follow_device) {
+      watch_pending = false;
+      if (!set_up_watch()) {
+        result.hung = true;
+        result.last = hung_observation();
+        result.elapsed = since(start);
+        return result;
+      }
+      continue;  // check again at once: a change before the watch existed is not missed
+    }
+    watch_pending = false;
     if (follow_device) {
       // Only the device is behind: follow it at once. Content changes are seen by the follower's
       // own checks, so inotify is no longer needed; dropping its watches now lets the kernel
