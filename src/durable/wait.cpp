@@ -650,6 +650,14 @@ PendingResult wait_pending(const std::string& journal, const WaitOptions& option
     }
     auto now = Clock::now();
     if (now >= deadline) return result;
+    // Every entry left matches and waits only for the device: content events are no longer
+    // needed, and dropping the watches now spares the exit an SRCU grace period (see wait_local).
+    if (events && std::all_of(result.remaining.begin(), result.remaining.end(), [](const auto& r) {
+          return r.second.content_matched && r.second.device_pending;
+        })) {
+      watch->remove_all();
+      events = false;
+    }
     auto step = device_pending ? std::min(kDevicePoll, options.interval) : options.interval;
     auto wake = deadline - now < step ? deadline : now + step;
     auto pause = std::chrono::duration_cast<milliseconds>(wake - now) + milliseconds(1);
