@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <system_error>
 #include <vector>
 
@@ -13,6 +14,7 @@
 
 #include "commands.hpp"
 #include "holdfast/atomic_write.hpp"
+#include "durable/write_fence.hpp"
 #include "holdfast/error.hpp"
 
 extern "C" char** environ;  // unistd.h declares it only under _GNU_SOURCE
@@ -28,6 +30,8 @@ struct WriteArgs {
   std::string journal;
   std::optional<uint64_t> expect_size;
   std::string expect_digest;
+  std::string fence;
+  bool fence_from_env = false;
   std::vector<std::string> command;
 };
 
@@ -122,17 +126,21 @@ Run add_write(CLI::App& root) {
       "Exit codes: 0 ok, 64 usage, 65 --expect-size/--expect-digest mismatch, 66 missing directory,\n"
       "73 read-only fs / PATH is a directory, 74 I/O error (EIO, ENOSPC, failed fsync), 75 PATH\n"
       "replaced but not recorded in the journal, 77 permission / refused symlink / metadata that\n"
-      "cannot be kept, 126/127 COMMAND cannot run; COMMAND's own non-zero status (128+N for signal\n"
-      "N) when it failed.");
+      "cannot be kept, 79 --fence token lower than one PATH already accepted, 126/127 COMMAND cannot\n"
+      "run; COMMAND's own non-zero status (128+N for signal N) when it failed.");
   cmd->add_option("PATH", args->path, "File to replace")->required();
   cmd->add_option("COMMAND", args->command, "Producer (after --): its stdout is the new content");
   cmd->add_option("--mode", args->mode, "Octal mode for a new file (default 0666&~umask); an existing target keeps its mode");
   cmd->add_flag("--no-sync", args->no_sync, "Atomic only: skip the fsyncs (a power loss may lose the new content)");
   cmd->add_option("--expect-size", args->expect_size, "Commit only if exactly N bytes were written");
   cmd->add_option("--expect-digest", args->expect_digest, "Commit only if the content has this digest (ALG:HEX)");
+  auto* fence = cmd->add_option("--fence", args->fence,
+                  "Fencing token (decimal, e.g. $HOLDFAST_TOKEN from `holdfast lock`): refuse (exit 79) if PATH already "
+                  "accepted a higher one; equal is accepted");
+  cmd->add_flag("--fence-from-env", args->fence_from_env, "As --fence \"$HOLDFAST_TOKEN\" (exit 64 if it is unset)");
   cmd->add_flag("--record", args->record, "Record (path, size, digest, time) in the pending-write journal for `wait --pending`");
   cmd->add_option("--journal", args->journal, "Journal file (default $HOLDFAST_JOURNAL, $XDG_STATE_HOME/holdfast/pending.jsonl)");
-  return [args] {
+  return [args, fence] {
     WriteOptions opts;
     opts.sync = !args->no_sync;
     if (!args->mode.empty()) opts.mode = parse_mode(args->mode, args->path);
@@ -143,6 +151,24 @@ Run add_write(CLI::App& root) {
       opts.expect_digest = Digest::parse(args->expect_digest);
       if (!opts.expect_digest) {
         throw Error(args->path, "--expect-digest " + args->expect_digest, "not ALG:HEX (e.g. sha256:<64 hex>)",
+                    exit_code::usage);
+      }
+    }
+    if (args->fence_from_env) {
+      if (fence->count() > 0) {
+        throw Error(args->path, "--fence-from-env", "give either --fence TOKEN or --fence-from-env", exit_code::usage);
+      }
+      const char* env = std::getenv("HOLDFAST_TOKEN");
+      if (env == nullptr || *env == '\0') {
+        throw Error(args->path, "--fence-from-env", "HOLDFAST_TOKEN is not set (run under `holdfast lock`)",
+                    exit_code::usage);
+      }
+      args->fence = env;
+    }
+    if (fence->count() > 0 || args->fence_from_env) {
+      opts.fence = durable::parse_fence_token(args->fence);
+      if (!opts.fence) {
+        throw Error(args->path, "--fence " + args->fence, "not a fencing token (decimal, 0 to 2^64-1)",
                     exit_code::usage);
       }
     }

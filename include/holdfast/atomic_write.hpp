@@ -46,6 +46,14 @@ struct WriteOptions {
   // this digest, were written.
   std::optional<uint64_t> expect_size;
   std::optional<Digest> expect_digest;
+  // Fencing (docs/DURABLE.md, "Fenced writes"): commit() replaces the target only if this token
+  // is >= the highest token the path has accepted, else throws (exit 79, exit_code::fenced,
+  // target untouched). An equal token is accepted (the same holder writing twice). The check and
+  // the rename happen under one lock shared by every fenced writer of the path, so of two racing
+  // writers the lower token can never land after the higher one. The accepted token is stored in
+  // the file's user.holdfast.fence xattr (atomic with the content) and in a record in the state
+  // directory ($HOLDFAST_STATE_DIR, else /var/tmp/holdfast); the highest is the larger of the two.
+  std::optional<uint64_t> fence;
 };
 
 // The temp-name marker: a file in a directory whose name starts with '.' and contains this is an
@@ -100,6 +108,11 @@ class AtomicWriter {
 // One-shot form: if it returns normally, `path` holds exactly `data` (durably unless
 // options.sync is false). On any exception the target is untouched and no temp file is left.
 void atomic_write(const std::string& path, std::string_view data, const WriteOptions& options = {});
+
+// The highest fencing token `path` has accepted (see WriteOptions::fence), 0 if none. Waits for a
+// fenced write of the same path in progress. Throws holdfast::Error as a fenced commit() would
+// (corrupt record or xattr: 65; unusable state directory: 71; untrusted record: 77).
+uint64_t accepted_fence(const std::string& path);
 
 // ---- flushing what someone else wrote ----
 

@@ -13,6 +13,7 @@
 #include <system_error>
 #include <fmt/format.h>
 
+#include "durable/write_fence.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/wait.hpp"
 #include "sys/file.hpp"
@@ -106,6 +107,24 @@ struct AtomicWriter::State {
     finished = true;
   }
 };
+
+namespace {
+// Removes the temp file if the scope is left by an exception before dismiss().
+class DiscardUnlessDismissed {
+ public:
+  explicit DiscardUnlessDismissed(AtomicWriter::State& state) noexcept : state_(state) {}
+  DiscardUnlessDismissed(const DiscardUnlessDismissed&) = delete;
+  DiscardUnlessDismissed& operator=(const DiscardUnlessDismissed&) = delete;
+  ~DiscardUnlessDismissed() {
+    if (armed_) state_.discard();
+  }
+  void dismiss() noexcept { armed_ = false; }
+
+ private:
+  AtomicWriter::State& state_;
+  bool armed_ = true;
+};
+}  // namespace
 
 AtomicWriter::AtomicWriter(std::unique_ptr<State> state) noexcept : state_(std::move(state)) {}
 AtomicWriter::AtomicWriter(AtomicWriter&&) noexcept = default;
@@ -256,6 +275,23 @@ void AtomicWriter::commit() {
       refuse(fmt::format("content digest is {}, expected {}", got.to_string(), s.options.expect_digest->to_string()));
     }
   }
+  // Fenced: from the check to the rename, no other fenced writer of this path can run. The token
+  // goes onto the temp file before its fsync, so it is as durable as the content it admitted.
+  std::optional<durable::WriteFence> fence;
+  if (s.options.fence) {
+    DiscardUnlessDismissed guard(s);
+    fence.emplace(durable::WriteFence::lock(s.dirfd.get(), s.dir, s.base, s.requested));
+    const uint64_t highest = fence->highest();
+    if (*s.options.fence < highest) {
+      s.discard();
+      throw Error(s.requested, "refusing to replace",
+                  fmt::format("fencing token {} is lower than {}, the highest this path has accepted (target untouched)",
+                              *s.options.fence, highest),
+                  exit_code::fenced);
+    }
+    fence->accept(*s.options.fence, s.tmpfd.get(), s.options.sync);
+    guard.dismiss();
+  }
   if (s.options.sync) {
     int r = sys::fsync_nothrow(s.tmpfd.get());
     if (r < 0) fail(-r, "fsync temp file");
@@ -311,6 +347,21 @@ void AtomicWriter::commit() {
 
 void AtomicWriter::abort() noexcept {
   if (state_ && !state_->finished) state_->discard();
+}
+
+uint64_t accepted_fence(const std::string& path) {
+  // As a write would: the fence of the file a symlink points to.
+  std::string target = path;
+  if (char* real = ::realpath(path.c_str(), nullptr); real != nullptr) {
+    target = real;
+    ::free(real);
+  }
+  std::string dir = sys::dirname_of(target);
+  std::string base = sys::basename_of(target);
+  int dfd = sys::open_nothrow(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY);
+  if (dfd < 0) throw Error(-dfd, path, "open parent directory " + dir);
+  sys::UniqueFd dirfd(dfd);
+  return durable::WriteFence::lock(dirfd.get(), dir, base, path).highest();
 }
 
 void atomic_write(const std::string& path, std::string_view data, const WriteOptions& options) {

@@ -31,6 +31,12 @@ using std::chrono::milliseconds;
 // for with sync_file_range, which returns the moment the device completes it.
 constexpr milliseconds kDevicePoll{2};
 
+// A local wait whose content already matches follows the device on one helper thread, re-checking
+// this often (open, fstat, two cachestat(2) calls: a few microseconds of CPU each time). There is
+// no kernel event for "the flusher picked these dirty pages up"; once writeback is in flight,
+// sync_file_range(WAIT_BEFORE) blocks until the device completes it, which is an event.
+constexpr std::chrono::microseconds kDeviceFollowPoll{500};
+
 milliseconds since(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
 }
@@ -218,6 +224,21 @@ std::optional<Observation> observe_local_before(const std::shared_ptr<LocalState
   return durable::run_before<Observation>(budget, [s] { return observe_local(*s); });
 }
 
+// Follows a file whose content matched until its bytes reach the device, or the content changes,
+// or `until`: the whole loop runs on one helper thread (no thread per check), abandoned like a
+// single check if the filesystem hangs. The caller wakes the moment the thread returns.
+std::optional<Observation> follow_device_before(const std::shared_ptr<LocalState>& s, Clock::time_point until) {
+  // The loop's last check starts before `until`; like any single check it gets kCheckGrace.
+  auto budget = until + kCheckGrace;
+  return durable::run_before<Observation>(budget, [s, until] {
+    for (;;) {
+      auto obs = observe_local(*s);
+      if (obs.matched || !obs.device_pending || Clock::now() >= until) return obs;
+      std::this_thread::sleep_for(kDeviceFollowPoll);
+    }
+  });
+}
+
 Observation hung_observation() {
   Observation obs;
   obs.differs = "the filesystem did not answer before the deadline (a hung mount, or a very slow read)";
@@ -362,7 +383,12 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
   s->expected = expected;
   s->mode = options.device;
   s->names = {sys::basename_of(path)};
-  if (options.use_inotify && s->watch.valid()) {
+  // The watch is set up only after a first check that did not match: a wait that matches at once
+  // (the common case after `write` or `sync`) then never creates inotify marks, whose teardown at
+  // exit waits for an SRCU grace period (10-15 ms). The check right after the setup closes the
+  // window in which a change could have gone unseen.
+  bool watch_pending = options.use_inotify && s->watch.valid();
+  auto set_up_watch = [&]() -> bool {
     // Path lookups can hang on a wedged filesystem: on the helper thread too.
     auto ok = durable::run_before<bool>(std::max(deadline, Clock::now() + kCheckGrace), [s] {
       if (s->watch.add(sys::dirname_of(s->path)) != 0) return false;
@@ -376,17 +402,20 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
       }
       return true;
     });
-    if (!ok) {
-      result.hung = true;
-      result.last = hung_observation();
-      result.elapsed = since(start);
-      return result;
-    }
+    if (!ok) return false;
     s->events = *ok;
     result.used_inotify = *ok;
-  }
+    return true;
+  };
+  bool follow_device = false;
   for (;;) {
-    auto obs = observe_local_before(s, deadline);
+    std::optional<Observation> obs;
+    if (follow_device) {
+      auto now = Clock::now();
+      obs = follow_device_before(s, deadline - now < options.interval ? deadline : now + options.interval);
+    } else {
+      obs = observe_local_before(s, deadline);
+    }
     ++result.checks;
     result.elapsed = since(start);
     if (!obs) {
@@ -402,6 +431,28 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
     }
     auto now = Clock::now();
     if (now >= deadline) return result;
+    follow_device = result.last.content_matched && result.last.device_pending;
+    if (watch_pending && !follow_device) {
+      watch_pending = false;
+      if (!set_up_watch()) {
+        result.hung = true;
+        result.last = hung_observation();
+        result.elapsed = since(start);
+        return result;
+      }
+      continue;  // check again at once: a change before the watch existed is not missed
+    }
+    watch_pending = false;
+    if (follow_device) {
+      // Only the device is behind: follow it at once. Content changes are seen by the follower's
+      // own checks, so inotify is no longer needed; dropping its watches now lets the kernel
+      // free them while we wait, instead of in our close at exit (an SRCU grace period, 10-15
+      // ms, that would delay the exit the caller is waiting for). Later content waits poll at
+      // the interval.
+      if (s->events) s->watch.remove_all();
+      s->events = false;
+      continue;
+    }
     auto step = result.last.device_pending ? std::min(kDevicePoll, options.interval) : options.interval;
     auto wake = deadline - now < step ? deadline : now + step;
     auto pause = std::chrono::duration_cast<milliseconds>(wake - now) + milliseconds(1);
@@ -599,6 +650,14 @@ PendingResult wait_pending(const std::string& journal, const WaitOptions& option
     }
     auto now = Clock::now();
     if (now >= deadline) return result;
+    // Every entry left matches and waits only for the device: content events are no longer
+    // needed, and dropping the watches now spares the exit an SRCU grace period (see wait_local).
+    if (events && std::all_of(result.remaining.begin(), result.remaining.end(), [](const auto& r) {
+          return r.second.content_matched && r.second.device_pending;
+        })) {
+      watch->remove_all();
+      events = false;
+    }
     auto step = device_pending ? std::min(kDevicePoll, options.interval) : options.interval;
     auto wake = deadline - now < step ? deadline : now + step;
     auto pause = std::chrono::duration_cast<milliseconds>(wake - now) + milliseconds(1);

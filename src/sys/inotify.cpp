@@ -17,7 +17,15 @@ DirWatch::DirWatch() noexcept : fd_(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK)) {
 
 int DirWatch::add(const std::string& dir) noexcept {
   if (!fd_) return -EBADF;
-  return ::inotify_add_watch(fd_.get(), dir.c_str(), kContentEvents | IN_ONLYDIR) >= 0 ? 0 : -errno;
+  int wd = ::inotify_add_watch(fd_.get(), dir.c_str(), kContentEvents | IN_ONLYDIR);
+  if (wd < 0) return -errno;
+  if (std::find(watches_.begin(), watches_.end(), wd) == watches_.end()) watches_.push_back(wd);
+  return 0;
+}
+
+void DirWatch::remove_all() noexcept {
+  for (int wd : watches_) (void)::inotify_rm_watch(fd_.get(), wd);
+  watches_.clear();
 }
 
 bool DirWatch::drain(const std::vector<std::string>& names) noexcept {

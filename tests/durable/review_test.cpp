@@ -159,6 +159,13 @@ TEST(WaitDeadline, HungFilesystemTimesOut) {
     ~Resume() { ::kill(pid, SIGCONT); }
   } resume{fs.pid()};
   ASSERT_EQ(::kill(fs.pid(), SIGSTOP), 0);
+  // kill() only queues the stop. Until every faultfs thread has stopped, one of them can still
+  // dequeue the wait's first FUSE request; a request the server has taken can only end with an
+  // answer, so the wait's abandoned thread (and with it the process's exit) would then block until
+  // the Resume below, which runs only after run() returns: the hang seen under heavy load.
+  int stop_status = 0;
+  ASSERT_EQ(::waitpid(fs.pid(), &stop_status, WUNTRACED), fs.pid());
+  ASSERT_TRUE(WIFSTOPPED(stop_status));
   auto r = run({cli_path(), "wait", "--like", dir / "src", "--timeout", "2s", "--json", fs / "code.py"}, "", 60s);
   EXPECT_EQ(r.exit_code, exit_code::conflict) << r.err;
   EXPECT_NE(r.err.find("did not answer before the deadline"), std::string::npos) << r.err;

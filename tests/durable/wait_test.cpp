@@ -68,6 +68,20 @@ TEST_P(WaitFs, SizeFirstWriterIsNotDoneUntilBytesMatch) {
   free_shared_memory(landed, sizeof(int64_t));
 }
 
+// A wait that matches at its first check never sets up inotify: closing an inotify instance with
+// marks waits for an SRCU grace period (10-15 ms measured), which would delay the exit the caller
+// waits for. (The JSON says whether inotify was used.)
+TEST_P(WaitFs, ImmediateMatchCreatesNoInotifyWatch) {
+  spit_durable(dir / "src", "same\n");
+  spit_durable(dir / "dst", "same\n");
+  auto r = hf({"wait", "--like", dir / "src", "--page-cache", "--timeout", "10s", "--json", dir / "dst"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j["matched"].get<bool>());
+  EXPECT_EQ(j["checks"].get<int>(), 1);
+  EXPECT_FALSE(j["inotify"].get<bool>());
+}
+
 TEST_P(WaitFs, PollingFallbackReturnsWithinOneInterval) {
   std::string data = pattern(64 << 10, 12);
   spit(dir / "src", data);

@@ -810,6 +810,34 @@ bool send_datagram(const std::string& path, const std::string& text) {
   return ok;
 }
 
+// A waiter blocks on a shared lock of the spawn lock (held by the supervisor until the record is
+// final), interrupted at its --ready-timeout by the deadline alarm. An application thread that
+// blocks the alarm signal must not turn that into a wait without end: it polls instead.
+TEST_F(EnsureTest, WaiterWhoseThreadBlocksTheAlarmSignalStillTimesOut) {
+  Daemon d = daemon("alarmless");
+  d.mode = "never";
+  auto opts = options("notify", d);
+  opts.ready_timeout = 300ms;
+  EXPECT_THROW(ensure_running(use("alarmless"), {self_exe()}, opts), Error);  // starts it; never ready
+  int code = -1;
+  std::thread waiter([&] {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig = SIGRTMIN; sig <= SIGRTMAX; ++sig) sigaddset(&set, sig);
+    ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    try {
+      ensure_running("alarmless", {self_exe()}, opts);
+    } catch (const Error& e) {
+      code = e.exit_code();
+    }
+  });
+  waiter.join();
+  EXPECT_EQ(code, exit_code::temp_fail);
+  EXPECT_EQ(instance_status("alarmless", state_).state, InstanceState::running);
+  auto stop = run_cli(cli({"stop", "alarmless"}));
+  EXPECT_EQ(stop.exit_code, 0) << stop.err;
+}
+
 TEST_F(EnsureTest, NotificationsFromOutsideTheInstanceAreIgnored) {
   // C5: anyone who could reach the notify socket could declare the instance ready and rename
   // its pid (MAINPID=1), after which stop refused forever.
