@@ -601,13 +601,17 @@ class ShmGrant final : public Lock::State {
     Layout* m = mapping_->map;
     if (reader_slot_ >= 0) {
       pthread_mutex_t* slot = &m->reader[reader_slot_].mutex;
-      // Check ownership before clearing the bit: an error-checking mutex's trylock by its owner
-      // says EDEADLK (a userspace check, no syscall).
-      if (sys::robust_mutex_lock(slot, true, nullptr).result != sys::MutexResult::self_deadlock) return EPERM;
+      // Ownership first: clearing the bit of a slot another thread holds would let writers in.
+      if (!sys::robust_mutex_held_by_caller(slot)) return EPERM;
       m->readers.fetch_and(~(uint64_t{1} << reader_slot_), std::memory_order_acq_rel);
       stop_for_test(mapping_->hook, "shm-release");
       sys::robust_mutex_unlock(slot);
       reader_slot_ = -1;
+    }
+    // Ownership first (an unlock attempt from another thread is itself an error to sanitizers).
+    if ((holds_gate_ && !sys::robust_mutex_held_by_caller(&m->gate)) ||
+        (holds_fair_ && !sys::robust_mutex_held_by_caller(&m->fair_gate))) {
+      return EPERM;
     }
     if (holds_gate_) {
       stop_for_test(mapping_->hook, "shm-release");

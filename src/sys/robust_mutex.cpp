@@ -4,6 +4,16 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <thread>
+
+#if defined(__SANITIZE_THREAD__)
+#define HOLDFAST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HOLDFAST_TSAN 1
+#endif
+#endif
 
 namespace holdfast::sys {
 
@@ -26,7 +36,24 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
   if (try_only) {
     rc = ::pthread_mutex_trylock(m);
   } else if (deadline != nullptr) {
+#ifdef HOLDFAST_TSAN
+    // ThreadSanitizer's timedlock interceptor does not record a lock that returns EOWNERDEAD (its
+    // lock and trylock interceptors do), and then reports our unlock as a bug: under TSan, a
+    // timed wait polls trylock instead.
+    for (;;) {
+      rc = ::pthread_mutex_trylock(m);
+      if (rc != EBUSY) break;
+      timespec now{};
+      ::clock_gettime(CLOCK_REALTIME, &now);
+      if (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec)) {
+        rc = ETIMEDOUT;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+#else
     rc = ::pthread_mutex_timedlock(m, deadline);
+#endif
   } else {
     rc = ::pthread_mutex_lock(m);
   }
@@ -45,6 +72,15 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
 }
 
 int robust_mutex_unlock(pthread_mutex_t* m) noexcept { return ::pthread_mutex_unlock(m); }
+
+bool robust_mutex_held_by_caller(pthread_mutex_t* m) noexcept {
+  const MutexLock r = robust_mutex_lock(m, true, nullptr);
+  if (r.result == MutexResult::acquired || r.result == MutexResult::acquired_owner_died) {
+    ::pthread_mutex_unlock(m);
+    return false;
+  }
+  return r.result == MutexResult::self_deadlock;
+}
 
 MutexOwner robust_mutex_owner(const pthread_mutex_t* m) noexcept {
   // glibc keeps the futex word in __data.__lock, for PI mutexes too. Read once, atomically: the

@@ -53,6 +53,11 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
 // Unlocks `m`; 0 or an errno value (EPERM: this thread does not own it).
 int robust_mutex_unlock(pthread_mutex_t* m) noexcept;
 
+// True if the calling thread owns `m`: the owner's trylock of an error-checking mutex says
+// EDEADLK, a userspace check (no system call). A free mutex the check takes is let go again.
+// Lets a caller refuse an unlock from the wrong thread before changing anything.
+bool robust_mutex_held_by_caller(pthread_mutex_t* m) noexcept;
+
 // Who owns `m`, read from its futex word without taking it (glibc's layout: the word is the
 // owner's TID, plus FUTEX_OWNER_DIED once the kernel found the owner dead).
 struct MutexOwner {
