@@ -182,7 +182,11 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
   } else {
     // No handshake: the child only execs, so it can borrow our memory until it does, and we
     // are suspended until then. It never returns here (exec or _exit).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    pid = ::fork();  // sanitizer runtimes track the child's stack and threads; vfork would share them
+#else
     pid = ::vfork();  // NOLINT(clang-analyzer-security.insecureAPI.vfork): posix_spawn cannot set PR_SET_PDEATHSIG
+#endif
     // child_main makes only async-signal-safe calls, writes no memory of ours, and ends in
     // execvp or _exit (the analyzer cannot see into it).
     if (pid == 0) child_main(spec, exec, -1, parent, blocked.previous());  // NOLINT(clang-analyzer-unix.Vfork)

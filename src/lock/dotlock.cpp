@@ -369,7 +369,10 @@ class DotlockGrant final : public Lock::State {
   // Issues the token into the record and starts the heartbeat. Throws (the grant, destroyed,
   // removes the file).
   void finish(const LockOptions& options) {
-    if (!files->fence) files->fence.emplace(fence::FenceFile::open(fence::sidecar_path(target.path), target.extra_open_flags));
+    if (!files->fence) {
+      files->fence.emplace(fence::FenceFile::open(fence::sidecar_path(target.path), target.extra_open_flags));
+      if (!files->per_grant) files->fence->keep_mapped();
+    }
     record.token = files->fence->next();
     rewrite();
     if (options.stale_after.count() > 0) heartbeat_ = std::make_unique<Heartbeat>(file_.fd.get(), options.stale_after);

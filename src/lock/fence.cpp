@@ -182,13 +182,17 @@ FenceFile::FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool cre
       created_(created),
       network_(network_filesystem(fd_.get())) {
   known_size_ = opened_.st_size;
+}
+
+void FenceFile::keep_mapped() {
+  want_map_ = true;
   map_if_local();
 }
 
 void FenceFile::map_if_local() {
   map_.reset();
   // On a network filesystem a mapping is not coherent with other clients: pread/pwrite there.
-  if (!network_) map_ = sys::SharedMapping(fd_.get(), kEpochSize + kCounterSize);
+  if (want_map_ && !network_) map_ = sys::SharedMapping(fd_.get(), kEpochSize + kCounterSize);
 }
 
 void FenceFile::reopen() {

@@ -67,6 +67,11 @@ class FenceFile {
   // Whether the file is on a local filesystem (where a shared mapping is coherent).
   bool local() const noexcept { return !network_; }
 
+  // For a fence file kept open across many grants (a LockFile): on a local filesystem, read and
+  // bump the counter through a shared mapping from now on (and after a reopen). A one-shot
+  // grant does not: mapping and unmapping cost more than the pread and pwrite they save.
+  void keep_mapped();
+
  private:
   FenceFile(std::string path, Opener opener, sys::UniqueFd fd, bool created, const struct stat& opened);
   void reopen_if_replaced();
@@ -81,6 +86,7 @@ class FenceFile {
   // counter with loads and stores on the page cache instead of pread + pwrite. Used only while
   // the last stat showed the whole layout present (no access beyond the end of the file).
   sys::SharedMapping map_;
+  bool want_map_ = false;  // keep_mapped() was called
   off_t known_size_ = 0;  // st_size at the last check of the path
   void map_if_local();
   // The epoch line last read that was valid and of this boot and host, and its epoch.

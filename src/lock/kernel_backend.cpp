@@ -164,6 +164,7 @@ class KernelGrant final : public Lock::State {
       int fd = open_state_file(paths, paths.fence, &created, &st);
       if (fd < 0) return;  // unwritable or not ours to trust (see open_state_file): no token
       files->fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created, &st));
+      if (!files->per_grant) files->fence->keep_mapped();
     }
     record.token = mode == LockMode::exclusive ? files->fence->next() : files->fence->current();
     // Shared holders leave the record alone: several of them would overwrite each other.
@@ -181,7 +182,9 @@ class KernelGrant final : public Lock::State {
       if (fd < 0) return;
       files->record_fd.reset(fd);
       files->record_size = st.st_size;
-      if (files->fence && files->fence->local()) files->record_map = sys::SharedMapping(fd, kRecordMapBytes);
+      if (!files->per_grant && files->fence && files->fence->local()) {
+        files->record_map = sys::SharedMapping(fd, kRecordMapBytes);
+      }
     }
     if (record_cached_) {
       const std::string& text = files->records.format(record, files->record_size);

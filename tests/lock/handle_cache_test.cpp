@@ -7,10 +7,12 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <thread>
 
+#include "holdfast/error.hpp"
 #include "holdfast/identity.hpp"
 #include "holdfast/lock.hpp"
 #include "support/testing.hpp"
@@ -209,6 +211,49 @@ TEST(DotlockWaiter, GetsTheLockWhenItsHolderIsKilledAtAnyMoment) {
       EXPECT_EQ(holdfast::testing::wait_child(holder), 128 + SIGKILL);
       for (int fd : {ready[0], ready[1], die[0], die[1]}) ::close(fd);
     }
+  }
+}
+
+}  // namespace
+}  // namespace holdfast
+
+namespace holdfast {
+namespace {
+
+// The fence counter is read through a shared mapping only while the file's last stat shows the
+// whole layout: a fence file cut short under an open handle is read with pread (never touched
+// beyond its end, which would raise SIGBUS) and, being unreadable, fails closed.
+TEST(MappedFence, AFenceFileCutShortUnderAnOpenHandleFailsClosedWithoutACrash) {
+  for (Backend backend : {Backend::ofd, Backend::flock, Backend::link}) {
+    holdfast::testing::TempDir dir;
+    StateDir state(dir / "state");
+    const std::string path = dir / "a.lock";
+    auto lf = LockFile::open(path, LockOptions{backend});
+    uint64_t first = 0;
+    {
+      auto l = lf.acquire();
+      first = l.token();
+      ASSERT_GT(first, 0U);
+    }
+    {
+      auto l = lf.acquire();  // through the mapping now
+      EXPECT_GT(l.token(), first);
+    }
+    // Find the fence file: the dotlock's sidecar, or the one state file named *.fence.
+    std::string fence = path + ".fence";
+    if (backend != Backend::link) {
+      fence.clear();
+      for (const auto& e : std::filesystem::directory_iterator(dir / "state")) {
+        if (e.path().extension() == ".fence") fence = e.path().string();
+      }
+    }
+    ASSERT_FALSE(fence.empty());
+    ASSERT_EQ(::truncate(fence.c_str(), 50), 0);
+    EXPECT_THROW(lf.acquire(), Error) << to_string(backend);
+    // Cut to nothing: as if deleted, the next grant starts a new, durably written epoch.
+    ASSERT_EQ(::truncate(fence.c_str(), 0), 0);
+    auto l = lf.acquire();
+    EXPECT_GT(l.token(), 0U);
   }
 }
 
