@@ -411,6 +411,40 @@ TEST_F(SuperviseTest, OnFailureAndNeverPolicies) {
   EXPECT_NE(record(clean)->supervision->decision.find("not restarting a clean exit"), std::string::npos);
 }
 
+// Readiness is awaited for every start: the record says starting until the newline on fd 3; a
+// start that never reports ready within --ready-timeout is stopped and retried.
+TEST_F(SuperviseTest, ReadinessIsAwaitedForEachStartAndAStartNeverReadyIsRetried) {
+  const auto name = use("ready");
+  const std::string gate = tmp_ / "gate";
+  // Ready (a newline on fd 3) only once the gate file exists.
+  const std::vector<std::string> cmd{"sh", "-c",
+                                     "echo $$ 0 >> \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done; echo >&3; exec sleep 1000",
+                                     starts_, gate};
+  supervise(name, {"--ready", "fd:3", "--ready-timeout", "inf", "--backoff", "10ms..1s"}, cmd);
+  ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() == 1; }));
+  auto s = status(name);
+  EXPECT_EQ(s.state, InstanceState::running) << s.reason;
+  EXPECT_EQ(s.record->supervision->state, "starting");
+  { std::ofstream(gate) << "x"; }
+  auto first = wait_ready(name);
+  ::unlink(gate.c_str());
+  ::kill(first.process.pid, SIGKILL);
+  ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() == 2; }));
+  EXPECT_EQ(status(name).record->supervision->state, "starting");
+  { std::ofstream(gate) << "x"; }
+  wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != first.process.pid; });
+
+  const auto never = use("neverready");
+  std::string other = tmp_ / "starts-never";
+  auto& sup = supervise(never, {"--ready", "fd:3", "--ready-timeout", "200ms", "--backoff", "10ms..10ms", "--kill-after", "100ms"},
+                        {"sh", "-c", "echo $$ 0 >> \"$0\"; exec sleep 1000", other});
+  ASSERT_TRUE(eventually([&] { return starts_in(other).size() >= 2; }));
+  ::kill(sup.pid(), SIGTERM);
+  EXPECT_EQ(sup.wait_exit(), 0);
+  EXPECT_NE(read_text(state_ + "/" + never + ".log").find("not ready after 200 ms"), std::string::npos);
+  for (const auto& st : starts_in(other)) EXPECT_FALSE(alive(st.pid));
+}
+
 // ---------------------------------------------------------------------------------------------
 // stop, keep, adopt, restart
 
@@ -680,6 +714,26 @@ TEST_F(SuperviseTest, ReportsReadyAndRelaysWatchdogPingsToSystemd) {
   EXPECT_NE(ready_text.find("MAINPID=" + std::to_string(sup.pid())), std::string::npos) << ready_text;
   // READY=1 came once the child was ready: the record said so by then.
   EXPECT_EQ(status(name).state, InstanceState::ready);
+}
+
+// Without --watchdog, a supervisor watched by systemd (WATCHDOG_USEC) pings for itself.
+TEST_F(SuperviseTest, PingsSystemdItselfWhenTheChildHasNoWatchdog) {
+  const auto name = use("selfping");
+  const std::string path = tmp_ / "notify2.sock";
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  supervise(name, {}, daemon("serve"), {"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=200000"});
+  int pings = 0;
+  ASSERT_TRUE(eventually([&] {
+    char buf[4096];
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0 && std::string(buf, static_cast<size_t>(n)).find("WATCHDOG=1") != std::string::npos) ++pings;
+    return pings >= 3;
+  }));
+  ::close(fd);
 }
 
 }  // namespace
