@@ -73,6 +73,14 @@ int soak_rounds(int full, int normal) {
 #endif
 }
 
+// The watchdog interval of the tests: the first ping must come within it of the spawn, which a
+// sanitized daemon on a loaded machine may not manage in 1 s.
+#ifdef HOLDFAST_SANITIZED
+const std::string kWatchdog = "4s";
+#else
+const std::string kWatchdog = "1s";
+#endif
+
 // Polls `done` until true; fails the test (returns false) after `limit` — a hang, not a timing check.
 bool eventually(const std::function<bool()>& done, std::chrono::seconds limit = 60s) {
   const auto end = Clock::now() + limit;
@@ -403,6 +411,40 @@ TEST_F(SuperviseTest, OnFailureAndNeverPolicies) {
   EXPECT_NE(record(clean)->supervision->decision.find("not restarting a clean exit"), std::string::npos);
 }
 
+// Readiness is awaited for every start: the record says starting until the newline on fd 3; a
+// start that never reports ready within --ready-timeout is stopped and retried.
+TEST_F(SuperviseTest, ReadinessIsAwaitedForEachStartAndAStartNeverReadyIsRetried) {
+  const auto name = use("ready");
+  const std::string gate = tmp_ / "gate";
+  // Ready (a newline on fd 3) only once the gate file exists.
+  const std::vector<std::string> cmd{"sh", "-c",
+                                     "echo $$ 0 >> \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done; echo >&3; exec sleep 1000",
+                                     starts_, gate};
+  supervise(name, {"--ready", "fd:3", "--ready-timeout", "inf", "--backoff", "10ms..1s"}, cmd);
+  ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() == 1; }));
+  auto s = status(name);
+  EXPECT_EQ(s.state, InstanceState::running) << s.reason;
+  EXPECT_EQ(s.record->supervision->state, "starting");
+  { std::ofstream(gate) << "x"; }
+  auto first = wait_ready(name);
+  ::unlink(gate.c_str());
+  ::kill(first.process.pid, SIGKILL);
+  ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() == 2; }));
+  EXPECT_EQ(status(name).record->supervision->state, "starting");
+  { std::ofstream(gate) << "x"; }
+  wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != first.process.pid; });
+
+  const auto never = use("neverready");
+  std::string other = tmp_ / "starts-never";
+  auto& sup = supervise(never, {"--ready", "fd:3", "--ready-timeout", "200ms", "--backoff", "10ms..10ms", "--kill-after", "100ms"},
+                        {"sh", "-c", "echo $$ 0 >> \"$0\"; exec sleep 1000", other});
+  ASSERT_TRUE(eventually([&] { return starts_in(other).size() >= 2; }));
+  ::kill(sup.pid(), SIGTERM);
+  EXPECT_EQ(sup.wait_exit(), 0);
+  EXPECT_NE(read_text(state_ + "/" + never + ".log").find("not ready after 200 ms"), std::string::npos);
+  for (const auto& st : starts_in(other)) EXPECT_FALSE(alive(st.pid));
+}
+
 // ---------------------------------------------------------------------------------------------
 // stop, keep, adopt, restart
 
@@ -531,7 +573,7 @@ TEST_F(SuperviseTest, WatchdogRestartsAChildThatStopsPinging) {
   const auto name = use("watchdog");
   const std::string mute = tmp_ / "mute";
   const std::string pinged = tmp_ / "pinged";
-  supervise(name, {"--watchdog", "1s", "--backoff", "10ms..1s"},
+  supervise(name, {"--watchdog", kWatchdog, "--backoff", "10ms..1s"},
             daemon("serve", {"HF_PING=1", "HF_MUTE_FILE=" + mute, "HF_PINGED_FILE=" + pinged}));
   auto rec = wait_ready(name);
   // The child pinged: WATCHDOG_USEC was set and WATCHDOG_PID named the child itself.
@@ -547,7 +589,7 @@ TEST_F(SuperviseTest, WatchdogRestartsAChildThatStopsPinging) {
 TEST_F(SuperviseTest, WatchdogRestartsASigstoppedChild) {
   const auto name = use("stopped");
   const std::string pinged = tmp_ / "pinged";
-  supervise(name, {"--watchdog", "1s", "--kill-after", "500ms", "--backoff", "10ms..1s"},
+  supervise(name, {"--watchdog", kWatchdog, "--kill-after", "500ms", "--backoff", "10ms..1s"},
             daemon("serve", {"HF_PING=1", "HF_PINGED_FILE=" + pinged}));
   auto rec = wait_ready(name);
   ASSERT_TRUE(eventually([&] { return ::access(pinged.c_str(), F_OK) == 0; }));
@@ -561,7 +603,7 @@ TEST_F(SuperviseTest, WatchdogRestartsASigstoppedChild) {
 TEST_F(SuperviseTest, HeartbeatFileWatchdogRestartsAHungChild) {
   const auto name = use("heartbeat");
   const std::string beat = tmp_ / "beat";
-  supervise(name, {"--watchdog", "1s", "--heartbeat", beat, "--backoff", "10ms..1s"},
+  supervise(name, {"--watchdog", kWatchdog, "--heartbeat", beat, "--backoff", "10ms..1s"},
             daemon("serve", {"HF_HEARTBEAT=" + beat}));
   auto rec = wait_ready(name);
   ASSERT_TRUE(eventually([&] { return ::access(beat.c_str(), F_OK) == 0; }));
@@ -650,7 +692,7 @@ TEST_F(SuperviseTest, ReportsReadyAndRelaysWatchdogPingsToSystemd) {
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
   ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  auto& sup = supervise(name, {"--watchdog", "1s"}, daemon("serve", {"HF_PING=1"}),
+  auto& sup = supervise(name, {"--watchdog", kWatchdog}, daemon("serve", {"HF_PING=1"}),
                         {"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=3000000"});
   bool ready = false;
   bool ping = false;
@@ -672,6 +714,26 @@ TEST_F(SuperviseTest, ReportsReadyAndRelaysWatchdogPingsToSystemd) {
   EXPECT_NE(ready_text.find("MAINPID=" + std::to_string(sup.pid())), std::string::npos) << ready_text;
   // READY=1 came once the child was ready: the record said so by then.
   EXPECT_EQ(status(name).state, InstanceState::ready);
+}
+
+// Without --watchdog, a supervisor watched by systemd (WATCHDOG_USEC) pings for itself.
+TEST_F(SuperviseTest, PingsSystemdItselfWhenTheChildHasNoWatchdog) {
+  const auto name = use("selfping");
+  const std::string path = tmp_ / "notify2.sock";
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  supervise(name, {}, daemon("serve"), {"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=200000"});
+  int pings = 0;
+  ASSERT_TRUE(eventually([&] {
+    char buf[4096];
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0 && std::string(buf, static_cast<size_t>(n)).find("WATCHDOG=1") != std::string::npos) ++pings;
+    return pings >= 3;
+  }));
+  ::close(fd);
 }
 
 }  // namespace
