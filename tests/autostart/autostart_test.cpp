@@ -319,6 +319,20 @@ TEST(Autostart, EmptyTreeGetsEveryDirectoryBackOut) {
   auto u = env.hf({"autostart", "uninstall", "a", "--system", "--root", root.path()});
   ASSERT_EQ(u.exit_code, 0) << describe(u);
   EXPECT_EQ(listing(root.path()), "");
+
+  // Someone puts their own unit into a directory install created: uninstall removes only what it
+  // wrote and keeps that directory (and its parents), saying so.
+  ASSERT_EQ(env.hf(install_args("a", {"--system", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
+  write_file(root / "etc/systemd/system/theirs.service", "[Service]\nExecStart=/bin/true\n");
+  auto k = env.hf({"autostart", "uninstall", "a", "--system", "--root", root.path()});
+  ASSERT_EQ(k.exit_code, 0) << describe(k);
+  EXPECT_NE(k.err.find("kept " + root.path() + "/etc/systemd/system: not empty"), std::string::npos) << k.err;
+  EXPECT_EQ(read_file(root / "etc/systemd/system/theirs.service"), "[Service]\nExecStart=/bin/true\n");
+  EXPECT_FALSE(exists(root / "etc/systemd/system/holdfast-a.service"));
+  EXPECT_FALSE(exists(root / "etc/systemd/system/multi-user.target.wants"));
+  EXPECT_FALSE(exists(root / "var"));
+  fs::remove(root / "etc/systemd/system/theirs.service");
+  EXPECT_EQ(listing(root.path()).find("theirs"), std::string::npos);
 }
 
 TEST(Autostart, WatchdogAndDefaultKillMode) {
