@@ -176,6 +176,14 @@ struct Context {
   }
   bool live_systemd() const { return tree.is_live() && host.systemd_booted; }
   bool linger_on() const { return tree.exists(linger_path()); }
+  // Whether cron can run an entry of this scope on the live system: a user crontab needs
+  // crontab(1); /etc/cron.d needs the directory and a cron daemon (other packages create
+  // /etc/cron.d without one).
+  bool cron_available() const {
+    if (request.scope == Scope::user) return tool_exists("crontab");
+    return tree.exists(layout.cron_d) &&
+           (tool_exists("crontab") || tree.exists("/usr/sbin/cron") || tree.exists("/usr/sbin/crond"));
+  }
 
   std::optional<Manifest> read_manifest() const {
     auto text = tree.read(manifest_path);
@@ -202,8 +210,7 @@ Method choose_method(const Context& c, Output& out) {
     return r.method;
   }
   if (!c.tree.is_live() || c.host.systemd_booted) return Method::systemd;
-  const bool cron_ok = r.scope == Scope::user ? tool_exists("crontab") : c.tree.exists(c.layout.cron_d);
-  if (!cron_ok) {
+  if (!c.cron_available()) {
     throw Error(r.scope == Scope::user ? std::string("crontab") : c.layout.cron_d, "no way to start at boot",
                 "systemd is not the init (/run/systemd/system is missing) and cron is not installed; install "
                 "cron, or make systemd the init (WSL2: [boot] systemd=true in /etc/wsl.conf), or write the unit "
@@ -361,8 +368,8 @@ Plan plan_install(const Context& c, Method method, const std::set<std::string>& 
       if (r.now) p.commands.push_back(c.systemctl({"start", "--no-block", m.unit}));
     }
   } else if (r.scope == Scope::system) {
-    if (c.tree.is_live() && !c.tree.exists(c.layout.cron_d)) {
-      throw Error(c.layout.cron_d, "cannot install a cron entry", "missing: cron is not installed",
+    if (c.tree.is_live() && !c.cron_available()) {
+      throw Error(c.layout.cron_d, "cannot install a cron entry", "cron is not installed (no cron daemon or crontab)",
                   exit_code::unavailable);
     }
     need_dir(c, others, c.layout.cron_d, going, m, p.steps);
