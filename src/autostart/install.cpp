@@ -799,4 +799,38 @@ int status(const Request& request, Output& out) {
   return intact ? 0 : 1;
 }
 
+int status_all(const Request& request, Output& out) {
+  Host host = Host::detect(request.root);
+  const Layout layout = Layout::for_scope(request.scope, host);
+  const Tree tree(request.root);
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(tree.real(layout.manifest_dir).c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n.size() <= 5 || !n.ends_with(".json")) continue;
+      n.resize(n.size() - 5);
+      try {
+        validate_instance_name(n);
+        names.push_back(n);
+      } catch (const Error&) {
+        // not a manifest name (a temp file, say): not an install
+      }
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  if (names.empty()) {
+    out.lines.push_back("no autostart installs (" + std::string(to_string(request.scope)) + "; " +
+                        tree.real(layout.manifest_dir) + ")");
+    return 3;
+  }
+  int worst = 0;
+  for (const auto& n : names) {
+    Request r = request;
+    r.name = n;
+    worst = std::max(worst, status(r, out) == 0 ? 0 : 1);  // one at a time: each takes the tree lock
+  }
+  return worst;
+}
+
 }  // namespace holdfast::autostart

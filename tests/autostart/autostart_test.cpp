@@ -585,11 +585,17 @@ TEST(Autostart, TwoInstallsShareDirectoriesAndTheLastOneOutRemovesThem) {
     ASSERT_EQ(env.hf(install_args("a", {"--system", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
     ASSERT_EQ(env.hf(install_args("b", {"--system", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
     ASSERT_EQ(env.hf(install_args("c", {"--system", "--method", "cron", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
+    auto all = env.hf({"autostart", "status", "--system", "--root", root.path()});
+    EXPECT_EQ(all.exit_code, 0) << describe(all);
+    EXPECT_NE(all.out.find("a: installed (system, systemd)\n"), std::string::npos) << all.out;
+    EXPECT_NE(all.out.find("b: installed (system, systemd)\n"), std::string::npos) << all.out;
+    EXPECT_NE(all.out.find("c: installed (system, cron)\n"), std::string::npos) << all.out;
     for (const std::string& n : std::vector<std::string>{a_first ? "a" : "b", a_first ? "b" : "a", "c"}) {
       auto u = env.hf({"autostart", "uninstall", n, "--system", "--root", root.path()});
       ASSERT_EQ(u.exit_code, 0) << describe(u);
     }
     EXPECT_EQ(listing(root.path()), before);
+    EXPECT_EQ(env.hf({"autostart", "status", "--system", "--root", root.path()}).exit_code, 3);
   }
 }
 
