@@ -29,7 +29,7 @@ Run add_write(CLI::App& root);
 Run add_sync(CLI::App& root);
 Run add_digest(CLI::App& root);
 Run add_wait(CLI::App& root);
-Run add_autostart(CLI::App& root);
 Run add_device(CLI::App& root);
+Run add_autostart(CLI::App& root);
 
 }  // namespace holdfast::cli

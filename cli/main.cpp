@@ -37,8 +37,8 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
       {"ensure", cli::add_ensure}, {"status", cli::add_status}, {"stop", cli::add_stop},
       {"write", cli::add_write},   {"sync", cli::add_sync},     {"digest", cli::add_digest},
       {"wait", cli::add_wait},
-      {"autostart", cli::add_autostart},
       {"device", cli::add_device},
+      {"autostart", cli::add_autostart},
   };
   const std::string requested = argc > 1 ? argv[1] : "";
   const bool known = std::any_of(std::begin(kSubcommands), std::end(kSubcommands),
