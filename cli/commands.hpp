@@ -31,5 +31,7 @@ Run add_digest(CLI::App& root);
 Run add_wait(CLI::App& root);
 Run add_device(CLI::App& root);
 Run add_autostart(CLI::App& root);
+Run add_supervise(CLI::App& root);
+Run add_restart(CLI::App& root);
 
 }  // namespace holdfast::cli

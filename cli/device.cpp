@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fmt/format.h>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -199,15 +200,20 @@ class RawStdin {
   bool active_ = false;
 };
 
+// How term and reboot follow the board across a reset: by its USB serial number, when it has one
+// and --reconnect-timeout is not 0. Empty (do not follow) otherwise.
+std::function<device::Port()> follow_across_reset(const std::string& path, const DeviceArgs& a) {
+  std::string serial = device::usb_serial_of_port(path);
+  auto timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
+  if (serial.empty() || timeout.count() <= 0) return {};
+  return [serial, timeout] { return device::reopen_by_serial(serial, timeout); };
+}
+
 int do_term(const DeviceArgs& a) {
   const std::string path = pick_port(a.port);
   auto port = device::Port::open(path);
   device::TermOptions o;
-  // Follow the board across a reset by its USB serial number, when it has one.
-  if (std::string serial = device::usb_serial_of_port(path); !serial.empty()) {
-    auto timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
-    o.reconnect = [serial, timeout] { return device::reopen_by_serial(serial, timeout); };
-  }
+  o.reconnect = follow_across_reset(path, a);
   o.drive = a.drive;
   o.journal = a.journal;
   o.guard = !a.no_guard;
@@ -223,10 +229,7 @@ int do_reboot(const DeviceArgs& a) {
   const std::string path = pick_port(a.port);
   auto port = device::Port::open(path);
   device::RebootOptions o;
-  if (std::string serial = device::usb_serial_of_port(path); !serial.empty()) {
-    auto timeout = ms(parse_duration(a.reconnect_timeout, "--reconnect-timeout"));
-    if (timeout.count() > 0) o.reconnect = [serial, timeout] { return device::reopen_by_serial(serial, timeout); };
-  }
+  o.reconnect = follow_across_reset(path, a);
   o.drive = a.drive;
   o.journal = a.journal;
   o.force = a.force;
@@ -253,10 +256,25 @@ Run add_device(CLI::App& root) {
       "holder is named), 81 board not answering, 82 flush timeout, 83 digest mismatch, 84 reboot not\n"
       "observed, 85 a running program ignores Ctrl-C, 86 the board reset mid-command.");
   cmd->require_subcommand(1);
-  auto add_port = [&](CLI::App* sub) {
+  // Options several subcommands share, declared once so their spelling and help stay identical.
+  auto add_port_only = [&](CLI::App* sub) {
     sub->add_option("--port,-p", a->port, "Serial port (default $HOLDFAST_DEVICE_PORT, else the only board)");
-    sub->add_flag("--no-raw-paste", a->no_raw_paste, "Use plain raw mode even where raw-paste is available");
+  };
+  auto add_step_timeout = [&](CLI::App* sub) {
     sub->add_option("--step-timeout", a->step_timeout, "Deadline for each protocol step (default 5s)");
+  };
+  auto add_port = [&](CLI::App* sub) {
+    add_port_only(sub);
+    sub->add_flag("--no-raw-paste", a->no_raw_paste, "Use plain raw mode even where raw-paste is available");
+    add_step_timeout(sub);
+  };
+  auto add_guard = [&](CLI::App* sub) {
+    sub->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
+    sub->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
+  };
+  auto add_reconnect = [&](CLI::App* sub, const char* what) {
+    sub->add_option("--reconnect-timeout", a->reconnect_timeout,
+                    std::string(what) + ", wait this long for the board's USB serial to reappear (default 10s, 0 = don't)");
   };
   auto* exec = cmd->add_subcommand("exec", "Run CODE (or stdin with -) on the board through the raw REPL");
   add_port(exec);
@@ -283,33 +301,28 @@ Run add_device(CLI::App& root) {
   deploy->add_flag("--no-push", a->no_push, "Do not push the flush; wait for the kernel's writeback");
   deploy->add_flag("--no-reboot", a->no_reboot, "Verify only; do not soft-reboot");
   deploy->add_flag("--json", a->json, "Print a JSON summary on stdout");
-  deploy->add_option("--reconnect-timeout", a->reconnect_timeout,
-                     "After a reset during the reboot, wait this long for the board's USB serial to reappear (default 10s, 0 = don't)");
+  add_reconnect(deploy, "After a reset during the reboot");
   auto* term = cmd->add_subcommand(
       "term",
       "Interactive terminal (Ctrl-] exits). Ctrl-D guard: a Ctrl-D typed while a write to the board's\n"
       "--drive is still in the host's page cache (or a `holdfast write --record` entry under it does not\n"
       "match yet) is held until the flush is pushed and done; a second Ctrl-D sends it anyway.");
-  term->add_option("--port,-p", a->port, "Serial port (default $HOLDFAST_DEVICE_PORT, else the only board)");
-  term->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
-  term->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
+  add_port_only(term);
+  add_guard(term);
   term->add_flag("--no-guard", a->no_guard, "Pass Ctrl-D through at once");
-  term->add_option("--reconnect-timeout", a->reconnect_timeout,
-                   "After a reset, wait this long for the board's USB serial to reappear (default 10s)");
+  add_reconnect(term, "After a reset");
   auto* reboot = cmd->add_subcommand(
       "reboot",
       "Soft-reboot the board (Ctrl-D) through the Ctrl-D guard: while a write to its --drive is not on\n"
       "the board yet, push the flush and wait (--flush-timeout, then exit 82 without rebooting); then\n"
       "see the reboot banner and the code start within --timeout (else exit 84).");
-  reboot->add_option("--port,-p", a->port, "Serial port (default $HOLDFAST_DEVICE_PORT, else the only board)");
-  reboot->add_option("--step-timeout", a->step_timeout, "Deadline for each protocol step (default 5s)");
-  reboot->add_option("--drive", a->drive, "The board's mounted USB drive, for the Ctrl-D guard");
-  reboot->add_option("--journal", a->journal, "Pending-write journal (default: holdfast write --record's)");
+  add_port_only(reboot);
+  add_step_timeout(reboot);
+  add_guard(reboot);
   reboot->add_flag("--force", a->force, "Reboot even while writes are pending (with a warning)");
   reboot->add_option("--flush-timeout", a->flush_timeout, "Deadline for pending writes to reach the board (default 60s)");
   reboot->add_option("--timeout", a->reboot_timeout, "Deadline for the reboot to be seen (default 15s)");
-  reboot->add_option("--reconnect-timeout", a->reconnect_timeout,
-                     "After a reset, wait this long for the board's USB serial to reappear (default 10s, 0 = don't)");
+  add_reconnect(reboot, "After a reset");
   auto* list = cmd->add_subcommand("list", "Boards present: serial ports, USB drives, firmware");
   list->add_flag("--json", a->json, "JSON output");
 

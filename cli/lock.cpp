@@ -52,7 +52,8 @@ void print_usage(const std::string& prog) {
       "                          lock around the command execution\n"
       "     --verbose            increase verbosity\n"
       "\nholdfast options:\n"
-      "     --backend <name>     auto, flock, ofd, excl or link (default auto)\n"
+      "     --backend <name>     auto, flock, ofd, excl, link or shm (default auto)\n"
+      "     --fair               shm backend: waiters get the lock in arrival order\n"
       "     --stale-after <dur>  dotlocks: a holder that cannot be proven dead (another host)\n"
       "                          is stale after this long without a heartbeat (e.g. 30s)\n"
       "     --json               print the grant (token, backend, wait) as JSON on stdout\n"
@@ -109,6 +110,7 @@ int lock_descriptor(const LockInvocation& inv, const std::string& prog) {
     throw Error("", "--backend " + *inv.backend, "a descriptor can only take a kernel lock (flock or ofd)",
                 exit_code::usage);
   }
+  if (inv.fair) throw Error("", "--fair", "a descriptor can only take a kernel lock, which has no fair mode", exit_code::usage);
   const auto kind = inv.fcntl || inv.backend == "ofd" ? sys::KernelLockKind::ofd : sys::KernelLockKind::flock;
   const Wait w = wait_of(inv);
   const std::string name = std::to_string(inv.fd);
@@ -162,7 +164,7 @@ Backend backend_of(const LockInvocation& inv) {
   }
   const std::string name = inv.fcntl ? "ofd" : inv.backend.value_or("auto");
   auto backend = parse_backend(name);
-  if (!backend) throw Error("", "--backend " + name, "unknown backend (auto, flock, ofd, excl, link)", exit_code::usage);
+  if (!backend) throw Error("", "--backend " + name, "unknown backend (auto, flock, ofd, excl, link, shm)", exit_code::usage);
   return *backend;
 }
 
@@ -176,7 +178,15 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
   options.stale_after = std::chrono::duration_cast<std::chrono::milliseconds>(inv.stale_after);
   options.command = inv.command;
   options.allow_unsafe_backend = inv.allow_unsafe;
+  options.fair = inv.fair;
   const bool lease = options.stale_after.count() > 0;
+  // An shm lock belongs to holdfast's thread, and exec ends it (the kernel frees a robust mutex
+  // at exec as at exit): nothing could hold it for an exec'd command.
+  const bool shm = options.backend == Backend::shm;
+  if (inv.no_fork && shm) {
+    throw Error(inv.path, "--no-fork with --backend shm", "exec would release the shm lock; run without -F",
+                exit_code::usage);
+  }
   if (inv.no_fork && lease) {
     throw Error(inv.path, "--no-fork with --stale-after",
                 "the lease's heartbeat cannot outlive exec; run without -F", exit_code::usage);
@@ -233,8 +243,10 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
   ::setenv("HOLDFAST_TOKEN", std::to_string(lock->token()).c_str(), 1);
   ::setenv("HOLDFAST_LOCK", inv.path.c_str(), 1);
   const bool kernel = lock->backend() == Backend::ofd || lock->backend() == Backend::flock;
+  // The command is killed if holdfast dies when nothing else would protect it: with -o, a lease,
+  // or an shm lock (which dies with holdfast).
   CommandSpec spec{inv.command, prog, kernel && !inv.close_before_exec ? lock->fd() : -1,
-                   inv.close_before_exec || lease};
+                   inv.close_before_exec || lease || shm};
   if (inv.no_fork) {
     // The lock passes to the command with this pid: the kernel lock's descriptor is inherited,
     // and a dotlock's record already names this process (whose identity exec keeps).

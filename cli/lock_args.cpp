@@ -16,7 +16,7 @@ namespace {
 enum class Opt {
   shared, exclusive, unlock, nonblock, timeout, conflict_exit_code, close, no_fork, verbose, help, version,
   fcntl, fd, start, length,  // util-linux 2.40+ (start/length are recognised, and refused)
-  json, backend, stale_after, allow_unsafe,  // holdfast's own
+  json, backend, stale_after, allow_unsafe, fair,  // holdfast's own
 };
 
 struct LongOption {
@@ -47,6 +47,7 @@ constexpr LongOption kHoldfastOptions[] = {
     {"backend", true, Opt::backend},
     {"stale-after", true, Opt::stale_after},
     {"allow-unsafe", false, Opt::allow_unsafe},
+    {"fair", false, Opt::fair},
 };
 
 using Style = LockUsageError::Style;
@@ -137,6 +138,7 @@ void apply(LockInvocation& inv, Opt opt, const std::string& value, const std::st
     case Opt::backend: inv.backend = value; break;
     case Opt::stale_after: inv.stale_after = parse_duration(value, "--stale-after"); break;
     case Opt::allow_unsafe: inv.allow_unsafe = true; break;
+    case Opt::fair: inv.fair = true; break;
   }
 }
 

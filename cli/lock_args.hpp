@@ -88,6 +88,7 @@ struct LockInvocation {
   std::optional<std::string> backend;  // --backend NAME
   std::chrono::nanoseconds stale_after{0};
   bool allow_unsafe = false;
+  bool fair = false;                   // --fair (shm backend: FIFO handoff)
 };
 
 // Parses `args` (args[0] is the program or subcommand name and is skipped). Throws

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
       {"wait", cli::add_wait},
       {"device", cli::add_device},
       {"autostart", cli::add_autostart},
+      {"supervise", cli::add_supervise}, {"restart", cli::add_restart},
   };
   const std::string requested = argc > 1 ? argv[1] : "";
   const bool known = std::any_of(std::begin(kSubcommands), std::end(kSubcommands),

@@ -19,6 +19,7 @@ struct StopArgs {
   std::string kill_after;
   std::string state_dir;
   bool no_wait = false;
+  bool keep = false;
 };
 
 // A signal number, or a name with or without "SIG" in any case (HUP, SIGWINCH, RTMIN+3), or 0.
@@ -69,12 +70,14 @@ Run add_stop(CLI::App& root) {
       ->capture_default_str();
   sub->add_option("--kill-after", args->kill_after, "SIGKILL every process of the instance if it still runs this long after the signal");
   sub->add_flag("--no-wait", args->no_wait, "Signal-only (reload) mode: send --signal to the main process and return");
+  sub->add_flag("--keep", args->keep, "Supervised instances: stop only the supervisor and leave the instance running");
   sub->add_option("--state-dir", args->state_dir, "State directory (see holdfast ensure --help)");
   return [args] {
     StopOptions options;
     options.state_dir = args->state_dir;
     options.signal = parse_signal(args->signal);
     options.wait = !args->no_wait;
+    options.keep = args->keep;
     if (options.wait && options.signal == 0) {
       throw Error("--signal", "invalid value", "0 only checks the instance: use it with --no-wait", exit_code::usage);
     }

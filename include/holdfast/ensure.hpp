@@ -84,6 +84,23 @@ std::string_view to_string(RecordState state) noexcept;
 enum class FailureKind { none, not_found, cannot_exec, setup, exited, supervisor };
 std::string_view to_string(FailureKind kind) noexcept;
 
+// What `holdfast supervise` adds to the record (docs/SUPERVISE.md): its restart decisions, so
+// `status` shows them. Absent from an instance started by ensure.
+struct SupervisionRecord {
+  std::string state;              // starting, ready, backoff, paused, stopping, stopped, kept,
+                                  // given-up (see docs/SUPERVISE.md)
+  std::string restart;            // the policy: always, on-failure, never
+  uint64_t starts = 0;            // processes started by this supervisor
+  uint64_t restarts = 0;          // starts after the first (by this supervisor)
+  std::string last_exit;          // "exited with status 3", "killed by signal 9 (Killed)"; "" if none
+  int last_exit_status = -1;      // exit code or 128+signal; -1 if none or unknown
+  int64_t next_attempt_unix_ns = 0;  // backoff/paused: when the next start is due (wall clock)
+  std::string decision;           // the last decision and its reason, one line
+  bool adopted = false;           // the main process was adopted from an earlier supervisor: it is
+                                  // not this supervisor's descendant, it is watched by a pidfd
+  bool keep = false;              // stopping the supervisor leaves the instance running
+};
+
 // What STATE/NAME.json says. Serialised as one JSON object.
 struct InstanceRecord {
   std::string name;
@@ -107,6 +124,7 @@ struct InstanceRecord {
   FailureKind failure_kind = FailureKind::none;
   int exit_status = -1;               // failed: exit code, or 128+signal; -1 if not applicable
   std::string log_path;
+  std::optional<SupervisionRecord> supervision;  // set by `holdfast supervise`
 
   std::string to_json() const;
   // nullopt if `text` is not a complete record.
@@ -181,6 +199,9 @@ struct StopOptions {
   std::optional<std::chrono::milliseconds> kill_after;
   // false: signal-only (reload) mode — deliver `signal` to the main process and return.
   bool wait = true;
+  // Supervised instances only: stop the supervisor and leave the instance running (systemd's
+  // KillMode=process); a later `holdfast supervise NAME` adopts it.
+  bool keep = false;
 };
 
 struct StopResult {

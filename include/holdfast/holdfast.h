@@ -57,7 +57,7 @@ void hf_free(void* pointer);
 
 /* ---- locks (include/holdfast/lock.hpp) ---- */
 
-enum hf_backend { HF_BACKEND_AUTO = 0, HF_BACKEND_OFD = 1, HF_BACKEND_FLOCK = 2, HF_BACKEND_EXCL = 3, HF_BACKEND_LINK = 4 };
+enum hf_backend { HF_BACKEND_AUTO = 0, HF_BACKEND_OFD = 1, HF_BACKEND_FLOCK = 2, HF_BACKEND_EXCL = 3, HF_BACKEND_LINK = 4, HF_BACKEND_SHM = 5 };
 enum hf_lock_mode { HF_EXCLUSIVE = 0, HF_SHARED = 1 };
 
 typedef struct hf_lockfile hf_lockfile; /* an open lock path: take the same lock many times */

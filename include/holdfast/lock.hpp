@@ -10,6 +10,11 @@
 //   excl   dotlock: the lock is a file created exclusively with its complete holder record
 //          (renameat2 RENAME_NOREPLACE; O_CREAT|O_EXCL where the filesystem lacks it).
 //   link   dotlock: NFS-safe unique temp file + link(2) + link-count/inode check.
+//   shm    same-machine fast path: a robust process-shared mutex in a small mapping in the state
+//          directory (never beside the lock file), taken without system calls when uncontended;
+//          owner death is detected by the kernel and recovered. Excludes only other shm lockers
+//          of the same file, in one pid namespace; owned by the thread that took it. Offers
+//          LockOptions::fair. See docs/LOCKS.md, "The shm backend".
 //   automatic  flock where kernel locks are enforced, else a safe fallback (see select_backend).
 //
 // Kernel-lock files are opened like flock(1) does and are never written, truncated, chmod'ed or
@@ -45,12 +50,12 @@
 
 namespace holdfast {
 
-enum class Backend { automatic, ofd, flock, excl, link };
+enum class Backend { automatic, ofd, flock, excl, link, shm };
 enum class LockMode { exclusive, shared };
 
 std::string_view to_string(Backend backend) noexcept;
 std::string_view to_string(LockMode mode) noexcept;
-// Parses "auto", "ofd", "flock", "excl", "link"; nullopt otherwise.
+// Parses "auto", "ofd", "flock", "excl", "link", "shm"; nullopt otherwise.
 std::optional<Backend> parse_backend(std::string_view name) noexcept;
 
 // What a lock file says about the grant that wrote it. Serialised as one line of JSON.
@@ -98,6 +103,10 @@ struct LockOptions {
   // enforced, and any backend whose primitive `holdfast probe` measured unsafe on this mount.
   // true: take it anyway (the caller has decided). Never affects Backend::automatic.
   bool allow_unsafe_backend = false;
+  // Fair (FIFO) mode, shm backend only: waiters are granted in the order they started waiting
+  // (the kernel hands the lock to the longest waiter), so no waiter is overtaken by later ones.
+  // Other backends refuse it with Error(exit_code::usage) (docs/LOCKS.md says why).
+  bool fair = false;
 };
 
 class Lock {
@@ -150,7 +159,8 @@ class Lock {
   const HolderRecord& record() const noexcept;
   // The locked descriptor for kernel backends (inheritable by clearing FD_CLOEXEC; open
   // read-only, or write-only for an exclusive ofd lock); for dotlocks, the lock file holdfast
-  // created, open read-write. -1 once released or detached.
+  // created, open read-write. -1 once released or detached, and always for shm (no descriptor
+  // carries an shm lock).
   int fd() const noexcept;
   bool held() const noexcept;
 

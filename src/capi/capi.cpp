@@ -144,6 +144,7 @@ holdfast::Backend backend_of(int backend) {
     case HF_BACKEND_FLOCK: return holdfast::Backend::flock;
     case HF_BACKEND_EXCL: return holdfast::Backend::excl;
     case HF_BACKEND_LINK: return holdfast::Backend::link;
+    case HF_BACKEND_SHM: return holdfast::Backend::shm;
     default: break;
   }
   usage_error("unknown backend");
@@ -156,6 +157,7 @@ int backend_code(holdfast::Backend backend) noexcept {
     case holdfast::Backend::flock: return HF_BACKEND_FLOCK;
     case holdfast::Backend::excl: return HF_BACKEND_EXCL;
     case holdfast::Backend::link: return HF_BACKEND_LINK;
+    case holdfast::Backend::shm: return HF_BACKEND_SHM;
   }
   return HF_BACKEND_AUTO;
 }

@@ -155,6 +155,14 @@ uint64_t try_start(const Paths& paths, const std::string& name, const std::vecto
   int held = ofd_held_elsewhere(instance.get());
   if (held < 0) throw Error(-held, paths.lock, "cannot test lock (F_OFD_GETLK)");
   if (held == 1) return 0;
+  // A supervised instance whose supervisor stopped with --keep (or was killed) still runs: never
+  // start a second one beside it.
+  if (rec && runs_unsupervised(*rec)) {
+    throw Error(name, "ensure",
+                "pid " + std::to_string(rec->process.pid) +
+                    " runs without its supervisor: holdfast supervise NAME adopts it, holdfast stop NAME stops it",
+                exit_code::conflict);
+  }
   return spawn_instance(paths, name, command, options, spawn.get(), instance.get());
   // Our copies of both locks close here; the supervisor keeps them.
 }

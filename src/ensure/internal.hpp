@@ -85,9 +85,17 @@ struct Verification {
 // that supervisor. `unknown` when /proc cannot tell (another user's supervisor).
 Verification verify_instance(const Paths& paths, const InstanceRecord& record);
 
+// True if the record is a supervised instance (holdfast supervise) whose main process is alive
+// (pid, start time, boot) — meaningful when nobody holds the instance lock: its supervisor was
+// stopped with --keep or killed, and a new supervisor must adopt it rather than start another.
+bool runs_unsupervised(const InstanceRecord& record);
+
 // The supervisor's control signal (a real-time signal carrying a request in si_value).
 int control_signal() noexcept;
-enum class ControlMode : int { stop = 1, signal_main = 2 };
+// stop: signal the whole instance and exit once it is gone; signal_main: deliver to the main
+// process only; keep and restart: understood by supervisors of `holdfast supervise` only (keep:
+// exit, leaving the instance running; restart: stop the main process and start it again now).
+enum class ControlMode : int { stop = 1, signal_main = 2, keep = 3, restart = 4 };
 inline int control_value(ControlMode mode, int sig) { return (static_cast<int>(mode) << 16) | sig; }
 
 // ---- spawning (supervisor.cpp) ----
@@ -116,4 +124,10 @@ void start_supervisor(const SpawnPlan& plan, int spawn_lock_fd, int instance_loc
 namespace holdfast::ensure_detail {
 // The status of the instance at `paths` (status.cpp; also used by stop).
 InstanceStatus status_at(const Paths& paths);
+// Opens a pidfd on the record's supervisor and re-checks its start time (stop.cpp), so a request
+// through it reaches the verified supervisor or nobody. Empty: it exited in between. Throws
+// Error(data) if the pid now belongs to another process.
+sys::UniqueFd pin_supervisor(const Paths& paths, const InstanceRecord& rec);
+// Sends a control request (ControlMode + signal) through the supervisor's pidfd (stop.cpp).
+void send_request(int pidfd, const Paths& paths, ControlMode mode, int sig);
 }  // namespace holdfast::ensure_detail

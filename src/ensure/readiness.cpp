@@ -250,6 +250,10 @@ std::vector<NotifySocket::Message> NotifySocket::receive(pid_t supervisor, int& 
       } else if (line.starts_with("STATUS=")) {
         m.has_status = true;
         m.status = std::string(line.substr(7));
+      } else if (line == "WATCHDOG=1") {
+        m.watchdog = true;
+      } else if (line == "WATCHDOG=trigger") {
+        m.watchdog_trigger = true;
       } else if (line.starts_with("MAINPID=")) {
         long pid = std::strtol(std::string(line.substr(8)).c_str(), nullptr, 10);
         if (pid > 0) m.main_pid = static_cast<pid_t>(pid);

@@ -63,6 +63,8 @@ class NotifySocket {
     bool has_status = false;
     std::string status;
     pid_t main_pid = 0;  // MAINPID=, 0 if absent
+    bool watchdog = false;          // WATCHDOG=1 (holdfast supervise --watchdog)
+    bool watchdog_trigger = false;  // WATCHDOG=trigger: the daemon asks to be restarted
   };
   // Drains pending datagrams. Those without credentials or from a process that is not a
   // descendant of `supervisor` are dropped; `rejected` counts them (for the log).

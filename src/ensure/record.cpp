@@ -84,6 +84,19 @@ std::string InstanceRecord::to_json() const {
   j["failure_kind"] = std::string(to_string(failure_kind));
   j["exit_status"] = exit_status;
   j["log"] = log_path;
+  if (supervision) {
+    const auto& v = *supervision;
+    j["supervise"] = {{"state", v.state},
+                      {"restart", v.restart},
+                      {"starts", v.starts},
+                      {"restarts", v.restarts},
+                      {"last_exit", v.last_exit},
+                      {"last_exit_status", v.last_exit_status},
+                      {"next_attempt_unix_ns", v.next_attempt_unix_ns},
+                      {"decision", v.decision},
+                      {"adopted", v.adopted},
+                      {"keep", v.keep}};
+  }
   return j.dump();
 }
 
@@ -118,6 +131,21 @@ std::optional<InstanceRecord> InstanceRecord::parse(std::string_view text) {
     r.failure_kind = parse_failure_kind(j.value("failure_kind", ""));
     r.exit_status = j.value("exit_status", -1);
     r.log_path = j.value("log", "");
+    if (j.contains("supervise") && j["supervise"].is_object()) {
+      const auto& v = j["supervise"];
+      SupervisionRecord sv;
+      sv.state = v.value("state", "");
+      sv.restart = v.value("restart", "");
+      sv.starts = v.value("starts", uint64_t{0});
+      sv.restarts = v.value("restarts", uint64_t{0});
+      sv.last_exit = v.value("last_exit", "");
+      sv.last_exit_status = v.value("last_exit_status", -1);
+      sv.next_attempt_unix_ns = v.value("next_attempt_unix_ns", int64_t{0});
+      sv.decision = v.value("decision", "");
+      sv.adopted = v.value("adopted", false);
+      sv.keep = v.value("keep", false);
+      r.supervision = sv;
+    }
     return r;
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;

@@ -3,7 +3,10 @@
 #include <dirent.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <set>
+
+#include "sys/process.hpp"
 
 #include "ensure/internal.hpp"
 #include "holdfast/ensure.hpp"
@@ -14,6 +17,56 @@ using namespace ensure_detail;
 
 namespace ensure_detail {
 
+namespace {
+
+// A supervised instance (holdfast supervise): the same states, with the supervisor's own state
+// and its last decision in the reason. Lock free with a live main process is `running`: the
+// supervisor was stopped with --keep (or killed) and the instance runs on, unsupervised.
+InstanceStatus supervised_status(const Paths& paths, InstanceStatus s) {
+  const InstanceRecord& r = *s.record;
+  const SupervisionRecord& v = *r.supervision;
+  const std::string pid = "pid " + std::to_string(r.process.pid);
+  std::string detail = "supervised, " + v.state + ", restarts " + std::to_string(v.restarts);
+  if (!v.last_exit.empty()) detail += ", last " + v.last_exit;
+  if (v.next_attempt_unix_ns > 0 && (v.state == "backoff" || v.state == "paused")) {
+    const int64_t left_ms = (v.next_attempt_unix_ns - sys::realtime_ns()) / 1000000;
+    detail += ", next attempt in " + std::to_string(std::max<int64_t>(left_ms, 0)) + " ms";
+  }
+  if (!v.decision.empty()) detail += "; " + v.decision;
+  if (s.lock_held) {
+    if (r.state == RecordState::starting) {
+      s.state = InstanceState::running;
+      s.reason = (r.process.pid > 0 ? pid + " is starting (" : std::string("not running (")) + detail + ")";
+      return s;
+    }
+    auto check = verify_instance(paths, r);
+    if (r.state == RecordState::ready && check.verdict == Verdict::verified) {
+      s.state = InstanceState::ready;
+      s.reason = pid + " is ready (" + detail + ")";
+    } else {
+      s.state = InstanceState::unknown;
+      s.reason = "the instance lock is held but the record (" + pid + ", " + std::string(to_string(r.state)) +
+                 ") does not verify: " + (check.reason.empty() ? "not ready" : check.reason);
+    }
+    return s;
+  }
+  if (runs_unsupervised(r)) {
+    s.state = InstanceState::running;
+    s.reason = pid + " runs without a supervisor (" + detail + "); holdfast supervise NAME adopts it";
+    return s;
+  }
+  s.state = (r.state == RecordState::ready || r.state == RecordState::starting) && !v.keep && v.state != "kept"
+                ? InstanceState::stale
+                : InstanceState::stopped;
+  if (s.state == InstanceState::stale && r.process.pid <= 0) s.state = InstanceState::stopped;
+  s.reason = (s.state == InstanceState::stale ? "record says " + std::string(to_string(r.state)) + " " + pid +
+                                                    " but nobody holds the instance lock (its supervisor was killed)"
+                                              : "stopped (" + detail + ")");
+  return s;
+}
+
+}  // namespace
+
 InstanceStatus status_at(const Paths& paths) {
   InstanceStatus s;
   s.name = paths.name;
@@ -21,6 +74,7 @@ InstanceStatus status_at(const Paths& paths) {
   s.record = read_record(paths.record);
   const auto& r = s.record;
   const std::string pid = r ? "pid " + std::to_string(r->process.pid) : std::string();
+  if (r && r->supervision) return supervised_status(paths, std::move(s));
   if (s.lock_held) {
     if (!r) {
       s.state = InstanceState::unknown;

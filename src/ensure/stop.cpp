@@ -1,5 +1,6 @@
 // stop_instance: verify the record (the same check ensure and status make), then ask the
 // supervisor, through a pidfd, to signal the whole instance; wait for the instance lock.
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -14,32 +15,7 @@
 #include "holdfast/ensure.hpp"
 #include "sys/process.hpp"
 
-namespace holdfast {
-
-using namespace ensure_detail;
-using Clock = std::chrono::steady_clock;
-
-namespace {
-
-std::string ms_text(Clock::duration d) {
-  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
-}
-
-// S5: a start whose supervisor has not recorded itself yet (the client holds the lock for a few
-// microseconds before the supervisor writes its identity). Waits for it, bounded by `deadline`.
-InstanceStatus wait_until_supervised(const Paths& paths, Clock::time_point deadline) {
-  for (;;) {
-    auto s = status_at(paths);
-    bool unrecorded = s.lock_held && s.record && s.record->state == RecordState::starting &&
-                      s.record->launcher_pid <= 0;
-    if (!unrecorded) return s;
-    if (Clock::now() >= deadline) {
-      throw Error(paths.lock, "instance did not stop", "still starting: its supervisor has not recorded itself",
-                  exit_code::temp_fail);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-}
+namespace holdfast::ensure_detail {
 
 // Opens a pidfd on the record's supervisor and re-checks its start time, so a request through
 // it reaches the verified supervisor or nobody. An empty fd: it exited in between.
@@ -70,6 +46,35 @@ void send_request(int pidfd, const Paths& paths, ControlMode mode, int sig) {
   info.si_value.sival_int = control_value(mode, sig);
   if (::syscall(SYS_pidfd_send_signal, pidfd, control_signal(), &info, 0) != 0 && errno != ESRCH) {
     throw Error(errno, paths.record, "cannot signal the supervisor");
+  }
+}
+
+}  // namespace holdfast::ensure_detail
+
+namespace holdfast {
+
+using namespace ensure_detail;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string ms_text(Clock::duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+
+// S5: a start whose supervisor has not recorded itself yet (the client holds the lock for a few
+// microseconds before the supervisor writes its identity). Waits for it, bounded by `deadline`.
+InstanceStatus wait_until_supervised(const Paths& paths, Clock::time_point deadline) {
+  for (;;) {
+    auto s = status_at(paths);
+    bool unrecorded = s.lock_held && s.record && s.record->state == RecordState::starting &&
+                      s.record->launcher_pid <= 0;
+    if (!unrecorded) return s;
+    if (Clock::now() >= deadline) {
+      throw Error(paths.lock, "instance did not stop", "still starting: its supervisor has not recorded itself",
+                  exit_code::temp_fail);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
 }
 
@@ -105,6 +110,74 @@ void wait_for_release(const Paths& paths, int pidfd, Clock::time_point kill_at, 
   }
 }
 
+// Stops the main process of a supervised instance that runs without a supervisor: pinned by a
+// pidfd and re-checked against the record's start time before any signal, then its descendants
+// too; SIGKILL at `kill_at`. Writes the final record under the spawn lock (as a supervisor does)
+// unless a new supervisor took the instance meanwhile.
+StopResult stop_unsupervised(const Paths& paths, const InstanceRecord& rec, const StopOptions& options,
+                             Clock::time_point kill_at, Clock::time_point deadline, Clock::time_point begin) {
+  StopResult result;
+  result.was_running = true;
+  result.pid = rec.process.pid;
+  const std::string who = "pid " + std::to_string(rec.process.pid);
+  int fd = sys::pidfd_open_nothrow(rec.process.pid);
+  if (fd == -ESRCH) {
+    result.message = paths.name + ": not running (" + who + " exited meanwhile)";
+    return result;
+  }
+  if (fd < 0) throw Error(-fd, paths.record, "pidfd_open " + who);
+  sys::UniqueFd pidfd(fd);
+  auto now = identity_of(rec.process.pid);
+  if (now && now->start_time != rec.process.start_time) {
+    throw Error(paths.record, "refusing to signal " + who, "start time changed", exit_code::data);
+  }
+  auto signal_all = [&](int sig) {
+    signal_descendants(rec.process.pid, sig);
+    sys::pidfd_signal_nothrow(pidfd.get(), sig);
+    if (sig != SIGKILL && sig != SIGCONT) sys::pidfd_signal_nothrow(pidfd.get(), SIGCONT);  // a stopped process
+  };
+  signal_all(options.signal);
+  for (;;) {
+    pollfd p{pidfd.get(), POLLIN, 0};
+    auto now_t = Clock::now();
+    if (!result.killed && now_t >= kill_at) {
+      signal_all(SIGKILL);
+      result.killed = true;
+    }
+    if (now_t >= deadline) {
+      throw Error(paths.record, "instance did not stop", who + " still running after " + ms_text(now_t - begin),
+                  exit_code::temp_fail);
+    }
+    auto next = std::min(deadline, kill_at);
+    auto ms = std::clamp<int64_t>(std::chrono::ceil<std::chrono::milliseconds>(next - now_t).count(), 1, 60000);
+    int rc = ::poll(&p, 1, static_cast<int>(ms));
+    if (rc > 0) break;
+  }
+  // The record says stopped, unless a supervisor has adopted or replaced the instance meanwhile.
+  try {
+    auto spawn = open_lock_file(paths.spawn_lock);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (::fcntl(spawn.get(), F_OFD_SETLK, &fl) == 0 && !lock_held(paths.lock)) {
+      auto cur = read_record(paths.record);
+      if (cur && cur->attempt == rec.attempt && cur->launcher_pid == rec.launcher_pid) {
+        cur->state = RecordState::stopped;
+        if (cur->supervision) {
+          cur->supervision->state = "stopped";
+          cur->supervision->decision = "stopped by holdfast stop while unsupervised";
+        }
+        write_record(paths.record, *cur);
+      }
+    }
+  } catch (const Error&) {
+    // The instance is stopped; the record stays as it was (status then calls it stale).
+  }
+  result.waited = Clock::now() - begin;
+  result.message = paths.name + ": stopped " + who + " (it ran without a supervisor)" + (result.killed ? " (SIGKILL)" : "");
+  return result;
+}
+
 }  // namespace
 
 StopResult stop_instance(const std::string& name, const StopOptions& options) {
@@ -117,6 +190,15 @@ StopResult stop_instance(const std::string& name, const StopOptions& options) {
   StopResult result;
 
   auto status = wait_until_supervised(paths, deadline);
+  if (!status.lock_held && status.record && runs_unsupervised(*status.record)) {
+    // A supervised instance whose supervisor was stopped with --keep (or killed).
+    if (options.keep) {
+      result.message = name + ": pid " + std::to_string(status.record->process.pid) +
+                       " already runs without a supervisor (nothing done)";
+      return result;
+    }
+    return stop_unsupervised(paths, *status.record, options, kill_at, deadline, begin);
+  }
   if (!status.lock_held) {
     result.message = name + ": not running" +
                      (status.state == InstanceState::stale ? " (stale record, nothing signalled)" : "");
@@ -133,8 +215,29 @@ StopResult stop_instance(const std::string& name, const StopOptions& options) {
     throw Error(paths.record, "refusing to signal pid " + std::to_string(rec.process.pid), v.reason,
                 exit_code::data);
   }
+  if (options.keep && !rec.supervision) {
+    throw Error(name, "cannot stop with --keep",
+                "not a supervised instance (an ensure'd instance goes with its supervisor): use holdfast supervise",
+                exit_code::usage);
+  }
   auto pidfd = pin_supervisor(paths, rec);
   result.pid = rec.process.pid;
+  if (options.keep) {
+    // The supervisor writes a record that names the instance as kept, releases the lock, exits.
+    if (pidfd) send_request(pidfd.get(), paths, ControlMode::keep, 0);
+    StopResult waiting = result;
+    waiting.pid = rec.launcher_pid;
+    wait_for_release(paths, pidfd ? pidfd.get() : -1, Clock::time_point::max(), deadline, begin, waiting);
+    if (pidfd) {
+      pollfd p{pidfd.get(), POLLIN, 0};
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      while (::poll(&p, 1, static_cast<int>(std::clamp<int64_t>(left, 1, 60000))) < 0 && errno == EINTR) {
+      }
+    }
+    result.waited = Clock::now() - begin;
+    result.message = name + ": stopped the supervisor; pid " + std::to_string(rec.process.pid) + " keeps running";
+    return result;
+  }
   const std::string sig_name = sigabbrev_np(options.signal) ? std::string("SIG") + sigabbrev_np(options.signal)
                                                            : "signal " + std::to_string(options.signal);
   if (!options.wait) {

@@ -35,11 +35,20 @@ Verification verify_instance(const Paths& paths, const InstanceRecord& record) {
     const std::string main = "pid " + std::to_string(record.process.pid);
     auto main_verdict = judge_liveness(record.process);
     if (main_verdict.liveness != Liveness::alive) return refuted(main_verdict.reason);
-    if (!is_descendant(record.process.pid, record.launcher_pid)) {
+    // An adopted main process (holdfast supervise) was verified by pid, start time and boot when
+    // it was adopted and is watched through a pidfd: it descends from an earlier supervisor.
+    const bool adopted = record.supervision && record.supervision->adopted;
+    if (!adopted && !is_descendant(record.process.pid, record.launcher_pid)) {
       return refuted(main + " is not a process of the instance (not a descendant of its " + sup + ")");
     }
   }
   return {Verdict::verified, ""};
+}
+
+bool runs_unsupervised(const InstanceRecord& record) {
+  if (!record.supervision || record.process.pid <= 0) return false;
+  if (record.state != RecordState::ready && record.state != RecordState::starting) return false;
+  return judge_liveness(record.process).liveness == Liveness::alive;
 }
 
 }  // namespace holdfast::ensure_detail

@@ -10,6 +10,7 @@
 
 #include "holdfast/error.hpp"
 #include "lock/internal.hpp"
+#include "lock/shm.hpp"
 #include "sys/file.hpp"
 
 namespace holdfast {
@@ -81,7 +82,9 @@ std::optional<HolderRecord> read_holder_record(const std::string& path) {
   bool corrupt = false;
   auto in_file = read_file_record(path, fd, st, corrupt);
   if (in_file && is_dotlock(in_file->backend)) return in_file;
+  if (auto shm = lock_internal::inspect_shm(fd, st); shm && shm->record && shm->exclusive_held) return shm->record;
   if (auto side = lock_internal::read_side_record(fd, st)) return side;
+  if (auto shm = lock_internal::inspect_shm(fd, st); shm && shm->record) return shm->record;
   return in_file;  // a record an older holdfast wrote into a kernel-lock file, if any
 }
 
@@ -110,6 +113,7 @@ HolderInfo inspect_holder(const std::string& path) {
     info.reason = reason;
     return info;
   }
+  if (lock_internal::describe_shm(fd, st, info)) return info;
   info.record = lock_internal::read_side_record(fd, st);
   if (!info.record) info.record = in_file;
   if (info.record) info.backend = info.record->backend;

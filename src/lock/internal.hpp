@@ -15,6 +15,7 @@
 
 #include "holdfast/lock.hpp"
 #include "lock/fence.hpp"
+#include "sys/current_pid.hpp"
 #include "sys/fd.hpp"
 
 namespace holdfast::lock_internal {
@@ -104,6 +105,7 @@ namespace holdfast {
 
 namespace lock_internal {
 struct OpenFiles;
+struct ShmMapping;
 }
 
 // A grant: what one acquisition took. Each backend's grant releases exactly what it took, on
@@ -139,11 +141,11 @@ struct Lock::State {
   std::shared_ptr<lock_internal::OpenFiles> files;
 
  protected:
-  bool in_owner_process() const noexcept { return ::getpid() == owner_pid_; }
+  bool in_owner_process() const noexcept { return sys::current_pid() == owner_pid_; }
   bool held_ = true;
 
  private:
-  const pid_t owner_pid_ = ::getpid();
+  const pid_t owner_pid_ = sys::current_pid();
 };
 
 namespace lock_internal {
@@ -162,6 +164,7 @@ struct OpenFiles {
   sys::UniqueFd record_fd;  // kernel backends: the record file in the state directory
   off_t record_size = 0;
   std::optional<fence::FenceFile> fence;
+  std::shared_ptr<ShmMapping> shm;  // shm backend: the validated mapping
 };
 
 // Return null if the wait ended without the lock. Throw holdfast::Error.

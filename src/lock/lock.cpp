@@ -9,6 +9,7 @@
 #include "holdfast/probe.hpp"
 #include "lock/internal.hpp"
 #include "lock/select_backend.hpp"
+#include "lock/shm.hpp"
 #include "sys/file.hpp"
 
 namespace holdfast {
@@ -26,6 +27,10 @@ Backend resolve_backend(const lock_internal::Target& target, const LockOptions& 
 std::unique_ptr<Lock::State> acquire_with(const lock_internal::Target& target, Backend backend,
                                           const LockOptions& options, const WaitSpec& wait,
                                           const std::shared_ptr<lock_internal::OpenFiles>& files) {
+  if (backend == Backend::shm) return lock_internal::shm_acquire(target, options, wait, files);
+  if (options.fair) {
+    throw Error(target.path, "fair mode", "only the shm backend offers it (see docs/LOCKS.md)", exit_code::usage);
+  }
   return is_kernel(backend) ? lock_internal::kernel_acquire(target, backend, options, wait, files)
                             : lock_internal::dotlock_acquire(target, backend, options, wait, files);
 }

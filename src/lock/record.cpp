@@ -13,6 +13,7 @@ std::string_view to_string(Backend backend) noexcept {
     case Backend::flock: return "flock";
     case Backend::excl: return "excl";
     case Backend::link: return "link";
+    case Backend::shm: return "shm";
   }
   return "?";
 }
@@ -22,7 +23,7 @@ std::string_view to_string(LockMode mode) noexcept {
 }
 
 std::optional<Backend> parse_backend(std::string_view name) noexcept {
-  for (Backend b : {Backend::automatic, Backend::ofd, Backend::flock, Backend::excl, Backend::link}) {
+  for (Backend b : {Backend::automatic, Backend::ofd, Backend::flock, Backend::excl, Backend::link, Backend::shm}) {
     if (name == to_string(b)) return b;
   }
   if (name == "automatic") return Backend::automatic;

@@ -121,6 +121,8 @@ void refuse_known_unsafe(const Target& target, Backend backend) {
       if (probed_unsafe(target.dir, p)) refuse(probe_says(p));
       return;
     }
+    case Backend::shm:
+      return;  // a mapping in the state directory: nothing about the lock file's filesystem matters
     case Backend::link:
       if (probed_unsafe(target.dir, Primitive::link)) refuse(probe_says(Primitive::link));
       return;

@@ -320,7 +320,8 @@ ProbeReport probe(const ProbeOptions& options) {
     return r->verdict == Verdict::safe;
   };
   switch (report.automatic_backend) {
-    case Backend::automatic: report.automatic_safe.reset(); break;
+    case Backend::automatic:
+    case Backend::shm: report.automatic_safe.reset(); break;
     case Backend::ofd: report.automatic_safe = measured(Primitive::ofd); break;
     case Backend::flock: report.automatic_safe = measured(Primitive::flock); break;
     case Backend::link: report.automatic_safe = measured(Primitive::link); break;

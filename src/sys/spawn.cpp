@@ -101,7 +101,7 @@ void close_all_except(int* keep, size_t n) noexcept {
 }
 
 [[noreturn]] void run_child(const SpawnRequest& req, int report_fd, char* const* argv,
-                            char* const* envp, pid_t parent) noexcept {
+                            char* const* envp, pid_t parent, char* self_pid_slot) noexcept {
   // 1. The report pipe must survive the shuffle: move it off every target number.
   if (is_target(req, report_fd)) {
     int moved = dup_off_targets(req, report_fd);
@@ -152,6 +152,13 @@ void close_all_except(int* keep, size_t n) noexcept {
     if (::prctl(PR_SET_PDEATHSIG, req.parent_death_signal) != 0) child_fail(report_fd, kStepDeathSignal, errno);
     // The parent may have died before the prctl: then nobody would deliver the signal.
     if (::getppid() != parent) ::_exit(127);
+  }
+  if (self_pid_slot != nullptr) {
+    // The slot holds 20 NULs after "NAME=": write our pid's digits there.
+    char digits[20];
+    int n = 0;
+    for (auto v = static_cast<unsigned long>(::getpid()); n == 0 || v != 0; v /= 10) digits[n++] = static_cast<char>('0' + v % 10);
+    for (int i = 0; i < n; ++i) self_pid_slot[i] = digits[n - 1 - i];
   }
   ::execve(req.executable.c_str(), argv, envp);
   child_fail(report_fd, kStepExec, errno);
@@ -221,6 +228,13 @@ Child spawn(const SpawnRequest& request) {
   std::vector<char*> envp;
   envp.reserve(request.env.size() + 1);
   for (const auto& e : request.env) envp.push_back(const_cast<char*>(e.c_str()));
+  std::string self_pid_entry;
+  char* self_pid_slot = nullptr;
+  if (!request.self_pid_env.empty()) {
+    self_pid_entry = request.self_pid_env + "=" + std::string(21, '\0');
+    envp.push_back(self_pid_entry.data());
+    self_pid_slot = self_pid_entry.data() + request.self_pid_env.size() + 1;
+  }
   envp.push_back(nullptr);
 
   int p[2];
@@ -230,7 +244,7 @@ Child spawn(const SpawnRequest& request) {
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw Error(errno, request.executable, "spawn: fork");
-  if (pid == 0) run_child(request, report_w.get(), argv.data(), envp.data(), parent);
+  if (pid == 0) run_child(request, report_w.get(), argv.data(), envp.data(), parent, self_pid_slot);
   report_w.reset();
   int pidfd = pidfd_open_nothrow(pid);  // our unreaped child: the pid cannot be reused yet
   Child child(pid, UniqueFd(pidfd >= 0 ? pidfd : -1));

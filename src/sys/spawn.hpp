@@ -47,6 +47,9 @@ struct SpawnRequest {
   std::vector<gid_t> groups;
   std::optional<uid_t> uid;
   int parent_death_signal = 0;    // 0: none
+  // If set: the child's environment also gets NAME=<the child's own pid> (as systemd passes
+  // WATCHDOG_PID), written after fork without allocating.
+  std::string self_pid_env;
 };
 
 // A step before exec failed. what() is "EXECUTABLE: cannot execute: CAUSE" for exec itself, else

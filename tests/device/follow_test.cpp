@@ -111,52 +111,14 @@ TEST_F(FollowTest, NoPortWithTheSerialIsExit86NamingIt) {
 TEST_F(FollowTest, TermReconnectsToTheNewPort) {
   usb_board("HFSIM1", {"ttyACM0", "ttyACM1"});
   SimBoard board(board_args());
-  int in[2], out[2];
-  ASSERT_EQ(::pipe2(in, O_CLOEXEC), 0);
-  ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
-  std::vector<std::string> argv{cli_path(), "device", "term", "--port", dev + "/ttyACM0"};
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(in[0], 0);
-    ::dup2(out[1], 1);
-    std::vector<char*> a;
-    for (auto& s : argv) a.push_back(s.data());
-    a.push_back(nullptr);
-    ::execv(a[0], a.data());
-    ::_exit(127);
-  }
-  ::close(in[0]);
-  ::close(out[1]);
-  struct Reap {
-    pid_t pid;
-    int in, out;
-    ~Reap() {
-      ::close(in);
-      ::close(out);
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } reap{pid, in[1], out[0]};
-  std::string seen;
-  auto read_until = [&](const std::string& marker) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (seen.find(marker) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{out[0], POLLIN, 0};
-      if (::poll(&p, 1, 500) <= 0) continue;
-      char buf[4096];
-      ssize_t n = ::read(out[0], buf, sizeof buf);
-      if (n <= 0) return false;
-      seen.append(buf, static_cast<size_t>(n));
-    }
-    return seen.find(marker) != std::string::npos;
-  };
-  ASSERT_EQ(::write(in[1], "\x02", 1), 1);  // Ctrl-B: the banner, so the terminal is connected
-  ASSERT_TRUE(read_until(">>> ")) << seen;
-  ASSERT_EQ(::write(in[1], "\x04", 1), 1);  // soft reboot: the board re-enumerates
+  Term term({"--port", dev + "/ttyACM0"});
+  term.type("\x02");  // Ctrl-B: the banner, so the terminal is connected
+  ASSERT_TRUE(term.read_until(">>> ")) << term.seen();
+  term.type("\x04");  // soft reboot: the board re-enumerates
   // Printed by the board only on its new port.
-  ASSERT_TRUE(read_until("MPY: soft reboot")) << seen;
-  ASSERT_EQ(::write(in[1], "hello", 5), 5);
-  EXPECT_TRUE(read_until("hello")) << seen;
+  ASSERT_TRUE(term.read_until("MPY: soft reboot")) << term.seen();
+  term.type("hello");
+  EXPECT_TRUE(term.read_until("hello")) << term.seen();
 }
 
 }  // namespace

@@ -129,6 +129,59 @@ class SimBoard : public SimBoardProcess {
   explicit SimBoard(const std::vector<std::string>& args) : SimBoardProcess(args, simboard_path()) {}
 };
 
+// `holdfast device term …` with its stdin and stdout on pipes; killed and reaped on destruction.
+class Term {
+ public:
+  explicit Term(const std::vector<std::string>& args) {
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    std::vector<std::string> argv{cli_path(), "device", "term"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      std::vector<char*> a;
+      for (auto& s : argv) a.push_back(s.data());
+      a.push_back(nullptr);
+      ::execv(a[0], a.data());
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    in_ = in[1];
+    out_ = out[0];
+  }
+  ~Term() {
+    if (in_ >= 0) ::close(in_);
+    ::close(out_);
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  Term(const Term&) = delete;
+  Term& operator=(const Term&) = delete;
+  void type(const std::string& keys) { if (::write(in_, keys.data(), keys.size()) != static_cast<ssize_t>(keys.size())) throw std::runtime_error("write to term"); }
+  // Reads the board's output until `marker` (or 60 s).
+  bool read_until(const std::string& marker) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (seen_.find(marker) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{out_, POLLIN, 0};
+      if (::poll(&p, 1, 500) <= 0) continue;
+      char buf[4096];
+      ssize_t n = ::read(out_, buf, sizeof buf);
+      if (n <= 0) return false;
+      seen_.append(buf, static_cast<size_t>(n));
+    }
+    return seen_.find(marker) != std::string::npos;
+  }
+  const std::string& seen() const { return seen_; }
+
+ private:
+  pid_t pid_ = -1;
+  int in_ = -1, out_ = -1;
+  std::string seen_;
+};
+
 // The board's log of events (JSON lines).
 inline std::vector<nlohmann::json> board_events(const std::string& log) {
   std::vector<nlohmann::json> out;

@@ -1,0 +1,776 @@
+// shm backend: a same-machine lock in a small shared mapping, taken and released without system
+// calls when uncontended. docs/LOCKS.md, "The shm backend".
+//
+// The mapping is a file in the state directory named after the lock file's identity (device,
+// inode, birth time: `<key>.shm`, beside the kernel locks' `<key>.fence` and `<key>.holder`);
+// nothing is created beside the user's file, which is opened (created if missing) only to learn
+// that identity, and never written. What the mapping holds:
+//
+//   gate        robust, process-shared mutex (sys/robust_mutex.hpp): held by the exclusive holder
+//               for the whole grant, and briefly by a shared holder while it takes a reader slot.
+//               Owner death is detected by the kernel (robust list) and recovered at once.
+//   fair_gate   the same with priority inheritance: the kernel hands it over in FIFO order. Fair
+//               lockers take it before the gate, and hold both.
+//   readers     64 reader slots, each a robust mutex held by one shared holder for its grant, and
+//               a bitmap of the slots in use. An exclusive locker, holding the gate (so no new
+//               reader enters), waits on every slot whose bit is set; a dead reader's slot comes
+//               back as owner-dead and is freed.
+//   last_token  the last fencing token issued (epoch << 32 | counter). Incremented by the
+//               exclusive holder with one atomic store, so a holder that dies anywhere either
+//               never stored its token (and never handed it out) or consumed it for good: a token
+//               never repeats. The epoch is the durable part: written to the mapping's file and
+//               synced (msync) before any token of it is issued, once per boot (and whenever the
+//               32-bit counter runs out); a new epoch is max(last durable + 1, last token's
+//               epoch + 1, unix seconds), so tokens also rise across reboots and a lost file.
+//   record      the exclusive holder's record in a fixed-size slot, under a sequence counter
+//               (odd while being written): no syscall, no allocation. Readers retry while odd.
+//   header      magic, version, size, and the boot id, machine id, host and pid namespace of
+//               the boot that initialised it. A mapping from another boot is reinitialised (its
+//               futex words name threads of a boot that is gone) keeping its token state; one
+//               from another pid namespace is refused (owners are TIDs: meaningless there); one
+//               with any other mismatch, or truncated, is corrupt: fail closed, one line.
+//
+// Initialisation and validation happen once per open, under flock(2) on the mapping's own file
+// (shared to validate, exclusive to initialise), so two processes of a new boot never initialise
+// over each other, and a process never uses a half-initialised mapping.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+#include "holdfast/error.hpp"
+#include "lock/internal.hpp"
+#include "lock/shm.hpp"
+#include "sys/file.hpp"
+#include "sys/robust_mutex.hpp"
+
+namespace holdfast::lock_internal {
+namespace {
+
+constexpr char kMagic[8] = {'h', 'f', 's', 'h', 'm', 'l', 'k', '\n'};
+constexpr uint32_t kVersion = 1;
+constexpr size_t kReaderSlots = 64;
+constexpr size_t kRecordProcesses = 4;
+constexpr size_t kCommandBytes = 1024;
+constexpr size_t kMapSize = 16384;
+constexpr uint64_t kCounterMask = 0xffffffffULL;
+
+struct ProcSlot {
+  std::atomic<uint64_t> pid;
+  std::atomic<uint64_t> start_time;
+  std::atomic<uint64_t> pid_ns;
+  std::atomic<uint64_t> time_ns;
+};
+
+// The exclusive holder's record. Written only by the gate's owner; read by anyone (inspection)
+// under the sequence counter.
+struct RecordSlot {
+  std::atomic<uint64_t> seq;  // odd while being written
+  std::atomic<uint64_t> token;
+  std::atomic<uint64_t> nonce;
+  std::atomic<int64_t> acquired_unix_ns;
+  std::atomic<uint32_t> processes;
+  std::atomic<uint32_t> command_bytes;  // argv joined by NUL, at most kCommandBytes
+  ProcSlot process[kRecordProcesses];
+  std::atomic<uint64_t> command[kCommandBytes / 8];
+};
+
+struct alignas(64) ReaderSlot {
+  pthread_mutex_t mutex;
+  std::atomic<uint64_t> pid;
+  std::atomic<uint64_t> start_time;
+};
+
+struct Layout {
+  // Header: written at initialisation only (under the file's exclusive flock).
+  char magic[8];
+  uint32_t version;
+  uint32_t size;
+  char boot_id[64];
+  char machine_id[64];
+  char host[128];
+  uint64_t pid_ns;
+  std::atomic<uint64_t> durable_epoch;  // synced before any token of it is issued
+  std::atomic<uint64_t> recoveries;     // grants that found their previous holder dead
+  alignas(64) pthread_mutex_t gate;
+  alignas(64) pthread_mutex_t fair_gate;
+  alignas(64) std::atomic<uint64_t> last_token;
+  std::atomic<uint64_t> readers;  // bit i: reader slot i is taken
+  alignas(64) RecordSlot record;
+  ReaderSlot reader[kReaderSlots];
+};
+static_assert(sizeof(Layout) <= kMapSize);
+static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
+
+// Test hook: HOLDFAST_TEST_SHM_STOP_AT=<point> makes the process stop itself (SIGSTOP) at that
+// point of an acquire or release, so a test can SIGKILL it exactly there. Read once per mapping.
+void stop_for_test(const std::string& hook, std::string_view point) {
+  if (!hook.empty() && hook == point) ::raise(SIGSTOP);
+}
+
+uint64_t unix_seconds() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+template <size_t N>
+void copy_field(char (&out)[N], const std::string& s) {
+  std::memset(out, 0, N);
+  std::memcpy(out, s.data(), std::min(s.size(), N - 1));
+}
+
+template <size_t N>
+std::string field(const char (&in)[N]) {
+  return std::string(in, strnlen(in, N));
+}
+
+bool all_zero(const char* p, size_t n) {
+  return std::all_of(p, p + n, [](char c) { return c == 0; });
+}
+
+// A steady-clock deadline as the CLOCK_REALTIME time pthread_mutex_timedlock wants.
+timespec realtime_deadline(Clock::time_point deadline) {
+  auto left = std::max(deadline - Clock::now(), Clock::duration::zero());
+  auto when = std::chrono::system_clock::now().time_since_epoch() +
+              std::chrono::duration_cast<std::chrono::system_clock::duration>(left);
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(when).count();
+  return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+}
+
+[[noreturn]] void throw_corrupt(const std::string& file, const std::string& why) {
+  throw Error(file, "shm lock mapping is corrupt",
+              why + "; remove it only when no process uses the lock", exit_code::data);
+}
+
+// The lock file's identity, from an open of the lock path like flock(1)'s (created empty if
+// missing, never through a dangling symlink, never written). Returns the open descriptor.
+sys::UniqueFd open_lock_path(const Target& target, struct stat& st) {
+  struct stat pre {};
+  auto lockable = [](mode_t m) { return S_ISREG(m) || S_ISDIR(m); };
+  if (sys::stat_nothrow(target.path, pre) == 0 && !lockable(pre.st_mode)) {
+    throw Error(target.path, "cannot use as lock file", "not a regular file or directory", exit_code::cant_create);
+  }
+  const int flags = O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC | target.extra_open_flags;
+  int fd = -ENOENT;
+  for (int round = 0; round < 4 && fd == -ENOENT; ++round) {
+    fd = sys::open_nothrow(AT_FDCWD, target.path, flags);
+    if (fd == -ENOENT) fd = sys::open_nothrow(AT_FDCWD, target.path, flags | O_CREAT | O_EXCL, 0666);
+    if (fd == -EEXIST) fd = -ENOENT;  // appeared meanwhile, or a dangling symlink: retry
+  }
+  if (fd == -ENOENT) {
+    throw Error(target.path, "cannot create lock file", "it is a dangling symbolic link", exit_code::no_input);
+  }
+  if (fd < 0) throw_open_error(-fd, target, target.path);
+  sys::UniqueFd owned(fd);
+  if (sys::fstat_nothrow(fd, st) < 0) throw Error(errno, target.path, "cannot stat lock file");
+  if (!lockable(st.st_mode)) {
+    throw Error(target.path, "cannot use as lock file", "not a regular file or directory", exit_code::cant_create);
+  }
+  return owned;
+}
+
+}  // namespace
+
+// An open, validated mapping. Unmapped only when nothing in it can still be held by this process
+// (the kernel walks a dying thread's robust list by address: a mutex it holds must stay mapped).
+struct ShmMapping {
+  std::string file;     // the mapping's path in the state directory
+  struct stat lock_st {};  // the lock file it belongs to
+  Layout* map = nullptr;
+  std::string hook;     // HOLDFAST_TEST_SHM_STOP_AT
+  // The grant record's invariant parts, moved into each grant and back (no allocation per grant).
+  HolderRecord spare;
+  pid_t spare_pid = 0;
+  uint64_t nonce_state = 0;
+  // The record slot's sequence number after this handle's last write, and how many processes it
+  // wrote: if the slot still has it, nobody wrote since, and only the per-grant fields change.
+  uint64_t written_seq = 0;
+  size_t written_processes = 0;
+  pid_t written_pid = 0;
+
+  ShmMapping() = default;
+  ShmMapping(const ShmMapping&) = delete;
+  ShmMapping& operator=(const ShmMapping&) = delete;
+  ~ShmMapping() {
+    if (map != nullptr) ::munmap(map, kMapSize);
+  }
+
+  uint64_t next_nonce() noexcept {
+    // splitmix64: unique per grant within this handle, seeded from getrandom at open.
+    uint64_t z = (nonce_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+};
+
+namespace {
+
+// Writes a fresh header (a new boot, or a never completed initialisation), keeping the token
+// state so tokens keep rising. Called under the file's exclusive flock.
+void initialise(Layout* m, int fd, const std::string& file, bool created) {
+  const ProcessIdentity self = self_identity();
+  uint64_t epoch = std::max({m->durable_epoch.load() + 1, (m->last_token.load() >> 32) + 1, unix_seconds()});
+  if (epoch > kCounterMask) throw Error(file, "fencing tokens exhausted", "the epoch reached 2^32", exit_code::data);
+  std::memset(m->magic, 0, sizeof m->magic);
+  m->durable_epoch.store(epoch);
+  m->last_token.store(epoch << 32);
+  m->readers.store(0);
+  m->recoveries.store(0);
+  m->record.seq.store(0);
+  m->record.token.store(0);
+  if (int rc = sys::robust_mutex_init(&m->gate, sys::RobustKind::plain); rc != 0) {
+    throw Error(rc, file, "cannot initialise shm lock");
+  }
+  if (int rc = sys::robust_mutex_init(&m->fair_gate, sys::RobustKind::fifo); rc != 0) {
+    throw Error(rc, file, "cannot initialise shm lock (priority-inheritance mutex)");
+  }
+  for (auto& slot : m->reader) {
+    if (int rc = sys::robust_mutex_init(&slot.mutex, sys::RobustKind::plain); rc != 0) {
+      throw Error(rc, file, "cannot initialise shm lock");
+    }
+    slot.pid.store(0);
+  }
+  m->version = kVersion;
+  m->size = kMapSize;
+  m->pid_ns = self.pid_ns;
+  copy_field(m->machine_id, self.machine_id);
+  copy_field(m->host, self.host);
+  // The epoch must be on disk before a token of it is issued: after a crash the next boot starts
+  // above it. The directory entry too, for a new file.
+  if (::msync(m, kMapSize, MS_SYNC) != 0) throw Error(errno, file, "cannot sync shm lock mapping");
+  if (created) {
+    sys::UniqueFd dir(sys::open_nothrow(AT_FDCWD, sys::dirname_of(file), O_RDONLY | O_DIRECTORY));
+    if (dir && sys::fsync_nothrow(dir.get()) < 0) throw Error(errno, sys::dirname_of(file), "cannot sync directory");
+  }
+  copy_field(m->boot_id, this_boot_id());
+  std::atomic_thread_fence(std::memory_order_release);
+  std::memcpy(m->magic, kMagic, sizeof kMagic);
+  (void)fd;
+}
+
+enum class HeaderState { ready, needs_init, foreign_namespace };
+
+HeaderState judge_header(const Layout* m, const std::string& file) {
+  if (all_zero(m->magic, sizeof m->magic)) return HeaderState::needs_init;  // never completed
+  if (std::memcmp(m->magic, kMagic, sizeof kMagic) != 0) throw_corrupt(file, "bad magic");
+  if (m->version != kVersion || m->size != kMapSize) throw_corrupt(file, "unknown version or size");
+  if ((m->last_token.load() >> 32) < m->durable_epoch.load()) throw_corrupt(file, "token below its durable epoch");
+  if (field(m->boot_id) != this_boot_id()) return HeaderState::needs_init;  // a previous boot's
+  if (m->pid_ns != self_identity().pid_ns) return HeaderState::foreign_namespace;
+  return HeaderState::ready;
+}
+
+// Opens, validates (initialising it when new or from another boot) and maps the mapping of the
+// lock file open at `lock_fd`.
+std::shared_ptr<ShmMapping> open_mapping(const Target& target, int lock_fd, const struct stat& st) {
+  if (this_boot_id().empty()) {
+    throw Error(target.path, "cannot use the shm backend",
+                "this machine's boot id cannot be read, so a mapping from a previous boot cannot be told apart",
+                exit_code::unavailable);
+  }
+  std::string why;
+  auto paths = side_state_for(lock_fd, st, &why);
+  if (!paths) throw Error(target.path, "cannot use the shm backend", why, exit_code::unavailable);
+  // The state files are named <key>.fence, <key>.holder; the mapping is <key>.shm.
+  auto mapping = std::make_shared<ShmMapping>();
+  mapping->file = paths->fence.substr(0, paths->fence.size() - std::strlen(".fence")) + ".shm";
+  mapping->lock_st = st;
+  bool created = false;
+  int raw = open_state_file(*paths, mapping->file, &created);
+  if (raw == -EPERM) {
+    throw Error(mapping->file, "cannot use shm lock mapping", "not owned by root, you or the lock file's owner",
+                exit_code::no_perm);
+  }
+  if (raw < 0) throw Error(-raw, mapping->file, "cannot open shm lock mapping");
+  sys::UniqueFd fd(raw);
+  ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+
+  auto flock_retry = [&](int op) {
+    while (::flock(fd.get(), op) != 0) {
+      if (errno != EINTR) throw Error(errno, mapping->file, "cannot lock shm lock mapping");
+    }
+  };
+  for (int op : {LOCK_SH, LOCK_EX}) {
+    flock_retry(op);
+    struct stat fst {};
+    if (sys::fstat_nothrow(fd.get(), fst) < 0) throw Error(errno, mapping->file, "cannot stat shm lock mapping");
+    const bool empty = fst.st_size == 0;
+    if (!empty && fst.st_size != static_cast<off_t>(kMapSize)) {
+      throw_corrupt(mapping->file, "size " + std::to_string(fst.st_size) + ", expected " + std::to_string(kMapSize));
+    }
+    if (empty && op == LOCK_SH) continue;  // initialise under the exclusive lock
+    if (empty && ::ftruncate(fd.get(), static_cast<off_t>(kMapSize)) != 0) {
+      throw Error(errno, mapping->file, "cannot size shm lock mapping");
+    }
+    if (mapping->map == nullptr) {
+      void* p = ::mmap(nullptr, kMapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+      if (p == MAP_FAILED) throw Error(errno, mapping->file, "cannot map shm lock mapping");
+      mapping->map = static_cast<Layout*>(p);
+    }
+    HeaderState state = judge_header(mapping->map, mapping->file);
+    if (state == HeaderState::needs_init && op == LOCK_EX) {
+      initialise(mapping->map, fd.get(), mapping->file, created || empty);
+      state = judge_header(mapping->map, mapping->file);
+    }
+    if (state == HeaderState::foreign_namespace) {
+      throw Error(target.path, "cannot use the shm backend",
+                  "its mapping " + mapping->file + " is in use from another pid namespace (owners are thread ids, "
+                  "which mean nothing across namespaces); use the flock backend",
+                  exit_code::unavailable);
+    }
+    if (state == HeaderState::ready) break;
+  }
+  ::flock(fd.get(), LOCK_UN);
+  // The mapping keeps the file's pages; the descriptor is no longer needed (the epoch is synced
+  // through msync on the mapping itself).
+  const char* hook = std::getenv("HOLDFAST_TEST_SHM_STOP_AT");  // NOLINT(concurrency-mt-unsafe)
+  if (hook != nullptr) mapping->hook = hook;
+  mapping->nonce_state = sys::random_u64();
+  return mapping;
+}
+
+// Mappings of grants that were detached: the lock is still held by this thread, so the mutex
+// must stay mapped for the kernel's robust-list walk when the thread exits.
+std::mutex g_detached_mu;
+std::vector<std::shared_ptr<ShmMapping>>& detached_mappings() {
+  static auto* kept = new std::vector<std::shared_ptr<ShmMapping>>();  // never destroyed
+  return *kept;
+}
+
+// Locks `m` as `wait` allows. Returns the outcome (acquired, acquired_owner_died, busy, timed_out,
+// self_deadlock); throws for a broken mutex.
+sys::MutexResult lock_mutex(pthread_mutex_t* m, const WaitSpec& wait, const ShmMapping& mapping) {
+  for (;;) {
+    sys::MutexLock r{};
+    if (wait.kind == WaitSpec::none) {
+      r = sys::robust_mutex_lock(m, true, nullptr);
+    } else if (wait.kind == WaitSpec::forever) {
+      r = sys::robust_mutex_lock(m, false, nullptr);
+    } else {
+      const timespec when = realtime_deadline(wait.deadline);
+      r = sys::robust_mutex_lock(m, false, &when);
+      // The wall clock may have been stepped: the steady deadline is the one that counts.
+      if (r.result == sys::MutexResult::timed_out && !wait.expired()) continue;
+    }
+    if (r.result == sys::MutexResult::acquired_owner_died) {
+      mapping.map->recoveries.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (r.result == sys::MutexResult::not_recoverable) {
+      throw Error(mapping.file, "shm lock is not recoverable",
+                  "a program unlocked it without recovering it; remove the file only when no process uses the lock",
+                  exit_code::data);
+    }
+    if (r.result == sys::MutexResult::error) throw Error(r.err, mapping.file, "cannot take shm lock");
+    return r.result;
+  }
+}
+
+bool acquired(sys::MutexResult r) {
+  return r == sys::MutexResult::acquired || r == sys::MutexResult::acquired_owner_died;
+}
+
+// A grant of the shm lock. Destroying it releases what it took, in the thread that took it.
+class ShmGrant final : public Lock::State {
+ public:
+  ShmGrant(const Target& where, LockMode how, bool fair, std::shared_ptr<OpenFiles> open_files)
+      : State(where, Backend::shm, how, HolderRecord{}), fair_(fair) {
+    files = std::move(open_files);
+    files->busy = true;
+    mapping_ = files->shm.get();
+  }
+  ~ShmGrant() override {
+    end();
+    // Hand the record's buffers back for the next grant.
+    if (mapping_ != nullptr && in_owner_process()) {
+      record.processes.resize(std::min<size_t>(record.processes.size(), 1));
+      mapping_->spare = std::move(record);
+    }
+  }
+  ShmGrant(const ShmGrant&) = delete;
+  ShmGrant& operator=(const ShmGrant&) = delete;
+
+  // Takes the lock as `wait` allows; false if the wait ended first (nothing is held then).
+  bool take(const WaitSpec& wait) {
+    Layout* m = mapping_->map;
+    if (fair_) {
+      const auto r = lock_mutex(&m->fair_gate, wait, *mapping_);
+      if (!acquired(r)) return refused(r, wait);
+      holds_fair_ = true;
+    }
+    const auto r = lock_mutex(&m->gate, wait, *mapping_);
+    if (!acquired(r)) return refused(r, wait);
+    holds_gate_ = true;
+    stop_for_test(mapping_->hook, "shm-gate-locked");
+    return mode == LockMode::exclusive ? take_exclusive(wait) : take_shared(wait);
+  }
+
+  void release() override {
+    if (!held_) return;
+    if (in_owner_process()) {
+      if (int rc = unlock_all(); rc != 0) {
+        throw Error(rc, target.path, rc == EPERM ? "cannot release shm lock from a thread that did not take it"
+                                                 : "cannot release shm lock");
+      }
+    }
+    held_ = false;
+  }
+
+  void detach() noexcept override {
+    if (!held_) return;
+    held_ = false;
+    keep_mapped();
+  }
+
+  void add_holder_process(const ProcessIdentity& process) override {
+    record.processes.push_back(process);
+    write_record();
+  }
+
+  int fd() const noexcept override { return -1; }  // no descriptor carries an shm lock
+
+ private:
+  bool refused(sys::MutexResult r, const WaitSpec& wait) {
+    if (r == sys::MutexResult::self_deadlock && wait.kind != WaitSpec::none) {
+      // Nothing else could ever release it: a blocking wait would last forever.
+      unlock_all();
+      throw Error(target.path, "shm lock", "this thread already holds it; it would wait on itself forever",
+                  exit_code::software);
+    }
+    unlock_all();
+    return false;
+  }
+
+  bool take_exclusive(const WaitSpec& wait) {
+    Layout* m = mapping_->map;
+    // Holding the gate, no reader can enter; wait for the ones inside to leave.
+    uint64_t bits = m->readers.load(std::memory_order_acquire);
+    while (bits != 0) {
+      const int i = __builtin_ctzll(bits);
+      bits &= bits - 1;
+      const auto r = lock_mutex(&m->reader[i].mutex, wait, *mapping_);
+      if (!acquired(r)) return refused(r, wait);
+      // A reader clears its bit before unlocking; one that died did not.
+      m->readers.fetch_and(~(uint64_t{1} << i), std::memory_order_acq_rel);
+      sys::robust_mutex_unlock(&m->reader[i].mutex);
+    }
+    uint64_t token = m->last_token.load(std::memory_order_relaxed) + 1;
+    if ((token & kCounterMask) == 0) token = new_epoch();
+    m->last_token.store(token, std::memory_order_relaxed);
+    stop_for_test(mapping_->hook, "shm-token-issued");
+    fill_record(token);
+    write_record();
+    stop_for_test(mapping_->hook, "shm-granted");
+    return true;
+  }
+
+  bool take_shared(const WaitSpec& wait) {
+    Layout* m = mapping_->map;
+    int slot = -1;
+    for (size_t i = 0; i < kReaderSlots && slot < 0; ++i) {
+      const auto r = lock_mutex(&m->reader[i].mutex, WaitSpec{WaitSpec::none, {}}, *mapping_);
+      if (acquired(r)) slot = static_cast<int>(i);
+    }
+    if (slot < 0) {
+      // Every slot is taken: wait for one (still holding the gate, as a writer would).
+      const auto i = static_cast<size_t>(sys::random_u64() % kReaderSlots);
+      const auto r = lock_mutex(&m->reader[i].mutex, wait, *mapping_);
+      if (!acquired(r)) return refused(r, wait);
+      slot = static_cast<int>(i);
+    }
+    reader_slot_ = slot;
+    stop_for_test(mapping_->hook, "shm-reader-slot");
+    const ProcessIdentity& self = self_identity_cached();
+    m->reader[slot].pid.store(static_cast<uint64_t>(self.pid), std::memory_order_relaxed);
+    m->reader[slot].start_time.store(self.start_time, std::memory_order_relaxed);
+    m->readers.fetch_or(uint64_t{1} << slot, std::memory_order_acq_rel);
+    fill_record(m->last_token.load(std::memory_order_acquire));
+    unlock_gates();
+    stop_for_test(mapping_->hook, "shm-granted");
+    return true;
+  }
+
+  // The 32-bit counter ran out: a new epoch, durably, before any token of it.
+  uint64_t new_epoch() {
+    Layout* m = mapping_->map;
+    const uint64_t epoch = std::max({m->durable_epoch.load() + 1, (m->last_token.load() >> 32) + 1, unix_seconds()});
+    if (epoch > kCounterMask) {
+      throw Error(mapping_->file, "fencing tokens exhausted", "the epoch reached 2^32", exit_code::data);
+    }
+    m->durable_epoch.store(epoch);
+    if (::msync(m, kMapSize, MS_SYNC) != 0) throw Error(errno, mapping_->file, "cannot sync fencing epoch");
+    return (epoch << 32) | 1;
+  }
+
+  const ProcessIdentity& self_identity_cached() {
+    const pid_t me = sys::current_pid();
+    if (mapping_->spare_pid != me || mapping_->spare.processes.empty()) {
+      mapping_->spare.processes.assign(1, self_identity());
+      mapping_->spare_pid = me;
+    }
+    return mapping_->spare.processes.front();
+  }
+
+  void fill_record(uint64_t token) {
+    self_identity_cached();
+    record = std::move(mapping_->spare);
+    record.token = token;
+    record.nonce = mapping_->next_nonce();
+    record.backend = Backend::shm;
+    record.mode = mode;
+    record.acquired_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch()).count();
+  }
+
+  // The fixed-size record slot, under its sequence counter. Exclusive holders only.
+  void write_record() {
+    if (mode != LockMode::exclusive) return;
+    RecordSlot& r = mapping_->map->record;
+    const uint64_t seq = r.seq.load(std::memory_order_relaxed);
+    const size_t n = std::min(record.processes.size(), kRecordProcesses);
+    const bool rewrite_all = seq != mapping_->written_seq || n != mapping_->written_processes ||
+                             mapping_->written_pid != sys::current_pid();
+    r.seq.store(seq | 1, std::memory_order_relaxed);  // odd: being written (even if a writer died mid-way)
+    std::atomic_thread_fence(std::memory_order_release);
+    r.token.store(record.token, std::memory_order_relaxed);
+    r.nonce.store(record.nonce, std::memory_order_relaxed);
+    r.acquired_unix_ns.store(record.acquired_unix_ns, std::memory_order_relaxed);
+    if (!rewrite_all) {
+      // Nobody wrote since this handle's last record: processes and command are already there.
+      stop_for_test(mapping_->hook, "shm-record-torn");
+      r.seq.store((seq | 1) + 1, std::memory_order_release);
+      mapping_->written_seq = (seq | 1) + 1;
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const ProcessIdentity& p = record.processes[i];
+      r.process[i].pid.store(static_cast<uint64_t>(p.pid), std::memory_order_relaxed);
+      r.process[i].start_time.store(p.start_time, std::memory_order_relaxed);
+      r.process[i].pid_ns.store(p.pid_ns, std::memory_order_relaxed);
+      r.process[i].time_ns.store(p.time_ns, std::memory_order_relaxed);
+    }
+    r.processes.store(static_cast<uint32_t>(n), std::memory_order_relaxed);
+    stop_for_test(mapping_->hook, "shm-record-torn");
+    // argv joined by NUL, cut at kCommandBytes, copied a word at a time.
+    char buf[kCommandBytes];
+    size_t used = 0;
+    for (const std::string& arg : record.command) {
+      if (used >= sizeof buf) break;
+      const size_t take = std::min(arg.size(), sizeof buf - used);
+      std::memcpy(buf + used, arg.data(), take);
+      used += take;
+      if (used < sizeof buf) buf[used++] = '\0';
+    }
+    std::memset(buf + used, 0, (8 - used % 8) % 8);
+    for (size_t w = 0; w * 8 < used; ++w) {
+      uint64_t word = 0;
+      std::memcpy(&word, buf + w * 8, 8);
+      r.command[w].store(word, std::memory_order_relaxed);
+    }
+    r.command_bytes.store(static_cast<uint32_t>(used), std::memory_order_relaxed);
+    r.seq.store((seq | 1) + 1, std::memory_order_release);
+    mapping_->written_seq = (seq | 1) + 1;
+    mapping_->written_processes = n;
+    mapping_->written_pid = sys::current_pid();
+  }
+
+  void unlock_gates() noexcept {
+    Layout* m = mapping_->map;
+    if (holds_gate_) sys::robust_mutex_unlock(&m->gate);
+    holds_gate_ = false;
+    if (holds_fair_) sys::robust_mutex_unlock(&m->fair_gate);
+    holds_fair_ = false;
+  }
+
+  // Unlocks everything this grant holds; returns 0 or the first error (EPERM: this thread does
+  // not own it, and then nothing is unlocked).
+  int unlock_all() noexcept {
+    Layout* m = mapping_->map;
+    if (reader_slot_ >= 0) {
+      pthread_mutex_t* slot = &m->reader[reader_slot_].mutex;
+      // Check ownership before clearing the bit: an error-checking mutex's trylock by its owner
+      // says EDEADLK (a userspace check, no syscall).
+      if (sys::robust_mutex_lock(slot, true, nullptr).result != sys::MutexResult::self_deadlock) return EPERM;
+      m->readers.fetch_and(~(uint64_t{1} << reader_slot_), std::memory_order_acq_rel);
+      stop_for_test(mapping_->hook, "shm-release");
+      sys::robust_mutex_unlock(slot);
+      reader_slot_ = -1;
+    }
+    if (holds_gate_) {
+      stop_for_test(mapping_->hook, "shm-release");
+      if (int rc = sys::robust_mutex_unlock(&m->gate); rc != 0) return rc;
+      holds_gate_ = false;
+    }
+    if (holds_fair_) {
+      if (int rc = sys::robust_mutex_unlock(&m->fair_gate); rc != 0) return rc;
+      holds_fair_ = false;
+    }
+    return 0;
+  }
+
+  void end() noexcept {
+    if (!held_) return;
+    held_ = false;
+    // A forked child's copy never releases the parent's lock. Destroyed in a thread that does not
+    // own it, the lock stays with its owner thread, which frees it (owner-dead) when it exits.
+    if (in_owner_process() && unlock_all() != 0) keep_mapped();
+  }
+
+  // The lock stays held by a thread of this process: the kernel finds its mutexes by address
+  // when that thread exits, so the mapping must never be unmapped (or something else mapped
+  // there) before the process ends.
+  void keep_mapped() noexcept {
+    std::lock_guard lk(g_detached_mu);
+    detached_mappings().push_back(files->shm);
+  }
+
+  ShmMapping* mapping_ = nullptr;
+  const bool fair_;
+  bool holds_fair_ = false;
+  bool holds_gate_ = false;
+  int reader_slot_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<Lock::State> shm_acquire(const Target& target, const LockOptions& options, const WaitSpec& wait,
+                                         const std::shared_ptr<OpenFiles>& files) {
+  for (;;) {
+    if (!files->shm) {
+      struct stat st {};
+      sys::UniqueFd lock_fd = open_lock_path(target, st);
+      files->shm = open_mapping(target, lock_fd.get(), st);
+      files->shm->spare = make_record(Backend::shm, options.mode, options);
+      files->shm->spare_pid = files->shm->spare.processes.front().pid;
+    }
+    auto grant = std::make_unique<ShmGrant>(target, options.mode, options.fair, files);
+    if (!grant->take(wait)) return nullptr;
+    if (!files->per_grant) return grant;
+    // Per-path acquisitions: the lock counts only if the path still names the file whose lock
+    // this is (it may have been replaced while we waited).
+    struct stat now {};
+    if (sys::stat_nothrow(target.path, now) == 0 && sys::same_inode(files->shm->lock_st, now)) return grant;
+    grant.reset();
+    files->shm.reset();
+  }
+}
+
+std::optional<ShmHolders> inspect_shm(int lock_fd, const struct stat& st) {
+  std::string why;
+  auto paths = side_state_for(lock_fd, st, &why);
+  if (!paths) return std::nullopt;
+  const std::string file = paths->fence.substr(0, paths->fence.size() - std::strlen(".fence")) + ".shm";
+  sys::UniqueFd fd(sys::open_nothrow(AT_FDCWD, file, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) return std::nullopt;
+  struct stat fst {};
+  if (sys::fstat_nothrow(fd.get(), fst) < 0 || fst.st_size != static_cast<off_t>(kMapSize)) return std::nullopt;
+  void* p = ::mmap(nullptr, kMapSize, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return std::nullopt;
+  struct Unmap {
+    void* p;
+    ~Unmap() { ::munmap(p, kMapSize); }
+  } unmap{p};
+  const auto* m = static_cast<const Layout*>(p);
+  if (std::memcmp(m->magic, kMagic, sizeof kMagic) != 0 || m->version != kVersion) return std::nullopt;
+  ShmHolders out;
+  out.mapping = file;
+  out.this_boot = field(m->boot_id) == this_boot_id();
+  // Futex words from another boot name threads that are gone.
+  if (out.this_boot) {
+    const auto gate = sys::robust_mutex_owner(&m->gate);
+    out.exclusive_held = gate.tid != 0 && !gate.owner_died;
+    for (const auto& slot : m->reader) {
+      const auto o = sys::robust_mutex_owner(&slot.mutex);
+      if (o.tid != 0 && !o.owner_died) out.shared_pids.push_back(static_cast<pid_t>(slot.pid.load()));
+    }
+  }
+  // The last exclusive record, if a consistent copy can be read.
+  auto& r = const_cast<RecordSlot&>(m->record);  // NOLINT(cppcoreguidelines-pro-type-const-cast): atomics, read only
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const uint64_t seq = r.seq.load(std::memory_order_acquire);
+    if (seq == 0) break;
+    if (seq % 2 == 1) {
+      ::sched_yield();
+      continue;
+    }
+    HolderRecord rec;
+    rec.backend = Backend::shm;
+    rec.mode = LockMode::exclusive;
+    rec.token = r.token.load(std::memory_order_relaxed);
+    rec.nonce = r.nonce.load(std::memory_order_relaxed);
+    rec.acquired_unix_ns = r.acquired_unix_ns.load(std::memory_order_relaxed);
+    const size_t n = std::min<size_t>(r.processes.load(std::memory_order_relaxed), kRecordProcesses);
+    for (size_t i = 0; i < n; ++i) {
+      ProcessIdentity id;
+      id.pid = static_cast<pid_t>(r.process[i].pid.load(std::memory_order_relaxed));
+      id.start_time = r.process[i].start_time.load(std::memory_order_relaxed);
+      id.pid_ns = r.process[i].pid_ns.load(std::memory_order_relaxed);
+      id.time_ns = r.process[i].time_ns.load(std::memory_order_relaxed);
+      id.boot_id = field(m->boot_id);
+      id.host = field(m->host);
+      id.machine_id = field(m->machine_id);
+      rec.processes.push_back(std::move(id));
+    }
+    const size_t bytes = std::min<size_t>(r.command_bytes.load(std::memory_order_relaxed), kCommandBytes);
+    char buf[kCommandBytes];
+    for (size_t w = 0; w * 8 < bytes; ++w) {
+      const uint64_t word = r.command[w].load(std::memory_order_relaxed);
+      std::memcpy(buf + w * 8, &word, std::min<size_t>(8, bytes - w * 8));
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (r.seq.load(std::memory_order_relaxed) != seq) continue;
+    size_t start = 0;
+    for (size_t i = 0; i < bytes; ++i) {
+      if (buf[i] == '\0') {
+        rec.command.emplace_back(buf + start, i - start);
+        start = i + 1;
+      }
+    }
+    if (start < bytes) rec.command.emplace_back(buf + start, bytes - start);
+    out.record = std::move(rec);
+    break;
+  }
+  return out;
+}
+
+}  // namespace holdfast::lock_internal
+
+namespace holdfast::lock_internal {
+
+bool describe_shm(int lock_fd, const struct stat& st, HolderInfo& info) {
+  auto shm = inspect_shm(lock_fd, st);
+  if (!shm) return false;
+  const bool held = shm->exclusive_held || !shm->shared_pids.empty();
+  if (!held && (info.kernel_lock_held || read_side_record(lock_fd, st))) return false;  // not the lock in use
+  info.backend = Backend::shm;
+  info.record = shm->record;
+  if (shm->exclusive_held) {
+    info.state = HolderState::held;
+    info.reason = "shm lock held exclusively (its futex word names a live owner)";
+  } else if (held) {
+    info.state = HolderState::held;
+    std::string pids;
+    for (pid_t p : shm->shared_pids) pids += (pids.empty() ? "" : ",") + std::to_string(p);
+    info.reason = "shm lock held shared by pid " + pids;
+    info.record.reset();  // the record is the last exclusive holder's, not the current holders'
+  } else {
+    info.state = HolderState::free;
+    info.reason = shm->this_boot ? "no shm lock held; the record is the last holder's"
+                                 : "shm mapping from a previous boot: nothing in it is held";
+  }
+  return true;
+}
+
+}  // namespace holdfast::lock_internal

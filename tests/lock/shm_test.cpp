@@ -1,0 +1,669 @@
+// The shm backend: exclusion across processes (with a detector and its control), shared and
+// exclusive modes, SIGKILL of holders at random and at injected points (the lock is never lost
+// for good and never granted twice; tokens never repeat), fair (FIFO) order, the mapping's
+// validation (corrupt, truncated, previous boot, another pid namespace), threads, fork, and the
+// command and the library on the same file.
+#include <fcntl.h>
+#include <glob.h>
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <signal.h>
+#include <linux/futex.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "holdfast/error.hpp"
+#include "holdfast/lock.hpp"
+#include "support/testing.hpp"
+
+namespace holdfast {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+bool soak() {
+  const char* s = std::getenv("HOLDFAST_SOAK");
+  return s != nullptr && *s != '\0' && *s != '0';
+}
+
+bool sanitized() {
+#ifdef HOLDFAST_SANITIZED
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The state directory (where the mapping lives) of one test: a temp dir, restored after.
+class StateDir {
+ public:
+  StateDir() {
+    if (const char* prev = std::getenv("HOLDFAST_STATE_DIR")) previous_ = prev;
+    ::setenv("HOLDFAST_STATE_DIR", (dir_ / "state").c_str(), 1);
+  }
+  ~StateDir() {
+    if (previous_.empty()) {
+      ::unsetenv("HOLDFAST_STATE_DIR");
+    } else {
+      ::setenv("HOLDFAST_STATE_DIR", previous_.c_str(), 1);
+    }
+  }
+  StateDir(const StateDir&) = delete;
+  StateDir& operator=(const StateDir&) = delete;
+  std::string path() const { return dir_ / "state"; }
+  // The one mapping in it.
+  std::string mapping() const {
+    glob_t g{};
+    std::string pattern = path() + "/*.shm";
+    std::string found;
+    if (::glob(pattern.c_str(), 0, nullptr, &g) == 0 && g.gl_pathc == 1) found = g.gl_pathv[0];
+    ::globfree(&g);
+    return found;
+  }
+
+ private:
+  testing::TempDir dir_;
+  std::string previous_;
+};
+
+LockOptions shm(LockMode mode = LockMode::exclusive, bool fair = false) {
+  LockOptions o;
+  o.backend = Backend::shm;
+  o.mode = mode;
+  o.fair = fair;
+  return o;
+}
+
+// Shared memory object of type T for forked children; zeroed, freed on destruction.
+template <typename T>
+class Shared {
+ public:
+  Shared() : p_(static_cast<T*>(testing::shared_memory(sizeof(T)))) { new (p_) T{}; }
+  ~Shared() { testing::free_shared_memory(p_, sizeof(T)); }
+  Shared(const Shared&) = delete;
+  Shared& operator=(const Shared&) = delete;
+  T* operator->() const { return p_; }
+  T& operator*() const { return *p_; }
+
+ private:
+  T* p_;
+};
+
+// ---- exclusion, with an overlap detector that also survives SIGKILLed holders ----
+
+constexpr int kMaxReaped = 1 << 15;
+
+// Who is inside the critical section. A holder enters by exchanging its pid in and leaves by
+// compare-exchanging it out: a second holder inside at the same time makes one of the two fail.
+// A holder SIGKILLed inside leaves its pid behind; the next holder accepts that only once the
+// parent has reaped that pid (so it is dead, not merely doomed).
+struct Detector {
+  std::atomic<int32_t> occupant;
+  std::atomic<int> overlaps;
+  std::atomic<uint64_t> entries;
+  std::atomic<uint64_t> last_token;
+  std::atomic<int> token_regressions;
+  std::atomic<int> stop;
+  std::atomic<int> reaped_count;
+  std::atomic<int32_t> reaped[kMaxReaped];
+};
+
+bool was_reaped(const Detector& d, int32_t pid) {
+  const int n = std::min(d.reaped_count.load(), kMaxReaped);
+  for (int i = 0; i < n; ++i) {
+    if (d.reaped[i].load() == pid) return true;
+  }
+  return false;
+}
+
+void enter(Detector& d, uint64_t token, int i, bool expect_reaps) {
+  const auto me = static_cast<int32_t>(::getpid());
+  const int32_t prev = d.occupant.exchange(me);
+  if (prev != 0 && !expect_reaps) {
+    d.overlaps.fetch_add(1);
+  } else if (prev != 0) {
+    // Only a dead holder may have left it: wait (a bounded time, to catch hangs) until reaped.
+    const auto give_up = Clock::now() + 60s;
+    while (!was_reaped(d, prev) && Clock::now() < give_up) ::sched_yield();
+    if (!was_reaped(d, prev)) d.overlaps.fetch_add(1);
+  }
+  if (token != 0) {
+    if (token <= d.last_token.load()) d.token_regressions.fetch_add(1);
+    d.last_token.store(token);
+  }
+  d.entries.fetch_add(1);
+  if (i % 5 == 0) ::sched_yield();  // linger: give an overlap a chance to show
+  int32_t expected = me;
+  if (!d.occupant.compare_exchange_strong(expected, 0)) d.overlaps.fetch_add(1);
+}
+
+int worker(Detector& d, const std::string& path, const LockOptions& options, bool locked, bool kills) {
+  auto lf = LockFile::open(path, options);
+  for (int i = 0; d.stop.load() == 0; ++i) {
+    if (locked) {
+      Lock l = lf.acquire();
+      enter(d, l.token(), i, kills);
+    } else {
+      enter(d, 0, i, kills);
+    }
+  }
+  return 0;
+}
+
+// Runs `procs` workers; kills one at random `kills` times (replacing it); then stops them all.
+void run_workers(Detector& d, const std::string& path, const LockOptions& options, bool locked, int procs,
+                 int kills) {
+  std::mt19937 rng(12345);
+  std::vector<pid_t> kids;
+  auto spawn = [&] { return testing::fork_child([&] { return worker(d, path, options, locked, kills > 0); }); };
+  for (int p = 0; p < procs; ++p) kids.push_back(spawn());
+  for (int k = 0; k < kills; ++k) {
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 400));
+    const size_t victim = rng() % kids.size();
+    ::kill(kids[victim], SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(kids[victim], &status, 0), kids[victim]);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "a worker ended on its own: " << status;
+    const int slot = d.reaped_count.load();
+    ASSERT_LT(slot, kMaxReaped);
+    d.reaped[slot].store(kids[victim]);
+    d.reaped_count.store(slot + 1);
+    kids[victim] = spawn();
+  }
+  if (kills == 0) std::this_thread::sleep_for(200ms);  // let the unkilled ones run a while
+  d.stop.store(1);
+  for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
+}
+
+TEST(ShmLock, EightProcessesNeverOverlap) {
+  StateDir state;
+  testing::TempDir dir;
+  for (bool fair : {false, true}) {
+    Shared<Detector> d;
+    run_workers(*d, dir / "lock", shm(LockMode::exclusive, fair), true, 8, 0);
+    EXPECT_EQ(d->overlaps.load(), 0) << "fair=" << fair;
+    EXPECT_EQ(d->token_regressions.load(), 0) << "fencing tokens must strictly increase";
+    EXPECT_GT(d->entries.load(), 8U);
+  }
+}
+
+// Control: the same detector and workers with no lock must see overlaps, or it proves nothing.
+TEST(ShmLock, DetectorCatchesUnlockedAccess) {
+  testing::TempDir dir;
+  Shared<Detector> d;
+  // Nothing reaped: any leftover pid counts as an overlap at once (no wait).
+  run_workers(*d, dir / "lock", shm(), false, 8, 0);
+  EXPECT_GT(d->overlaps.load(), 0);
+}
+
+// SIGKILL of holders at random points (anywhere in acquire, the critical section, or release):
+// never two holders at once, tokens always rising, and the lock is never lost for good.
+class ShmKill : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ShmKill, RandomSigkillsNeverDoubleGrantNorLoseTheLock) {
+  StateDir state;
+  testing::TempDir dir;
+  const int kills = soak() ? 10000 : sanitized() ? 30 : 300;
+  Shared<Detector> d;
+  run_workers(*d, dir / "lock", shm(LockMode::exclusive, GetParam()), true, 3, kills);
+  EXPECT_EQ(d->overlaps.load(), 0);
+  EXPECT_EQ(d->token_regressions.load(), 0);
+  auto l = Lock::acquire_until(dir / "lock", shm(LockMode::exclusive, GetParam()), Clock::now() + 60s);
+  ASSERT_TRUE(l) << "the lock was lost for good";
+  EXPECT_GT(l->token(), d->last_token.load());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shm, ShmKill, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "fair" : "plain"; });
+
+// ---- shared and exclusive ----
+
+TEST(ShmLock, SharedHoldersCoexistAndExcludeWriters) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto w = Lock::acquire(path, shm());
+  const uint64_t writer_token = w.token();
+  EXPECT_FALSE(Lock::try_acquire(path, shm(LockMode::shared)));
+  w.release();
+
+  struct Counter {
+    std::atomic<int> holding;
+    std::atomic<int> go;
+  };
+  Shared<Counter> c;
+  std::vector<pid_t> readers;
+  for (int i = 0; i < 4; ++i) {
+    readers.push_back(testing::fork_child([&] {
+      auto r = Lock::acquire(path, shm(LockMode::shared));
+      if (r.token() != writer_token) return 3;  // a shared holder's token is the last exclusive one
+      c->holding.fetch_add(1);
+      while (c->go.load() == 0) ::sched_yield();
+      return 0;
+    }));
+  }
+  // All four hold it at the same time (each waits for `go` while holding).
+  const auto give_up = Clock::now() + 60s;
+  while (c->holding.load() < 4 && Clock::now() < give_up) std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(c->holding.load(), 4);
+  EXPECT_FALSE(Lock::try_acquire(path, shm())) << "a writer got in beside readers";
+  EXPECT_TRUE(Lock::try_acquire(path, shm(LockMode::shared)));
+  c->go.store(1);
+  for (pid_t r : readers) EXPECT_EQ(testing::wait_child(r), 0);
+  auto again = Lock::try_acquire(path, shm());
+  ASSERT_TRUE(again);
+  EXPECT_GT(again->token(), writer_token);
+}
+
+TEST(ShmLock, ReadersAndWritersNeverOverlap) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  struct RW {
+    std::atomic<int> readers;
+    std::atomic<int> writers;
+    std::atomic<int> overlaps;
+    std::atomic<int> max_readers;
+  };
+  Shared<RW> s;
+  const int rounds = sanitized() ? 200 : 2000;
+  std::vector<pid_t> kids;
+  for (int p = 0; p < 6; ++p) {
+    const bool writer = p % 2 == 0;
+    kids.push_back(testing::fork_child([&, writer] {
+      auto lf = LockFile::open(path, shm(writer ? LockMode::exclusive : LockMode::shared));
+      for (int i = 0; i < rounds; ++i) {
+        Lock l = lf.acquire();
+        if (writer) {
+          if (s->writers.fetch_add(1) != 0 || s->readers.load() != 0) s->overlaps.fetch_add(1);
+          if (i % 3 == 0) ::sched_yield();
+          s->writers.fetch_sub(1);
+        } else {
+          const int n = s->readers.fetch_add(1) + 1;
+          if (s->writers.load() != 0) s->overlaps.fetch_add(1);
+          int m = s->max_readers.load();
+          while (n > m && !s->max_readers.compare_exchange_weak(m, n)) {
+          }
+          if (i % 3 == 0) ::sched_yield();
+          s->readers.fetch_sub(1);
+        }
+      }
+      return 0;
+    }));
+  }
+  for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
+  EXPECT_EQ(s->overlaps.load(), 0);
+}
+
+// ---- SIGKILL at injected points inside acquire and release ----
+
+struct Point {
+  const char* name;
+  LockMode mode;
+  bool fair;
+  bool release_first;  // the point is in release()
+};
+
+class ShmInjected : public ::testing::TestWithParam<Point> {};
+
+TEST_P(ShmInjected, KilledThereTheLockComesBackWithAHigherToken) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  const Point pt = GetParam();
+  uint64_t before = 0;
+  {
+    auto l = Lock::acquire(path, shm());
+    before = l.token();
+  }
+  pid_t child = testing::fork_child([&] {
+    ::setenv("HOLDFAST_TEST_SHM_STOP_AT", pt.name, 1);
+    auto lf = LockFile::open(path, shm(pt.mode, pt.fair));
+    Lock l = lf.acquire();
+    if (pt.release_first) l.release();
+    return 7;  // the hook did not stop us
+  });
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, WUNTRACED), child);
+  ASSERT_TRUE(WIFSTOPPED(status)) << pt.name << ": the hook was not reached (status " << status << ")";
+  // Stopped there, it still holds what it took: a writer cannot get in. (A reader stopped in
+  // release has already given its slot up: writers no longer wait for it.)
+  if (!(pt.release_first && pt.mode == LockMode::shared)) EXPECT_FALSE(Lock::try_acquire(path, shm())) << pt.name;
+  ::kill(child, SIGKILL);
+  EXPECT_EQ(testing::wait_child(child), 128 + SIGKILL);
+  auto l = Lock::acquire_until(path, shm(LockMode::exclusive, pt.fair), Clock::now() + 60s);
+  ASSERT_TRUE(l) << pt.name << ": the lock was lost for good";
+  EXPECT_GT(l->token(), before) << pt.name;
+  // The record names this grant, even after a holder died mid-write.
+  auto rec = read_holder_record(path);
+  ASSERT_TRUE(rec) << pt.name;
+  EXPECT_EQ(rec->token, l->token());
+  EXPECT_EQ(rec->backend, Backend::shm);
+  ASSERT_FALSE(rec->processes.empty());
+  EXPECT_EQ(rec->processes.front().pid, ::getpid());
+  const uint64_t granted = l->token();
+  l->release();
+  auto next = Lock::acquire(path, shm());
+  EXPECT_GT(next.token(), granted);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shm, ShmInjected,
+    ::testing::Values(Point{"shm-gate-locked", LockMode::exclusive, false, false},
+                      Point{"shm-token-issued", LockMode::exclusive, false, false},
+                      Point{"shm-record-torn", LockMode::exclusive, false, false},
+                      Point{"shm-granted", LockMode::exclusive, false, false},
+                      Point{"shm-release", LockMode::exclusive, false, true},
+                      Point{"shm-gate-locked", LockMode::exclusive, true, false},
+                      Point{"shm-token-issued", LockMode::exclusive, true, false},
+                      Point{"shm-release", LockMode::exclusive, true, true},
+                      Point{"shm-gate-locked", LockMode::shared, false, false},
+                      Point{"shm-reader-slot", LockMode::shared, false, false},
+                      Point{"shm-granted", LockMode::shared, false, false},
+                      Point{"shm-release", LockMode::shared, false, true},
+                      Point{"shm-reader-slot", LockMode::shared, true, false}),
+    [](const auto& info) {
+      std::string n = std::string(info.param.name).substr(4) + (info.param.mode == LockMode::shared ? "_shared" : "_excl") +
+                      (info.param.fair ? "_fair" : "") ;
+      for (char& c : n) {
+        if (c == '-') c = '_';
+      }
+      return n;
+    });
+
+// ---- fair mode ----
+
+// The syscall the process is blocked in, from /proc/PID/syscall: "NR ARG0 ARG1 ...".
+bool waiting_in_pi_futex(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/syscall");
+  long nr = -1;
+  std::string addr, op;
+  if (!(in >> nr >> addr >> op)) return false;
+  const long code = std::strtol(op.c_str(), nullptr, 16) & 127;  // without FUTEX_PRIVATE_FLAG
+  return nr == SYS_futex && (code == FUTEX_LOCK_PI || code == 13 /* FUTEX_LOCK_PI2 */);
+}
+
+TEST(ShmFair, WaitersAreGrantedInArrivalOrder) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  struct Log {
+    std::atomic<int> n;
+    std::atomic<int> order[16];
+  };
+  Shared<Log> log;
+  auto held = Lock::acquire(path, shm(LockMode::exclusive, true));
+  constexpr int kWaiters = 6;
+  std::vector<pid_t> kids;
+  for (int k = 0; k < kWaiters; ++k) {
+    kids.push_back(testing::fork_child([&, k] {
+      auto l = Lock::acquire(path, shm(LockMode::exclusive, true));
+      log->order[log->n.fetch_add(1)].store(k);
+      return 0;
+    }));
+    // Start the next one only once this one is queued in the kernel.
+    const auto give_up = Clock::now() + 60s;
+    while (!waiting_in_pi_futex(kids.back()) && Clock::now() < give_up) std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(waiting_in_pi_futex(kids.back())) << "waiter " << k << " never blocked";
+  }
+  held.release();
+  for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
+  ASSERT_EQ(log->n.load(), kWaiters);
+  for (int k = 0; k < kWaiters; ++k) EXPECT_EQ(log->order[k].load(), k) << "grant " << k;
+}
+
+TEST(ShmFair, OtherBackendsRefuseFairMode) {
+  testing::TempDir dir;
+  LockOptions o;
+  o.backend = Backend::flock;
+  o.fair = true;
+  try {
+    Lock::acquire(dir / "lock", o);
+    FAIL() << "fair mode accepted for flock";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::usage);
+  }
+}
+
+// ---- threads, fork, handles ----
+
+TEST(ShmLock, TwoHandlesInOneThreadExcludeEachOther) {
+  StateDir state;
+  testing::TempDir dir;
+  auto first = Lock::try_acquire(dir / "lock", shm());
+  ASSERT_TRUE(first);
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", shm()));
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", shm(LockMode::shared)));
+  // Blocking would wait on itself forever: refused instead.
+  EXPECT_THROW(Lock::acquire(dir / "lock", shm()), Error);
+  first->release();
+  EXPECT_TRUE(Lock::try_acquire(dir / "lock", shm()));
+}
+
+TEST(ShmLock, AnotherThreadWaitsThenGetsIt) {
+  StateDir state;
+  testing::TempDir dir;
+  auto first = Lock::acquire(dir / "lock", shm());
+  std::atomic<bool> got{false};
+  std::atomic<bool> tried{false};
+  std::thread t([&] {
+    tried = !Lock::try_acquire(dir / "lock", shm()).has_value();
+    auto l = Lock::acquire(dir / "lock", shm());
+    got = true;
+  });
+  while (!tried) std::this_thread::sleep_for(1ms);
+  EXPECT_FALSE(got.load());
+  first.release();
+  t.join();
+  EXPECT_TRUE(got.load());
+}
+
+TEST(ShmLock, AThreadThatExitsHoldingItLosesIt) {
+  StateDir state;
+  testing::TempDir dir;
+  std::thread([&] { Lock::acquire(dir / "lock", shm()).detach(); }).join();
+  // The kernel found the owner thread gone: the next locker recovers it.
+  auto l = Lock::acquire_until(dir / "lock", shm(), Clock::now() + 60s);
+  EXPECT_TRUE(l);
+}
+
+TEST(ShmLock, ReleaseFromAnotherThreadIsRefused) {
+  StateDir state;
+  testing::TempDir dir;
+  auto l = Lock::acquire(dir / "lock", shm());
+  std::thread([&] { EXPECT_THROW(l.release(), Error); }).join();
+  EXPECT_TRUE(l.held());
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", shm()));
+  l.release();
+  EXPECT_TRUE(Lock::try_acquire(dir / "lock", shm()));
+}
+
+TEST(ShmLock, AGrantDestroyedInAnotherThreadStaysWithItsOwnerUntilItExits) {
+  StateDir state;
+  testing::TempDir dir;
+  std::optional<Lock> handed;
+  std::atomic<int> step{0};
+  std::thread owner([&] {
+    handed.emplace(Lock::acquire(dir / "lock", shm()));
+    step = 1;
+    while (step.load() != 2) std::this_thread::sleep_for(1ms);
+  });
+  while (step.load() != 1) std::this_thread::sleep_for(1ms);
+  handed.reset();  // destroyed here: cannot unlock (not the owner thread), and must stay mapped
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", shm()));
+  step = 2;
+  owner.join();  // the owner thread exits: the kernel marks its mutex owner-dead
+  auto l = Lock::acquire_until(dir / "lock", shm(), Clock::now() + 30s);
+  EXPECT_TRUE(l) << "the lock was lost with its mapping";
+}
+
+TEST(ShmLock, AForkedChildsCopyNeverReleasesTheParentsLock) {
+  StateDir state;
+  testing::TempDir dir;
+  auto l = Lock::acquire(dir / "lock", shm());
+  pid_t child = testing::fork_child([&] {
+    l.release();  // the child's copy: must not unlock the parent's
+    return Lock::try_acquire(dir / "lock", shm()) ? 1 : 0;
+  });
+  EXPECT_EQ(testing::wait_child(child), 0);
+  EXPECT_FALSE(Lock::try_acquire(dir / "lock", shm()));
+  EXPECT_TRUE(l.held());
+}
+
+TEST(ShmLock, NothingIsCreatedBesideTheLockFileAndItIsNeverWritten) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "data";
+  { std::ofstream(path) << "user data\n"; }
+  struct stat before {};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  { auto l = Lock::acquire(path, shm()); }
+  struct stat after {};
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_EQ(before.st_size, after.st_size);
+  EXPECT_EQ(before.st_mtim.tv_nsec, after.st_mtim.tv_nsec);
+  EXPECT_EQ(before.st_mode, after.st_mode);
+  auto listing = testing::run({"ls", "-A", dir.path()});
+  EXPECT_EQ(listing.out, "data\n");
+  EXPECT_FALSE(state.mapping().empty());
+}
+
+// ---- the mapping: corrupt, truncated, previous boot, another pid namespace ----
+
+void patch(const std::string& file, off_t offset, const std::string& bytes) {
+  int fd = ::open(file.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, bytes.data(), bytes.size(), offset), static_cast<ssize_t>(bytes.size()));
+  ::close(fd);
+}
+
+TEST(ShmMapping, CorruptOrTruncatedFailsClosedWithOneLine) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  { auto l = Lock::acquire(path, shm()); }
+  const std::string mapping = state.mapping();
+  ASSERT_FALSE(mapping.empty());
+  patch(mapping, 0, "garbage!");
+  try {
+    Lock::acquire(path, shm());
+    FAIL() << "a corrupt mapping was used";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::data);
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find(mapping), std::string::npos) << e.what();
+  }
+  ASSERT_EQ(::truncate(mapping.c_str(), 100), 0);
+  EXPECT_THROW(Lock::acquire(path, shm()), Error);
+  // The command says the same, in one line, with the documented exit code.
+  auto r = testing::holdfast({"lock", "--backend", "shm", path, "true"});
+  EXPECT_EQ(r.exit_code, exit_code::data) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST(ShmMapping, APreviousBootsMappingIsReinitialisedAndTokensKeepRising) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  uint64_t token = 0;
+  {
+    auto l = Lock::acquire(path, shm());
+    token = l.token();
+    l.detach();  // "held" when the machine went down: its futex word names a thread of that boot
+  }
+  // Another boot's id in the header (offset 16).
+  patch(state.mapping(), 16, std::string("00000000-0000-0000-0000-000000000000", 36));
+  auto l = Lock::acquire_until(path, shm(), Clock::now() + 60s);
+  ASSERT_TRUE(l);
+  EXPECT_GT(l->token() >> 32, token >> 32) << "a new boot starts a new epoch";
+}
+
+TEST(ShmMapping, AnotherPidNamespaceIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root for CLONE_NEWPID";
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  { auto l = Lock::acquire(path, shm()); }
+  pid_t outer = testing::fork_child([&] {
+    if (::unshare(CLONE_NEWPID) != 0) return 77;
+    pid_t inner = testing::fork_child([&] {
+      try {
+        Lock::acquire(path, shm());
+        return 1;
+      } catch (const Error& e) {
+        return e.exit_code() == exit_code::unavailable ? 0 : 2;
+      }
+    });
+    return testing::wait_child(inner);
+  });
+  const int rc = testing::wait_child(outer);
+  if (rc == 77) GTEST_SKIP() << "unshare(CLONE_NEWPID) refused here";
+  EXPECT_EQ(rc, 0);
+}
+
+// ---- the command and the library on the same file ----
+
+TEST(ShmInterop, CommandAndLibraryExcludeEachOther) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  // The command holds it while `cat` waits for its stdin to close.
+  int in[2], out[2];
+  ASSERT_EQ(::pipe2(in, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
+  const std::string cli = testing::holdfast_path();
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::dup2(in[0], 0);
+    ::dup2(out[1], 1);
+    ::execl(cli.c_str(), cli.c_str(), "lock", "--backend", "shm", path.c_str(), "sh", "-c",
+            "echo $HOLDFAST_TOKEN; exec cat >/dev/null", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(in[0]);
+  ::close(out[1]);
+  std::string line;
+  char c = 0;
+  while (::read(out[0], &c, 1) == 1 && c != '\n') line += c;
+  ::close(out[0]);
+  ASSERT_FALSE(line.empty());
+  const uint64_t command_token = std::stoull(line);
+  EXPECT_FALSE(Lock::try_acquire(path, shm()));
+  auto holder = testing::holdfast({"holder", path, "--json"});
+  EXPECT_NE(holder.out.find("\"shm\""), std::string::npos) << holder.out;
+  EXPECT_NE(holder.out.find("held"), std::string::npos) << holder.out;
+  ::close(in[1]);  // the command ends; holdfast releases
+  EXPECT_EQ(testing::wait_child(pid), 0);
+  auto l = Lock::acquire(path, shm());
+  EXPECT_GT(l.token(), command_token);
+  // And the other way round: the library holds, the command cannot get it.
+  auto r = testing::holdfast({"lock", "-n", "--backend", "shm", path, "true"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  l.release();
+  r = testing::holdfast({"lock", "-n", "--backend", "shm", "--fair", path, "true"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = testing::holdfast({"lock", "-F", "--backend", "shm", path, "true"});
+  EXPECT_EQ(r.exit_code, exit_code::usage) << r.err;
+  r = testing::holdfast({"lock", "--fair", path, "true"});
+  EXPECT_EQ(r.exit_code, exit_code::usage) << r.err;
+}
+
+}  // namespace
+}  // namespace holdfast
