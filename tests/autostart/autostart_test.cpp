@@ -438,6 +438,43 @@ TEST(Autostart, NastyArgumentsSurviveSystemdParsing) {
   EXPECT_EQ(parse_dumped_command(v.out + v.err), expected_argv("nasty", supervise, command)) << read_file(unit);
 }
 
+// End to end without systemd as the init: the ExecStart= that systemd parsed, run as systemd
+// would exec it, starts `holdfast supervise`, which accepts every option and runs the command
+// with exactly the arguments given to install.
+TEST(Autostart, ParsedExecStartRunsSuperviseWithTheExactArguments) {
+  SKIP_WITHOUT_VERIFY();
+  Env env;
+  TempDir root;
+  TempDir runtime;
+  TempDir state;
+  const std::string out = state / "argv.out";
+  std::vector<std::string> command{"/bin/sh", "-c", "for a; do printf '%s\\0' \"$a\"; done > \"$0\"", out};
+  const auto nasty = nasty_argv();
+  command.insert(command.end(), nasty.begin() + 3, nasty.end());
+  std::vector<std::string> flags{"--system", "--root", root.path(), "--restart", "never", "--state-dir",
+                                 state / "run", "--log", state / "log"};
+  auto r = env.hf(install_args("e2e", flags, command));
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  const std::string unit = root / "etc/systemd/system/holdfast-e2e.service";
+  auto v = verify(unit, false, runtime);
+  ASSERT_EQ(v.exit_code, 0) << v.err;
+  auto argv = parse_dumped_command(v.out + v.err);
+  ASSERT_FALSE(argv.empty());
+  argv.insert(argv.begin(), {"env", "-u", "NOTIFY_SOCKET", "-u", "WATCHDOG_USEC"});
+  auto run = testing::run(argv);
+  ASSERT_EQ(run.exit_code, 0) << describe(run) << read_file(state / "log");
+  std::vector<std::string> got;
+  const std::string bytes = read_file(out);
+  size_t start = 0;
+  for (size_t k = 0; k < bytes.size(); ++k) {
+    if (bytes[k] == '\0') {
+      got.push_back(bytes.substr(start, k - start));
+      start = k + 1;
+    }
+  }
+  EXPECT_EQ(got, std::vector<std::string>(nasty.begin() + 3, nasty.end()));
+}
+
 TEST(Autostart, DryRunPrintsThePlanAndChangesNothing) {
   Env env;
   TempDir root;
