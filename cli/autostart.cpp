@@ -20,7 +20,7 @@ namespace {
 constexpr const char* kUsage =
     "Usage: holdfast autostart install   NAME [OPTIONS] [SUPERVISE OPTIONS] -- COMMAND [ARG...]\n"
     "       holdfast autostart install   NAME [OPTIONS] --check CMD --start CMD [SUPERVISE OPTIONS]\n"
-    "       holdfast autostart status    NAME [--user|--system] [--root DIR]\n"
+    "       holdfast autostart status    [NAME] [--user|--system] [--root DIR]   (no NAME: all)\n"
     "       holdfast autostart uninstall NAME [--user|--system] [--root DIR] [--dry-run]\n"
     "\n"
     "Start `holdfast supervise NAME [SUPERVISE OPTIONS] -- COMMAND` at boot: a systemd unit\n"
@@ -149,7 +149,7 @@ Parsed parse(const std::vector<std::string>& args) {
   r.scope = user ? autostart::Scope::user
             : system ? autostart::Scope::system
             : (::geteuid() == 0 ? autostart::Scope::system : autostart::Scope::user);
-  if (r.name.empty()) throw usage_error(p.verb, "missing NAME");
+  if (r.name.empty() && p.verb != "status") throw usage_error(p.verb, "missing NAME");
   if (p.verb == "install") {
     if (r.holdfast_path.empty()) r.holdfast_path = self_path();
     // The supervise options the unit itself depends on.
@@ -202,7 +202,7 @@ Run add_autostart(CLI::App& root) {
     } else if (p.verb == "uninstall") {
       out = autostart::uninstall(p.request);
     } else {
-      int rc = autostart::status(p.request, out);
+      int rc = p.request.name.empty() ? autostart::status_all(p.request, out) : autostart::status(p.request, out);
       print(out);
       return rc;
     }

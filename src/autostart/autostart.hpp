@@ -130,5 +130,8 @@ Output uninstall(const Request& request);
 // Reports installed/enabled/active and paths. Returns the exit status: 0 installed and enabled,
 // 1 installed but not intact (a file changed, missing or not enabled), 3 not installed.
 int status(const Request& request, Output& out);
+// status for every install of the scope (request.name is ignored), sorted by NAME. Returns 0 if
+// all are installed and enabled, 1 if any is not intact, 3 if there is none.
+int status_all(const Request& request, Output& out);
 
 }  // namespace holdfast::autostart

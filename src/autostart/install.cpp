@@ -176,6 +176,14 @@ struct Context {
   }
   bool live_systemd() const { return tree.is_live() && host.systemd_booted; }
   bool linger_on() const { return tree.exists(linger_path()); }
+  // Whether cron can run an entry of this scope on the live system: a user crontab needs
+  // crontab(1); /etc/cron.d needs the directory and a cron daemon (other packages create
+  // /etc/cron.d without one).
+  bool cron_available() const {
+    if (request.scope == Scope::user) return tool_exists("crontab");
+    return tree.exists(layout.cron_d) &&
+           (tool_exists("crontab") || tree.exists("/usr/sbin/cron") || tree.exists("/usr/sbin/crond"));
+  }
 
   std::optional<Manifest> read_manifest() const {
     auto text = tree.read(manifest_path);
@@ -202,8 +210,7 @@ Method choose_method(const Context& c, Output& out) {
     return r.method;
   }
   if (!c.tree.is_live() || c.host.systemd_booted) return Method::systemd;
-  const bool cron_ok = r.scope == Scope::user ? tool_exists("crontab") : c.tree.exists(c.layout.cron_d);
-  if (!cron_ok) {
+  if (!c.cron_available()) {
     throw Error(r.scope == Scope::user ? std::string("crontab") : c.layout.cron_d, "no way to start at boot",
                 "systemd is not the init (/run/systemd/system is missing) and cron is not installed; install "
                 "cron, or make systemd the init (WSL2: [boot] systemd=true in /etc/wsl.conf), or write the unit "
@@ -361,8 +368,8 @@ Plan plan_install(const Context& c, Method method, const std::set<std::string>& 
       if (r.now) p.commands.push_back(c.systemctl({"start", "--no-block", m.unit}));
     }
   } else if (r.scope == Scope::system) {
-    if (c.tree.is_live() && !c.tree.exists(c.layout.cron_d)) {
-      throw Error(c.layout.cron_d, "cannot install a cron entry", "missing: cron is not installed",
+    if (c.tree.is_live() && !c.cron_available()) {
+      throw Error(c.layout.cron_d, "cannot install a cron entry", "cron is not installed (no cron daemon or crontab)",
                   exit_code::unavailable);
     }
     need_dir(c, others, c.layout.cron_d, going, m, p.steps);
@@ -790,6 +797,40 @@ int status(const Request& request, Output& out) {
   out.lines.push_back("  manifest: " + c.tree.real(c.manifest_path));
   if (!enabled) intact = false;
   return intact ? 0 : 1;
+}
+
+int status_all(const Request& request, Output& out) {
+  Host host = Host::detect(request.root);
+  const Layout layout = Layout::for_scope(request.scope, host);
+  const Tree tree(request.root);
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(tree.real(layout.manifest_dir).c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n.size() <= 5 || !n.ends_with(".json")) continue;
+      n.resize(n.size() - 5);
+      try {
+        validate_instance_name(n);
+        names.push_back(n);
+      } catch (const Error&) {
+        // not a manifest name (a temp file, say): not an install
+      }
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  if (names.empty()) {
+    out.lines.push_back("no autostart installs (" + std::string(to_string(request.scope)) + "; " +
+                        tree.real(layout.manifest_dir) + ")");
+    return 3;
+  }
+  int worst = 0;
+  for (const auto& n : names) {
+    Request r = request;
+    r.name = n;
+    worst = std::max(worst, status(r, out) == 0 ? 0 : 1);  // one at a time: each takes the tree lock
+  }
+  return worst;
 }
 
 }  // namespace holdfast::autostart

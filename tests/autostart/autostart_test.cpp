@@ -319,6 +319,20 @@ TEST(Autostart, EmptyTreeGetsEveryDirectoryBackOut) {
   auto u = env.hf({"autostart", "uninstall", "a", "--system", "--root", root.path()});
   ASSERT_EQ(u.exit_code, 0) << describe(u);
   EXPECT_EQ(listing(root.path()), "");
+
+  // Someone puts their own unit into a directory install created: uninstall removes only what it
+  // wrote and keeps that directory (and its parents), saying so.
+  ASSERT_EQ(env.hf(install_args("a", {"--system", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
+  write_file(root / "etc/systemd/system/theirs.service", "[Service]\nExecStart=/bin/true\n");
+  auto k = env.hf({"autostart", "uninstall", "a", "--system", "--root", root.path()});
+  ASSERT_EQ(k.exit_code, 0) << describe(k);
+  EXPECT_NE(k.err.find("kept " + root.path() + "/etc/systemd/system: not empty"), std::string::npos) << k.err;
+  EXPECT_EQ(read_file(root / "etc/systemd/system/theirs.service"), "[Service]\nExecStart=/bin/true\n");
+  EXPECT_FALSE(exists(root / "etc/systemd/system/holdfast-a.service"));
+  EXPECT_FALSE(exists(root / "etc/systemd/system/multi-user.target.wants"));
+  EXPECT_FALSE(exists(root / "var"));
+  fs::remove(root / "etc/systemd/system/theirs.service");
+  EXPECT_EQ(listing(root.path()).find("theirs"), std::string::npos);
 }
 
 TEST(Autostart, WatchdogAndDefaultKillMode) {
@@ -422,6 +436,43 @@ TEST(Autostart, NastyArgumentsSurviveSystemdParsing) {
   EXPECT_EQ(v.exit_code, 0) << v.err;
   EXPECT_EQ(unit_warnings(v, unit), "");
   EXPECT_EQ(parse_dumped_command(v.out + v.err), expected_argv("nasty", supervise, command)) << read_file(unit);
+}
+
+// End to end without systemd as the init: the ExecStart= that systemd parsed, run as systemd
+// would exec it, starts `holdfast supervise`, which accepts every option and runs the command
+// with exactly the arguments given to install.
+TEST(Autostart, ParsedExecStartRunsSuperviseWithTheExactArguments) {
+  SKIP_WITHOUT_VERIFY();
+  Env env;
+  TempDir root;
+  TempDir runtime;
+  TempDir state;
+  const std::string out = state / "argv.out";
+  std::vector<std::string> command{"/bin/sh", "-c", "for a; do printf '%s\\0' \"$a\"; done > \"$0\"", out};
+  const auto nasty = nasty_argv();
+  command.insert(command.end(), nasty.begin() + 3, nasty.end());
+  std::vector<std::string> flags{"--system", "--root", root.path(), "--restart", "never", "--state-dir",
+                                 state / "run", "--log", state / "log"};
+  auto r = env.hf(install_args("e2e", flags, command));
+  ASSERT_EQ(r.exit_code, 0) << describe(r);
+  const std::string unit = root / "etc/systemd/system/holdfast-e2e.service";
+  auto v = verify(unit, false, runtime);
+  ASSERT_EQ(v.exit_code, 0) << v.err;
+  auto argv = parse_dumped_command(v.out + v.err);
+  ASSERT_FALSE(argv.empty());
+  argv.insert(argv.begin(), {"env", "-u", "NOTIFY_SOCKET", "-u", "WATCHDOG_USEC"});
+  auto run = testing::run(argv);
+  ASSERT_EQ(run.exit_code, 0) << describe(run) << read_file(state / "log");
+  std::vector<std::string> got;
+  const std::string bytes = read_file(out);
+  size_t start = 0;
+  for (size_t k = 0; k < bytes.size(); ++k) {
+    if (bytes[k] == '\0') {
+      got.push_back(bytes.substr(start, k - start));
+      start = k + 1;
+    }
+  }
+  EXPECT_EQ(got, std::vector<std::string>(nasty.begin() + 3, nasty.end()));
 }
 
 TEST(Autostart, DryRunPrintsThePlanAndChangesNothing) {
@@ -571,11 +622,17 @@ TEST(Autostart, TwoInstallsShareDirectoriesAndTheLastOneOutRemovesThem) {
     ASSERT_EQ(env.hf(install_args("a", {"--system", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
     ASSERT_EQ(env.hf(install_args("b", {"--system", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
     ASSERT_EQ(env.hf(install_args("c", {"--system", "--method", "cron", "--root", root.path()}, {"/bin/true"})).exit_code, 0);
+    auto all = env.hf({"autostart", "status", "--system", "--root", root.path()});
+    EXPECT_EQ(all.exit_code, 0) << describe(all);
+    EXPECT_NE(all.out.find("a: installed (system, systemd)\n"), std::string::npos) << all.out;
+    EXPECT_NE(all.out.find("b: installed (system, systemd)\n"), std::string::npos) << all.out;
+    EXPECT_NE(all.out.find("c: installed (system, cron)\n"), std::string::npos) << all.out;
     for (const std::string& n : std::vector<std::string>{a_first ? "a" : "b", a_first ? "b" : "a", "c"}) {
       auto u = env.hf({"autostart", "uninstall", n, "--system", "--root", root.path()});
       ASSERT_EQ(u.exit_code, 0) << describe(u);
     }
     EXPECT_EQ(listing(root.path()), before);
+    EXPECT_EQ(env.hf({"autostart", "status", "--system", "--root", root.path()}).exit_code, 3);
   }
 }
 
