@@ -297,9 +297,17 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
   const std::string payload = body.dump();
   bool reauthenticated = false;
   std::string last_failure;
+  // etcd closes a plain-HTTP connection to its TLS port without a word: when every attempt
+  // ended so, the likely cause is a missing --cacert, not a dead cluster.
+  bool only_empty_replies = true;
+  const bool tls = !options_.cacert.empty() || !options_.cert.empty();
   for (size_t tried = 0;; ++tried) {
     const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     if (tried > 0 && left.count() <= 0) {
+      if (only_empty_replies && !tls) {
+        throw EtcdError(EtcdError::Kind::tls, fmt::format("{}", fmt::join(options_.endpoints, ",")), std::string(path),
+                        "every endpoint closed plain-HTTP requests unanswered: it wants TLS (give --cacert)");
+      }
       throw EtcdError(EtcdError::Kind::unreachable, fmt::format("{}", fmt::join(options_.endpoints, ",")),
                       std::string(path), last_failure);
     }
@@ -307,10 +315,12 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
     if (a.curl != CURLE_OK) {
       if (tls_failure(a.curl)) throw EtcdError(EtcdError::Kind::tls, endpoint(), "TLS", a.curl_error);
       last_failure = fmt::format("{}: {}", endpoint(), a.curl_error);
+      only_empty_replies = only_empty_replies && a.curl == CURLE_GOT_NOTHING;
       current_ = (current_ + 1) % options_.endpoints.size();
       if ((tried + 1) % options_.endpoints.size() == 0) std::this_thread::sleep_for(milliseconds(50));
       continue;
     }
+    only_empty_replies = false;
     nlohmann::json answer = nlohmann::json::parse(a.body, nullptr, false);
     if (a.status == 200 && answer.is_object()) return answer;
     if (!answer.is_object()) {
@@ -341,7 +351,6 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
       last_failure = fmt::format("{}: {}", endpoint(), message);
       current_ = (current_ + 1) % options_.endpoints.size();
       std::this_thread::sleep_for(milliseconds(50));
-      if (tried > 0 && Clock::now() >= deadline) continue;
       continue;
     }
     throw EtcdError(EtcdError::Kind::server, endpoint(), std::string(path), message, code);
