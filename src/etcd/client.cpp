@@ -311,7 +311,10 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
       throw EtcdError(EtcdError::Kind::unreachable, fmt::format("{}", fmt::join(options_.endpoints, ",")),
                       std::string(path), last_failure);
     }
-    Attempt a = perform(url_of(path), payload, std::max(left, milliseconds(1)), nullptr, nullptr);
+    // One attempt may not take the whole budget: a member that is frozen (SIGSTOP, a partition)
+    // accepts connections and never answers, and the next endpoint must get its turn.
+    const auto attempt = std::min(left, std::max(milliseconds(1000), options_.request_timeout / 2));
+    Attempt a = perform(url_of(path), payload, std::max(attempt, milliseconds(1)), nullptr, nullptr);
     if (a.curl != CURLE_OK) {
       if (tls_failure(a.curl)) throw EtcdError(EtcdError::Kind::tls, endpoint(), "TLS", a.curl_error);
       last_failure = fmt::format("{}: {}", endpoint(), a.curl_error);
@@ -386,19 +389,20 @@ Client::WatchEnd Client::watch(const nlohmann::json& create_request,
   };
   if (stop_or_late()) return WatchEnd::stopped;
   const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-  // A watch is open-ended: bound it by the caller's deadline, and by a day when there is none.
-  const auto timeout = std::min(left, milliseconds(std::chrono::hours(24)));
+  // A watch on a frozen member would wait forever: each stream lives at most kWatchSpan, then the
+  // caller re-reads (a linearizable range, which fails over) and watches again. This bounds how
+  // long a frozen member can hide a deletion; it is not how deletions are found.
+  constexpr milliseconds kWatchSpan(5000);
+  const auto timeout = std::min(left, kWatchSpan);
   Attempt a = perform(url_of("/v3/watch"), payload, std::max(timeout, milliseconds(1)), &stream, &stop_or_late);
   if (server_error) {
     if (server_error->kind() != EtcdError::Kind::unreachable) throw *server_error;
   } else if (done) {
     return WatchEnd::event;
-  } else if (a.stopped) {
+  } else if (a.stopped || (a.curl == CURLE_OPERATION_TIMEDOUT && Clock::now() >= deadline)) {
     return WatchEnd::stopped;
   } else if (a.curl != CURLE_OK && tls_failure(a.curl)) {
     throw EtcdError(EtcdError::Kind::tls, endpoint(), "TLS", a.curl_error);
-  } else if (a.curl == CURLE_OPERATION_TIMEDOUT && Clock::now() >= deadline) {
-    return WatchEnd::stopped;
   }
   // The stream broke (member down, leader change): move on to the next endpoint.
   current_ = (current_ + 1) % options_.endpoints.size();

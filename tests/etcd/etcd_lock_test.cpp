@@ -164,6 +164,72 @@ TEST(EtcdLock, EightProcessesOnThreeNodesNeverOverlapAndTokensIncrease) {
   testing::free_shared_memory(shared, sizeof(std::atomic<int>) * 4);
 }
 
+// The same contention while the cluster misbehaves: the leader is SIGKILLed (then restarted),
+// then a member is SIGSTOPped (then resumed). Still no overlap, no refused token, and every
+// worker finishes (failover to the live members; a frozen member cannot hold a waiter forever).
+TEST(EtcdLock, ContentionSurvivesLeaderKillAndAFrozenMember) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(3);
+  testing::TempDir dir;
+  FencedFile resource(dir / "resource");
+  auto* shared = static_cast<std::atomic<int>*>(testing::shared_memory(sizeof(std::atomic<int>) * 5));
+  std::atomic<int>& inside = shared[0];
+  std::atomic<int>& overlaps = shared[1];
+  std::atomic<int>& refused = shared[2];
+  std::atomic<int>& grants = shared[3];
+  std::atomic<int>& stop = shared[4];
+  testing::StartGun gun;
+  std::vector<pid_t> pids;
+  for (int w = 0; w < 8; ++w) {
+    pids.push_back(testing::fork_child([&, w] {
+      gun.wait();
+      auto o = etcd.options("faults");
+      std::rotate(o.endpoints.begin(), o.endpoints.begin() + w % 3, o.endpoints.end());
+      o.request_timeout = 10s;  // an election under load can take seconds
+      try {
+        while (stop.load() == 0) {
+          auto lock = EtcdLock::acquire(o, "x", "w", false, std::nullopt);
+          if (!lock) return 3;
+          if (inside.fetch_add(1) != 0) overlaps.fetch_add(1);
+          if (!resource.write(lock->token())) refused.fetch_add(1);
+          grants.fetch_add(1);
+          inside.fetch_sub(1);
+          lock->release();
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "worker %d: %s\n", w, e.what());
+        return 2;
+      }
+      return 0;
+    }));
+  }
+  gun.release();
+  auto grants_reach = [&](int n) {
+    const auto give_up = std::chrono::steady_clock::now() + 300s;  // a hang, not a timing
+    while (grants.load() < n) {
+      if (std::chrono::steady_clock::now() > give_up) return false;
+      std::this_thread::sleep_for(20ms);
+    }
+    return true;
+  };
+  EXPECT_TRUE(grants_reach(20));
+  auto leader = etcd.leader();
+  ASSERT_TRUE(leader);
+  etcd.kill_member(*leader);
+  EXPECT_TRUE(grants_reach(grants.load() + 20)) << "no progress after the leader was killed";
+  etcd.restart(*leader);
+  const size_t frozen = (*leader + 1) % 3;
+  etcd.stop_member(frozen);
+  EXPECT_TRUE(grants_reach(grants.load() + 20)) << "no progress with a frozen member";
+  etcd.cont_member(frozen);
+  EXPECT_TRUE(grants_reach(grants.load() + 8));
+  stop.store(1);
+  for (pid_t p : pids) EXPECT_EQ(testing::wait_child(p), 0);
+  EXPECT_EQ(overlaps.load(), 0);
+  EXPECT_EQ(refused.load(), 0);
+  testing::free_shared_memory(shared, sizeof(std::atomic<int>) * 5);
+}
+
 // etcd#9921: a waiter whose lease expired while it waited must never be told it holds the lock.
 TEST(EtcdLock, AWaiterWhoseLeaseExpiredIsNeverGranted) {
   REQUIRE_ETCD();
@@ -213,6 +279,51 @@ TEST(EtcdLock, AWaiterWhoseLeaseExpiredIsNeverGranted) {
     holder->release();
   }
   ::kill(waiter, SIGCONT);
+  EXPECT_EQ(testing::wait_child(waiter), 90);
+}
+
+// The read-back itself: the waiter's lease is revoked (by an operator, or expired on the server
+// while the waiter's own clock says it is fine) and the holder releases at once, before the
+// waiter's next renewal could notice. The wait ends on the predecessor's deletion; only the
+// read-back of our key stands between that and a false grant.
+TEST(EtcdLock, AWaiterWhoseLeaseWasRevokedIsNeverGranted) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(1);
+  auto o = etcd.options("t");
+  o.ttl = 30s;  // its next renewal is 10 s away: the waiter's session cannot notice in time
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  pid_t waiter = testing::fork_child([&] {
+    ::close(go[1]);
+    char b;
+    if (::read(go[0], &b, 1) != 1) return 5;
+    try {
+      auto lock = EtcdLock::acquire(o, "n", "waiter", false, std::nullopt);
+      return lock ? 0 : 4;  // 0 = granted: the bug
+    } catch (const EtcdError& e) {
+      return e.kind() == EtcdError::Kind::lost ? 90 : 3;
+    }
+  });
+  ::close(go[0]);
+  auto holder = EtcdLock::acquire(o, "n", "holder", false, std::nullopt);
+  ASSERT_TRUE(holder);
+  ASSERT_EQ(::write(go[1], "g", 1), 1);
+  ::close(go[1]);
+  etcd::Client c(o);
+  int64_t waiter_lease = 0;
+  for (int i = 0; i < 6000 && waiter_lease == 0; ++i) {
+    auto r = c.call("/v3/kv/range", {{"key", etcd::base64_encode("t/n/")},
+                                      {"range_end", etcd::base64_encode(etcd::prefix_end("t/n/"))},
+                                      {"sort_target", "CREATE"}, {"sort_order", "DESCEND"}, {"limit", "1"}});
+    if (etcd::int_field(r, "count") == 2) {
+      waiter_lease = etcd::int_field(r["kvs"][0], "lease");
+    } else {
+      std::this_thread::sleep_for(10ms);
+    }
+  }
+  ASSERT_NE(waiter_lease, 0);
+  c.call("/v3/lease/revoke", {{"ID", std::to_string(waiter_lease)}});
+  holder->release();
   EXPECT_EQ(testing::wait_child(waiter), 90);
 }
 
