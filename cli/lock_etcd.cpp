@@ -215,14 +215,9 @@ int lock_etcd(const LockInvocation& inv, const std::string& prog) {
   request.env.push_back("ETCD_LOCK_KEY=" + lock->key());
   // Without holdfast nobody renews the lease: the command must not outlive it unnoticed.
   request.parent_death_signal = SIGKILL;
+  // The record names holdfast (the lease's keeper, the command's parent) and the command line;
+  // not rewritten with the command's pid: that would be one more consensus write per grant.
   sys::Child child = sys::spawn(request);
-  if (auto id = identity_of(child.pid())) {
-    try {
-      lock->update_record(record_json({self_identity(), *id}, inv.command, lock->ttl()));
-    } catch (const EtcdError&) {
-      // the record is informational; the lease decides
-    }
-  }
 
   // Run until the command exits, forwarding signals, or until the lock is lost.
   bool lost = false;

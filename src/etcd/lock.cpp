@@ -113,7 +113,7 @@ class Session {
 
   // Stops renewing; with `revoke`, revokes the lease (deleting every key bound to it). Errors
   // are ignored: an unrevoked lease expires by itself within its TTL.
-  void close(bool revoke) noexcept {
+  void close(bool revoke, etcd::Client* client = nullptr) noexcept {
     {
       std::lock_guard lk(m_);
       if (closed_) return;
@@ -123,8 +123,9 @@ class Session {
     if (thread_.joinable()) thread_.join();
     if (!revoke) return;
     try {
-      etcd::Client client(options_);
-      client.call("/v3/lease/revoke", {{"ID", std::to_string(lease_)}}, std::min(options_.request_timeout, milliseconds(2000)));
+      std::optional<etcd::Client> own;
+      if (client == nullptr) client = &own.emplace(options_);
+      client->call("/v3/lease/revoke", {{"ID", std::to_string(lease_)}}, std::min(options_.request_timeout, milliseconds(2000)));
     } catch (const std::exception&) {
       // expires by itself
     }
@@ -352,6 +353,12 @@ std::optional<EtcdLock> EtcdLock::acquire(const EtcdOptions& options, const std:
     }
   }
 
+  if (owner == mine) {
+    // The enqueue transaction itself saw our key (bound to our live lease: the put or the key's
+    // existence proves it) as the oldest one, atomically: nothing to re-check.
+    state->held = true;
+    return EtcdLock(std::move(state));
+  }
   // Verify (etcd#9921): our key still exists with our create revision and lease, and the lease
   // is alive. A waiter whose lease expired must never be told it holds the lock.
   json check = client.call("/v3/kv/range", {{"key", key64}});
@@ -381,7 +388,7 @@ void EtcdLock::release() {
   } catch (const EtcdError& e) {
     failure = e;
   }
-  state_->session->close(true);
+  state_->session->close(true, state_->client.get());
   if (failure) throw *failure;
 }
 
