@@ -162,6 +162,39 @@ TEST(EtcdCli, HolderShowsWhoHoldsItAndWhere) {
   EXPECT_NE(after.out.find("free"), std::string::npos);
 }
 
+// Same keys as etcd's concurrency.Mutex: `etcdctl lock PREFIX/NAME` and holdfast exclude each other.
+TEST(EtcdCli, ExcludesEtcdctlLockOnTheSameName) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(1);
+  const std::string url = etcd.url("p");
+  auto r = testing::run({"etcdctl", "--endpoints=" + etcd.endpoint(0), "lock", "p/n", "--", testing::holdfast_path(), "lock",
+                         "-n", "--backend", url, "n", "true"});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;  // held by etcdctl: -n conflicts
+  auto back = testing::holdfast({"lock", "--backend", url, "n", "sh", "-c",
+                                 "etcdctl --endpoints=" + etcd.endpoint(0) + " get --prefix p/n/ --keys-only | grep -c p/n/"});
+  EXPECT_EQ(back.exit_code, 0) << back.err;
+  EXPECT_EQ(back.out, "1\n");  // our key is where etcdctl looks for holders
+}
+
+// -w gives up at its deadline, leaving no queue key; a signal while waiting ends holdfast (by that
+// signal) and its lease is revoked at once (no waiting for the TTL).
+TEST(EtcdCli, TimeoutAndInterruptWhileWaitingLeaveNoKey) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(1);
+  const std::string url = etcd.url("p");
+  auto o = etcd.options("p");
+  auto held = EtcdLock::acquire(o, "n", "", false, std::nullopt);
+  ASSERT_TRUE(held);
+  EXPECT_EQ(testing::holdfast({"lock", "-w", "0.3", "-E", "9", "--backend", url, "n", "true"}).exit_code, 9);
+  EXPECT_EQ(inspect_etcd_holder(o, "n").waiters, 0u);
+  testing::TempDir dir;
+  auto waiter = start_holdfast({"lock", "--backend", url, "--ttl", "60s", "n", "true"}, dir / "err");
+  wait_for([&] { return inspect_etcd_holder(o, "n").waiters == 1; }, "the waiter to queue");
+  ::kill(waiter.pid(), SIGTERM);
+  EXPECT_EQ(exit_status(waiter), 128 + SIGTERM);
+  EXPECT_EQ(inspect_etcd_holder(o, "n").waiters, 0u);  // revoked, not left for 60 s
+}
+
 void expect_one_line_error(const testing::CommandResult& r, int code, const std::string& words) {
   EXPECT_EQ(r.exit_code, code) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
