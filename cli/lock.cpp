@@ -18,6 +18,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
 #include "lock_args.hpp"
+#include "lock_etcd.hpp"
 #include "lock_run.hpp"
 #include "sys/file.hpp"
 #include "sys/kernel_lock.hpp"
@@ -58,13 +59,17 @@ void print_usage(const std::string& prog) {
       "                          is stale after this long without a heartbeat (e.g. 30s)\n"
       "     --json               print the grant (token, backend, wait) as JSON on stdout\n"
       "     --allow-unsafe       use an explicitly chosen backend even where it is known unsafe\n"
+      "     --backend etcd://HOST:PORT[,HOST:PORT...]/PREFIX   lock NAME in etcd (docs/ETCD.md);\n"
+      "                          with --ttl <dur> (default 10s), --cacert/--cert/--key <file>,\n"
+      "                          --user NAME[:PASSWORD]\n"
       "\n -h, --help               display this help\n"
       " -V, --version            display version\n"
       "\nThe command gets HOLDFAST_TOKEN (fencing token) and HOLDFAST_LOCK in its environment.\n"
       "Exit codes (docs/EXIT_CODES.md): the command's status (128+N if killed by signal N);\n"
       "1 (or -E) conflict or timeout; 64 usage; 65 lock failed on a descriptor or corrupt fence;\n"
       "66 cannot open the lock file; 69 command cannot be run, or backend unsupported/unsafe;\n"
-      "71 OS error; 73 cannot create (read-only filesystem, full disk); 77 refused symlink.\n",
+      "71 OS error; 73 cannot create (read-only filesystem, full disk); 77 refused symlink.\n"
+      "etcd: 69 unreachable; 76 TLS or protocol error; 77 auth or permission; 90 lock lost (command stopped).\n",
       prog.c_str());
 }
 
@@ -170,6 +175,7 @@ Backend backend_of(const LockInvocation& inv) {
 
 // `lock [options] FILE|DIR COMMAND...`
 int lock_path(const LockInvocation& inv, const std::string& prog) {
+  if (inv.backend && is_etcd_url(*inv.backend)) return lock_etcd(inv, prog);
   if (inv.path.empty()) throw Error(ENOENT, "", "cannot open lock file");  // as open("") in flock(1)
   const Wait w = wait_of(inv);
   LockOptions options;

@@ -17,6 +17,8 @@ enum class Opt {
   shared, exclusive, unlock, nonblock, timeout, conflict_exit_code, close, no_fork, verbose, help, version,
   fcntl, fd, start, length,  // util-linux 2.40+ (start/length are recognised, and refused)
   json, backend, stale_after, allow_unsafe, fair,  // holdfast's own
+  json, backend, stale_after, allow_unsafe,  // holdfast's own
+  ttl, cacert, cert, key, user,              // holdfast's own, for etcd:// backends
 };
 
 struct LongOption {
@@ -48,6 +50,11 @@ constexpr LongOption kHoldfastOptions[] = {
     {"stale-after", true, Opt::stale_after},
     {"allow-unsafe", false, Opt::allow_unsafe},
     {"fair", false, Opt::fair},
+    {"ttl", true, Opt::ttl},
+    {"cacert", true, Opt::cacert},
+    {"cert", true, Opt::cert},
+    {"key", true, Opt::key},
+    {"user", true, Opt::user},
 };
 
 using Style = LockUsageError::Style;
@@ -139,6 +146,11 @@ void apply(LockInvocation& inv, Opt opt, const std::string& value, const std::st
     case Opt::stale_after: inv.stale_after = parse_duration(value, "--stale-after"); break;
     case Opt::allow_unsafe: inv.allow_unsafe = true; break;
     case Opt::fair: inv.fair = true; break;
+    case Opt::ttl: inv.etcd.ttl = parse_duration(value, "--ttl"); break;
+    case Opt::cacert: inv.etcd.cacert = value; break;
+    case Opt::cert: inv.etcd.cert = value; break;
+    case Opt::key: inv.etcd.key = value; break;
+    case Opt::user: inv.etcd.user = value; break;
   }
 }
 

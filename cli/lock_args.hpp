@@ -24,6 +24,8 @@
 #include <string_view>
 #include <vector>
 
+#include "lock_etcd.hpp"
+
 namespace holdfast::cli {
 
 // A usage error, exit 64. Printed as flock(1) prints each kind (see print_usage_error).
@@ -89,6 +91,7 @@ struct LockInvocation {
   std::chrono::nanoseconds stale_after{0};
   bool allow_unsafe = false;
   bool fair = false;                   // --fair (shm backend: FIFO handoff)
+  EtcdFlags etcd;                      // --ttl, --cacert, --cert, --key, --user (etcd:// backends)
 };
 
 // Parses `args` (args[0] is the program or subcommand name and is skipped). Throws

@@ -25,6 +25,8 @@ inline constexpr int io_error = 74;     // EIO, ENOSPC, EDQUOT, failed fsync (EX
 inline constexpr int temp_fail = 75;    // timed out waiting for readiness / a condition (EX_TEMPFAIL)
 inline constexpr int no_perm = 77;      // EACCES, EPERM, refused symlink (EX_NOPERM)
 inline constexpr int fenced = 79;       // write --fence: a newer token already wrote this path
+inline constexpr int protocol = 76;     // etcd: TLS failure or an answer that cannot be read (EX_PROTOCOL)
+inline constexpr int lock_lost = 90;    // etcd: the lease could not be renewed in time; the command was stopped
 inline constexpr int cannot_exec = 126; // command found but not executable
 inline constexpr int not_found = 127;   // command not found
 

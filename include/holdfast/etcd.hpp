@@ -1,0 +1,126 @@
+// holdfast::EtcdLock — a lock shared by processes on several machines, held in an etcd (v3)
+// cluster, with a fencing token per grant and a deadline after which the holder must assume it
+// has lost the lock. See docs/ETCD.md for the algorithm and exactly what is guaranteed.
+//
+// The algorithm is etcd's own concurrency.Mutex (so `etcdctl lock PREFIX/NAME` and holdfast
+// exclude each other): each contender creates PREFIX/NAME/<lease id in hex> bound to its lease;
+// the one with the lowest create revision holds the lock; every other waits, with a watch, for
+// the deletion of the key just before its own (FIFO by create revision, no herd, no polling).
+// Beyond etcdctl:
+//   * after the wait, the key is read back: it must still exist with our create revision, and our
+//     lease must be alive (etcd 3.4 can return a lock to a waiter whose lease expired, etcd#9921);
+//   * the fencing token is the key's create revision: strictly increasing across grants of a name;
+//   * release is a transaction guarded on that create revision, never a plain delete (a retried
+//     delete could remove a newer holder's key, etcd#22082);
+//   * the lease is renewed every TTL/3; an answer without a TTL means it is gone. The lock is
+//     *lost* once no renewal succeeded early enough to be sure the lease is still alive:
+//     valid_until() = send time of the last successful renewal + TTL - margin (local monotonic
+//     clock). lost_fd() becomes readable then.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "holdfast/error.hpp"
+
+namespace holdfast {
+
+// How to reach a cluster and where the locks live.
+struct EtcdOptions {
+  std::vector<std::string> endpoints;  // "host:port", tried in order, failing over
+  std::string prefix;                  // key prefix, without a trailing '/'
+  // TLS (https) when any of these is set: CA bundle to verify the server, client certificate+key.
+  std::string cacert, cert, key;
+  // Authentication (etcd's /v3/auth/authenticate); empty user: none.
+  std::string user, password;
+  std::chrono::seconds ttl{10};        // lease TTL (etcd raises values below its minimum)
+  std::chrono::milliseconds request_timeout{5000};  // per request, across endpoint failover
+  // Checked while waiting (about every second): true makes acquire give up and return nullopt.
+  std::function<bool()> cancel;
+};
+
+// "etcd://HOST:PORT[,HOST:PORT...]/PREFIX" (PREFIX may contain '/'; it may be empty).
+bool is_etcd_url(std::string_view text) noexcept;
+// Parses such a URL into endpoints and prefix; the other fields keep their defaults. Throws
+// Error(exit_code::usage) for anything else.
+EtcdOptions parse_etcd_url(std::string_view url);
+
+// An error talking to etcd. The exit codes (docs/EXIT_CODES.md): unreachable 69, tls 76,
+// auth/permission 77, protocol/server 76, lost 90.
+class EtcdError : public Error {
+ public:
+  enum class Kind { unreachable, tls, auth, permission, server, protocol, lost };
+  EtcdError(Kind kind, const std::string& where, const std::string& context, const std::string& cause,
+            int grpc_code = 0);
+  Kind kind() const noexcept { return kind_; }
+  int grpc_code() const noexcept { return grpc_code_; }
+  static int exit_code_of(Kind kind) noexcept;
+
+ private:
+  Kind kind_;
+  int grpc_code_;
+};
+
+class EtcdLock {
+ public:
+  // Blocks until NAME is held (FIFO among waiters), or `deadline` passes (nullopt), or — with
+  // `nonblock` — returns nullopt at once if another holder has it. `record` is stored as the
+  // key's value (a holder record: who and where). Throws EtcdError when the cluster cannot be
+  // used, and EtcdError(lost) when our lease expired while waiting. Every path that does not
+  // return a lock has revoked its lease (so its queue key is gone).
+  static std::optional<EtcdLock> acquire(const EtcdOptions& options, const std::string& name,
+                                         const std::string& record, bool nonblock,
+                                         std::optional<std::chrono::steady_clock::time_point> deadline);
+
+  EtcdLock(EtcdLock&&) noexcept;
+  EtcdLock& operator=(EtcdLock&&) noexcept;
+  EtcdLock(const EtcdLock&) = delete;
+  EtcdLock& operator=(const EtcdLock&) = delete;
+  // Releases if still held (errors ignored: the lease then expires by itself).
+  ~EtcdLock();
+
+  // Deletes our key if it still has our create revision (one guarded txn), then revokes the
+  // lease. Throws EtcdError if etcd cannot be reached (the lease then expires within its TTL).
+  void release();
+  // Replaces the key's value with `record`, only if the key is still ours. False if it is not.
+  bool update_record(const std::string& record);
+
+  uint64_t token() const noexcept;      // the key's create revision
+  const std::string& key() const noexcept;
+  int64_t lease_id() const noexcept;
+  std::chrono::seconds ttl() const noexcept;  // as granted by etcd
+  std::chrono::milliseconds margin() const noexcept;
+  // Until then, the lease is alive (given the clock-rate assumption in docs/ETCD.md).
+  std::chrono::steady_clock::time_point valid_until() const noexcept;
+  bool lost() const noexcept;
+  std::string lost_reason() const;
+  // Readable (an eventfd) once the lock is lost.
+  int lost_fd() const noexcept;
+
+  struct State;
+
+ private:
+  explicit EtcdLock(std::unique_ptr<State> state) noexcept;
+  std::unique_ptr<State> state_;
+};
+
+// Who holds NAME, read linearizably without taking it.
+struct EtcdHolder {
+  bool held = false;
+  std::string key;
+  uint64_t token = 0;        // create revision of the holder's key
+  int64_t lease_id = 0;
+  int64_t ttl_remaining = -1;  // seconds, from /v3/lease/timetolive (-1 unknown)
+  std::string record;          // the key's value
+  size_t waiters = 0;          // keys queued behind the holder
+};
+EtcdHolder inspect_etcd_holder(const EtcdOptions& options, const std::string& name);
+
+}  // namespace holdfast
