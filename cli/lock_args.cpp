@@ -17,7 +17,6 @@ enum class Opt {
   shared, exclusive, unlock, nonblock, timeout, conflict_exit_code, close, no_fork, verbose, help, version,
   fcntl, fd, start, length,  // util-linux 2.40+ (start/length are recognised, and refused)
   json, backend, stale_after, allow_unsafe, fair,  // holdfast's own
-  json, backend, stale_after, allow_unsafe,  // holdfast's own
   ttl, cacert, cert, key, user,              // holdfast's own, for etcd:// backends
 };
 
