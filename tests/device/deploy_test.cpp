@@ -72,7 +72,7 @@ TEST_F(DeployTest, OverTheReplReplacesAtomicallyVerifiesAndReboots) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["verified_by"], "sha256");
   EXPECT_EQ(j["rebooted"], true);
-  EXPECT_EQ(slurp(fs() + "/main.py"), "print('new')\n");
+  EXPECT_EQ(read_file(fs() + "/main.py"), "print('new')\n");
   auto s = started(1);
   ASSERT_EQ(s.size(), 1U);
   EXPECT_EQ(s[0]["sha256"], sha256_hex("print('new')\n"));
@@ -89,13 +89,13 @@ TEST_F(DeployTest, ResetMidTransferLeavesTheOldFileWholeAndNoTempFile) {
   spit(dir / "main.py", program(1, 20000, rng));
   auto r = hf({"device", "deploy", "--port", board.port(), "--step-timeout", "2s", dir / "main.py"});
   EXPECT_EQ(r.exit_code, dx::board_reset) << r.err;
-  EXPECT_EQ(slurp(fs() + "/main.py"), "print('old')\n");
+  EXPECT_EQ(read_file(fs() + "/main.py"), "print('old')\n");
   auto listing = run({"ls", "-a", fs()}).out;
   EXPECT_EQ(listing.find("holdfast-tmp"), std::string::npos) << listing;
   // The next deploy succeeds.
   r = hf({"device", "deploy", "--port", board.port(), dir / "main.py"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(slurp(fs() + "/main.py"), slurp(dir / "main.py"));
+  EXPECT_EQ(read_file(fs() + "/main.py"), read_file(dir / "main.py"));
 }
 
 TEST_F(DeployTest, FallsBackToCrc32AndToReadBack) {

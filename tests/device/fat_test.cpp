@@ -31,7 +31,7 @@ TEST(FatDrive, TheBoardSeesTheSizeBeforeTheContentAndTheCheckWaits) {
   spit(dir / "code.py", code);
   ASSERT_EQ(run({"mcopy", "-i", complete, dir / "code.py", "::/code.py"}).exit_code, 0);
   // The torn state: same directory entry and FAT chain, data clusters not written yet (zeros).
-  std::string img = slurp(complete);
+  std::string img = read_file(complete);
   auto at = img.find(code);
   ASSERT_NE(at, std::string::npos) << "the file's clusters are expected contiguous on a fresh image";
   std::string torn_img = img;

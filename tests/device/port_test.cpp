@@ -44,7 +44,7 @@ struct Sleeper {
     }
     // Wait until it is sleep (its comm changed), so the name in messages is stable.
     for (int i = 0; i < 2000; ++i) {
-      if (slurp("/proc/" + std::to_string(pid) + "/comm") == "sleep\n") break;
+      if (read_file("/proc/" + std::to_string(pid) + "/comm") == "sleep\n") break;
       ::usleep(1000);
     }
   }
@@ -68,7 +68,7 @@ TEST_F(PortTest, TakesAUucpLockInHdbFormatAndRemovesItOnRelease) {
   Pty pty;
   {
     auto port = Port::open(pty.name);
-    EXPECT_EQ(slurp(lock_for(pty.name)), fmt_pid(::getpid()));
+    EXPECT_EQ(read_file(lock_for(pty.name)), fmt_pid(::getpid()));
   }
   struct stat st{};
   EXPECT_NE(::stat(lock_for(pty.name).c_str(), &st), 0) << "lock file left behind";
@@ -81,7 +81,7 @@ TEST_F(PortTest, ALiveUucpHolderIsNamed) {
   auto r = hf({"device", "exec", "--port", pty.name, "print(1)"});
   EXPECT_EQ(r.exit_code, dx::port_busy) << r.err;
   EXPECT_NE(r.err.find("held by sleep, pid " + std::to_string(minicom.pid)), std::string::npos) << r.err;
-  EXPECT_EQ(slurp(lock_for(pty.name)), fmt_pid(minicom.pid)) << "a live holder's lock was touched";
+  EXPECT_EQ(read_file(lock_for(pty.name)), fmt_pid(minicom.pid)) << "a live holder's lock was touched";
 }
 
 TEST_F(PortTest, ADeadHoldersUucpLockIsReclaimed) {
@@ -90,7 +90,7 @@ TEST_F(PortTest, ADeadHoldersUucpLockIsReclaimed) {
   wait_child(dead);
   spit(lock_for(pty.name), fmt_pid(dead));
   auto port = Port::open(pty.name);
-  EXPECT_EQ(slurp(lock_for(pty.name)), fmt_pid(::getpid()));
+  EXPECT_EQ(read_file(lock_for(pty.name)), fmt_pid(::getpid()));
 }
 
 TEST_F(PortTest, AReusedPidIsProvenStaleByItsStartTime) {
@@ -100,7 +100,7 @@ TEST_F(PortTest, AReusedPidIsProvenStaleByItsStartTime) {
   timespec old[2] = {{1000000, 0}, {1000000, 0}};
   ASSERT_EQ(::utimensat(AT_FDCWD, lock_for(pty.name).c_str(), old, 0), 0);
   auto port = Port::open(pty.name);
-  EXPECT_EQ(slurp(lock_for(pty.name)), fmt_pid(::getpid()));
+  EXPECT_EQ(read_file(lock_for(pty.name)), fmt_pid(::getpid()));
 }
 
 TEST_F(PortTest, AnUnreadableLockFailsClosed) {
@@ -108,7 +108,7 @@ TEST_F(PortTest, AnUnreadableLockFailsClosed) {
   spit(lock_for(pty.name), "garbage\n");
   auto r = hf({"device", "exec", "--port", pty.name, "print(1)"});
   EXPECT_EQ(r.exit_code, dx::port_busy) << r.err;
-  EXPECT_EQ(slurp(lock_for(pty.name)), "garbage\n");
+  EXPECT_EQ(read_file(lock_for(pty.name)), "garbage\n");
 }
 
 TEST_F(PortTest, AFlockHolderIsNamed) {

@@ -22,20 +22,11 @@
 
 namespace holdfast::testing::device {
 
-inline std::string cli_path() {
-#ifdef HOLDFAST_CLI_PATH
-  return HOLDFAST_CLI_PATH;
-#else
-  return holdfast_path();
-#endif
-}
-
 inline std::string simboard_path() { return std::string(HOLDFAST_SOURCE_DIR) + "/tests/device/simboard.py"; }
 
+// Runs the holdfast command with a 300 s hang limit (a deploy to a slow board takes long).
 inline CommandResult hf(const std::vector<std::string>& args, const std::string& stdin_data = "") {
-  std::vector<std::string> argv{cli_path()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run(argv, stdin_data, std::chrono::seconds(300));
+  return holdfast(args, stdin_data, std::chrono::seconds(300));
 }
 
 // A UUCP lock file's content in the HDB format minicom and picocom write: "%10d\n".
@@ -51,13 +42,6 @@ inline bool sanitized() {
 #else
   return false;
 #endif
-}
-
-inline std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 inline void spit(const std::string& path, const std::string& data) {
@@ -135,7 +119,7 @@ class Term {
   explicit Term(const std::vector<std::string>& args) {
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-    std::vector<std::string> argv{cli_path(), "device", "term"};
+    std::vector<std::string> argv{holdfast_path(), "device", "term"};
     argv.insert(argv.end(), args.begin(), args.end());
     pid_ = ::fork();
     if (pid_ == 0) {
@@ -185,7 +169,7 @@ class Term {
 // The board's log of events (JSON lines).
 inline std::vector<nlohmann::json> board_events(const std::string& log) {
   std::vector<nlohmann::json> out;
-  std::istringstream in(slurp(log));
+  std::istringstream in(read_file(log));
   std::string line;
   while (std::getline(in, line)) {
     if (!line.empty()) out.push_back(nlohmann::json::parse(line));

@@ -19,29 +19,14 @@
 
 namespace holdfast::testing::durable {
 
-// The holdfast command under test. (support's holdfast_path() is compiled into a library that
-// does not see HOLDFAST_CLI_PATH, so this suite resolves it itself.)
-inline std::string cli_path() {
-#ifdef HOLDFAST_CLI_PATH
-  return HOLDFAST_CLI_PATH;
-#else
-  return holdfast_path();
-#endif
-}
-
+// This suite's names for the shared helpers in support/testing.hpp.
+// The holdfast command under test.
+inline std::string cli_path() { return holdfast_path(); }
 // Runs the holdfast command (named hf: `holdfast` alone is also the namespace).
 inline CommandResult hf(const std::vector<std::string>& args, const std::string& stdin_data = "") {
-  std::vector<std::string> argv{cli_path()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run(argv, stdin_data);
+  return holdfast(args, stdin_data);
 }
-
-inline std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+inline std::string slurp(const std::string& path) { return read_file(path); }
 
 inline void spit(const std::string& path, const std::string& data, mode_t mode = 0644) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);

@@ -12,9 +12,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
@@ -26,13 +24,6 @@ namespace {
 std::string& registered_path() {
   static std::string path;
   return path;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 bool is_mounted(const std::string& mount) {
@@ -117,13 +108,13 @@ FaultFs::FaultFs(const std::string& options, const std::string& under)
       pid_ = -1;
       throw std::runtime_error("faultfs " + options + " failed to mount (exit " +
                                std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
-                               "): " + slurp(log));
+                               "): " + read_file(log));
     }
     if (std::chrono::steady_clock::now() > deadline) {
       ::kill(pid_, SIGKILL);
       reap(pid_, std::chrono::seconds(1));
       pid_ = -1;
-      throw std::runtime_error("faultfs did not mount within 10 s: " + slurp(log));
+      throw std::runtime_error("faultfs did not mount within 10 s: " + read_file(log));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -157,7 +148,7 @@ void FaultFs::control(const std::string& line) const {
   }
 }
 
-std::string FaultFs::control_state() const { return slurp(mount_ + "/.faultfs-control"); }
+std::string FaultFs::control_state() const { return read_file(mount_ + "/.faultfs-control"); }
 
 std::string FaultFs::unavailable_reason() {
   static std::once_flag once;

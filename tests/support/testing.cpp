@@ -10,6 +10,8 @@
 
 #include <cerrno>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <system_error>
 
@@ -105,10 +107,18 @@ CommandResult run(const std::vector<std::string>& argv, const std::string& stdin
   return result;
 }
 
-CommandResult holdfast(const std::vector<std::string>& args, const std::string& stdin_data) {
+CommandResult holdfast(const std::vector<std::string>& args, const std::string& stdin_data,
+                       std::chrono::seconds timeout) {
   std::vector<std::string> argv{holdfast_path()};
   argv.insert(argv.end(), args.begin(), args.end());
-  return run(argv, stdin_data);
+  return run(argv, stdin_data, timeout);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream content;
+  content << in.rdbuf();
+  return content.str();
 }
 
 pid_t fork_child(const std::function<int()>& body) {

@@ -1,5 +1,6 @@
 // Helpers shared by every test suite: temp dirs, running the holdfast command, forking workers,
-// and a process-shared barrier so N processes can start racing at the same instant.
+// a process-shared barrier so N processes can start racing at the same instant, reading files
+// and polling for a state.
 #pragma once
 
 #include <sys/types.h>
@@ -7,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace holdfast::testing {
@@ -34,8 +36,9 @@ struct CommandResult {
 // Runs argv (argv[0] resolved via PATH) with optional stdin; captures stdout and stderr.
 CommandResult run(const std::vector<std::string>& argv, const std::string& stdin_data = "",
                   std::chrono::seconds timeout = std::chrono::seconds(120));
-// Runs the holdfast command built alongside the tests.
-CommandResult holdfast(const std::vector<std::string>& args, const std::string& stdin_data = "");
+// Runs the holdfast command built alongside the tests, killing it after `timeout` (a hang).
+CommandResult holdfast(const std::vector<std::string>& args, const std::string& stdin_data = "",
+                       std::chrono::seconds timeout = std::chrono::seconds(120));
 // Path of the holdfast command built alongside the tests.
 std::string holdfast_path();
 
@@ -58,6 +61,22 @@ class StartGun {
   int read_fd_ = -1;
   int write_fd_ = -1;
 };
+
+// The whole content of the file at `path`, byte for byte; empty if it cannot be opened (so a
+// missing file shows as a mismatch in the test's expectation, not as an exception).
+std::string read_file(const std::string& path);
+
+// Calls `done` until it returns true, sleeping 2 ms between calls, at most 30,000 times (so at
+// least 60 s). Returns whether `done` became true. The limit only catches hangs: the caller
+// synchronises on the real state that `done` reads, never on elapsed time.
+template <class Pred>
+bool eventually(Pred done) {
+  for (int i = 0; i < 30000; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
 
 // Anonymous shared memory visible to forked children; zero-initialised.
 void* shared_memory(size_t bytes);
