@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <random>
-#include <thread>
 
 #include "device/internal.hpp"
 #include "holdfast/device.hpp"
@@ -16,37 +15,16 @@ namespace {
 namespace dx = holdfast::device::exit_code;
 using holdfast::device::detail::sha256_hex;
 
-class DeployTest : public ::testing::Test {
+class DeployTest : public BoardTest {
  public:
-  TempDir dir;
-  ScopedEnv lockdir{"HOLDFAST_UUCP_LOCK_DIR", dir.path()};
-  std::string fs() {
-    std::string p = dir / "fs";
-    ::mkdir(p.c_str(), 0755);
-    return p;
-  }
-  std::string log() { return dir / "board.log"; }
-
-  // The "run" events of the board's main program, waiting until there are at least `n` (the
-  // board logs a run from its own thread, possibly just after deploy saw "code.py output:").
-  std::vector<nlohmann::json> runs(size_t n) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    for (;;) {
-      std::vector<nlohmann::json> out;
-      for (const auto& e : board_events(log())) {
-        if (e["event"] == "ran") out.push_back(e);
-      }
-      if (out.size() >= n || std::chrono::steady_clock::now() > deadline) return out;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  std::vector<nlohmann::json> started(size_t n) {
+  // The "ran" events (a finished run) of the board's main program, waiting until there are at
+  // least `n` (the board logs a run from its own thread, possibly just after deploy saw
+  // "code.py output:").
+  std::vector<nlohmann::json> runs(size_t n) const { return events("ran", n); }
+  // The "run" events (a started run), once at least `n` runs have finished.
+  std::vector<nlohmann::json> started(size_t n) const {
     runs(n);
-    std::vector<nlohmann::json> out;
-    for (const auto& e : board_events(log())) {
-      if (e["event"] == "run") out.push_back(e);
-    }
-    return out;
+    return events("run", 0);
   }
 };
 
@@ -128,7 +106,7 @@ TEST_F(DeployTest, RebootNotObservedHasItsOwnExitCode) {
 
 TEST_F(DeployTest, CircuitPythonRefusesReplWritesWithErrno30) {
   LoopDrive drive(dir.path());
-  if (!drive.ok()) GTEST_SKIP() << "needs root, a loop device and ext2";
+  if (!drive.ok()) GTEST_SKIP() << kNoLoopDrive;
   SimBoard board({"--mode", "circuitpython", "--image", drive.image(), "--log", log()});
   spit(dir / "code.py", "print('x')\n");
   auto r = hf({"device", "deploy", "--port", board.port(), dir / "code.py"});
@@ -141,7 +119,7 @@ TEST_F(DeployTest, CircuitPythonRefusesReplWritesWithErrno30) {
 // (Skipped when the kernel happened to write it back already, e.g. someone ran sync(1).)
 TEST_F(DeployTest, TheBoardLagsTheHostPageCache) {
   LoopDrive drive(dir.path());
-  if (!drive.ok()) GTEST_SKIP() << "needs root, a loop device and ext2";
+  if (!drive.ok()) GTEST_SKIP() << kNoLoopDrive;
   spit(drive.mount() + "/code.py", "print('old')\n");
   ::sync();
   spit(drive.mount() + "/code.py", "print('new and longer')\n");
@@ -164,7 +142,7 @@ void seed_rounds(DeployTest& t, bool drive_mode, int rounds, size_t max_size) {
   std::vector<std::string> args{"--log", t.log()};
   if (drive_mode) {
     drive = std::make_unique<LoopDrive>(t.dir.path(), "4M");
-    if (!drive->ok()) GTEST_SKIP() << "needs root, a loop device and ext2";
+    if (!drive->ok()) GTEST_SKIP() << kNoLoopDrive;
     args.insert(args.end(), {"--mode", "circuitpython", "--image", drive->image()});
   } else {
     args.insert(args.end(), {"--fs-dir", t.fs()});

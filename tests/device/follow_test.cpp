@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include <thread>
 
 #include "device/internal.hpp"
 #include "holdfast/device.hpp"
@@ -18,10 +17,8 @@ using holdfast::device::detail::sha256_hex;
 
 void mkdirs(const std::string& path) { run({"mkdir", "-p", path}); }
 
-class FollowTest : public ::testing::Test {
+class FollowTest : public BoardTest {
  protected:
-  TempDir dir;
-  ScopedEnv lockdir{"HOLDFAST_UUCP_LOCK_DIR", dir.path()};
   std::string sys = dir / "sys";
   std::string dev = dir / "dev";
   ScopedEnv sys_env{"HOLDFAST_SYSFS_ROOT", sys};
@@ -45,25 +42,9 @@ class FollowTest : public ::testing::Test {
     mkdirs(dev + "/serial/by-id");
     spit(dir / "mountinfo", "");
   }
-  std::string fs() {
-    std::string p = dir / "fs";
-    ::mkdir(p.c_str(), 0755);
-    return p;
-  }
   std::vector<std::string> board_args() {
-    return {"--fs-dir", fs(), "--log", dir / "log", "--link", dev + "/ttyACM0", "--relink", dev + "/ttyACM1",
+    return {"--fs-dir", fs(), "--log", log(), "--link", dev + "/ttyACM0", "--relink", dev + "/ttyACM1",
             "--by-id", dev + "/serial/by-id/usb-sim_HFSIM1-if00", "--reenumerate-on-reboot"};
-  }
-  std::vector<nlohmann::json> events(const std::string& kind, size_t at_least) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    for (;;) {
-      std::vector<nlohmann::json> out;
-      for (const auto& e : board_events(dir / "log")) {
-        if (e["event"] == kind) out.push_back(e);
-      }
-      if (out.size() >= at_least || std::chrono::steady_clock::now() > deadline) return out;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
   }
 };
 

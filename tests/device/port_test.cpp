@@ -56,10 +56,8 @@ struct Sleeper {
   Sleeper& operator=(const Sleeper&) = delete;
 };
 
-class PortTest : public ::testing::Test {
+class PortTest : public BoardTest {
  protected:
-  TempDir dir;
-  ScopedEnv lockdir{"HOLDFAST_UUCP_LOCK_DIR", dir.path()};
   std::string lock_for(const std::string& tty) { return dir / ("LCK.." + sys_basename(tty)); }
   static std::string sys_basename(const std::string& p) { return p.substr(p.rfind('/') + 1); }
 };

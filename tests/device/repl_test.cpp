@@ -13,16 +13,8 @@ using holdfast::device::Port;
 using holdfast::device::RawRepl;
 using holdfast::device::ReplOptions;
 
-class ReplTest : public ::testing::Test {
+class ReplTest : public BoardTest {
  protected:
-  TempDir dir;
-  ScopedEnv lockdir{"HOLDFAST_UUCP_LOCK_DIR", dir.path()};
-  std::string fs() {
-    std::string p = dir / "fs";
-    ::mkdir(p.c_str(), 0755);
-    return p;
-  }
-  std::string log() { return dir / "board.log"; }
   std::vector<std::string> violations() {
     std::vector<std::string> v;
     for (const auto& e : board_events(log())) {
@@ -155,16 +147,13 @@ TEST_F(ReplTest, AResetMidTransferIsReportedAsAReset) {
 }
 
 TEST_F(ReplTest, CircuitPythonBoardEntersFromCodeDone) {
-  LoopDrive drive(dir.path());
-  if (!drive.ok()) GTEST_SKIP() << "needs root, a loop device and ext2";
-  spit(drive.mount() + "/code.py", "print('hello from code.py')\n");
-  ::sync();
-  SimBoard board({"--mode", "circuitpython", "--image", drive.image(), "--log", log()});
-  auto r = hf({"device", "exec", "--port", board.port(), "import os\nprint(os.listdir('/'))"});
+  CircuitPythonOnDrive cp(dir.path(), "print('hello from code.py')\n", {"--log", log()});
+  if (!cp.ok()) GTEST_SKIP() << kNoLoopDrive;
+  auto r = hf({"device", "exec", "--port", cp.board().port(), "import os\nprint(os.listdir('/'))"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("code.py"), std::string::npos) << r.out;
   // The drive is read-only to code.
-  r = hf({"device", "exec", "--port", board.port(), "open('/x.py', 'w')"});
+  r = hf({"device", "exec", "--port", cp.board().port(), "open('/x.py', 'w')"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("OSError: [Errno 30] EROFS"), std::string::npos) << r.err;
 }

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,9 +15,11 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/testing.hpp"
@@ -236,6 +240,71 @@ class ScopedEnv {
  private:
   const char* name_;
   std::string old_;
+};
+
+// What a test that needs a LoopDrive says when it skips because the drive cannot be made.
+inline constexpr const char* kNoLoopDrive = "needs root, a loop device and ext2";
+
+// A CircuitPython board (simboard --mode circuitpython) reading its USB drive, a LoopDrive in
+// `dir`, on which code.py = `code` was written and synced before the board started: the board
+// reads exactly `code`. `board_args` are added after --mode and --image. ok() is false, and no
+// board runs, where the drive cannot be made (the test then skips with kNoLoopDrive).
+class CircuitPythonOnDrive {
+ public:
+  CircuitPythonOnDrive(const std::string& dir, const std::string& code, std::vector<std::string> board_args)
+      : drive_(dir) {
+    if (!drive_.ok()) return;
+    spit(drive_.mount() + "/code.py", code);
+    ::sync();
+    board_args.insert(board_args.begin(), {"--mode", "circuitpython", "--image", drive_.image()});
+    board_.emplace(board_args);
+  }
+  bool ok() const { return board_.has_value(); }
+  const LoopDrive& drive() const { return drive_; }
+  const SimBoard& board() const { return *board_; }
+  // Saves `code` as code.py through the host's mount without syncing, as an editor that does not
+  // fsync does. True if the board still reads the old code.py (the new bytes wait in the host's
+  // page cache: the situation under test); false if the kernel wrote them back first (skip).
+  bool save_unflushed(const std::string& code) const {
+    spit(drive_.mount() + "/code.py", code);
+    return drive_.board_read("/code.py") != code;
+  }
+
+ private:
+  LoopDrive drive_;
+  std::optional<SimBoard> board_;
+};
+
+// Base fixture of the board tests: a fresh directory `dir`, which is also the UUCP lock directory
+// (HOLDFAST_UUCP_LOCK_DIR), so no test sees or leaves a lock in the system's. Members are public
+// for helpers outside the test body.
+class BoardTest : public ::testing::Test {
+ public:
+  TempDir dir;
+  ScopedEnv lockdir{"HOLDFAST_UUCP_LOCK_DIR", dir.path()};
+
+  // Where the simulated board logs its events (pass as --log).
+  std::string log() const { return dir / "log"; }
+  // dir/fs, created if missing: a MicroPython board's flash (pass as --fs-dir).
+  std::string fs() const {
+    std::string p = dir / "fs";
+    ::mkdir(p.c_str(), 0755);
+    return p;
+  }
+  // The board's events of `kind` from log(), once there are at least `at_least` of them (the
+  // board logs from its own thread, possibly after the command under test has returned). Polls
+  // the log; after 60 s (a hang) returns what there is, so the caller's size assertion fails.
+  std::vector<nlohmann::json> events(const std::string& kind, size_t at_least) const {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      std::vector<nlohmann::json> out;
+      for (const auto& e : board_events(log())) {
+        if (e["event"] == kind) out.push_back(e);
+      }
+      if (out.size() >= at_least || std::chrono::steady_clock::now() > deadline) return out;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
 };
 
 }  // namespace holdfast::testing::device

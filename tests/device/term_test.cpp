@@ -2,7 +2,6 @@
 // not reach the board until the board can read the new file.
 #include <gtest/gtest.h>
 
-#include <thread>
 
 #include "device/internal.hpp"
 #include "holdfast/device.hpp"
@@ -13,37 +12,21 @@ namespace {
 
 using holdfast::device::detail::sha256_hex;
 
-class TermTest : public ::testing::Test {
+class TermTest : public BoardTest {
  protected:
-  TempDir dir;
-  ScopedEnv lockdir{"HOLDFAST_UUCP_LOCK_DIR", dir.path()};
-
-  // The sha256 of what the board ran at its first reboot.
-  std::string first_run_sha() {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (std::chrono::steady_clock::now() < deadline) {
-      for (const auto& e : board_events(dir / "log")) {
-        if (e["event"] == "run") return e["sha256"];
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return "";
+  // The sha256 of what the board ran at its first reboot ("" if it did not within 60 s).
+  std::string first_run_sha() const {
+    auto runs = events("run", 1);
+    return runs.empty() ? "" : runs[0]["sha256"].get<std::string>();
   }
 };
 
-// Returns false (and the test skips) when the kernel wrote back before the board looked.
-bool stale_on_board(const LoopDrive& drive, const std::string& fresh) { return drive.board_read("/code.py") != fresh; }
-
 TEST_F(TermTest, CtrlDIsHeldUntilTheDriveIsFlushed) {
-  LoopDrive drive(dir.path());
-  if (!drive.ok()) GTEST_SKIP() << "needs root, a loop device and ext2";
-  spit(drive.mount() + "/code.py", "print('old')\n");
-  ::sync();
-  SimBoard board({"--mode", "circuitpython", "--image", drive.image(), "--log", dir / "log"});
+  CircuitPythonOnDrive cp(dir.path(), "print('old')\n", {"--log", log()});
+  if (!cp.ok()) GTEST_SKIP() << kNoLoopDrive;
   const std::string fresh = "print('new, saved by an editor that does not fsync')\n";
-  spit(drive.mount() + "/code.py", fresh);
-  if (!stale_on_board(drive, fresh)) GTEST_SKIP() << "the kernel wrote back before the board looked";
-  Term term({"--port", board.port(), "--drive", drive.mount(), "--journal", dir / "journal"});
+  if (!cp.save_unflushed(fresh)) GTEST_SKIP() << "the kernel wrote back before the board looked";
+  Term term({"--port", cp.board().port(), "--drive", cp.drive().mount(), "--journal", dir / "journal"});
   ASSERT_TRUE(term.read_until(">>> "));
   term.type("\x04");
   ASSERT_TRUE(term.read_until("code.py output:")) << term.seen();
@@ -52,15 +35,11 @@ TEST_F(TermTest, CtrlDIsHeldUntilTheDriveIsFlushed) {
 
 // Without the guard the same keystroke reboots the board into whatever it can read: the bug.
 TEST_F(TermTest, WithoutTheGuardTheBoardRunsTheOldCode) {
-  LoopDrive drive(dir.path());
-  if (!drive.ok()) GTEST_SKIP() << "needs root, a loop device and ext2";
-  spit(drive.mount() + "/code.py", "print('old')\n");
-  ::sync();
-  SimBoard board({"--mode", "circuitpython", "--image", drive.image(), "--log", dir / "log"});
+  CircuitPythonOnDrive cp(dir.path(), "print('old')\n", {"--log", log()});
+  if (!cp.ok()) GTEST_SKIP() << kNoLoopDrive;
   const std::string fresh = "print('new')\n";
-  spit(drive.mount() + "/code.py", fresh);
-  if (!stale_on_board(drive, fresh)) GTEST_SKIP() << "the kernel wrote back before the board looked";
-  Term term({"--port", board.port(), "--no-guard"});
+  if (!cp.save_unflushed(fresh)) GTEST_SKIP() << "the kernel wrote back before the board looked";
+  Term term({"--port", cp.board().port(), "--no-guard"});
   ASSERT_TRUE(term.read_until(">>> "));
   term.type("\x04");
   ASSERT_TRUE(term.read_until("code.py output:")) << term.seen();
@@ -71,7 +50,7 @@ TEST_F(TermTest, WithoutTheGuardTheBoardRunsTheOldCode) {
 
 TEST_F(TermTest, PendingListsDirtyFilesAndUnmatchedRecords) {
   LoopDrive drive(dir.path());
-  if (!drive.ok()) GTEST_SKIP() << "needs root, a loop device and ext2";
+  if (!drive.ok()) GTEST_SKIP() << kNoLoopDrive;
   ::sync();
   spit(drive.mount() + "/lib.py", "x = 1\n");
   auto pending = holdfast::device::pending_for_board(drive.mount(), dir / "journal");
