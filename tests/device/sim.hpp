@@ -68,11 +68,7 @@ class SimBoardProcess {
     if (pid_ < 0) throw std::runtime_error("fork");
     if (pid_ == 0) {
       ::dup2(out[1], 1);
-      std::vector<char*> a;
-      for (auto& s : argv) a.push_back(s.data());
-      a.push_back(nullptr);
-      ::execv(a[0], a.data());
-      ::_exit(127);
+      exec_argv(argv);
     }
     ::close(out[1]);
     std::string line;
@@ -129,11 +125,7 @@ class Term {
     if (pid_ == 0) {
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
-      std::vector<char*> a;
-      for (auto& s : argv) a.push_back(s.data());
-      a.push_back(nullptr);
-      ::execv(a[0], a.data());
-      ::_exit(127);
+      exec_argv(argv);
     }
     ::close(in[0]);
     ::close(out[1]);

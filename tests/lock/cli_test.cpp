@@ -25,15 +25,11 @@ using testing::holdfast;
 // Starts `holdfast ARGS...` in the background; returns its pid.
 pid_t spawn_holdfast(std::vector<std::string> args) {
   args.insert(args.begin(), testing::holdfast_path());
-  return testing::fork_child([&] {
+  return testing::fork_child([&]() -> int {
     int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
     ::dup2(null, 0);
     ::dup2(null, 1);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    return 127;
+    testing::exec_argv(args);
   });
 }
 

@@ -31,24 +31,9 @@ namespace holdfast {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::dead_identity;
 
 LockOptions opts(Backend b, LockMode m = LockMode::exclusive) { return LockOptions{b, m, {}, {}}; }
-
-ProcessIdentity dead_identity() {
-  int gate[2];
-  if (::pipe(gate) != 0) std::abort();
-  pid_t pid = testing::fork_child([&] {
-    ::close(gate[1]);
-    char c;
-    (void)!::read(gate[0], &c, 1);
-    return 0;
-  });
-  auto id = identity_of(pid);
-  ::close(gate[1]);
-  ::close(gate[0]);
-  testing::wait_child(pid);
-  return id.value();
-}
 
 std::vector<std::string> list_dir(const std::string& dir) {
   std::vector<std::string> names;

@@ -22,19 +22,14 @@
 namespace holdfast {
 namespace {
 
+using testing::read_file;
+
 std::set<std::string> list_dir(const std::string& dir) {
   std::set<std::string> names;
   DIR* d = ::opendir(dir.c_str());
   while (auto* e = ::readdir(d)) names.insert(e->d_name);
   ::closedir(d);
   return names;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // Everything about a file that locking must leave alone.
@@ -50,7 +45,7 @@ struct Snapshot {
     } else {
       ::lstat(path.c_str(), &s.st);
     }
-    if (S_ISREG(s.st.st_mode)) s.content = slurp(path);
+    if (S_ISREG(s.st.st_mode)) s.content = read_file(path);
     s.siblings = list_dir(path.substr(0, path.rfind('/')));
     return s;
   }
@@ -237,7 +232,7 @@ TEST(DataSafetyFlock, NewLockFileIsCreatedEmptyLikeFlock1) {
     auto l = Lock::acquire(dir / "new.lock", LockOptions{Backend::flock, LockMode::exclusive, {}, {}});
   }
   EXPECT_EQ(list_dir(dir.path()), (std::set<std::string>{".", "..", "new.lock"}));
-  EXPECT_EQ(slurp(dir / "new.lock"), "");
+  EXPECT_EQ(read_file(dir / "new.lock"), "");
 }
 
 // holder reports any kernel lock from /proc/locks, even one holdfast did not take.

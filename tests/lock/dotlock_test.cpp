@@ -27,23 +27,7 @@ namespace holdfast {
 namespace {
 
 using namespace std::chrono_literals;
-
-// The identity of a process that existed and is now dead and reaped.
-ProcessIdentity dead_identity() {
-  int gate[2];
-  if (::pipe(gate) != 0) std::abort();
-  pid_t pid = testing::fork_child([&] {
-    ::close(gate[1]);
-    char c;
-    (void)!::read(gate[0], &c, 1);
-    return 0;
-  });
-  auto id = identity_of(pid);
-  ::close(gate[1]);
-  ::close(gate[0]);
-  testing::wait_child(pid);
-  return id.value();
-}
+using testing::dead_identity;
 
 // Writes a dotlock file as a holder with `processes` would have.
 void plant_record(const std::string& path, std::vector<ProcessIdentity> processes, Backend backend = Backend::link,

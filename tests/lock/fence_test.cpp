@@ -18,12 +18,7 @@
 namespace holdfast {
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::read_file;
 
 void spit(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
@@ -94,7 +89,7 @@ TEST_P(FenceTest, SimulatedCrashAndRebootStillIncreases) {
   const LockOptions options{backend, LockMode::exclusive, {}, {}};
   uint64_t first = Lock::acquire(path, options).token();
   const std::string fence = fence_of(path, backend);
-  const std::string durable_snapshot = slurp(fence);  // as synced at the epoch bump
+  const std::string durable_snapshot = read_file(fence);  // as synced at the epoch bump
   uint64_t last = 0;
   for (int i = 0; i < 50; ++i) last = Lock::acquire(path, options).token();
   ASSERT_GT(last, first);
@@ -117,7 +112,7 @@ TEST_P(FenceTest, LostCounterMovesToANewEpoch) {
   uint64_t last = 0;
   for (int i = 0; i < 10; ++i) last = Lock::acquire(path, options).token();
   const std::string fence = fence_of(path, backend);
-  std::string text = slurp(fence);
+  std::string text = read_file(fence);
   ASSERT_EQ(text.size(), 128u);
   text.replace(96, 32, std::string(32, '\0'));
   spit(fence, text);

@@ -24,43 +24,15 @@ namespace holdfast {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using testing::blocked_lock_waiters_on;
+using testing::eventually;
+using testing::read_file;
 
 std::string expected(const std::string& name) {
   return read_file(std::string(HOLDFAST_SOURCE_DIR) + "/tests/lock/data/util-linux-flock/" + name);
 }
 
 bool system_flock_exists() { return ::access("/usr/bin/flock", X_OK) == 0; }
-
-// Waits (polling real state; the limit only catches hangs) until `pred` holds.
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 30000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(2ms);
-  }
-  return false;
-}
-
-// Lines of /proc/locks for `path`'s inode that are blocked waiters ("-> ...").
-int waiters_on(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return 0;
-  char suffix[64];
-  std::snprintf(suffix, sizeof suffix, ":%lu ", static_cast<unsigned long>(st.st_ino));
-  std::ifstream in("/proc/locks");
-  int n = 0;
-  for (std::string line; std::getline(in, line);) {
-    if (line.find("->") != std::string::npos && line.find(suffix) != std::string::npos) ++n;
-  }
-  return n;
-}
 
 // The tool under test: "flock" (the system's, the control) or "holdfast" (a symlink named flock).
 class FlockTool {
@@ -91,13 +63,7 @@ class Background {
  public:
   Background(const FlockTool& tool, const testing::TempDir& dir, const std::string& script) : dir_(dir) {
     auto argv = shell(tool, dir, script);
-    pid_ = testing::fork_child([&] {
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(a.data());
-      args.push_back(nullptr);
-      ::execvp(args[0], args.data());
-      return 127;
-    });
+    pid_ = testing::fork_child([&]() -> int { testing::exec_argv(argv); });
   }
   ~Background() {
     if (pid_ <= 0) return;
@@ -217,7 +183,7 @@ TEST_P(UtilLinuxFlock, TimeoutAndOrder) {
                     "$FLOCK " + api_arg() + " --timeout 600 --conflict-exit-code 5 \"$T/lockfile\" "
                     "bash -c \"echo 'After timeout.' | tee -a \\\"$T/general\\\"\" >> \"$T/out\" 2>> \"$T/err\"; "
                     "rc=$?; if [ \"$rc\" = 0 ]; then echo Success >> \"$T/out\"; else echo \"Failed [rc=$rc]\" >> \"$T/out\"; fi");
-  ASSERT_TRUE(eventually([&] { return waiters_on(dir_ / "lockfile") > 0; }));
+  ASSERT_TRUE(eventually([&] { return blocked_lock_waiters_on(dir_ / "lockfile") > 0; }));
   EXPECT_EQ(read_file(dir_ / "out"), "");
   EXPECT_EQ(holder->wait(), 0);
   EXPECT_EQ(waiter.wait(), 0);

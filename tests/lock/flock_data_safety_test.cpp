@@ -19,12 +19,7 @@
 namespace holdfast {
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using testing::read_file;
 
 std::vector<std::string> listing(const std::string& dir) {
   std::vector<std::string> names;

@@ -22,12 +22,7 @@
 namespace holdfast {
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using testing::read_file;
 
 int rounds_per_worker() {
   if (const char* soak = std::getenv("HOLDFAST_SOAK"); soak != nullptr && *soak != '\0' && *soak != '0') return 2000;
@@ -84,15 +79,11 @@ Race race(const testing::TempDir& dir, const std::vector<std::string>& workers, 
   testing::StartGun gun;
   std::vector<pid_t> pids;
   for (const std::string& script : workers) {
-    pids.push_back(testing::fork_child([&] {
+    pids.push_back(testing::fork_child([&]() -> int {
       gun.wait();
       std::vector<std::string> argv{"env", "T=" + dir.path(), "HF=" + testing::holdfast_path(),
                                     "R=" + std::to_string(rounds), "CRIT=" + kCritical, "bash", "-c", script};
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(a.data());
-      args.push_back(nullptr);
-      ::execvp(args[0], args.data());
-      return 127;
+      testing::exec_argv(argv);
     }));
   }
   gun.release();

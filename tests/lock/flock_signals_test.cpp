@@ -22,22 +22,8 @@ namespace holdfast {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 30000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(2ms);
-  }
-  return false;
-}
+using testing::eventually;
+using testing::read_file;
 
 struct SpawnOptions {
   std::vector<int> ignore;          // signals set to SIG_IGN before exec (as nohup and shells do)
@@ -48,17 +34,13 @@ struct SpawnOptions {
 // Starts argv (argv[0] looked up in PATH) with SIGPIPE at its default (the test runner ignores it)
 // and `options` applied; returns the pid.
 pid_t spawn(const std::vector<std::string>& argv, const SpawnOptions& options = {}) {
-  return testing::fork_child([&] {
+  return testing::fork_child([&]() -> int {
     ::signal(SIGPIPE, SIG_DFL);
     for (int s : options.ignore) ::signal(s, SIG_IGN);
     for (const auto& e : options.env) ::putenv(const_cast<char*>(e.c_str()));
     int out = ::open(options.stdout_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     ::dup2(out, 1);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    return 127;
+    testing::exec_argv(argv);
   });
 }
 

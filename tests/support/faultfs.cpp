@@ -94,11 +94,7 @@ FaultFs::FaultFs(const std::string& options, const std::string& under)
       ::dup2(out, 2);
     }
     if (devnull >= 0) ::dup2(devnull, 0);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
+    exec_argv(argv);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (;;) {

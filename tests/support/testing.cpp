@@ -5,10 +5,13 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -61,11 +64,7 @@ CommandResult run(const std::vector<std::string>& argv, const std::string& stdin
     ::dup2(in[0], 0);
     ::dup2(out[1], 1);
     ::dup2(err[1], 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
+    exec_argv(argv);
   }
   ::close(in[0]);
   ::close(out[1]);
@@ -119,6 +118,14 @@ std::string read_file(const std::string& path) {
   std::ostringstream content;
   content << in.rdbuf();
   return content.str();
+}
+
+void exec_argv(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  ::execvp(args[0], args.data());
+  ::_exit(127);
 }
 
 pid_t fork_child(const std::function<int()>& body) {
@@ -178,6 +185,37 @@ void StartGun::release() {
     ::close(write_fd_);
     write_fd_ = -1;
   }
+}
+
+int blocked_lock_waiters_on(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  // /proc/locks names the inode as MAJOR:MINOR:INODE followed by the range.
+  char inode[64];
+  std::snprintf(inode, sizeof inode, ":%lu ", static_cast<unsigned long>(st.st_ino));
+  std::ifstream in("/proc/locks");
+  int n = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("->") != std::string::npos && line.find(inode) != std::string::npos) ++n;
+  }
+  return n;
+}
+
+ProcessIdentity dead_identity() {
+  // The child blocks on a pipe until its identity has been read, then exits and is reaped.
+  int gate[2];
+  if (::pipe(gate) != 0) std::abort();
+  pid_t pid = fork_child([&] {
+    ::close(gate[1]);
+    char c;
+    (void)!::read(gate[0], &c, 1);
+    return 0;
+  });
+  auto id = identity_of(pid);
+  ::close(gate[1]);
+  ::close(gate[0]);
+  wait_child(pid);
+  return id.value();
 }
 
 void* shared_memory(size_t bytes) {

@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "holdfast/identity.hpp"
+
 namespace holdfast::testing {
 
 // A fresh directory under $TMPDIR (or /tmp), removed recursively on destruction.
@@ -41,6 +43,11 @@ CommandResult holdfast(const std::vector<std::string>& args, const std::string& 
                        std::chrono::seconds timeout = std::chrono::seconds(120));
 // Path of the holdfast command built alongside the tests.
 std::string holdfast_path();
+
+// In a forked child: replaces the process with `argv` (argv[0] is looked up in PATH unless it
+// contains a '/'). Never returns: if the exec fails the child exits 127, as a shell does for a
+// command it cannot run.
+[[noreturn]] void exec_argv(const std::vector<std::string>& argv);
 
 // Forks a child that runs `body` and _exit()s with its return value. Returns the pid.
 pid_t fork_child(const std::function<int()>& body);
@@ -77,6 +84,14 @@ bool eventually(Pred done) {
   }
   return false;
 }
+
+// How many blocked lock requests ("->" lines of /proc/locks) wait on the inode `path` names now;
+// 0 if `path` does not exist. Lets a test wait until a waiter really blocks in the kernel.
+int blocked_lock_waiters_on(const std::string& path);
+
+// The identity of a process that existed and is now dead and reaped: a holder whose death can be
+// proved (its pid may be reused later, by a process with another start time).
+ProcessIdentity dead_identity();
 
 // Anonymous shared memory visible to forked children; zero-initialised.
 void* shared_memory(size_t bytes);
