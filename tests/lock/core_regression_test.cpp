@@ -25,6 +25,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
 #include "lock/internal.hpp"
+#include "lock_test_helpers.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -109,36 +110,7 @@ INSTANTIATE_TEST_SUITE_P(All, EveryBackend,
 // The flock backend, now the default, carries the OFD backend's guarantees: a waiter on a path
 // that was replaced is not granted the old inode.
 TEST(FlockParity, ReplacedPathIsNotGrantedThroughTheOldInode) {
-  testing::TempDir dir;
-  const std::string path = dir / "lock";
-  auto first = Lock::acquire(path, opts(Backend::flock));
-  int acquired[2];
-  ASSERT_EQ(::pipe(acquired), 0);
-  pid_t waiter = testing::fork_child([&] {
-    auto l = Lock::acquire(path, opts(Backend::flock));
-    char c = 'a';
-    (void)!::write(acquired[1], &c, 1);
-    return 0;
-  });
-  ::close(acquired[1]);
-  // Wait until the waiter blocks on the old inode (its flock request shows in /proc/locks).
-  for (int i = 0; i < 5000; ++i) {
-    std::ifstream in("/proc/locks");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    if (ss.str().find("-> FLOCK") != std::string::npos) break;
-    ::usleep(1000);
-  }
-  ASSERT_EQ(::unlink(path.c_str()), 0);
-  auto second = Lock::acquire(path, opts(Backend::flock));
-  first.release();
-  pollfd pfd{acquired[0], POLLIN, 0};
-  EXPECT_EQ(::poll(&pfd, 1, 300), 0) << "waiter was granted a lock on a replaced file";
-  second.release();
-  char c;
-  EXPECT_EQ(::read(acquired[0], &c, 1), 1);
-  EXPECT_EQ(testing::wait_child(waiter), 0);
-  ::close(acquired[0]);
+  lock_testing::expect_replaced_path_not_granted_through_old_inode(Backend::flock);
 }
 
 // C9: an error after the kernel lock was taken (here: a corrupt fence) must not leave the lock
@@ -148,12 +120,8 @@ TEST(CoreRegression, C9_LockFileDoesNotLeakTheKernelLockOnError) {
   const std::string path = dir / "l";
   for (Backend b : {Backend::ofd, Backend::flock}) {
     Lock::acquire(path, opts(b)).release();
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    struct stat st {};
-    ::fstat(fd, &st);
     std::string why;
-    auto paths = lock_internal::side_state_for(fd, st, &why);
-    ::close(fd);
+    auto paths = lock_testing::side_state_of(path, &why);
     ASSERT_TRUE(paths) << why;
     std::ofstream(paths->fence) << std::string(128, 'x');
     auto lf = LockFile::open(path, opts(b));
@@ -172,12 +140,8 @@ TEST(CoreRegression, C10_LockFileFollowsAReplacedFenceFile) {
     lf.acquire().release();
     std::string fence = path + ".fence";
     if (b == Backend::flock) {
-      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-      struct stat st {};
-      ::fstat(fd, &st);
       std::string why;
-      fence = lock_internal::side_state_for(fd, st, &why)->fence;
-      ::close(fd);
+      fence = lock_testing::side_state_of(path, &why)->fence;
     }
     // The LockFile's fence (still open in it) holds an old epoch, as after an earlier day...
     std::string text;

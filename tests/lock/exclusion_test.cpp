@@ -12,6 +12,7 @@
 
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
+#include "lock_test_helpers.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -50,12 +51,9 @@ void critical_section(Detector* d, uint64_t token, int i) {
   d->inside.fetch_sub(1);
 }
 
-class ExclusionTest : public ::testing::TestWithParam<Backend> {};
+class ExclusionTest : public lock_testing::BackendTest {};
 
 TEST_P(ExclusionTest, SixteenProcessesNeverOverlap) {
-  const Backend backend = GetParam();
-  testing::TempDir dir;
-  const std::string path = dir / "lock";
   Detector* d = make_detector();
   constexpr int kProcs = 16;
   const int per_proc = soak() ? 20000 : 2000;
@@ -102,19 +100,15 @@ TEST(ExclusionDetector, CatchesUnlockedAccess) {
 TEST_P(ExclusionTest, TwoHandlesInOneProcessExcludeEachOther) {
   // OFD and flock locks belong to the open file description, dotlocks to the file: unlike POSIX
   // record locks, a second handle in the same process must not be granted.
-  testing::TempDir dir;
-  LockOptions options{GetParam(), LockMode::exclusive, {}, {}};
-  auto first = Lock::try_acquire(dir / "lock", options);
+  LockOptions options{backend, LockMode::exclusive, {}, {}};
+  auto first = Lock::try_acquire(path, options);
   ASSERT_TRUE(first);
-  EXPECT_FALSE(Lock::try_acquire(dir / "lock", options));
+  EXPECT_FALSE(Lock::try_acquire(path, options));
   first->release();
-  EXPECT_TRUE(Lock::try_acquire(dir / "lock", options));
+  EXPECT_TRUE(Lock::try_acquire(path, options));
 }
 
 TEST_P(ExclusionTest, SigkilledHolderIsReplacedPromptly) {
-  const Backend backend = GetParam();
-  testing::TempDir dir;
-  const std::string path = dir / "lock";
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
   pid_t holder = testing::fork_child([&] {
@@ -143,12 +137,9 @@ INSTANTIATE_TEST_SUITE_P(AllBackends, ExclusionTest,
                          ::testing::Values(Backend::ofd, Backend::flock, Backend::excl, Backend::link),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
-class SharedTest : public ::testing::TestWithParam<Backend> {};
+class SharedTest : public lock_testing::BackendTest {};
 
 TEST_P(SharedTest, ManyReadersTogetherNoWriter) {
-  const Backend backend = GetParam();
-  testing::TempDir dir;
-  const std::string path = dir / "lock";
   Detector* d = make_detector();
   constexpr int kReaders = 6;
   int release_pipe[2];
@@ -187,14 +178,12 @@ TEST_P(SharedTest, ManyReadersTogetherNoWriter) {
 }
 
 TEST_P(SharedTest, SharedTokenIsTheLastExclusiveOne) {
-  testing::TempDir dir;
-  const std::string path = dir / "lock";
   uint64_t exclusive_token = 0;
   {
-    auto w = Lock::acquire(path, LockOptions{GetParam(), LockMode::exclusive, {}, {}});
+    auto w = Lock::acquire(path, LockOptions{backend, LockMode::exclusive, {}, {}});
     exclusive_token = w.token();
   }
-  auto r = Lock::acquire(path, LockOptions{GetParam(), LockMode::shared, {}, {}});
+  auto r = Lock::acquire(path, LockOptions{backend, LockMode::shared, {}, {}});
   EXPECT_EQ(r.token(), exclusive_token);
 }
 
@@ -211,32 +200,8 @@ TEST(DotlockShared, IsRefusedWithAUsageError) {
   }
 }
 
-// A waiter blocked on the old inode of a lock file that is then replaced must not believe it
-// holds the lock that the path now names.
 TEST(KernelLock, ReplacedPathIsNotGrantedThroughTheOldInode) {
-  testing::TempDir dir;
-  const std::string path = dir / "lock";
-  auto first = Lock::acquire(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
-  int acquired[2];
-  ASSERT_EQ(::pipe(acquired), 0);
-  pid_t waiter = testing::fork_child([&] {
-    auto l = Lock::acquire(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});
-    char c = 'a';
-    (void)!::write(acquired[1], &c, 1);
-    return 0;
-  });
-  ::close(acquired[1]);
-  ::usleep(100000);  // let the waiter block on the old inode
-  ASSERT_EQ(::unlink(path.c_str()), 0);
-  auto second = Lock::acquire(path, LockOptions{Backend::ofd, LockMode::exclusive, {}, {}});  // new inode
-  first.release();  // the waiter now gets the old inode, must notice, and wait on the new one
-  pollfd pfd{acquired[0], POLLIN, 0};
-  EXPECT_EQ(::poll(&pfd, 1, 300), 0) << "waiter was granted a lock on a replaced file";
-  second.release();
-  char c;
-  EXPECT_EQ(::read(acquired[0], &c, 1), 1);
-  EXPECT_EQ(testing::wait_child(waiter), 0);
-  ::close(acquired[0]);
+  lock_testing::expect_replaced_path_not_granted_through_old_inode(Backend::ofd);
 }
 
 TEST(KernelLock, DeadlineEndsABlockedWaitAndSurvivesOtherSignals) {

@@ -13,6 +13,7 @@
 #include "holdfast/lock.hpp"
 #include "lock/internal.hpp"
 #include "support/faultfs.hpp"
+#include "lock_test_helpers.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -26,12 +27,8 @@ void spit(const std::string& path, const std::string& text) { std::ofstream(path
 // lock (never beside a user's file).
 std::string fence_of(const std::string& path, Backend backend) {
   if (backend == Backend::excl || backend == Backend::link) return path + ".fence";
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  struct stat st {};
-  ::fstat(fd, &st);
   std::string why;
-  auto paths = lock_internal::side_state_for(fd, st, &why);
-  ::close(fd);
+  auto paths = lock_testing::side_state_of(path, &why);
   return paths ? paths->fence : "(no state directory: " + why + ")";
 }
 
