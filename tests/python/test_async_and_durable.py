@@ -8,6 +8,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import filelock
 import pytest
@@ -30,16 +31,30 @@ def test_async_lock_basic(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_async_wait_does_not_block_the_event_loop(tmp_path: Path) -> None:
-    holder = filelock.FileLock(str(tmp_path / "a.lock"))
-    holder.acquire()
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[filelock.FileLock]:
+    """tmp_path/a.lock held by a python-filelock FileLock of this process; the test releases it
+    (released at teardown if the test failed first)."""
+    lock = filelock.FileLock(str(tmp_path / "a.lock"))
+    lock.acquire()
+    yield lock
+    lock.release(force=True)
 
+
+async def blocked_acquire(lock: holdfast.AsyncFileLock) -> asyncio.Task:
+    """Starts `lock.acquire()` as a task and returns it once it waits in the kernel (this process
+    shows a blocked request in /proc/locks). The event loop keeps running meanwhile: the wait is
+    in a worker thread."""
+    task = asyncio.create_task(lock.acquire())
+    while not lock_waiters(os.getpid()):
+        await asyncio.sleep(0.01)
+    return task
+
+
+def test_async_wait_does_not_block_the_event_loop(tmp_path: Path, holder: filelock.FileLock) -> None:
     async def main() -> None:
         lock = holdfast.AsyncFileLock(tmp_path / "a.lock")
-        task = asyncio.create_task(lock.acquire())
-        # The loop keeps running while the acquire waits in the kernel in a worker thread.
-        while not lock_waiters(os.getpid()):
-            await asyncio.sleep(0.01)
+        task = await blocked_acquire(lock)
         assert not task.done()
         holder.release()
         await asyncio.wait_for(task, 60)
@@ -49,15 +64,10 @@ def test_async_wait_does_not_block_the_event_loop(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_async_cancel_rolls_back(tmp_path: Path) -> None:
-    holder = filelock.FileLock(str(tmp_path / "a.lock"))
-    holder.acquire()
-
+def test_async_cancel_rolls_back(tmp_path: Path, holder: filelock.FileLock) -> None:
     async def main() -> None:
         lock = holdfast.AsyncFileLock(tmp_path / "a.lock")
-        task = asyncio.create_task(lock.acquire())
-        while not lock_waiters(os.getpid()):
-            await asyncio.sleep(0.01)
+        task = await blocked_acquire(lock)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -65,32 +65,30 @@ def test_missing_directory(lock_type: type, tmp_path: Path) -> None:
     assert not lock.is_locked and lock.lock_counter == 0
 
 
-@pytest.mark.parametrize("lock_type", LOCK_TYPES)
-def test_nested_context_manager(lock_type: type, tmp_path: Path) -> None:
-    lock = lock_type(str(tmp_path / "a"))
-    with lock as lock_1:
+def check_nests_three_deep(lock: Any, enter: Callable[[], Any]) -> None:
+    """Enters `lock` three times nested through `enter()` (the lock itself, or lock.acquire()):
+    each level yields the lock object, it stays locked until the outermost level exits."""
+    with enter() as lock_1:
         assert lock.is_locked and lock is lock_1
-        with lock as lock_2:
+        with enter() as lock_2:
             assert lock.is_locked and lock is lock_2
-            with lock as lock_3:
+            with enter() as lock_3:
                 assert lock.is_locked and lock is lock_3
             assert lock.is_locked
         assert lock.is_locked
     assert not lock.is_locked
+
+
+@pytest.mark.parametrize("lock_type", LOCK_TYPES)
+def test_nested_context_manager(lock_type: type, tmp_path: Path) -> None:
+    lock = lock_type(str(tmp_path / "a"))
+    check_nests_three_deep(lock, lambda: lock)
 
 
 @pytest.mark.parametrize("lock_type", LOCK_TYPES)
 def test_nested_acquire(lock_type: type, tmp_path: Path) -> None:
     lock = lock_type(str(tmp_path / "a"))
-    with lock.acquire() as lock_1:
-        assert lock.is_locked and lock is lock_1
-        with lock.acquire() as lock_2:
-            assert lock.is_locked and lock is lock_2
-            with lock.acquire() as lock_3:
-                assert lock.is_locked and lock is lock_3
-            assert lock.is_locked
-        assert lock.is_locked
-    assert not lock.is_locked
+    check_nests_three_deep(lock, lock.acquire)
 
 
 @pytest.mark.parametrize("lock_type", LOCK_TYPES)
