@@ -265,35 +265,16 @@ TEST(LockErrors, PermissionDenied) {
   EXPECT_EQ(rc, exit_code::no_input);
 }
 
-// Mounts a small tmpfs at a temp dir for the test's lifetime; skips the test if it cannot.
-class TmpfsMount {
- public:
-  TmpfsMount(const std::string& at, const std::string& options) : at_(at) {
-    mounted_ = ::mount("tmpfs", at.c_str(), "tmpfs", 0, options.c_str()) == 0;
-  }
-  ~TmpfsMount() {
-    if (mounted_) ::umount2(at_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  void remount(unsigned long flags) { ::mount(nullptr, at_.c_str(), nullptr, MS_REMOUNT | flags, nullptr); }
-
- private:
-  std::string at_;
-  bool mounted_;
-};
-
 TEST(LockErrors, ReadOnlyFilesystem) {
-  testing::TempDir dir;
-  TmpfsMount fs(dir.path(), "size=1m");
-  if (!fs.mounted()) GTEST_SKIP() << "cannot mount tmpfs here";
-  fs.remount(MS_RDONLY);
+  testing::TmpfsMount dir("size=1m");
+  HOLDFAST_SKIP_WITHOUT_TMPFS(dir);
+  ASSERT_TRUE(dir.remount("", MS_RDONLY)) << dir.why();
   expect_error(holdfast({"lock", dir / "l", "--", "true"}), exit_code::cant_create, dir / "l", "Read-only file system");
 }
 
 TEST(LockErrors, NoSpaceLeft) {
-  testing::TempDir dir;
-  TmpfsMount fs(dir.path(), "size=4k,nr_inodes=3");
-  if (!fs.mounted()) GTEST_SKIP() << "cannot mount tmpfs here";
+  testing::TmpfsMount dir("size=4k,nr_inodes=3");
+  HOLDFAST_SKIP_WITHOUT_TMPFS(dir);
   {
     std::ofstream fill(dir / "fill");
     fill << std::string(1 << 16, 'x');

@@ -208,12 +208,8 @@ TEST(CoreRegression, C12_HugeCommandIsCappedAndHugeDeadRecordIsReclaimable) {
 // C13: a failed reclaim (ENOSPC writing the replacement) must not leak its marker.
 TEST(CoreRegression, C13_FailedReclaimRemovesItsMarker) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a tmpfs";
-  testing::TempDir dir;
-  if (::mount("tmpfs", dir.path().c_str(), "tmpfs", 0, "size=1m,nr_inodes=3") != 0) GTEST_SKIP() << "no tmpfs";
-  struct Unmount {
-    std::string at;
-    ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
-  } unmount{dir.path()};
+  testing::TmpfsMount dir("size=1m,nr_inodes=3");
+  HOLDFAST_SKIP_WITHOUT_TMPFS(dir);
   const std::string path = dir / "l";
   HolderRecord r;
   r.processes = {dead_identity()};

@@ -26,46 +26,22 @@
 namespace holdfast {
 namespace {
 
-// A tmpfs on a fresh directory for one test; unmounted (lazily) on destruction.
-class SmallTmpfs {
- public:
-  explicit SmallTmpfs(const std::string& options) {
-    ok_ = ::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options.c_str()) == 0;
-    why_ = ok_ ? "" : std::strerror(errno);
+// Fills the inode table of the small filesystem mounted at `mount`, then frees exactly `free`
+// inodes. Returns the free count after.
+long leave_free_inodes(const std::string& mount, int free) {
+  const std::string fill = mount + "/fill";
+  if (::mkdir(fill.c_str(), 0755) != 0) return -1;
+  int n = 0;
+  for (;; ++n) {
+    int fd = ::open((fill + "/" + std::to_string(n)).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) break;
+    ::close(fd);
   }
-  ~SmallTmpfs() {
-    if (ok_) ::umount2(dir_.path().c_str(), MNT_DETACH);
-  }
-  SmallTmpfs(const SmallTmpfs&) = delete;
-  SmallTmpfs& operator=(const SmallTmpfs&) = delete;
-  bool ok() const { return ok_; }
-  const std::string& why() const { return why_; }
-  const std::string& path() const { return dir_.path(); }
-
-  // Fills the inode table, then frees exactly `free` inodes. Returns the free count after.
-  long leave_free_inodes(int free) const {
-    const std::string fill = path() + "/fill";
-    if (::mkdir(fill.c_str(), 0755) != 0) return -1;
-    int n = 0;
-    for (;; ++n) {
-      int fd = ::open((fill + "/" + std::to_string(n)).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-      if (fd < 0) break;
-      ::close(fd);
-    }
-    for (int i = 0; i < free && n - 1 - i >= 0; ++i) ::unlink((fill + "/" + std::to_string(n - 1 - i)).c_str());
-    struct statvfs sv{};
-    ::statvfs(path().c_str(), &sv);
-    return static_cast<long>(sv.f_ffree);
-  }
-
- private:
-  testing::TempDir dir_;
-  bool ok_ = false;
-  std::string why_;
-};
-
-#define SKIP_WITHOUT_SMALL_TMPFS(m) \
-  if (!(m).ok()) GTEST_SKIP() << "cannot mount tmpfs: " << (m).why()
+  for (int i = 0; i < free && n - 1 - i >= 0; ++i) ::unlink((fill + "/" + std::to_string(n - 1 - i)).c_str());
+  struct statvfs sv{};
+  ::statvfs(mount.c_str(), &sv);
+  return static_cast<long>(sv.f_ffree);
+}
 
 nlohmann::json probe_json(const std::string& dir, const std::string& prims, int workers, int rounds, int& exit_code,
                           std::string& err) {
@@ -79,8 +55,8 @@ nlohmann::json probe_json(const std::string& dir, const std::string& prims, int 
 // ---- P1 ----
 
 TEST(ProbeFull, ItsOwnRoundsDoNotFillASmallFilesystem) {
-  SmallTmpfs fs("size=4m,nr_inodes=64");
-  SKIP_WITHOUT_SMALL_TMPFS(fs);
+  testing::TmpfsMount fs("size=4m,nr_inodes=64");
+  HOLDFAST_SKIP_WITHOUT_TMPFS(fs);
   ProbeOptions o;
   o.directory = fs.path();
   o.workers = 8;
@@ -94,10 +70,10 @@ TEST(ProbeFull, ItsOwnRoundsDoNotFillASmallFilesystem) {
 }
 
 TEST(ProbeFull, AFullFilesystemIsInconclusiveWithAReportNotUnsafe) {
-  SmallTmpfs fs("size=4m,nr_inodes=64");
-  SKIP_WITHOUT_SMALL_TMPFS(fs);
+  testing::TmpfsMount fs("size=4m,nr_inodes=64");
+  HOLDFAST_SKIP_WITHOUT_TMPFS(fs);
   // Room for the scratch tree and one name at a time, not for link's eight temp files.
-  ASSERT_EQ(fs.leave_free_inodes(4), 4);
+  ASSERT_EQ(leave_free_inodes(fs.path(), 4), 4);
   int rc = 0;
   std::string err;
   auto j = probe_json(fs.path(), "mkdir,link,ofd", 8, 30, rc, err);
@@ -117,9 +93,9 @@ TEST(ProbeFull, AFullFilesystemIsInconclusiveWithAReportNotUnsafe) {
 }
 
 TEST(ProbeFull, SetupFailuresStillReportEveryPrimitive) {
-  SmallTmpfs fs("size=4m,nr_inodes=64");
-  SKIP_WITHOUT_SMALL_TMPFS(fs);
-  ASSERT_EQ(fs.leave_free_inodes(1), 1);  // the scratch directory, and nothing else
+  testing::TmpfsMount fs("size=4m,nr_inodes=64");
+  HOLDFAST_SKIP_WITHOUT_TMPFS(fs);
+  ASSERT_EQ(leave_free_inodes(fs.path(), 1), 1);  // the scratch directory, and nothing else
   int rc = 0;
   std::string err;
   auto j = probe_json(fs.path(), "ofd,mkdir", 4, 10, rc, err);

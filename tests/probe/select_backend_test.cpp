@@ -31,36 +31,7 @@ using testing::FaultFs;
 
 constexpr uid_t kNobody = 65534;
 
-// A tmpfs mounted on a fresh directory for one test; unmounted (lazily) on destruction.
-class TmpfsMount {
- public:
-  explicit TmpfsMount(const std::string& options = "size=4m") : dir_() { mount(options); }
-  ~TmpfsMount() {
-    if (mounted_) ::umount2(dir_.path().c_str(), MNT_DETACH);
-  }
-  TmpfsMount(const TmpfsMount&) = delete;
-  TmpfsMount& operator=(const TmpfsMount&) = delete;
-
-  void mount(const std::string& options) {
-    if (mounted_) ::umount2(dir_.path().c_str(), MNT_DETACH);
-    mounted_ = ::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options.c_str()) == 0;
-    why_ = mounted_ ? "" : std::strerror(errno);
-  }
-  void remount(const std::string& options) {
-    ASSERT_EQ(::mount("tmpfs", dir_.path().c_str(), "tmpfs", MS_REMOUNT, options.c_str()), 0) << std::strerror(errno);
-  }
-  bool ok() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  const std::string& path() const { return dir_.path(); }
-
- private:
-  testing::TempDir dir_;
-  bool mounted_ = false;
-  std::string why_;
-};
-
-#define SKIP_WITHOUT_TMPFS(m) \
-  if (!(m).ok()) GTEST_SKIP() << "cannot mount tmpfs: " << (m).why()
+using testing::TmpfsMount;
 
 // Drops to uid/gid 65534 in a forked child, with a fresh view (no in-process verdicts, no
 // verdict directory from the environment).
@@ -176,7 +147,7 @@ TEST(SelectBackend, UnprivilegedUserOnEnforcingFuseTestsTheLockFileAndGetsFlock)
 TEST(SelectBackend, NothingToMeasureIsAnErrorNotAGuess) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to drop to uid 65534";
   TmpfsMount m("size=1m,mode=0755");  // a fresh mount: no verdict stored for it anywhere
-  SKIP_WITHOUT_TMPFS(m);
+  HOLDFAST_SKIP_WITHOUT_TMPFS(m);
   ::chmod(std::filesystem::path(m.path()).parent_path().c_str(), 0755);
   // root-owned and not writable by 65534; a lock file 65534 cannot open at all
   const std::string secret = m.path() + "/secret.lock";
@@ -236,7 +207,7 @@ int lockcheck_creates(int inotify_fd) {
 TEST(VerdictStore, SecondProcessDoesNotRetestAndRemountInvalidates) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount tmpfs";
   TmpfsMount m("size=4m");
-  SKIP_WITHOUT_TMPFS(m);
+  HOLDFAST_SKIP_WITHOUT_TMPFS(m);
   if (!probe_internal::mount_key(m.path())) GTEST_SKIP() << "no unique mount ids (Linux < 6.8)";
   testing::TempDir store;
   ::setenv("HOLDFAST_VERDICT_DIR", (store.path() + "/v").c_str(), 1);
@@ -249,13 +220,13 @@ TEST(VerdictStore, SecondProcessDoesNotRetestAndRemountInvalidates) {
   EXPECT_EQ(fresh_process_verdict(m.path()), 0) << "second process re-tested";
   EXPECT_EQ(lockcheck_creates(in), 0) << "second process created a scratch file";
 
-  m.remount("size=8m");  // same mount, new options: a different key
+  ASSERT_TRUE(m.remount("size=8m")) << m.why();  // same mount, new options: a different key
   EXPECT_EQ(fresh_process_verdict(m.path()), 1) << "verdict survived a remount";
   EXPECT_EQ(lockcheck_creates(in), 1);
   EXPECT_EQ(fresh_process_verdict(m.path()), 0);
   ::close(in);
 
-  m.mount("size=8m");  // unmounted and mounted again, same options: a new mount id
+  m.mount_again("size=8m");  // unmounted and mounted again, same options: a new mount id
   EXPECT_EQ(fresh_process_verdict(m.path()), 1) << "verdict survived unmount + mount";
   ::unsetenv("HOLDFAST_VERDICT_DIR");
 }

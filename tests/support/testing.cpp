@@ -5,11 +5,13 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -34,6 +36,25 @@ TempDir::TempDir(const std::string& under) {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+TmpfsMount::TmpfsMount(const std::string& options) { mount_again(options); }
+
+TmpfsMount::~TmpfsMount() {
+  if (mounted_) ::umount2(dir_.path().c_str(), MNT_DETACH);
+}
+
+void TmpfsMount::mount_again(const std::string& options) {
+  if (mounted_) ::umount2(dir_.path().c_str(), MNT_DETACH);
+  mounted_ = ::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options.c_str()) == 0;
+  why_ = mounted_ ? "" : std::strerror(errno);
+}
+
+bool TmpfsMount::remount(const std::string& options, unsigned long flags) {
+  const char* data = options.empty() ? nullptr : options.c_str();
+  if (::mount(nullptr, dir_.path().c_str(), nullptr, MS_REMOUNT | flags, data) == 0) return true;
+  why_ = std::strerror(errno);
+  return false;
 }
 
 std::string holdfast_path() {

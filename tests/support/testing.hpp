@@ -69,6 +69,32 @@ class StartGun {
   int write_fd_ = -1;
 };
 
+// A tmpfs mounted over a fresh TempDir for one test, with `options` in mount -o syntax (e.g.
+// "size=1m,nr_inodes=3"). ok() is false where the mount is refused (not root, no tmpfs), why()
+// then says why and the test skips (HOLDFAST_SKIP_WITHOUT_TMPFS). Unmounted lazily (MNT_DETACH)
+// on destruction, before the directory is removed.
+class TmpfsMount {
+ public:
+  explicit TmpfsMount(const std::string& options);
+  ~TmpfsMount();
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  const std::string& path() const { return dir_.path(); }
+  std::string operator/(const std::string& name) const { return dir_ / name; }
+  // Unmounts, then mounts a new tmpfs at the same place with `options` (a new mount id).
+  void mount_again(const std::string& options);
+  // Changes this very mount in place: MS_REMOUNT | `flags` (e.g. MS_RDONLY) with `options` (may
+  // be empty). Returns false, with why(), if the kernel refuses.
+  bool remount(const std::string& options, unsigned long flags = 0);
+
+ private:
+  TempDir dir_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
 // The whole content of the file at `path`, byte for byte; empty if it cannot be opened (so a
 // missing file shows as a mismatch in the test's expectation, not as an exception).
 std::string read_file(const std::string& path);
@@ -98,3 +124,9 @@ void* shared_memory(size_t bytes);
 void free_shared_memory(void* p, size_t bytes);
 
 }  // namespace holdfast::testing
+
+// Skips the current GoogleTest test, saying why, where the TmpfsMount `m` could not be mounted.
+#define HOLDFAST_SKIP_WITHOUT_TMPFS(m)                                  \
+  do {                                                                  \
+    if (!(m).ok()) GTEST_SKIP() << "cannot mount tmpfs: " << (m).why(); \
+  } while (0)
