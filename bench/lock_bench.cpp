@@ -186,6 +186,14 @@ std::string state_base(const std::string& path) {
   return std::string(env != nullptr && *env != '\0' ? env : "/var/tmp/holdfast") + "/" + key;
 }
 
+// A record-lock request of `type` (F_WRLCK, F_UNLCK) for the whole file, pid 0 as OFD locks need.
+struct flock whole_file(short type) {
+  struct flock request {};
+  request.l_type = type;
+  request.l_whence = SEEK_SET;
+  return request;
+}
+
 // ---- the syscalls each backend makes per acquisition (see strace -f of the handle loop) ----
 
 void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backend) {
@@ -198,12 +206,8 @@ void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backe
   int rec = ::open((base + ".holder").c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
   check(fd >= 0 && fence >= 0 && rec >= 0, "open " + path + " and its state files");
   const bool ofd = backend == Backend::ofd;
-  struct flock wr {};
-  wr.l_type = F_WRLCK;
-  wr.l_whence = SEEK_SET;
-  struct flock un {};
-  un.l_type = F_UNLCK;
-  un.l_whence = SEEK_SET;
+  const struct flock wr = whole_file(F_WRLCK);
+  const struct flock un = whole_file(F_UNLCK);
   // holdfast maps the fence (its first 128 bytes) and the record file's first page shared on a
   // local filesystem: the counter and the record are loads and stores, not syscalls.
   char* fmap = static_cast<char*>(::mmap(nullptr, kFenceRead, PROT_READ | PROT_WRITE, MAP_SHARED, fence, 0));
@@ -297,12 +301,8 @@ void bm_dotlock_syscalls(benchmark::State& state, std::string path, Backend back
 void bm_bare(benchmark::State& state, std::string path, Backend backend) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOCTTY | O_CLOEXEC, 0644);
   check(fd >= 0, "open " + path);
-  struct flock wr {};
-  wr.l_type = F_WRLCK;
-  wr.l_whence = SEEK_SET;
-  struct flock un {};
-  un.l_type = F_UNLCK;
-  un.l_whence = SEEK_SET;
+  const struct flock wr = whole_file(F_WRLCK);
+  const struct flock un = whole_file(F_UNLCK);
   const std::string dotlock = path + ".dot";
   for (auto _ : state) {
     switch (backend) {
