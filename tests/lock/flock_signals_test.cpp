@@ -164,17 +164,24 @@ TEST(LockSignals, NeverSignalsAReapedPid) {
   testing::wait_child(victim);
 }
 
+// The pid that a command run as `sh -c 'echo $$ > "$0"; exec sleep 600' PID_FILE` wrote to
+// `pid_file`, once that process has exec'd sleep; -1 if it never does (a hang).
+pid_t sleeping_command(const std::string& pid_file) {
+  const bool asleep = eventually([&] {
+    std::string p = read_file(pid_file);
+    return !p.empty() && read_file("/proc/" + std::to_string(std::stoi(p)) + "/comm") == "sleep\n";
+  });
+  return asleep ? std::stoi(read_file(pid_file)) : -1;
+}
+
 // C20: with a lease, only holdfast's heartbeat keeps the dotlock fresh; if holdfast is killed the
 // command must not go on under a lock that others will soon judge stale. It dies with holdfast.
 TEST(LockSignals, LeaseCommandDiesWithHoldfast) {
   testing::TempDir dir;
   pid_t h = spawn(holdfast_lock({"--backend", "link", "--stale-after", "60s", dir / "l", "sh", "-c",
                                  "echo $$ > \"$0\"; exec sleep 600", dir / "pid"}));
-  ASSERT_TRUE(eventually([&] {
-    std::string p = read_file(dir / "pid");
-    return !p.empty() && read_file("/proc/" + std::to_string(std::stoi(p)) + "/comm") == "sleep\n";
-  }));
-  const pid_t command = std::stoi(read_file(dir / "pid"));
+  const pid_t command = sleeping_command(dir / "pid");
+  ASSERT_GT(command, 0) << "the command never reached its sleep";
   ::kill(h, SIGKILL);
   testing::wait_child(h);
   EXPECT_TRUE(eventually([&] { return !alive(command); })) << "the command outlived holdfast and its heartbeat";
@@ -186,11 +193,8 @@ TEST(LockSignals, LeaseCommandDiesWithHoldfast) {
 TEST(LockSignals, WithoutLeaseTheCommandOutlivesHoldfast) {
   testing::TempDir dir;
   pid_t h = spawn(holdfast_lock({dir / "l", "sh", "-c", "echo $$ > \"$0\"; exec sleep 600", dir / "pid"}));
-  ASSERT_TRUE(eventually([&] {
-    std::string p = read_file(dir / "pid");
-    return !p.empty() && read_file("/proc/" + std::to_string(std::stoi(p)) + "/comm") == "sleep\n";
-  }));
-  const pid_t command = std::stoi(read_file(dir / "pid"));
+  const pid_t command = sleeping_command(dir / "pid");
+  ASSERT_GT(command, 0) << "the command never reached its sleep";
   ::kill(h, SIGKILL);
   testing::wait_child(h);
   EXPECT_TRUE(alive(command));
