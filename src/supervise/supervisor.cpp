@@ -56,32 +56,10 @@ std::string ms_text(Clock::duration d) {
   return std::to_string(std::chrono::duration_cast<milliseconds>(d).count()) + " ms";
 }
 
-// The child's environment: ours minus what holdfast and systemd set per service, plus extras.
-std::vector<std::string> child_environment(const std::vector<std::string>& extra) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string_view v(*e);
-    if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("HOLDFAST_INSTANCE=") || v.starts_with("WATCHDOG_USEC=") ||
-        v.starts_with("WATCHDOG_PID=") || v.starts_with("LISTEN_") || v.starts_with("HOLDFAST_ATTEMPT=") ||
-        v.starts_with("HOLDFAST_SUPERVISE_TEST_")) {
-      continue;
-    }
-    env.emplace_back(v);
-  }
-  for (const auto& e : extra) {
-    auto key = e.substr(0, e.find('=') + 1);
-    std::erase_if(env, [&](const std::string& have) { return have.starts_with(key); });
-    env.push_back(e);
-  }
-  return env;
-}
-
-std::string absolute(const std::string& path) {
-  if (path.empty() || path.front() == '/') return path;
-  char cwd[4096];
-  if (::getcwd(cwd, sizeof cwd) == nullptr) throw Error(errno, path, "cannot resolve path");
-  return std::string(cwd) + "/" + path;
-}
+// What systemd and holdfast set per service, which the child must not inherit from our own
+// environment (ensure's daemon_environment strips NOTIFY_SOCKET and HOLDFAST_INSTANCE* already).
+constexpr std::string_view kPerServiceVariables[] = {"WATCHDOG_USEC=", "WATCHDOG_PID=", "LISTEN_",
+                                                     "HOLDFAST_ATTEMPT=", "HOLDFAST_SUPERVISE_TEST_"};
 
 // The exit status a zombie left in /proc/PID/stat (field 52, in waitpid's format), if `pid` is
 // still that zombie (its start time, field 22, matches). For an adopted main process, which is
@@ -375,19 +353,14 @@ void Supervisor::setup() {
   // A child's double-forked descendants stay ours. Not for --start: what a start command leaves
   // running (a tmux server) is the external thing, never a process of ours to reap or signal.
   if (!external_ && ::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) throw Error(errno, paths_.lock, "PR_SET_CHILD_SUBREAPER");
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, control_signal()}) sigaddset(&set, sig);
-  ::sigprocmask(SIG_BLOCK, &set, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
-  signal_fd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  signal_fd_ = supervisor_signal_fd();
   if (!signal_fd_) throw Error(errno, paths_.lock, "signalfd");
   timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!timer_fd_) throw Error(errno, paths_.lock, "timerfd_create");
   const bool wants_notify = options_.base.ready.kind == ReadySpec::Kind::notify ||
                             (options_.watchdog && options_.heartbeat_file.empty());
   if (wants_notify) notify_ = std::make_unique<NotifySocket>(paths_.dir);
-  environment_ = child_environment(options_.base.environment);
+  environment_ = daemon_environment(options_.base.environment, kPerServiceVariables);
   if (upstream_.watchdog() && !options_.watchdog) {
     // systemd watches us: ping at half its interval (sd_watchdog_enabled(3)'s advice).
     upstream_ping_at_ = Clock::now();
@@ -882,17 +855,11 @@ void Supervisor::on_notify() {
       begin_stop(SIGTERM, After::restart_backoff, "WATCHDOG=trigger from pid " + std::to_string(m.sender) + ": restarting");
     }
   }
-  if (rejected > 0) log("ignored " + std::to_string(rejected) + " notification(s) from processes outside the instance");
+  if (rejected > 0) log(rejected_notifications(rejected));
 }
 
 void Supervisor::on_ready_pipe() {
-  char buf[256];
-  ssize_t n = ::read(ready_r_.get(), buf, sizeof buf);
-  if (n > 0) {
-    if (std::memchr(buf, '\n', static_cast<size_t>(n)) != nullptr) ready_seen_ = true;
-    return;
-  }
-  if (n == 0) ready_r_.reset();
+  if (read_ready_pipe(ready_r_)) ready_seen_ = true;
 }
 
 void Supervisor::check_watchdog(Clock::time_point now) {
