@@ -29,6 +29,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -174,6 +175,7 @@ class Supervisor {
   void signal_instance(int sig);
   void on_notify();
   void on_ready_pipe();
+  void watch_adopted();
   void on_timer();
   void check_watchdog(Clock::time_point now);
   void arm_timer();
@@ -346,6 +348,46 @@ bool Supervisor::try_adopt(const std::optional<InstanceRecord>& old_record) {
     log("pid " + std::to_string(main_) + " had not reported ready to its supervisor; its readiness channel went with it: counted as ready");
   }
   return true;
+}
+
+// An adopted main process gets the checks a started one gets, from now: --check on its schedule,
+// the heartbeat file's age, and sd_notify WATCHDOG=1 — for which the socket the earlier supervisor
+// gave it (NOTIFY_SOCKET in its environment) is bound again here, if it was told the same
+// WATCHDOG_USEC (an interval it was not told would restart it for pinging at its own pace).
+void Supervisor::watch_adopted() {
+  const auto now = Clock::now();
+  if (!options_.check_command.empty()) next_check_at_ = now + options_.check_every;
+  if (!options_.watchdog) return;
+  if (!options_.heartbeat_file.empty()) {
+    watchdog_deadline_ = now + *options_.watchdog;
+    return;
+  }
+  std::string socket;
+  std::string usec;
+  if (auto env = sys::read_file("/proc/" + std::to_string(main_) + "/environ", 1 << 20)) {
+    for (size_t at = 0; at < env->size();) {
+      const auto end = std::min(env->find('\0', at), env->size());
+      const std::string_view entry(env->data() + at, end - at);
+      if (entry.starts_with("NOTIFY_SOCKET=")) socket = entry.substr(14);
+      if (entry.starts_with("WATCHDOG_USEC=")) usec = entry.substr(14);
+      at = end + 1;
+    }
+  }
+  const auto want = std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(*options_.watchdog).count());
+  if (socket.empty() || usec != want) {
+    log("watchdog: pid " + std::to_string(main_) + " was started without WATCHDOG_USEC=" + want +
+        ": its watchdog begins with the next start");
+    return;
+  }
+  try {
+    notify_ = std::make_unique<NotifySocket>(NotifySocket::TakeOver{socket});
+  } catch (const Error& e) {
+    log(std::string("watchdog: cannot listen where pid ") + std::to_string(main_) + " pings (" + e.what() +
+        "): its watchdog begins with the next start");
+    return;
+  }
+  watchdog_deadline_ = now + *options_.watchdog;
+  log("watchdog: listening for pid " + std::to_string(main_) + "'s WATCHDOG=1 on " + socket);
 }
 
 void Supervisor::setup() {
@@ -827,7 +869,7 @@ void Supervisor::on_signals() {
 
 void Supervisor::on_notify() {
   int rejected = 0;
-  for (const auto& m : notify_->receive(self_, rejected)) {
+  for (const auto& m : notify_->receive(self_, rejected, main_is_child_ ? 0 : main_)) {
     if (m.main_pid > 0 && m.main_pid != main_) {
       if (is_descendant(m.main_pid, self_)) {
         int fd = sys::pidfd_open_nothrow(m.main_pid);
@@ -991,6 +1033,7 @@ SuperviseResult Supervisor::run() {
   if (adopted) {
     record_.state = RecordState::ready;
     set_state(Phase::ready, "ready");
+    watch_adopted();
   } else {
     set_state(Phase::starting, "starting");
     if (!external_) {

@@ -592,6 +592,48 @@ TEST_F(SuperviseTest, HeartbeatFileWatchdogRestartsAHungChild) {
   EXPECT_NE(read_text(state_ + "/" + name + ".log").find("watchdog: heartbeat"), std::string::npos);
 }
 
+// A supervisor SIGKILLed while its child pings: the next one adopts the child and binds the
+// notify socket the child was given again, so a child that stops pinging after the adoption is
+// still restarted (before, an adopted child's watchdog only began with the next start).
+TEST_F(SuperviseTest, WatchdogWatchesAnAdoptedChild) {
+  const auto name = use("adoptdog");
+  const std::string mute = tmp_ / "mute";
+  const std::string pinged = tmp_ / "pinged";
+  const auto cmd = daemon("serve", {"HF_PING=1", "HF_MUTE_FILE=" + mute, "HF_PINGED_FILE=" + pinged});
+  const std::vector<std::string> flags{"--watchdog", kWatchdog, "--backoff", "10ms..1s"};
+  auto& first = supervise(name, flags, cmd);
+  auto rec = wait_ready(name);
+  ASSERT_TRUE(eventually([&] { return ::access(pinged.c_str(), F_OK) == 0; }));
+  first.kill_now();
+  auto& second = supervise(name, flags, cmd);
+  auto adopted = wait_ready(name, [&](const InstanceRecord& r) { return r.launcher_pid == second.pid(); });
+  ASSERT_EQ(adopted.process.pid, rec.process.pid);
+  ASSERT_TRUE(adopted.supervision->adopted);
+  { std::ofstream(mute) << "x"; }
+  auto next = wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  EXPECT_FALSE(alive(rec.process.pid));
+  EXPECT_NE(read_text(state_ + "/" + name + ".log").find("watchdog: no WATCHDOG=1 from pid " + std::to_string(rec.process.pid)),
+            std::string::npos);
+  EXPECT_EQ(next.launcher_pid, second.pid());
+}
+
+// --check runs for an adopted child too (before, its schedule began only with a start's readiness).
+TEST_F(SuperviseTest, FailingCheckRestartsAnAdoptedChild) {
+  const auto name = use("adoptcheck");
+  const std::string sick = tmp_ / "sick";
+  const std::vector<std::string> flags{"--check", "test ! -e " + sick, "--check-every", "100ms", "--backoff", "10ms..1s"};
+  auto& first = supervise(name, flags, daemon("serve"));
+  auto rec = wait_ready(name);
+  first.kill_now();
+  auto& second = supervise(name, flags, daemon("serve"));
+  auto adopted = wait_ready(name, [&](const InstanceRecord& r) { return r.launcher_pid == second.pid(); });
+  ASSERT_EQ(adopted.process.pid, rec.process.pid);
+  { std::ofstream(sick) << "x"; }
+  wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  ::unlink(sick.c_str());
+  EXPECT_FALSE(alive(rec.process.pid));
+}
+
 TEST_F(SuperviseTest, FailingCheckRestartsTheChildAfterTheThreshold) {
   const auto name = use("check");
   const std::string sick = tmp_ / "sick";
