@@ -103,30 +103,6 @@ Instance make_instance(const std::string& name, const InstanceRecord& record, bo
   throw StartFailure(name, cause, exit, record.exit_status, log_tail(record.log_path, 20));
 }
 
-// The daemon's environment: the caller's, minus what holdfast sets, plus the extras.
-std::vector<std::string> daemon_environment(const std::vector<std::string>& extra) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string_view v(*e);
-    if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("HOLDFAST_INSTANCE")) continue;
-    env.emplace_back(v);
-  }
-  for (const auto& e : extra) {
-    // A later KEY=VALUE replaces an inherited KEY.
-    auto key = e.substr(0, e.find('=') + 1);
-    std::erase_if(env, [&](const std::string& have) { return have.starts_with(key); });
-    env.push_back(e);
-  }
-  return env;
-}
-
-std::string absolute(const std::string& path) {
-  if (path.empty() || path.front() == '/') return path;
-  char cwd[4096];
-  if (::getcwd(cwd, sizeof cwd) == nullptr) throw Error(errno, path, "cannot resolve path");
-  return std::string(cwd) + "/" + path;
-}
-
 // Under the spawn lock, with the instance lock free: write the starting record, take the
 // instance lock and fork the supervisor. Returns this start's attempt id (0 if something outside
 // the protocol took the instance lock meanwhile).

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "holdfast/ensure.hpp"
@@ -119,6 +121,25 @@ struct SpawnPlan {
 void start_supervisor(const SpawnPlan& plan, int spawn_lock_fd, int instance_lock_fd, int log_fd,
                       int null_fd);
 
+
+// ---- shared by ensure's supervisor and holdfast supervise (spawn_support.cpp) ----
+
+// The daemon's environment: the caller's minus what holdfast sets (NOTIFY_SOCKET, HOLDFAST_INSTANCE*)
+// and minus every variable starting with one of `also_strip`, plus `extra` (a later KEY=VALUE
+// replaces an inherited KEY).
+std::vector<std::string> daemon_environment(const std::vector<std::string>& extra,
+                                            std::span<const std::string_view> also_strip = {});
+// `path` made absolute against the current directory (unchanged if empty or absolute). Throws Error.
+std::string absolute(const std::string& path);
+// Reads what is waiting on an fd:N readiness pipe: true if it holds a newline (the daemon is
+// ready). At end of file (every writer closed it without a newline) resets `ready_r`.
+bool read_ready_pipe(sys::UniqueFd& ready_r);
+// Blocks the signals a supervisor handles (SIGCHLD, SIGTERM, SIGINT, SIGHUP, control_signal()),
+// ignores SIGPIPE, and returns a non-blocking signalfd for the blocked ones (empty, errno set, if
+// it cannot be created).
+sys::UniqueFd supervisor_signal_fd();
+// The log line for `rejected` sd_notify datagrams from processes outside the instance.
+std::string rejected_notifications(int rejected);
 }  // namespace holdfast::ensure_detail
 
 namespace holdfast::ensure_detail {

@@ -191,6 +191,31 @@ NotifySocket::NotifySocket(const std::string& fallback_dir) {
   }
   if (dir_.empty()) throw Error(err, where.empty() ? fallback_dir : where, "cannot create the sd_notify directory");
   path_ = dir_ + "/notify";
+  bind_socket();
+}
+
+NotifySocket::NotifySocket(const TakeOver& old) {
+  const auto slash = old.path.rfind('/');
+  const std::string dir = slash == std::string::npos ? std::string() : old.path.substr(0, slash);
+  if (dir.empty() || old.path.substr(slash) != "/notify" || old.path.size() >= sizeof(sockaddr_un::sun_path) ||
+      !dir.substr(dir.rfind('/') + 1).starts_with("holdfast-notify.")) {
+    throw Error(old.path, "sd_notify socket", "not a holdfast notify socket path", exit_code::data);
+  }
+  dir_ = dir;
+  path_ = old.path;
+  // Recreated if its supervisor removed it (stopped with --keep); else it must be ours: a
+  // directory (not a link) owned by us, so nobody else's socket is ever unlinked.
+  if (::mkdir(dir_.c_str(), 0711) != 0 && errno != EEXIST) throw Error(errno, dir_, "cannot create the sd_notify directory");
+  struct stat st {};
+  if (::lstat(dir_.c_str(), &st) != 0) throw Error(errno, dir_, "sd_notify directory");
+  if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) {
+    throw Error(old.path, "sd_notify socket", "its directory is not ours", exit_code::data);
+  }
+  ::unlink(path_.c_str());  // the killed supervisor's socket: nobody reads it any more
+  bind_socket();
+}
+
+void NotifySocket::bind_socket() {
   fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd_) throw Error(errno, path_, "sd_notify socket");
   sockaddr_un addr{};
@@ -213,7 +238,7 @@ NotifySocket::~NotifySocket() {
   ::rmdir(dir_.c_str());
 }
 
-std::vector<NotifySocket::Message> NotifySocket::receive(pid_t supervisor, int& rejected) {
+std::vector<NotifySocket::Message> NotifySocket::receive(pid_t supervisor, int& rejected, pid_t adopted) {
   std::vector<Message> out;
   for (;;) {
     char buf[4096];
@@ -235,7 +260,10 @@ std::vector<NotifySocket::Message> NotifySocket::receive(pid_t supervisor, int& 
         cred = reinterpret_cast<const ucred*>(CMSG_DATA(c));
       }
     }
-    if (cred == nullptr || cred->pid <= 0 || !is_descendant(cred->pid, supervisor)) {
+    const bool of_instance = cred != nullptr && cred->pid > 0 &&
+                             (is_descendant(cred->pid, supervisor) ||
+                              (adopted > 0 && (cred->pid == adopted || is_descendant(cred->pid, adopted))));
+    if (!of_instance) {
       ++rejected;
       continue;
     }

@@ -50,6 +50,13 @@ int64_t coarse_realtime_ns() noexcept;
 class NotifySocket {
  public:
   explicit NotifySocket(const std::string& fallback_dir);  // throws Error naming the directory
+  // Binds anew the socket at `path` (DIR/notify, DIR a holdfast-notify.* directory) that a
+  // supervisor which is gone was listening on, for the daemon it left running still sends there:
+  // DIR is recreated if it was removed, and must be a directory owned by us. Throws Error.
+  struct TakeOver {
+    std::string path;
+  };
+  explicit NotifySocket(const TakeOver& old);
   ~NotifySocket();
   NotifySocket(const NotifySocket&) = delete;
   NotifySocket& operator=(const NotifySocket&) = delete;
@@ -68,9 +75,12 @@ class NotifySocket {
   };
   // Drains pending datagrams. Those without credentials or from a process that is not a
   // descendant of `supervisor` are dropped; `rejected` counts them (for the log).
-  std::vector<Message> receive(pid_t supervisor, int& rejected);
+  // `adopted` (if not 0) is a main process adopted from an earlier supervisor, not our descendant:
+  // it and its descendants are accepted too.
+  std::vector<Message> receive(pid_t supervisor, int& rejected, pid_t adopted = 0);
 
  private:
+  void bind_socket();  // binds path_ (SO_PASSCRED, mode 0666); throws Error
   sys::UniqueFd fd_;
   std::string dir_;
   std::string path_;

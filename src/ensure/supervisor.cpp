@@ -132,12 +132,7 @@ void Supervisor::setup() {
   self_ = ::getpid();
   // Orphaned descendants (double forks, daemon(3)) are reparented to us, not to init.
   if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) fail(FailureKind::supervisor, "PR_SET_CHILD_SUBREAPER: " + std::string(std::strerror(errno)), -1);
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, control_signal()}) sigaddset(&set, sig);
-  ::sigprocmask(SIG_BLOCK, &set, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
-  signal_fd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  signal_fd_ = supervisor_signal_fd();
   if (!signal_fd_) fail(FailureKind::supervisor, "signalfd: " + std::string(std::strerror(errno)), -1);
 
   auto me = identity_of(self_);
@@ -295,17 +290,11 @@ void Supervisor::on_notify() {
     if (m.ready) ready_seen_ = true;
     else if ((m.has_status || m.main_pid > 0) && ready_) write();
   }
-  if (rejected > 0) log("ignored " + std::to_string(rejected) + " notification(s) from processes outside the instance");
+  if (rejected > 0) log(rejected_notifications(rejected));
 }
 
 void Supervisor::on_ready_pipe() {
-  char buf[256];
-  ssize_t n = ::read(ready_r_.get(), buf, sizeof buf);
-  if (n > 0) {
-    if (std::memchr(buf, '\n', static_cast<size_t>(n)) != nullptr) ready_seen_ = true;
-    return;
-  }
-  if (n == 0) ready_r_.reset();  // every writer closed it without a newline
+  if (read_ready_pipe(ready_r_)) ready_seen_ = true;
 }
 
 void Supervisor::rotate_log() {

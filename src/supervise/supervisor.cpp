@@ -29,6 +29,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -56,32 +57,10 @@ std::string ms_text(Clock::duration d) {
   return std::to_string(std::chrono::duration_cast<milliseconds>(d).count()) + " ms";
 }
 
-// The child's environment: ours minus what holdfast and systemd set per service, plus extras.
-std::vector<std::string> child_environment(const std::vector<std::string>& extra) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string_view v(*e);
-    if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("HOLDFAST_INSTANCE=") || v.starts_with("WATCHDOG_USEC=") ||
-        v.starts_with("WATCHDOG_PID=") || v.starts_with("LISTEN_") || v.starts_with("HOLDFAST_ATTEMPT=") ||
-        v.starts_with("HOLDFAST_SUPERVISE_TEST_")) {
-      continue;
-    }
-    env.emplace_back(v);
-  }
-  for (const auto& e : extra) {
-    auto key = e.substr(0, e.find('=') + 1);
-    std::erase_if(env, [&](const std::string& have) { return have.starts_with(key); });
-    env.push_back(e);
-  }
-  return env;
-}
-
-std::string absolute(const std::string& path) {
-  if (path.empty() || path.front() == '/') return path;
-  char cwd[4096];
-  if (::getcwd(cwd, sizeof cwd) == nullptr) throw Error(errno, path, "cannot resolve path");
-  return std::string(cwd) + "/" + path;
-}
+// What systemd and holdfast set per service, which the child must not inherit from our own
+// environment (ensure's daemon_environment strips NOTIFY_SOCKET and HOLDFAST_INSTANCE* already).
+constexpr std::string_view kPerServiceVariables[] = {"WATCHDOG_USEC=", "WATCHDOG_PID=", "LISTEN_",
+                                                     "HOLDFAST_ATTEMPT=", "HOLDFAST_SUPERVISE_TEST_"};
 
 // The exit status a zombie left in /proc/PID/stat (field 52, in waitpid's format), if `pid` is
 // still that zombie (its start time, field 22, matches). For an adopted main process, which is
@@ -196,6 +175,7 @@ class Supervisor {
   void signal_instance(int sig);
   void on_notify();
   void on_ready_pipe();
+  void watch_adopted();
   void on_timer();
   void check_watchdog(Clock::time_point now);
   void arm_timer();
@@ -370,24 +350,59 @@ bool Supervisor::try_adopt(const std::optional<InstanceRecord>& old_record) {
   return true;
 }
 
+// An adopted main process gets the checks a started one gets, from now: --check on its schedule,
+// the heartbeat file's age, and sd_notify WATCHDOG=1 — for which the socket the earlier supervisor
+// gave it (NOTIFY_SOCKET in its environment) is bound again here, if it was told the same
+// WATCHDOG_USEC (an interval it was not told would restart it for pinging at its own pace).
+void Supervisor::watch_adopted() {
+  const auto now = Clock::now();
+  if (!options_.check_command.empty()) next_check_at_ = now + options_.check_every;
+  if (!options_.watchdog) return;
+  if (!options_.heartbeat_file.empty()) {
+    watchdog_deadline_ = now + *options_.watchdog;
+    return;
+  }
+  std::string socket;
+  std::string usec;
+  if (auto env = sys::read_file("/proc/" + std::to_string(main_) + "/environ", 1 << 20)) {
+    for (size_t at = 0; at < env->size();) {
+      const auto end = std::min(env->find('\0', at), env->size());
+      const std::string_view entry(env->data() + at, end - at);
+      if (entry.starts_with("NOTIFY_SOCKET=")) socket = entry.substr(14);
+      if (entry.starts_with("WATCHDOG_USEC=")) usec = entry.substr(14);
+      at = end + 1;
+    }
+  }
+  const auto want = std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(*options_.watchdog).count());
+  if (socket.empty() || usec != want) {
+    log("watchdog: pid " + std::to_string(main_) + " was started without WATCHDOG_USEC=" + want +
+        ": its watchdog begins with the next start");
+    return;
+  }
+  try {
+    notify_ = std::make_unique<NotifySocket>(NotifySocket::TakeOver{socket});
+  } catch (const Error& e) {
+    log(std::string("watchdog: cannot listen where pid ") + std::to_string(main_) + " pings (" + e.what() +
+        "): its watchdog begins with the next start");
+    return;
+  }
+  watchdog_deadline_ = now + *options_.watchdog;
+  log("watchdog: listening for pid " + std::to_string(main_) + "'s WATCHDOG=1 on " + socket);
+}
+
 void Supervisor::setup() {
   self_ = ::getpid();
   // A child's double-forked descendants stay ours. Not for --start: what a start command leaves
   // running (a tmux server) is the external thing, never a process of ours to reap or signal.
   if (!external_ && ::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) throw Error(errno, paths_.lock, "PR_SET_CHILD_SUBREAPER");
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, control_signal()}) sigaddset(&set, sig);
-  ::sigprocmask(SIG_BLOCK, &set, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
-  signal_fd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  signal_fd_ = supervisor_signal_fd();
   if (!signal_fd_) throw Error(errno, paths_.lock, "signalfd");
   timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!timer_fd_) throw Error(errno, paths_.lock, "timerfd_create");
   const bool wants_notify = options_.base.ready.kind == ReadySpec::Kind::notify ||
                             (options_.watchdog && options_.heartbeat_file.empty());
   if (wants_notify) notify_ = std::make_unique<NotifySocket>(paths_.dir);
-  environment_ = child_environment(options_.base.environment);
+  environment_ = daemon_environment(options_.base.environment, kPerServiceVariables);
   if (upstream_.watchdog() && !options_.watchdog) {
     // systemd watches us: ping at half its interval (sd_watchdog_enabled(3)'s advice).
     upstream_ping_at_ = Clock::now();
@@ -854,7 +869,7 @@ void Supervisor::on_signals() {
 
 void Supervisor::on_notify() {
   int rejected = 0;
-  for (const auto& m : notify_->receive(self_, rejected)) {
+  for (const auto& m : notify_->receive(self_, rejected, main_is_child_ ? 0 : main_)) {
     if (m.main_pid > 0 && m.main_pid != main_) {
       if (is_descendant(m.main_pid, self_)) {
         int fd = sys::pidfd_open_nothrow(m.main_pid);
@@ -882,17 +897,11 @@ void Supervisor::on_notify() {
       begin_stop(SIGTERM, After::restart_backoff, "WATCHDOG=trigger from pid " + std::to_string(m.sender) + ": restarting");
     }
   }
-  if (rejected > 0) log("ignored " + std::to_string(rejected) + " notification(s) from processes outside the instance");
+  if (rejected > 0) log(rejected_notifications(rejected));
 }
 
 void Supervisor::on_ready_pipe() {
-  char buf[256];
-  ssize_t n = ::read(ready_r_.get(), buf, sizeof buf);
-  if (n > 0) {
-    if (std::memchr(buf, '\n', static_cast<size_t>(n)) != nullptr) ready_seen_ = true;
-    return;
-  }
-  if (n == 0) ready_r_.reset();
+  if (read_ready_pipe(ready_r_)) ready_seen_ = true;
 }
 
 void Supervisor::check_watchdog(Clock::time_point now) {
@@ -1024,6 +1033,7 @@ SuperviseResult Supervisor::run() {
   if (adopted) {
     record_.state = RecordState::ready;
     set_state(Phase::ready, "ready");
+    watch_adopted();
   } else {
     set_state(Phase::starting, "starting");
     if (!external_) {

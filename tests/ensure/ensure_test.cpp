@@ -26,6 +26,7 @@
 #include "holdfast/ensure.hpp"
 #include "holdfast/identity.hpp"
 #include "support/faultfs.hpp"
+#include "ensure/suite_helpers.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -91,18 +92,7 @@ struct Daemon {
 
 class EnsureTest : public ::testing::Test {
  protected:
-  void TearDown() override {
-    for (const auto& n : names_) {
-      StopOptions s;
-      s.state_dir = state_;
-      s.timeout = 2s;
-      s.kill_after = 1s;
-      try {
-        stop_instance(n, s);
-      } catch (...) {
-      }
-    }
-  }
+  void TearDown() override { testing::stop_instances(names_, state_, 2s); }
   EnsureOptions options(const std::string& ready, const Daemon& d) {
     EnsureOptions o;
     o.ready = ReadySpec::parse(ready);
@@ -150,14 +140,7 @@ struct Slot {
 // that closes every inherited descriptor (sshd's closefrom), and one that double-forks
 // (daemon(3)). Exactly one instance per round. 50 rounds under HOLDFAST_SOAK; a few by default
 // (make test stays affordable), fewer under sanitizers.
-int soak_rounds(int full, int normal) {
-  if (std::getenv("HOLDFAST_SOAK") != nullptr) return full;
-#ifdef HOLDFAST_SANITIZED
-  return std::max(1, normal / 3);
-#else
-  return normal;
-#endif
-}
+using testing::soak_rounds;
 
 TEST_F(EnsureTest, HundredConcurrentClientsFiftyRoundsExactlyOneInstance) {
   const int clients = 100;

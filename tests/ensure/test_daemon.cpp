@@ -1,6 +1,7 @@
-// A small daemon for the ensure tests, built into the test executable: when the executable runs
-// with HOLDFAST_TEST_DAEMON=MODE it acts as the daemon from a global constructor and never reaches
-// GoogleTest. Tests start it as {exe, ...} with the mode in the environment.
+// A small daemon for the ensure and supervise tests, built into both test executables: when the
+// executable runs with HOLDFAST_TEST_DAEMON=MODE (ensure) or HF_SUPERVISED=MODE (supervise) it acts
+// as the daemon from a global constructor and never reaches GoogleTest. Tests start it as
+// {exe, ...} with the mode in the environment.
 //
 // Environment:
 //   HOLDFAST_TEST_DAEMON   serve | die | never | doublefork | doublefork-close | closefds |
@@ -12,6 +13,16 @@
 //   HF_READY_MARKER        created just before readiness is signalled
 //   HF_READY               none | notify | fd:N | file:PATH | unix:PATH | tcp:PORT
 //   HF_DELAY_MS            sleep this long before signalling readiness (default 20)
+//
+// Supervise (HF_SUPERVISED):
+//   HF_SUPERVISED   serve   append "PID MONOTONIC_NS" to HF_COUNT_FILE, report ready, run forever
+//                   crash   append, then exit 3 at once — unless HF_HOLD_FILE exists: then run
+//                           HF_HOLD_MS first (a healthy run), then exit 3
+//   HF_READY        notify: send READY=1 on $NOTIFY_SOCKET (default: none)
+//   HF_PING         1: send WATCHDOG=1 every WATCHDOG_USEC/4 while HF_MUTE_FILE does not exist
+//                   (and only if WATCHDOG_PID is this process, as sd_watchdog_enabled(3) checks);
+//                   HF_PINGED_FILE is created after the first ping
+//   HF_HEARTBEAT    touch this file every 50 ms
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -19,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -197,9 +209,46 @@ void describe() {
   serve_forever();
 }
 
+bool exists(const std::string& path) {
+  struct stat st {};
+  return !path.empty() && ::stat(path.c_str(), &st) == 0;
+}
+
+[[noreturn]] void run_supervised(const std::string& mode) {
+  ::alarm(300);  // never outlive a broken test run by much
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  append_line(env("HF_COUNT_FILE"), std::to_string(::getpid()) + " " +
+                                        std::to_string(static_cast<long long>(now.tv_sec) * 1000000000LL + now.tv_nsec));
+  if (mode == "crash") {
+    if (exists(env("HF_HOLD_FILE"))) ::usleep(static_cast<useconds_t>(std::atoi(env("HF_HOLD_MS").c_str())) * 1000);
+    ::_exit(3);
+  }
+  if (env("HF_READY") == "notify") sd_notify("READY=1\nSTATUS=serving\n");
+  const bool ping = env("HF_PING") == "1" && env("WATCHDOG_PID") == std::to_string(::getpid());
+  const long long usec = std::atoll(env("WATCHDOG_USEC").c_str());
+  const std::string heartbeat = env("HF_HEARTBEAT");
+  const std::string mute = env("HF_MUTE_FILE");
+  bool pinged = false;
+  if (!(ping && usec > 0) && heartbeat.empty()) serve_forever();
+  for (;;) {
+    if (ping && usec > 0 && !exists(mute)) {
+      sd_notify("WATCHDOG=1\n");
+      // The tests wait for this file: "a ping was sent with the right WATCHDOG_PID".
+      if (!pinged) touch(env("HF_PINGED_FILE"));
+      pinged = true;
+    }
+    touch(heartbeat);
+    const long long step = ping && usec > 0 ? usec / 4 : 50000;
+    ::usleep(static_cast<useconds_t>(std::min(step, 50000LL)));
+  }
+}
+
 __attribute__((constructor)) void maybe_run_daemon() {
   const char* mode = std::getenv("HOLDFAST_TEST_DAEMON");
   if (mode != nullptr && *mode != '\0') run_daemon(mode);
+  const char* supervised = std::getenv("HF_SUPERVISED");
+  if (supervised != nullptr && *supervised != '\0') run_supervised(supervised);
 }
 
 }  // namespace

@@ -12,13 +12,16 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,7 +30,9 @@
 #include "holdfast/ensure.hpp"
 #include "holdfast/identity.hpp"
 #include "holdfast/supervise.hpp"
+#include "ensure/suite_helpers.hpp"
 #include "support/testing.hpp"
+#include "sys/fd.hpp"
 
 namespace holdfast {
 namespace {
@@ -64,14 +69,7 @@ std::vector<Start> starts_in(const std::string& path) {
 
 bool alive(pid_t pid) { return identity_of(pid).has_value(); }
 
-int soak_rounds(int full, int normal) {
-  if (std::getenv("HOLDFAST_SOAK") != nullptr) return full;
-#ifdef HOLDFAST_SANITIZED
-  return std::max(1, normal / 3);
-#else
-  return normal;
-#endif
-}
+using testing::soak_rounds;
 
 // The watchdog interval of the tests: the first ping must come within it of the spawn, which a
 // sanitized daemon on a loaded machine may not manage in 1 s.
@@ -139,16 +137,7 @@ class SuperviseTest : public ::testing::Test {
  protected:
   void TearDown() override {
     procs_.clear();  // SIGKILL leftover supervisors: their instances outlive them ...
-    for (const auto& n : names_) {  // ... and are stopped here, through the record
-      StopOptions s;
-      s.state_dir = state_;
-      s.timeout = 5s;
-      s.kill_after = 1s;
-      try {
-        stop_instance(n, s);
-      } catch (...) {
-      }
-    }
+    testing::stop_instances(names_, state_, 5s);  // ... and are stopped here, through the record
   }
   std::string use(const std::string& name) {
     names_.push_back(name);
@@ -169,9 +158,15 @@ class SuperviseTest : public ::testing::Test {
     argv.push_back(name);
     argv.emplace_back("--");
     argv.insert(argv.end(), command.begin(), command.end());
-    const std::string err = tmp_ / (name + ".stderr");
+    return run(argv, tmp_ / (name + ".stderr"), extra_env);
+  }
+  // Forks and execs `argv` (stdin and stdout /dev/null, stderr appended to `err`, `extra_env`
+  // added), once `gun` (if any) fires. The process is killed and reaped at the end of the test.
+  Proc& run(std::vector<std::string> argv, const std::string& err, const std::vector<std::string>& extra_env = {},
+            testing::StartGun* gun = nullptr) {
     pid_t pid = ::fork();
     if (pid == 0) {
+      if (gun != nullptr) gun->wait();
       int fd = ::open(err.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
       ::dup2(fd, 2);
       int null = ::open("/dev/null", O_RDWR);
@@ -251,23 +246,7 @@ TEST_F(SuperviseTest, TwentyConcurrentSupervisorsLeaveOneSupervisorAndOneChild) 
   testing::StartGun gun;
   std::vector<std::string> argv{HOLDFAST_CLI_PATH, "supervise", "--state-dir", state_, name, "--"};
   for (const auto& c : daemon("serve")) argv.push_back(c);
-  for (int i = 0; i < 20; ++i) {
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      gun.wait();
-      int null = ::open("/dev/null", O_RDWR);
-      ::dup2(null, 0);
-      ::dup2(null, 1);
-      int err = ::open((tmp_ / "twenty.stderr").c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
-      ::dup2(err, 2);
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(a.data());
-      args.push_back(nullptr);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
-    procs_.emplace_back(pid);
-  }
+  for (int i = 0; i < 20; ++i) run(argv, tmp_ / "twenty.stderr", {}, &gun);
   gun.release();
   // 19 exit 1 ("already supervised"); one stays.
   int losers = 0;
@@ -613,6 +592,48 @@ TEST_F(SuperviseTest, HeartbeatFileWatchdogRestartsAHungChild) {
   EXPECT_NE(read_text(state_ + "/" + name + ".log").find("watchdog: heartbeat"), std::string::npos);
 }
 
+// A supervisor SIGKILLed while its child pings: the next one adopts the child and binds the
+// notify socket the child was given again, so a child that stops pinging after the adoption is
+// still restarted (before, an adopted child's watchdog only began with the next start).
+TEST_F(SuperviseTest, WatchdogWatchesAnAdoptedChild) {
+  const auto name = use("adoptdog");
+  const std::string mute = tmp_ / "mute";
+  const std::string pinged = tmp_ / "pinged";
+  const auto cmd = daemon("serve", {"HF_PING=1", "HF_MUTE_FILE=" + mute, "HF_PINGED_FILE=" + pinged});
+  const std::vector<std::string> flags{"--watchdog", kWatchdog, "--backoff", "10ms..1s"};
+  auto& first = supervise(name, flags, cmd);
+  auto rec = wait_ready(name);
+  ASSERT_TRUE(eventually([&] { return ::access(pinged.c_str(), F_OK) == 0; }));
+  first.kill_now();
+  auto& second = supervise(name, flags, cmd);
+  auto adopted = wait_ready(name, [&](const InstanceRecord& r) { return r.launcher_pid == second.pid(); });
+  ASSERT_EQ(adopted.process.pid, rec.process.pid);
+  ASSERT_TRUE(adopted.supervision->adopted);
+  { std::ofstream(mute) << "x"; }
+  auto next = wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  EXPECT_FALSE(alive(rec.process.pid));
+  EXPECT_NE(read_text(state_ + "/" + name + ".log").find("watchdog: no WATCHDOG=1 from pid " + std::to_string(rec.process.pid)),
+            std::string::npos);
+  EXPECT_EQ(next.launcher_pid, second.pid());
+}
+
+// --check runs for an adopted child too (before, its schedule began only with a start's readiness).
+TEST_F(SuperviseTest, FailingCheckRestartsAnAdoptedChild) {
+  const auto name = use("adoptcheck");
+  const std::string sick = tmp_ / "sick";
+  const std::vector<std::string> flags{"--check", "test ! -e " + sick, "--check-every", "100ms", "--backoff", "10ms..1s"};
+  auto& first = supervise(name, flags, daemon("serve"));
+  auto rec = wait_ready(name);
+  first.kill_now();
+  auto& second = supervise(name, flags, daemon("serve"));
+  auto adopted = wait_ready(name, [&](const InstanceRecord& r) { return r.launcher_pid == second.pid(); });
+  ASSERT_EQ(adopted.process.pid, rec.process.pid);
+  { std::ofstream(sick) << "x"; }
+  wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != rec.process.pid; });
+  ::unlink(sick.c_str());
+  EXPECT_FALSE(alive(rec.process.pid));
+}
+
 TEST_F(SuperviseTest, FailingCheckRestartsTheChildAfterTheThreshold) {
   const auto name = use("check");
   const std::string sick = tmp_ / "sick";
@@ -684,33 +705,48 @@ TEST_F(SuperviseTest, TmuxSessionComesBackAfterItsServerIsKilledAndStopLeavesIt)
 // ---------------------------------------------------------------------------------------------
 // under systemd: READY=1 and watchdog relay on $NOTIFY_SOCKET
 
+// The datagram socket systemd listens on for sd_notify, played by the test.
+class SystemdNotifySocket {
+ public:
+  explicit SystemdNotifySocket(const std::string& path) : fd_(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      throw std::runtime_error("bind " + path + ": " + std::strerror(errno));
+    }
+  }
+  // One waiting datagram, without blocking.
+  std::optional<std::string> receive() {
+    char buf[4096];
+    ssize_t n = ::recv(fd_.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n <= 0) return std::nullopt;
+    return std::string(buf, static_cast<size_t>(n));
+  }
+
+ private:
+  sys::UniqueFd fd_;
+};
+
 TEST_F(SuperviseTest, ReportsReadyAndRelaysWatchdogPingsToSystemd) {
   const auto name = use("systemd");
   const std::string path = tmp_ / "notify.sock";
-  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  SystemdNotifySocket systemd(path);
   auto& sup = supervise(name, {"--watchdog", kWatchdog}, daemon("serve", {"HF_PING=1"}),
                         {"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=3000000"});
   bool ready = false;
   bool ping = false;
   std::string ready_text;
   ASSERT_TRUE(eventually([&] {
-    char buf[4096];
-    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n > 0) {
-      std::string text(buf, static_cast<size_t>(n));
-      if (text.find("READY=1") != std::string::npos) {
+    if (auto text = systemd.receive()) {
+      if (text->find("READY=1") != std::string::npos) {
         ready = true;
-        ready_text = text;
+        ready_text = *text;
       }
-      if (text.find("WATCHDOG=1") != std::string::npos && ready) ping = true;
+      if (text->find("WATCHDOG=1") != std::string::npos && ready) ping = true;
     }
     return ready && ping;
   }));
-  ::close(fd);
   EXPECT_NE(ready_text.find("MAINPID=" + std::to_string(sup.pid())), std::string::npos) << ready_text;
   // READY=1 came once the child was ready: the record said so by then.
   EXPECT_EQ(status(name).state, InstanceState::ready);
@@ -720,20 +756,14 @@ TEST_F(SuperviseTest, ReportsReadyAndRelaysWatchdogPingsToSystemd) {
 TEST_F(SuperviseTest, PingsSystemdItselfWhenTheChildHasNoWatchdog) {
   const auto name = use("selfping");
   const std::string path = tmp_ / "notify2.sock";
-  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  SystemdNotifySocket systemd(path);
   supervise(name, {}, daemon("serve"), {"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=200000"});
   int pings = 0;
   ASSERT_TRUE(eventually([&] {
-    char buf[4096];
-    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n > 0 && std::string(buf, static_cast<size_t>(n)).find("WATCHDOG=1") != std::string::npos) ++pings;
+    auto text = systemd.receive();
+    if (text && text->find("WATCHDOG=1") != std::string::npos) ++pings;
     return pings >= 3;
   }));
-  ::close(fd);
 }
 
 }  // namespace
