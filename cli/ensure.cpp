@@ -10,6 +10,7 @@
 
 #include "commands.hpp"
 #include "duration.hpp"
+#include "ensure_etcd.hpp"
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 
@@ -30,6 +31,7 @@ struct EnsureArgs {
   std::string user;
   std::string group;
   bool json = false;
+  EtcdBackendArgs etcd;
 };
 
 // A user name or number -> uid, its primary gid and its supplementary groups.
@@ -135,6 +137,7 @@ Run add_ensure(CLI::App& root) {
   sub->add_option("--user", args->user, "Run the daemon as this user (name or uid; needs privileges)");
   sub->add_option("--group", args->group, "Run the daemon with this group (name or gid)");
   sub->add_flag("--json", args->json, "Print the instance record as JSON");
+  add_etcd_backend_flags(sub, args->etcd);
   return [args] {
     EnsureOptions options;
     options.ready = ReadySpec::parse(args->ready);
@@ -150,6 +153,7 @@ Run add_ensure(CLI::App& root) {
     }
     options.environment = args->env;
     options.daemon = daemon_settings(*args);
+    if (!args->etcd.backend.empty()) return ensure_etcd(args->etcd, args->name, args->command, options, args->json);
     try {
       auto inst = ensure_running(args->name, args->command, options);
       if (args->json) {

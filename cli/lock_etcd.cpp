@@ -6,6 +6,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,7 +15,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <cstddef>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -105,6 +109,26 @@ std::string record_json(const std::vector<ProcessIdentity>& processes, const std
                         {"acquired_unix_ns", sys::realtime_ns()},
                         {"ttl_s", ttl.count()}}
       .dump();
+}
+
+// Under `ensure --backend etcd` (HOLDFAST_ETCD_NOTIFY_READY=1): tells the supervisor, by an
+// sd_notify READY=1 on $NOTIFY_SOCKET, that NAME is now held, so the instance counts as ready only
+// once it holds the lock in etcd (not when this process was executed). Returns false if it
+// could not be sent (the ensure then times out rather than report a lock it cannot confirm).
+bool notify_ready() {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || path[0] == '\0') return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const size_t len = std::strlen(path);
+  if (len >= sizeof addr.sun_path) return false;
+  std::memcpy(addr.sun_path, path, len);
+  if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';
+  sys::UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return false;
+  constexpr char kReady[] = "READY=1";
+  const auto size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+  return ::sendto(fd.get(), kReady, sizeof kReady - 1, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), size) >= 0;
 }
 
 // The spawned command's exit status as `holdfast lock` reports it (128+N for signal N).
@@ -205,9 +229,15 @@ int lock_etcd(const LockInvocation& inv, const std::string& prog) {
   sys::SpawnRequest request;
   request.executable = *executable;
   request.argv = inv.command;
+  const char* ready_flag = std::getenv("HOLDFAST_ETCD_NOTIFY_READY");
+  const bool report_ready = ready_flag != nullptr && std::string_view(ready_flag) == "1";
+  if (report_ready && !notify_ready()) {
+    std::fprintf(stderr, "%s: %s: cannot report readiness on $NOTIFY_SOCKET\n", prog.c_str(), lock->key().c_str());
+  }
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view entry(*e);
     if (entry.starts_with("HOLDFAST_TOKEN=") || entry.starts_with("HOLDFAST_LOCK=") || entry.starts_with("ETCD_LOCK_KEY=")) continue;
+    if (entry.starts_with("HOLDFAST_ETCD_NOTIFY_READY=") || (report_ready && entry.starts_with("NOTIFY_SOCKET="))) continue;
     request.env.emplace_back(entry);
   }
   request.env.push_back("HOLDFAST_TOKEN=" + std::to_string(lock->token()));

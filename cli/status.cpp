@@ -4,6 +4,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "ensure_etcd.hpp"
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 
@@ -14,6 +15,7 @@ struct StatusArgs {
   std::string name;
   std::string state_dir;
   bool json = false;
+  EtcdBackendArgs etcd;
 };
 
 nlohmann::json to_json(const InstanceStatus& s) {
@@ -57,7 +59,12 @@ Run add_status(CLI::App& root) {
   sub->add_option("name", args->name, "One instance (default: all in the state directory)");
   sub->add_option("--state-dir", args->state_dir, "State directory (see holdfast ensure --help)");
   sub->add_flag("--json", args->json, "Print JSON (an object for NAME, else an array)");
+  add_etcd_backend_flags(sub, args->etcd);
   return [args] {
+    if (!args->etcd.backend.empty()) {
+      if (args->name.empty()) throw Error("--backend", "status on etcd", "needs NAME", exit_code::usage);
+      return status_etcd(args->etcd, args->name, args->json);
+    }
     if (!args->name.empty()) {
       auto s = instance_status(args->name, args->state_dir);
       if (args->json) std::printf("%s\n", to_json(s).dump().c_str());

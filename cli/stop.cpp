@@ -5,6 +5,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "ensure_etcd.hpp"
 #include "duration.hpp"
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
@@ -20,6 +21,7 @@ struct StopArgs {
   std::string state_dir;
   bool no_wait = false;
   bool keep = false;
+  EtcdBackendArgs etcd;
 };
 
 // A signal number, or a name with or without "SIG" in any case (HUP, SIGWINCH, RTMIN+3), or 0.
@@ -72,6 +74,7 @@ Run add_stop(CLI::App& root) {
   sub->add_flag("--no-wait", args->no_wait, "Signal-only (reload) mode: send --signal to the main process and return");
   sub->add_flag("--keep", args->keep, "Supervised instances: stop only the supervisor and leave the instance running");
   sub->add_option("--state-dir", args->state_dir, "State directory (see holdfast ensure --help)");
+  add_etcd_backend_flags(sub, args->etcd);
   return [args] {
     StopOptions options;
     options.state_dir = args->state_dir;
@@ -87,6 +90,7 @@ Run add_stop(CLI::App& root) {
     if (!args->kill_after.empty()) {
       options.kill_after = std::chrono::ceil<std::chrono::milliseconds>(parse_duration(args->kill_after, "--kill-after"));
     }
+    if (!args->etcd.backend.empty()) return stop_etcd(args->etcd, args->name, options);
     auto result = stop_instance(args->name, options);
     std::fprintf(stderr, "%s\n", result.message.c_str());
     return 0;

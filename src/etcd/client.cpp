@@ -24,6 +24,9 @@ constexpr int kGrpcPermissionDenied = 7;
 constexpr int kGrpcUnavailable = 14;
 constexpr int kGrpcUnauthenticated = 16;
 
+// The shortest time one request gets on one endpoint before the next one is tried.
+constexpr std::chrono::milliseconds kMinAttempt(500);
+
 // libcurl is loaded when the first Client is made, not linked: `holdfast lock` on a file is
 // measured against flock(1) per invocation, and resolving libcurl's dependencies at every start
 // would cost it more than all of its own work. Only the etcd backend pays for it.
@@ -312,8 +315,12 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
                       std::string(path), last_failure);
     }
     // One attempt may not take the whole budget: a member that is frozen (SIGSTOP, a partition)
-    // accepts connections and never answers, and the next endpoint must get its turn.
-    const auto attempt = std::min(left, std::max(milliseconds(1000), options_.request_timeout / 2));
+    // accepts connections and never answers, and every other endpoint must still get its turn
+    // within the budget. The time left is shared among the endpoints not yet tried in this round
+    // (a fast failure leaves more for the next ones). The keepalive depends on it: its budget is
+    // what is left of the lease's validity, and it must reach a live member within it.
+    const size_t untried = options_.endpoints.size() - tried % options_.endpoints.size();
+    const auto attempt = std::min(left, std::max(kMinAttempt, left / static_cast<long>(untried)));
     Attempt a = perform(url_of(path), payload, std::max(attempt, milliseconds(1)), nullptr, nullptr);
     if (a.curl != CURLE_OK) {
       if (tls_failure(a.curl)) throw EtcdError(EtcdError::Kind::tls, endpoint(), "TLS", a.curl_error);

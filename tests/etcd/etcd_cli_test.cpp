@@ -22,9 +22,6 @@ namespace {
 using testing::EtcdCluster;
 using namespace std::chrono_literals;
 
-#define REQUIRE_ETCD() \
-  if (!testing::etcd_available()) GTEST_SKIP() << "/usr/bin/etcd is not installed (deps: etcd-server)"
-
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
   std::stringstream s;

@@ -31,6 +31,10 @@ namespace holdfast::testing {
 
 inline bool etcd_available() { return ::access("/usr/bin/etcd", X_OK) == 0; }
 
+// Skips the current test where Debian's etcd is not installed.
+#define REQUIRE_ETCD() \
+  if (!holdfast::testing::etcd_available()) GTEST_SKIP() << "/usr/bin/etcd is not installed (deps: etcd-server)"
+
 // `count` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
 inline std::vector<int> free_ports(size_t count) {
   std::vector<sys::UniqueFd> held;
