@@ -48,18 +48,6 @@ inline void spit_durable(const std::string& path, const std::string& data, mode_
   ::close(fd);
 }
 
-inline std::vector<std::string> list_dir(const std::string& dir) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return out;
-  while (dirent* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") out.push_back(n);
-  }
-  ::closedir(d);
-  return out;
-}
-
 inline mode_t mode_of(const std::string& path) {
   struct stat st {};
   ::stat(path.c_str(), &st);

@@ -33,19 +33,9 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::dead_identity;
+using testing::list_dir;
 
 LockOptions opts(Backend b, LockMode m = LockMode::exclusive) { return LockOptions{b, m, {}, {}}; }
-
-std::vector<std::string> list_dir(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  while (auto* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(n);
-  }
-  ::closedir(d);
-  return names;
-}
 
 // Another process's view: can it take the lock right now?
 bool other_process_can_lock(const std::string& path, Backend b) {

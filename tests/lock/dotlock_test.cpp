@@ -28,6 +28,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::dead_identity;
+using testing::list_dir;
 
 // Writes a dotlock file as a holder with `processes` would have.
 void plant_record(const std::string& path, std::vector<ProcessIdentity> processes, Backend backend = Backend::link,
@@ -51,17 +52,6 @@ void age_file(const std::string& path, std::chrono::seconds by) {
   times[0].tv_sec -= by.count();
   times[1] = times[0];
   ::utimensat(AT_FDCWD, path.c_str(), times, 0);
-}
-
-std::vector<std::string> list_dir(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  while (auto* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(n);
-  }
-  ::closedir(d);
-  return names;
 }
 
 LockOptions opts(Backend b, std::chrono::milliseconds stale_after = 0ms) {

@@ -1,5 +1,6 @@
 #include "support/testing.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -220,6 +221,18 @@ int blocked_lock_waiters_on(const std::string& path) {
     if (line.find("->") != std::string::npos && line.find(inode) != std::string::npos) ++n;
   }
   return n;
+}
+
+std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  ::closedir(d);
+  return names;
 }
 
 ProcessIdentity dead_identity() {

@@ -99,6 +99,10 @@ class TmpfsMount {
 // missing file shows as a mismatch in the test's expectation, not as an exception).
 std::string read_file(const std::string& path);
 
+// The names in directory `dir` but "." and "..", in readdir order; empty if `dir` cannot be
+// opened (so "nothing there" and "no such directory" both read as empty).
+std::vector<std::string> list_dir(const std::string& dir);
+
 // Calls `done` until it returns true, sleeping 2 ms between calls, at most 30,000 times (so at
 // least 60 s). Returns whether `done` became true. The limit only catches hangs: the caller
 // synchronises on the real state that `done` reads, never on elapsed time.
