@@ -98,16 +98,23 @@ std::string write_daemon(const testing::TempDir& dir) {
   return path;
 }
 
+// One 3-member cluster, `count` machines, the daemon, and the backend URL. Machines go first
+// (stopping their instances), then the cluster.
+struct World {
+  explicit World(size_t count) : machines(dir, count) {}
+  EtcdCluster etcd{3};
+  testing::TempDir dir;
+  std::string daemon = write_daemon(dir);
+  Machines machines;
+  std::string url = etcd.url("svc");
+};
+
 // Machines race `ensure` for one instance, round after round: every caller gets the same host's
 // instance, exactly one start happens; `status` anywhere names that host; `stop` from another
 // host signals nothing (65); `stop` on the host stops it.
 TEST(EtcdEnsure, ExactlyOneInstanceAcrossRacingMachines) {
   REQUIRE_ETCD();
-  EtcdCluster etcd(3);
-  testing::TempDir dir;
-  const std::string daemon = write_daemon(dir);
-  Machines machines(dir, 4);
-  const std::string url = etcd.url("svc");
+  World w(4);
 #ifdef HOLDFAST_SANITIZED
   const int rounds = 1;
 #else
@@ -116,40 +123,40 @@ TEST(EtcdEnsure, ExactlyOneInstanceAcrossRacingMachines) {
   for (int round = 0; round < rounds; ++round) {
     std::vector<sys::Child> racers;
     for (size_t m = 0; m < 4; ++m) {
-      racers.push_back(machines.start(
-          m, {"ensure", "inst", "--state-dir", machines.state_dir(m), "--backend", url, "--ttl", "3s", "--", daemon},
-          dir / ("out-" + std::to_string(m))));
+      racers.push_back(w.machines.start(
+          m, {"ensure", "inst", "--state-dir", w.machines.state_dir(m), "--backend", w.url, "--ttl", "3s", "--", w.daemon},
+          w.dir / ("out-" + std::to_string(m))));
     }
     std::set<std::string> answers;
     for (size_t m = 0; m < 4; ++m) {
       const int status = racers[m].wait();
       EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "machine " << m << " status " << status;
-      auto out = lines_of(dir / ("out-" + std::to_string(m)));
+      auto out = lines_of(w.dir / ("out-" + std::to_string(m)));
       ASSERT_EQ(out.size(), 1u) << "machine " << m;
       answers.insert(out[0]);
     }
     ASSERT_EQ(answers.size(), 1u) << "callers were given different instances";
-    const auto starts = wait_for_lines(dir / "starts", static_cast<size_t>(round + 1));
+    const auto starts = wait_for_lines(w.dir / "starts", static_cast<size_t>(round + 1));
     ASSERT_EQ(starts.size(), static_cast<size_t>(round + 1)) << "not exactly one start in round " << round;
     const std::string winner_host = starts.back().substr(0, starts.back().find(' '));
     EXPECT_NE(answers.begin()->find(winner_host), std::string::npos) << *answers.begin();
     size_t winner = 0;
-    while (machines.host(winner) != winner_host) ++winner;
+    while (w.machines.host(winner) != winner_host) ++winner;
     const size_t other = (winner + 1) % 4;
 
-    auto status = machines.run(other, {"status", "inst", "--backend", url});
+    auto status = w.machines.run(other, {"status", "inst", "--backend", w.url});
     EXPECT_EQ(status.exit_code, 0);
     EXPECT_NE(status.out.find(winner_host), std::string::npos) << status.out;
-    auto refused = machines.run(other, {"stop", "inst", "--state-dir", machines.state_dir(other), "--backend", url});
+    auto refused = w.machines.run(other, {"stop", "inst", "--state-dir", w.machines.state_dir(other), "--backend", w.url});
     EXPECT_EQ(refused.exit_code, 65) << refused.err;
     EXPECT_NE(refused.err.find(winner_host), std::string::npos) << refused.err;
     EXPECT_EQ(refused.err.find('\n'), refused.err.size() - 1) << "one line: " << refused.err;
     const pid_t daemon_pid = std::stoi(starts.back().substr(starts.back().find(' ') + 1));
     EXPECT_TRUE(alive(daemon_pid));
-    auto stopped = machines.run(winner, {"stop", "inst", "--state-dir", machines.state_dir(winner), "--backend", url});
+    auto stopped = w.machines.run(winner, {"stop", "inst", "--state-dir", w.machines.state_dir(winner), "--backend", w.url});
     EXPECT_EQ(stopped.exit_code, 0) << stopped.err;
     EXPECT_FALSE(alive(daemon_pid));
-    EXPECT_EQ(machines.run(other, {"status", "inst", "--backend", url}).exit_code, 3);
+    EXPECT_EQ(w.machines.run(other, {"status", "inst", "--backend", w.url}).exit_code, 3);
   }
 }
 
@@ -158,33 +165,29 @@ TEST(EtcdEnsure, ExactlyOneInstanceAcrossRacingMachines) {
 // it has expired, that machine starts its own. Never two daemons at once.
 TEST(EtcdEnsure, AnotherMachineTakesOverAfterTheSupervisorIsKilled) {
   REQUIRE_ETCD();
-  EtcdCluster etcd(3);
-  testing::TempDir dir;
-  const std::string daemon = write_daemon(dir);
-  Machines machines(dir, 2);
-  const std::string url = etcd.url("svc");
-  auto first = machines.run(0, {"ensure", "inst", "--json", "--state-dir", machines.state_dir(0), "--backend", url, "--ttl", "2s", "--", daemon});
+  World w(2);
+  auto first = w.machines.run(0, {"ensure", "inst", "--json", "--state-dir", w.machines.state_dir(0), "--backend", w.url, "--ttl", "2s", "--", w.daemon});
   ASSERT_EQ(first.exit_code, 0) << first.err;
   auto record = nlohmann::json::parse(first.out);
   ASSERT_TRUE(record.value("started", false));
   const pid_t supervisor = record.value("launcher_pid", 0);
   ASSERT_GT(supervisor, 0);
-  const auto starts = wait_for_lines(dir / "starts", 1);
+  const auto starts = wait_for_lines(w.dir / "starts", 1);
   ASSERT_EQ(starts.size(), 1u);
   const pid_t old_daemon = std::stoi(starts[0].substr(starts[0].find(' ') + 1));
   ASSERT_EQ(::kill(supervisor, SIGKILL), 0);
   const auto give_up = std::chrono::steady_clock::now() + 120s;  // a hang, not a timing
   for (;;) {
-    auto r = machines.run(1, {"ensure", "inst", "--state-dir", machines.state_dir(1), "--backend", url, "--ttl", "2s", "--", daemon});
+    auto r = w.machines.run(1, {"ensure", "inst", "--state-dir", w.machines.state_dir(1), "--backend", w.url, "--ttl", "2s", "--", w.daemon});
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    if (r.out.find(machines.host(1)) != std::string::npos) break;
-    EXPECT_NE(r.out.find(machines.host(0)), std::string::npos) << r.out;
+    if (r.out.find(w.machines.host(1)) != std::string::npos) break;
+    EXPECT_NE(r.out.find(w.machines.host(0)), std::string::npos) << r.out;
     ASSERT_LT(std::chrono::steady_clock::now(), give_up);
     std::this_thread::sleep_for(100ms);
   }
-  const auto after = wait_for_lines(dir / "starts", 2);
+  const auto after = wait_for_lines(w.dir / "starts", 2);
   ASSERT_EQ(after.size(), 2u);
-  EXPECT_EQ(after[1].substr(0, after[1].find(' ')), machines.host(1));
+  EXPECT_EQ(after[1].substr(0, after[1].find(' ')), w.machines.host(1));
   EXPECT_FALSE(alive(old_daemon)) << "the killed supervisor's daemon outlived it";
 }
 
