@@ -48,6 +48,7 @@
 #include <cstring>
 #include <mutex>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "holdfast/error.hpp"
@@ -191,11 +192,7 @@ struct ShmMapping {
   struct stat lock_st {};  // the lock file it belongs to
   Layout* map = nullptr;
   std::string hook;     // HOLDFAST_TEST_SHM_STOP_AT
-  // The grant record's invariant parts, moved into each grant and back (no allocation per grant).
-  HolderRecord spare;
-  pid_t spare_pid = 0;
-  uint64_t nonce_state = 0;
-  // The record slot's sequence number after this handle's last write, and how many processes it
+  // The record slot's sequence number after this process's last write, and how many processes it
   // wrote: if the slot still has it, nobody wrote since, and only the per-grant fields change.
   uint64_t written_seq = 0;
   size_t written_processes = 0;
@@ -206,14 +203,6 @@ struct ShmMapping {
   ShmMapping& operator=(const ShmMapping&) = delete;
   ~ShmMapping() {
     if (map != nullptr) ::munmap(map, kMapSize);
-  }
-
-  uint64_t next_nonce() noexcept {
-    // splitmix64: unique per grant within this handle, seeded from getrandom at open.
-    uint64_t z = (nonce_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
   }
 };
 
@@ -339,7 +328,6 @@ std::shared_ptr<ShmMapping> open_mapping(const Target& target, int lock_fd, cons
   // through msync on the mapping itself).
   const char* hook = std::getenv("HOLDFAST_TEST_SHM_STOP_AT");  // NOLINT(concurrency-mt-unsafe)
   if (hook != nullptr) mapping->hook = hook;
-  mapping->nonce_state = sys::random_u64();
   return mapping;
 }
 
@@ -383,28 +371,64 @@ bool acquired(sys::MutexResult r) {
   return r == sys::MutexResult::acquired || r == sys::MutexResult::acquired_owner_died;
 }
 
+// The memory of one grant object per thread, kept between grants (a thread that takes the lock in
+// a loop reuses it; the lock is held by one grant at a time per thread anyway). Freed at thread exit.
+class GrantBlock {
+ public:
+  static void* take(size_t bytes) {
+    Slot& s = slot();
+    if (s.block != nullptr && s.bytes == bytes) return std::exchange(s.block, nullptr);
+    return ::operator new(bytes);
+  }
+  static void give_back(void* p, size_t bytes) noexcept {
+    Slot& s = slot();
+    if (s.block == nullptr) {
+      s.block = p;
+      s.bytes = bytes;
+      return;
+    }
+    ::operator delete(p);
+  }
+
+ private:
+  struct Slot {
+    void* block = nullptr;
+    size_t bytes = 0;
+    Slot() = default;
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+    ~Slot() {
+      if (block != nullptr) ::operator delete(block);
+    }
+  };
+  static Slot& slot() noexcept {
+    thread_local Slot s;
+    return s;
+  }
+};
+
 // A grant of the shm lock. Destroying it releases what it took, in the thread that took it.
 class ShmGrant final : public Lock::State {
  public:
-  ShmGrant(const Target& where, LockMode how, bool fair, std::shared_ptr<OpenFiles> open_files)
-      : State(where, Backend::shm, how, HolderRecord{}), fair_(fair) {
-    files = std::move(open_files);
+  // Names files->target (no copy); its record comes from files->records and goes back there when
+  // the grant ends (~State), so a repeated grant allocates nothing for it.
+  ShmGrant(std::shared_ptr<OpenFiles> open_files, const LockOptions& options)
+      : State(std::move(open_files), Backend::shm, options.mode, HolderRecord{}),
+        mapping_(files->shm.get()),
+        fair_(options.fair) {
     files->busy = true;
-    mapping_ = files->shm.get();
   }
-  ~ShmGrant() override {
-    end();
-    // Hand the record's buffers back for the next grant.
-    if (mapping_ != nullptr && in_owner_process()) {
-      record.processes.resize(std::min<size_t>(record.processes.size(), 1));
-      mapping_->spare = std::move(record);
-    }
-  }
+  ~ShmGrant() override { end(); }
+
+  // One grant object per thread is kept for the next grant instead of going back to malloc:
+  // the uncontended grant allocates nothing.
+  static void* operator new(size_t bytes) { return GrantBlock::take(bytes); }
+  static void operator delete(void* p, size_t bytes) noexcept { GrantBlock::give_back(p, bytes); }
   ShmGrant(const ShmGrant&) = delete;
   ShmGrant& operator=(const ShmGrant&) = delete;
 
   // Takes the lock as `wait` allows; false if the wait ended first (nothing is held then).
-  bool take(const WaitSpec& wait) {
+  bool take(const WaitSpec& wait, const LockOptions& options) {
     Layout* m = mapping_->map;
     if (fair_) {
       const auto r = lock_mutex(&m->fair_gate, wait, *mapping_);
@@ -415,7 +439,7 @@ class ShmGrant final : public Lock::State {
     if (!acquired(r)) return refused(r, wait);
     holds_gate_ = true;
     stop_for_test(mapping_->hook, "shm-gate-locked");
-    return mode == LockMode::exclusive ? take_exclusive(wait) : take_shared(wait);
+    return mode == LockMode::exclusive ? take_exclusive(wait, options) : take_shared(wait, options);
   }
 
   void release() override {
@@ -437,6 +461,7 @@ class ShmGrant final : public Lock::State {
 
   void add_holder_process(const ProcessIdentity& process) override {
     record.processes.push_back(process);
+    record_cached_ = false;  // no longer the cached shape: not handed back to files->records
     write_record();
   }
 
@@ -454,7 +479,7 @@ class ShmGrant final : public Lock::State {
     return false;
   }
 
-  bool take_exclusive(const WaitSpec& wait) {
+  bool take_exclusive(const WaitSpec& wait, const LockOptions& options) {
     Layout* m = mapping_->map;
     // Holding the gate, no reader can enter; wait for the ones inside to leave.
     uint64_t bits = m->readers.load(std::memory_order_acquire);
@@ -471,13 +496,13 @@ class ShmGrant final : public Lock::State {
     if ((token & kCounterMask) == 0) token = new_epoch();
     m->last_token.store(token, std::memory_order_relaxed);
     stop_for_test(mapping_->hook, "shm-token-issued");
-    fill_record(token);
+    fill_record(token, options);
     write_record();
     stop_for_test(mapping_->hook, "shm-granted");
     return true;
   }
 
-  bool take_shared(const WaitSpec& wait) {
+  bool take_shared(const WaitSpec& wait, const LockOptions& options) {
     Layout* m = mapping_->map;
     int slot = -1;
     for (size_t i = 0; i < kReaderSlots && slot < 0; ++i) {
@@ -493,11 +518,11 @@ class ShmGrant final : public Lock::State {
     }
     reader_slot_ = slot;
     stop_for_test(mapping_->hook, "shm-reader-slot");
-    const ProcessIdentity& self = self_identity_cached();
+    fill_record(m->last_token.load(std::memory_order_acquire), options);
+    const ProcessIdentity& self = record.processes.front();
     m->reader[slot].pid.store(static_cast<uint64_t>(self.pid), std::memory_order_relaxed);
     m->reader[slot].start_time.store(self.start_time, std::memory_order_relaxed);
     m->readers.fetch_or(uint64_t{1} << slot, std::memory_order_acq_rel);
-    fill_record(m->last_token.load(std::memory_order_acquire));
     unlock_gates();
     stop_for_test(mapping_->hook, "shm-granted");
     return true;
@@ -515,24 +540,11 @@ class ShmGrant final : public Lock::State {
     return (epoch << 32) | 1;
   }
 
-  const ProcessIdentity& self_identity_cached() {
-    const pid_t me = sys::current_pid();
-    if (mapping_->spare_pid != me || mapping_->spare.processes.empty()) {
-      mapping_->spare.processes.assign(1, self_identity());
-      mapping_->spare_pid = me;
-    }
-    return mapping_->spare.processes.front();
-  }
-
-  void fill_record(uint64_t token) {
-    self_identity_cached();
-    record = std::move(mapping_->spare);
+  // The grant's record: the cached one of files->records (nonce and time fresh) with `token`.
+  void fill_record(uint64_t token, const LockOptions& options) {
+    record = files->records.take(Backend::shm, mode, options);
+    record_cached_ = true;
     record.token = token;
-    record.nonce = mapping_->next_nonce();
-    record.backend = Backend::shm;
-    record.mode = mode;
-    record.acquired_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  std::chrono::system_clock::now().time_since_epoch()).count();
   }
 
   // The fixed-size record slot, under its sequence counter. Exclusive holders only.
@@ -608,18 +620,15 @@ class ShmGrant final : public Lock::State {
       sys::robust_mutex_unlock(slot);
       reader_slot_ = -1;
     }
-    // Ownership first (an unlock attempt from another thread is itself an error to sanitizers).
-    if ((holds_gate_ && !sys::robust_mutex_held_by_caller(&m->gate)) ||
-        (holds_fair_ && !sys::robust_mutex_held_by_caller(&m->fair_gate))) {
-      return EPERM;
-    }
+    // Both gates were taken by one thread: if the first unlock finds another thread, nothing
+    // is unlocked; if it succeeds, the second is ours too.
     if (holds_gate_) {
       stop_for_test(mapping_->hook, "shm-release");
-      if (int rc = sys::robust_mutex_unlock(&m->gate); rc != 0) return rc;
+      if (int rc = sys::robust_mutex_unlock_if_owner(&m->gate); rc != 0) return rc;
       holds_gate_ = false;
     }
     if (holds_fair_) {
-      if (int rc = sys::robust_mutex_unlock(&m->fair_gate); rc != 0) return rc;
+      if (int rc = sys::robust_mutex_unlock_if_owner(&m->fair_gate); rc != 0) return rc;
       holds_fair_ = false;
     }
     return 0;
@@ -641,7 +650,7 @@ class ShmGrant final : public Lock::State {
     detached_mappings().push_back(files->shm);
   }
 
-  ShmMapping* mapping_ = nullptr;
+  ShmMapping* mapping_;
   const bool fair_;
   bool holds_fair_ = false;
   bool holds_gate_ = false;
@@ -657,11 +666,9 @@ std::unique_ptr<Lock::State> shm_acquire(const Target& target, const LockOptions
       struct stat st {};
       sys::UniqueFd lock_fd = open_lock_path(target, st);
       files->shm = open_mapping(target, lock_fd.get(), st);
-      files->shm->spare = make_record(Backend::shm, options.mode, options);
-      files->shm->spare_pid = files->shm->spare.processes.front().pid;
     }
-    auto grant = std::make_unique<ShmGrant>(target, options.mode, options.fair, files);
-    if (!grant->take(wait)) return nullptr;
+    std::unique_ptr<ShmGrant> grant(new ShmGrant(files, options));
+    if (!grant->take(wait, options)) return nullptr;
     if (!files->per_grant) return grant;
     // Per-path acquisitions: the lock counts only if the path still names the file whose lock
     // this is (it may have been replaced while we waited).

@@ -45,6 +45,9 @@ void init_process_cache() {
 }
 
 void ensure_process_cache() noexcept {
+  // Set means initialised, in this process (a forked child's is 0 until refreshed): the common
+  // case is one load, not std::call_once's bookkeeping.
+  if (g_process.pid.load(std::memory_order_acquire) != 0) return;
   std::call_once(g_process_once, init_process_cache);
   if (g_process.pid.load(std::memory_order_acquire) == 0) refresh_process_cache();  // a forked child
 }

@@ -73,6 +73,13 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
 
 int robust_mutex_unlock(pthread_mutex_t* m) noexcept { return ::pthread_mutex_unlock(m); }
 
+int robust_mutex_unlock_if_owner(pthread_mutex_t* m) noexcept {
+#ifdef HOLDFAST_TSAN
+  if (!robust_mutex_held_by_caller(m)) return EPERM;
+#endif
+  return ::pthread_mutex_unlock(m);
+}
+
 bool robust_mutex_held_by_caller(pthread_mutex_t* m) noexcept {
   const MutexLock r = robust_mutex_lock(m, true, nullptr);
   if (r.result == MutexResult::acquired || r.result == MutexResult::acquired_owner_died) {

@@ -53,6 +53,12 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
 // Unlocks `m`; 0 or an errno value (EPERM: this thread does not own it).
 int robust_mutex_unlock(pthread_mutex_t* m) noexcept;
 
+// Unlocks `m` if the calling thread owns it; EPERM, and nothing changes, if it does not. glibc's
+// robust, error-checking and PI mutexes check the owner themselves (a user-space compare, no
+// system call); under ThreadSanitizer, which reports an unlock by a non-owner, the ownership is
+// checked first with robust_mutex_held_by_caller.
+int robust_mutex_unlock_if_owner(pthread_mutex_t* m) noexcept;
+
 // True if the calling thread owns `m`: the owner's trylock of an error-checking mutex says
 // EDEADLK, a userspace check (no system call). A free mutex the check takes is let go again.
 // Lets a caller refuse an unlock from the wrong thread before changing anything.
