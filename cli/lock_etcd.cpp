@@ -238,6 +238,9 @@ int lock_etcd(const LockInvocation& inv, const std::string& prog) {
     std::string_view entry(*e);
     if (entry.starts_with("HOLDFAST_TOKEN=") || entry.starts_with("HOLDFAST_LOCK=") || entry.starts_with("ETCD_LOCK_KEY=")) continue;
     if (entry.starts_with("HOLDFAST_ETCD_NOTIFY_READY=") || (report_ready && entry.starts_with("NOTIFY_SOCKET="))) continue;
+    // The credential was for holdfast's own requests; the command (a daemon, under ensure) must
+    // not inherit it.
+    if (entry.starts_with("HOLDFAST_ETCD_PASSWORD=")) continue;
     request.env.emplace_back(entry);
   }
   request.env.push_back("HOLDFAST_TOKEN=" + std::to_string(lock->token()));

@@ -227,6 +227,13 @@ TEST(EtcdCli, AuthFailureAndPrefixWithoutPermissionExit77) {
                         77, "authentication failed");
   expect_one_line_error(testing::holdfast({"lock", "--backend", base + "forbidden", "--user", "alice:alicepw", "n", "true"}),
                         77, "permission denied");
+  // The password from the environment authenticates holdfast and is not handed on to the command
+  // (`ensure --backend etcd` passes it to its lock process this way; the daemon must not see it).
+  auto from_env = testing::run({"env", "HOLDFAST_ETCD_PASSWORD=alicepw", testing::holdfast_path(), "lock", "--backend",
+                                base + "allowed", "--user", "alice", "n", "sh", "-c",
+                                "test -z \"${HOLDFAST_ETCD_PASSWORD+set}\" || echo leaked"});
+  EXPECT_EQ(from_env.exit_code, 0) << from_env.err;
+  EXPECT_EQ(from_env.out, "");
 }
 
 // Certificates made by the test with openssl: a CA, a server certificate for 127.0.0.1, and
