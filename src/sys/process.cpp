@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <linux/close_range.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -230,6 +231,33 @@ std::vector<pid_t> processes_locking(const struct stat& st, pid_t except) {
   ::closedir(dir);
   std::sort(out.begin(), out.end());
   return out;
+}
+
+int set_time_slice(uint64_t slice_ns) noexcept {
+  // struct sched_attr (sched_setattr(2)); glibc 2.36 declares no wrapper.
+  struct {
+    uint32_t size;
+    uint32_t sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime;
+    uint64_t sched_deadline;
+    uint64_t sched_period;
+  } attr{};
+  attr.size = sizeof attr;
+  attr.sched_policy = SCHED_OTHER;
+  errno = 0;
+  const int nice = ::getpriority(PRIO_PROCESS, 0);
+  if (errno != 0) return -errno;
+  // SCHED_FLAG_RESET_ON_FORK: children start with the default slice. It would also reset a
+  // negative nice value in children, which they must inherit: then nothing is changed.
+  if (nice < 0) return -EPERM;
+  attr.sched_flags = 0x01;  // SCHED_FLAG_RESET_ON_FORK
+  attr.sched_nice = nice;
+  attr.sched_runtime = slice_ns;
+  if (::syscall(SYS_sched_setattr, 0, &attr, 0) != 0) return -errno;
+  return 0;
 }
 
 }  // namespace holdfast::sys

@@ -61,4 +61,12 @@ int fd_lock_state(pid_t pid, int fd, const struct stat& st);
 // scanning /proc (as lslocks does). Processes this user cannot inspect are skipped.
 std::vector<pid_t> processes_locking(const struct stat& st, pid_t except = 0);
 
+// Asks the scheduler for a time slice of `slice_ns` for the calling thread (sched_setattr with
+// SCHED_OTHER and sched_runtime: EEVDF's custom slice, Linux 6.12+, unprivileged). A short slice
+// gives a thread that sleeps and then runs briefly an earlier deadline when it wakes. 0 or -errno
+// (-EINVAL on kernels without custom slices). The nice value is kept. Children forked afterwards
+// start with the default slice (SCHED_RESET_ON_FORK); since that flag would also reset a negative
+// nice value in children, a thread with one is left unchanged (-EPERM).
+int set_time_slice(uint64_t slice_ns) noexcept;
+
 }  // namespace holdfast::sys
