@@ -143,6 +143,26 @@ TEST(WriteRecord, JournalFailureAfterCommitIsNotAFailedWrite) {
 
 // ---- D5: the deadline holds on a hung filesystem ----
 
+// A faultfs that stops answering on stop() and answers again (RAII) before it is unmounted.
+class Paused {
+ public:
+  explicit Paused(const FaultFs& fs) : pid_(fs.pid()) {}
+  Paused(const Paused&) = delete;
+  Paused& operator=(const Paused&) = delete;
+  ~Paused() { ::kill(pid_, SIGCONT); }
+  // kill() only queues the stop. Until every faultfs thread has stopped, one of them can still
+  // dequeue a wait's FUSE request; a request the server has taken can only end with an answer, so
+  // the wait's abandoned thread (and with it the process's exit) would then block until the
+  // resume: the hang seen under heavy load. So this returns once faultfs has stopped.
+  bool stop() const {
+    int status = 0;
+    return ::kill(pid_, SIGSTOP) == 0 && ::waitpid(pid_, &status, WUNTRACED) == pid_ && WIFSTOPPED(status);
+  }
+
+ private:
+  pid_t pid_;
+};
+
 TEST(WaitDeadline, HungFilesystemTimesOut) {
 #ifdef HOLDFAST_SANITIZED
   // LeakSanitizer's exit-time check must stop every thread, and the abandoned reader is blocked
@@ -154,19 +174,8 @@ TEST(WaitDeadline, HungFilesystemTimesOut) {
   TempDir dir;
   spit(dir / "src", "hello2\n");
   spit(fs / "code.py", "hello\n");
-  // The filesystem stops answering; resumed (RAII) before it is unmounted.
-  struct Resume {
-    pid_t pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
-  } resume{fs.pid()};
-  ASSERT_EQ(::kill(fs.pid(), SIGSTOP), 0);
-  // kill() only queues the stop. Until every faultfs thread has stopped, one of them can still
-  // dequeue the wait's first FUSE request; a request the server has taken can only end with an
-  // answer, so the wait's abandoned thread (and with it the process's exit) would then block until
-  // the Resume below, which runs only after run() returns: the hang seen under heavy load.
-  int stop_status = 0;
-  ASSERT_EQ(::waitpid(fs.pid(), &stop_status, WUNTRACED), fs.pid());
-  ASSERT_TRUE(WIFSTOPPED(stop_status));
+  Paused paused(fs);
+  ASSERT_TRUE(paused.stop());
   auto r = run({cli_path(), "wait", "--like", dir / "src", "--timeout", "2s", "--json", fs / "code.py"}, "", 60s);
   EXPECT_EQ(r.exit_code, exit_code::conflict) << r.err;
   EXPECT_NE(r.err.find("did not answer before the deadline"), std::string::npos) << r.err;
@@ -187,10 +196,7 @@ TEST(WaitDeadline, ACheckThatDoesNotAnswerKeepsWhatEarlierChecksSaw) {
   const std::string data = pattern(100000, 13);
   spit(dir / "src", data);
   spit(fs / "half", data.substr(0, 50000));
-  struct Resume {
-    pid_t pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
-  } resume{fs.pid()};
+  Paused paused(fs);
   WaitOptions options;
   options.timeout = 2s;          // ends the wait; nothing below depends on how long checks take
   options.interval = 20ms;
@@ -199,9 +205,7 @@ TEST(WaitDeadline, ACheckThatDoesNotAnswerKeepsWhatEarlierChecksSaw) {
   options.on_check = [&](const Observation&, std::chrono::milliseconds) {
     if (stopped) return;
     stopped = true;
-    ASSERT_EQ(::kill(fs.pid(), SIGSTOP), 0);
-    int status = 0;  // every faultfs thread has stopped (see HungFilesystemTimesOut)
-    ASSERT_EQ(::waitpid(fs.pid(), &status, WUNTRACED), fs.pid());
+    ASSERT_TRUE(paused.stop());
   };
   auto r = wait_for_content(fs / "half", expected_from_file(dir / "src", {DigestAlg::xxh128}), options);
   ASSERT_TRUE(stopped);
