@@ -222,14 +222,27 @@ py::tuple stop(const std::string& name, const std::string& state_dir, int signal
   return py::make_tuple(rc, result.was_running != 0, result.pid, result.killed != 0);
 }
 
-void write_file(const std::string& path, const py::bytes& data, bool sync, int mode) {
+// fence: None for a plain write, else the fencing token (hf_write_fenced, HOLDFAST_C_1.1).
+void write_file(const std::string& path, const py::bytes& data, bool sync, int mode, std::optional<uint64_t> fence) {
   std::string bytes = data;  // a copy: the GIL is released while writing
   int rc = 0;
   {
     py::gil_scoped_release unlocked;
-    rc = hf_write(path.c_str(), bytes.data(), bytes.size(), sync ? 1 : 0, mode);
+    rc = fence ? hf_write_fenced(path.c_str(), bytes.data(), bytes.size(), sync ? 1 : 0, mode, *fence)
+               : hf_write(path.c_str(), bytes.data(), bytes.size(), sync ? 1 : 0, mode);
   }
   if (rc != HF_OK) raise_last_error();
+}
+
+uint64_t accepted_fence(const std::string& path) {
+  uint64_t token = 0;
+  int rc = 0;
+  {
+    py::gil_scoped_release unlocked;
+    rc = hf_accepted_fence(path.c_str(), &token);
+  }
+  if (rc != HF_OK) raise_last_error();
+  return token;
 }
 
 // Called by the wait after every check, without the GIL.
@@ -312,7 +325,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("status", &status, py::arg("name"), py::arg("state_dir"));
   m.def("stop", &stop, py::arg("name"), py::arg("state_dir"), py::arg("signal"), py::arg("timeout_ms"),
         py::arg("kill_after_ms"));
-  m.def("write", &write_file, py::arg("path"), py::arg("data"), py::arg("sync"), py::arg("mode"));
+  m.def("write", &write_file, py::arg("path"), py::arg("data"), py::arg("sync"), py::arg("mode"),
+        py::arg("fence") = py::none());
+  m.def("accepted_fence", &accepted_fence, py::arg("path"));
   m.def("wait_like", &wait_like, py::arg("path"), py::arg("like"), py::arg("timeout_ms"), py::arg("interval_ms"),
         py::arg("via"));
   m.def("digest_file", &digest_file, py::arg("path"), py::arg("alg"));

@@ -11,7 +11,8 @@
  *   - Handles are opaque. Strings returned through `char**` out-params are NUL-terminated, owned by
  *     the caller and released with hf_free().
  *   - Timeouts are milliseconds: < 0 waits forever, 0 tries once, > 0 waits at most that long.
- *   - Symbols carry the version node HOLDFAST_C_1; a change that breaks a caller bumps the soname.
+ *   - Symbols carry the version node HOLDFAST_C_1 (functions added later: HOLDFAST_C_1.1, noted at
+ *     each); a change that breaks a caller bumps the soname.
  */
 #ifndef HOLDFAST_HOLDFAST_H
 #define HOLDFAST_HOLDFAST_H
@@ -23,7 +24,7 @@
 extern "C" {
 #endif
 
-#define HOLDFAST_C_API_VERSION 1
+#define HOLDFAST_C_API_VERSION 2 /* 2: HOLDFAST_C_1.1 (fenced writes) */
 
 /* ---- status codes and errors ---- */
 
@@ -147,6 +148,20 @@ int hf_stop(const char* name, const char* state_dir, int signal, int64_t timeout
 /* Atomically replaces `path` with `data` (fsync'd unless sync == 0). mode < 0: 0666 & ~umask for a
  * new file; an existing file always keeps its mode. */
 int hf_write(const char* path, const void* data, size_t size, int sync, int mode);
+
+/* hf_error_exit_code() after a fenced write was refused: `holdfast write --fence` exits with it. */
+#define HF_EXIT_FENCED 79
+
+/* Since HOLDFAST_C_1.1 (API version 2). As hf_write, fenced with `token` (the grant's
+ * hf_lock_token(), like `holdfast write --fence TOKEN`): replaces `path` only if `token` is >= the
+ * highest token `path` has accepted, and records it. Otherwise `path` is untouched and this returns
+ * HF_ERROR with hf_error_exit_code() == HF_EXIT_FENCED and a message naming the path and both
+ * tokens: a newer lock holder already wrote it, so a paused ex-holder cannot overwrite its work.
+ * Fenced writers of one path (C, Python, the command) serialise on one record (docs/DURABLE.md,
+ * "Fenced writes"). */
+int hf_write_fenced(const char* path, const void* data, size_t size, int sync, int mode, uint64_t token);
+/* Since HOLDFAST_C_1.1. The highest fencing token `path` has accepted into *token (0 if none). */
+int hf_accepted_fence(const char* path, uint64_t* token);
 
 /* Called after every check of a wait; return non-zero to abandon the wait (hf_wait_like then
  * returns HF_ERROR with errno EINTR). */

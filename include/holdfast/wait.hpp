@@ -96,7 +96,8 @@ struct WaitResult {
   std::chrono::milliseconds elapsed{0};
   unsigned checks = 0;
   bool used_inotify = false;
-  bool hung = false;  // the last local observation did not return before the deadline
+  bool hung = false;  // the last local observation did not return before the deadline; `last` is
+                      // then the latest check that did return (its `differs` says so), if any
 };
 
 // `path` as the reader names it under `map` (see WaitOptions::via_map); unchanged if no prefix

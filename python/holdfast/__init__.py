@@ -8,11 +8,12 @@
 Built on holdfast's C API (holdfast.h); see docs/PYTHON.md.
 """
 
-from ._durable import digest, wait_like, write
+from ._durable import accepted_fence, digest, wait_like, write
 from ._ensure import Instance, Status, StopResult, ensure, status, stop
 from ._errors import (
     CorruptRecord,
     Error,
+    Fenced,
     NotFound,
     OSFailure,
     PermissionDenied,
@@ -40,8 +41,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcquireReturnProxy", "AsyncAcquireReturnProxy", "AsyncFileLock", "AsyncSoftFileLock", "BaseFileLock",
-    "CorruptRecord", "Error", "FileLock", "HolderInfo", "Instance", "NotFound", "OSFailure", "PermissionDenied",
+    "CorruptRecord", "Error", "Fenced", "FileLock", "HolderInfo", "Instance", "NotFound", "OSFailure", "PermissionDenied",
     "ReadyTimeout", "SoftFileLock", "StartFailure", "Status", "StopResult", "Timeout", "UnixFileLock",
     "Unavailable", "UsageError", "WaitTimeout", "digest", "ensure", "holder", "status", "stop", "wait_like",
-    "write",
+    "write", "accepted_fence",
 ]

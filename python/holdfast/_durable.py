@@ -7,16 +7,40 @@ import os
 from typing import Optional
 
 from . import _native
-from ._errors import WaitTimeout
+from ._errors import Fenced, WaitTimeout
 
 
-def write(path: str | os.PathLike[str], data: bytes | str, *, sync: bool = True, mode: Optional[int] = None) -> None:
+def write(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    sync: bool = True,
+    mode: Optional[int] = None,
+    fence: Optional[int] = None,
+) -> None:
     """Atomically replaces ``path`` with ``data``: readers and crashes see all old or all new
     content; with ``sync`` (default) the new content is on stable storage when this returns. An
-    existing file keeps its mode, owner, ACLs and xattrs; ``mode`` applies to a new file only."""
+    existing file keeps its mode, owner, ACLs and xattrs; ``mode`` applies to a new file only.
+
+    ``fence``: a fencing token (``FileLock.token`` of the grant this write is made under), as
+    ``holdfast write --fence``: the write happens only if it is >= the highest token ``path`` has
+    accepted, else raises ``Fenced`` with ``path`` untouched, so a paused ex-holder cannot
+    overwrite what a newer holder wrote. Fenced writers from Python, C and the command serialise
+    on the same per-path record (docs/DURABLE.md, "Fenced writes")."""
     if isinstance(data, str):
         data = data.encode()
-    _native.write(os.fspath(path), bytes(data), sync, -1 if mode is None else int(mode))
+    if fence is not None and (isinstance(fence, bool) or not isinstance(fence, int) or not 0 <= fence < 2**64):
+        raise TypeError(f"fence must be a token from 0 to 2**64-1, not {fence!r}")
+    try:
+        _native.write(os.fspath(path), bytes(data), sync, -1 if mode is None else int(mode), fence)
+    except Fenced as refused:
+        refused.token = fence if fence is not None else 0
+        raise
+
+
+def accepted_fence(path: str | os.PathLike[str]) -> int:
+    """The highest fencing token ``path`` has accepted from a fenced write (0 if none)."""
+    return _native.accepted_fence(os.fspath(path))
 
 
 def wait_like(

@@ -90,6 +90,14 @@ class StartFailure(Error):
         self.log_tail = log_tail
 
 
+class Fenced(Error):
+    """write(fence=TOKEN): TOKEN is lower than the highest fencing token the path has accepted —
+    a newer lock holder already wrote it; the target is untouched (exit code 79, as
+    ``holdfast write --fence``). ``token`` is the refused token."""
+
+    token: int = 0
+
+
 def _from_native(message: str, path: str, err: int, exit_code: int, exit_status: int, log_tail: str) -> Error:
     """The exception for an error reported by the C API (called by holdfast._native)."""
     if exit_status >= 0 or log_tail or exit_code in (126, 127):
@@ -106,6 +114,8 @@ def _from_native(message: str, path: str, err: int, exit_code: int, exit_status:
         return OSFailure(message, path, err, exit_code)
     if err != 0:
         return OSFailure(message, path, err, exit_code)
+    if exit_code == 79:
+        return Fenced(message, path, err, exit_code)
     if exit_code == 64:
         return UsageError(message, path, err, exit_code)
     if exit_code == 65:

@@ -391,13 +391,34 @@ int hf_stop(const char* name, const char* state_dir, int signal, int64_t timeout
 
 // ---- durable hand-off ----
 
-int hf_write(const char* path, const void* data, size_t size, int sync, int mode) {
+namespace {
+int write_with(const char* path, const void* data, size_t size, int sync, int mode,
+               std::optional<uint64_t> fence) {
   return guarded([&] {
     if (path == nullptr || (data == nullptr && size > 0)) usage_error("path and data are required");
     holdfast::WriteOptions options;
     options.sync = sync != 0;
     if (mode >= 0) options.mode = static_cast<mode_t>(mode);
+    options.fence = fence;
     holdfast::atomic_write(path, std::string_view(static_cast<const char*>(data), size), options);
+    return HF_OK;
+  });
+}
+}  // namespace
+
+int hf_write(const char* path, const void* data, size_t size, int sync, int mode) {
+  return write_with(path, data, size, sync, mode, std::nullopt);
+}
+
+int hf_write_fenced(const char* path, const void* data, size_t size, int sync, int mode, uint64_t token) {
+  static_assert(HF_EXIT_FENCED == holdfast::exit_code::fenced);
+  return write_with(path, data, size, sync, mode, token);
+}
+
+int hf_accepted_fence(const char* path, uint64_t* token) {
+  return guarded([&] {
+    if (path == nullptr || token == nullptr) usage_error("path and token are required");
+    *token = holdfast::accepted_fence(path);
     return HF_OK;
   });
 }

@@ -420,7 +420,14 @@ WaitResult wait_local(const std::string& path, const Expected& expected, const W
     result.elapsed = since(start);
     if (!obs) {
       result.hung = true;
-      result.last = hung_observation();
+      // A check that did answer saw real state: that stays the answer, with a note that the last
+      // one did not. Otherwise one slow final check (a loaded machine: it runs past the deadline
+      // plus kCheckGrace) would replace "size 50000/100000" by "the filesystem did not answer".
+      if (result.checks > 1) {
+        result.last.differs += "; the last check did not answer before the deadline (a hung mount, or a very slow read)";
+      } else {
+        result.last = hung_observation();
+      }
       return result;
     }
     result.last = std::move(*obs);

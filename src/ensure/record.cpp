@@ -7,6 +7,9 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <type_traits>
+#include <utility>
+#include <variant>
 
 #include "ensure/internal.hpp"
 #include "holdfast/ensure.hpp"
@@ -100,56 +103,205 @@ std::string InstanceRecord::to_json() const {
   return j.dump();
 }
 
-std::optional<InstanceRecord> InstanceRecord::parse(std::string_view text) {
-  try {
-    auto j = nlohmann::json::parse(text);
-    InstanceRecord r;
-    r.name = j.at("name").get<std::string>();
-    r.process.pid = j.at("pid").get<pid_t>();
-    r.process.start_time = j.at("start_time").get<uint64_t>();
-    r.process.boot_id = j.at("boot_id").get<std::string>();
-    r.process.host = j.at("host").get<std::string>();
-    r.command = j.at("command").get<std::vector<std::string>>();
-    auto state = j.at("state").get<std::string>();
-    if (state == "starting") r.state = RecordState::starting;
-    else if (state == "ready") r.state = RecordState::ready;
-    else if (state == "failed") r.state = RecordState::failed;
-    else if (state == "stopped") r.state = RecordState::stopped;
-    else return std::nullopt;
-    r.ready_mode = j.at("ready_mode").get<std::string>();
-    r.status = j.value("status", "");
-    r.attempt = j.at("attempt").get<uint64_t>();
-    r.spawned_unix_ns = j.value("spawned_unix_ns", int64_t{0});
-    r.ready_unix_ns = j.value("ready_unix_ns", int64_t{0});
-    r.attempt_started_boot_ns = j.value("attempt_started_boot_ns", int64_t{0});
-    r.attempt_ended_boot_ns = j.value("attempt_ended_boot_ns", int64_t{0});
-    r.launcher_pid = j.value("launcher_pid", pid_t{0});
-    r.launcher_start_time = j.value("launcher_start_time", uint64_t{0});
-    r.launcher_lock_fd = j.value("launcher_lock_fd", -1);
-    r.forked = j.value("forked", false);
-    r.failure = j.value("failure", "");
-    r.failure_kind = parse_failure_kind(j.value("failure_kind", ""));
-    r.exit_status = j.value("exit_status", -1);
-    r.log_path = j.value("log", "");
-    if (j.contains("supervise") && j["supervise"].is_object()) {
-      const auto& v = j["supervise"];
-      SupervisionRecord sv;
-      sv.state = v.value("state", "");
-      sv.restart = v.value("restart", "");
-      sv.starts = v.value("starts", uint64_t{0});
-      sv.restarts = v.value("restarts", uint64_t{0});
-      sv.last_exit = v.value("last_exit", "");
-      sv.last_exit_status = v.value("last_exit_status", -1);
-      sv.next_attempt_unix_ns = v.value("next_attempt_unix_ns", int64_t{0});
-      sv.decision = v.value("decision", "");
-      sv.adopted = v.value("adopted", false);
-      sv.keep = v.value("keep", false);
-      r.supervision = sv;
+namespace {
+
+// Builds an InstanceRecord straight from nlohmann's SAX events, without the DOM: every client
+// that wakes at readiness parses the record once, and building (then reading back) a tree of ~35
+// nodes with their key strings was most of that (callgrind). Same contract as reading it through
+// the DOM with at()/value(): the required fields must be present, a field of the wrong type
+// makes the record invalid, unknown fields (and whatever they contain) are ignored, and of a key
+// given twice the last one counts. Numbers must be integers that fit their field.
+class RecordReader final : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  explicit RecordReader(InstanceRecord& record) : r_(record) {}
+
+  // After a successful sax_parse: all required fields were seen (state and failure_kind are
+  // left in state_text / failure_kind_text for the caller to convert).
+  bool complete() const { return (seen_ & kRequired) == kRequired; }
+  std::string state_text;
+  std::string failure_kind_text;
+
+  bool null() override { return scalar(nullptr); }
+  bool boolean(bool v) override { return scalar(v); }
+  bool number_integer(number_integer_t v) override { return scalar(v); }
+  bool number_unsigned(number_unsigned_t v) override { return scalar(v); }
+  bool number_float(number_float_t v, const string_t& /*text*/) override { return scalar(v); }
+  bool string(string_t& v) override { return scalar(std::move(v)); }
+  bool binary(binary_t& /*v*/) override { return false; }  // never produced by the text parser
+
+  bool start_object(std::size_t /*size*/) override {
+    if (skipping()) return ++depth_, true;
+    if (depth_ == 0) return depth_ = 1, true;
+    const Pending pending = std::exchange(pending_, Pending::none);
+    if (pending == Pending::supervise && depth_ == 1) {
+      r_.supervision.emplace();
+      in_supervise_ = true;
+      return ++depth_, true;
     }
-    return r;
+    if (pending != Pending::none || !std::holds_alternative<std::monostate>(target_)) return false;
+    skip_from_ = ++depth_;  // an unknown field's object: ignored, with all it contains
+    return true;
+  }
+  bool end_object() override { return leave(); }
+  bool start_array(std::size_t /*size*/) override {
+    if (skipping()) return ++depth_, true;
+    if (depth_ == 0) return false;  // a record is an object
+    const Pending pending = std::exchange(pending_, Pending::none);
+    if (pending == Pending::command) {
+      r_.command.clear();
+      in_command_ = true;
+      return ++depth_, true;
+    }
+    if (in_command_ || !std::holds_alternative<std::monostate>(target_)) return false;
+    skip_from_ = ++depth_;
+    return true;
+  }
+  bool end_array() override { return leave(); }
+
+  bool key(string_t& k) override {
+    if (skipping()) return true;
+    target_ = std::monostate{};
+    pending_ = Pending::none;
+    if (depth_ == 1) top_level_key(k);
+    if (depth_ == 2 && in_supervise_) supervise_key(k);
+    return true;
+  }
+
+  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/,
+                   const nlohmann::detail::exception& /*ex*/) override {
+    return false;
+  }
+
+ private:
+  using Target = std::variant<std::monostate, std::string*, uint64_t*, int64_t*, int*, bool*>;
+  enum class Pending { none, command, supervise };
+  // name, pid, start_time, boot_id, host, command, state, ready_mode, attempt
+  static constexpr unsigned kRequired = (1U << 9) - 1;
+
+  bool skipping() const { return skip_from_ != 0; }
+
+  bool leave() {
+    if (skip_from_ == depth_) skip_from_ = 0;
+    if (!skipping() && depth_ == 2) in_supervise_ = in_command_ = false;
+    --depth_;
+    return true;
+  }
+
+  void top_level_key(const std::string& k) {
+    auto field = [&](Target t, int required_bit = -1) {
+      target_ = t;
+      if (required_bit >= 0) seen_ |= 1U << required_bit;
+    };
+    auto& p = r_.process;
+    if (k == "name") field(&r_.name, 0);
+    else if (k == "pid") field(&p.pid, 1);
+    else if (k == "start_time") field(&p.start_time, 2);
+    else if (k == "boot_id") field(&p.boot_id, 3);
+    else if (k == "host") field(&p.host, 4);
+    else if (k == "command") pending_ = Pending::command, seen_ |= 1U << 5;
+    else if (k == "state") field(&state_text, 6);
+    else if (k == "ready_mode") field(&r_.ready_mode, 7);
+    else if (k == "attempt") field(&r_.attempt, 8);
+    else if (k == "status") field(&r_.status);
+    else if (k == "spawned_unix_ns") field(&r_.spawned_unix_ns);
+    else if (k == "ready_unix_ns") field(&r_.ready_unix_ns);
+    else if (k == "attempt_started_boot_ns") field(&r_.attempt_started_boot_ns);
+    else if (k == "attempt_ended_boot_ns") field(&r_.attempt_ended_boot_ns);
+    else if (k == "launcher_pid") field(&r_.launcher_pid);
+    else if (k == "launcher_start_time") field(&r_.launcher_start_time);
+    else if (k == "launcher_lock_fd") field(&r_.launcher_lock_fd);
+    else if (k == "forked") field(&r_.forked);
+    else if (k == "failure") field(&r_.failure);
+    else if (k == "failure_kind") field(&failure_kind_text);
+    else if (k == "exit_status") field(&r_.exit_status);
+    else if (k == "log") field(&r_.log_path);
+    else if (k == "supervise") pending_ = Pending::supervise;  // used only if it is an object
+  }
+
+  void supervise_key(const std::string& k) {
+    auto& v = *r_.supervision;
+    if (k == "state") target_ = &v.state;
+    else if (k == "restart") target_ = &v.restart;
+    else if (k == "starts") target_ = &v.starts;
+    else if (k == "restarts") target_ = &v.restarts;
+    else if (k == "last_exit") target_ = &v.last_exit;
+    else if (k == "last_exit_status") target_ = &v.last_exit_status;
+    else if (k == "next_attempt_unix_ns") target_ = &v.next_attempt_unix_ns;
+    else if (k == "decision") target_ = &v.decision;
+    else if (k == "adopted") target_ = &v.adopted;
+    else if (k == "keep") target_ = &v.keep;
+  }
+
+  template <typename Value>
+  bool scalar(Value v) {
+    if (skipping()) return true;
+    if (in_command_) {
+      if constexpr (std::is_same_v<Value, std::string>) {
+        r_.command.push_back(std::move(v));
+        return true;
+      } else {
+        return false;  // command is an array of strings
+      }
+    }
+    if (depth_ == 0) return false;  // a record is an object
+    const Pending pending = std::exchange(pending_, Pending::none);
+    if (pending == Pending::command) return false;  // not an array
+    return std::visit(
+        [&](auto field) {
+          if constexpr (std::is_same_v<decltype(field), std::monostate>) {
+            return true;  // an unknown field (or a "supervise" that is no object): ignored
+          } else {
+            return assign(field, std::move(v));
+          }
+        },
+        std::exchange(target_, std::monostate{}));
+  }
+
+  template <typename Field, typename Value>
+  static bool assign(Field* field, Value v) {
+    if constexpr (std::is_same_v<Field, std::string> || std::is_same_v<Field, bool>) {
+      if constexpr (std::is_same_v<Field, Value>) {
+        *field = std::move(v);
+        return true;
+      }
+      return false;
+    } else if constexpr (std::is_integral_v<Value> && !std::is_same_v<Value, bool>) {
+      if (!std::in_range<Field>(v)) return false;
+      *field = static_cast<Field>(v);
+      return true;
+    } else {
+      return false;
+    }
+  }
+
+  InstanceRecord& r_;
+  Target target_;
+  Pending pending_ = Pending::none;
+  unsigned seen_ = 0;
+  int depth_ = 0;
+  int skip_from_ = 0;  // non-zero: inside an ignored container opened at this depth
+  bool in_command_ = false;
+  bool in_supervise_ = false;
+};
+
+}  // namespace
+
+std::optional<InstanceRecord> InstanceRecord::parse(std::string_view text) {
+  InstanceRecord r;
+  RecordReader reader(r);
+  try {
+    if (!nlohmann::json::sax_parse(text, &reader) || !reader.complete()) return std::nullopt;
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;
   }
+  const auto& state = reader.state_text;
+  if (state == "starting") r.state = RecordState::starting;
+  else if (state == "ready") r.state = RecordState::ready;
+  else if (state == "failed") r.state = RecordState::failed;
+  else if (state == "stopped") r.state = RecordState::stopped;
+  else return std::nullopt;
+  r.failure_kind = parse_failure_kind(reader.failure_kind_text);
+  return r;
 }
 
 }  // namespace holdfast

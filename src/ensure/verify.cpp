@@ -1,6 +1,7 @@
 // verify_instance: the one check ensure, status and stop apply before trusting a record.
 #include <csignal>
 #include <cstring>
+#include <mutex>
 
 #include "ensure/internal.hpp"
 #include "sys/file.hpp"
@@ -9,6 +10,38 @@
 namespace holdfast::ensure_detail {
 
 int control_signal() noexcept { return SIGRTMIN + 7; }
+
+namespace {
+
+// is_descendant(main, supervisor), remembered for the last pair this process proved. Exact, not a
+// cache that can go stale: the supervisor is a child subreaper, so a process below it stays below
+// it for as long as it lives (orphans are reparented to it), and the caller re-verifies both
+// identities (pid + start time, same boot) on every call. It saves walking the parent chain
+// through /proc on every warm ensure (16% of a warm call's instructions, callgrind).
+bool descends_from_supervisor(const InstanceRecord& record) {
+  struct Pair {
+    pid_t main = 0;
+    uint64_t main_start = 0;
+    pid_t supervisor = 0;
+    uint64_t supervisor_start = 0;
+    std::string boot_id;
+    bool operator==(const Pair&) const = default;
+  };
+  static std::mutex mutex;
+  static Pair proven;
+  Pair pair{record.process.pid, record.process.start_time, record.launcher_pid, record.launcher_start_time,
+            record.process.boot_id};
+  {
+    std::lock_guard lock(mutex);
+    if (proven == pair) return true;
+  }
+  if (!is_descendant(record.process.pid, record.launcher_pid)) return false;
+  std::lock_guard lock(mutex);
+  proven = std::move(pair);
+  return true;
+}
+
+}  // namespace
 
 Verification verify_instance(const Paths& paths, const InstanceRecord& record) {
   auto refuted = [](std::string why) { return Verification{Verdict::refuted, std::move(why)}; };
@@ -38,7 +71,7 @@ Verification verify_instance(const Paths& paths, const InstanceRecord& record) {
     // An adopted main process (holdfast supervise) was verified by pid, start time and boot when
     // it was adopted and is watched through a pidfd: it descends from an earlier supervisor.
     const bool adopted = record.supervision && record.supervision->adopted;
-    if (!adopted && !is_descendant(record.process.pid, record.launcher_pid)) {
+    if (!adopted && !descends_from_supervisor(record)) {
       return refuted(main + " is not a process of the instance (not a descendant of its " + sup + ")");
     }
   }

@@ -8,7 +8,10 @@
 #include <atomic>
 #include <cstdint>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -195,6 +198,50 @@ TEST(CApi, EnsureStatusStop) {
   EXPECT_EQ(hf_ensure("fails", failing, "fd:5", 30000, state.c_str(), &first, nullptr), HF_ERROR);
   EXPECT_EQ(hf_error_exit_status(), 3);
   EXPECT_NE(std::strstr(hf_error_log_tail(), "broken"), nullptr);
+}
+
+}  // namespace
+
+namespace {
+
+std::string contents(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// HOLDFAST_C_1.1: a fenced write refused with the command's exit code 79 (HF_EXIT_FENCED) and a
+// message naming the path and both tokens; the target keeps the newer holder's content.
+TEST(CApi, FencedWriteRefusesAnOlderTokenAfterANewerWrite) {
+  TempDir dir;
+  const char* old_state = std::getenv("HOLDFAST_STATE_DIR");
+  const std::string saved = old_state != nullptr ? old_state : "";
+  ::setenv("HOLDFAST_STATE_DIR", (dir / "state").c_str(), 1);
+  const std::string f = dir / "data";
+  uint64_t accepted = 99;
+  ASSERT_EQ(hf_accepted_fence(f.c_str(), &accepted), HF_OK) << hf_error_message();
+  EXPECT_EQ(accepted, 0U);
+  ASSERT_EQ(hf_write_fenced(f.c_str(), "five", 4, 0, -1, 5), HF_OK) << hf_error_message();
+  ASSERT_EQ(hf_write_fenced(f.c_str(), "three", 5, 0, -1, 3), HF_ERROR);
+  EXPECT_EQ(hf_error_exit_code(), HF_EXIT_FENCED);
+  EXPECT_EQ(hf_error_exit_code(), 79);
+  EXPECT_STREQ(hf_error_path(), f.c_str());
+  const std::string message = hf_error_message();
+  EXPECT_NE(message.find(f), std::string::npos) << message;
+  EXPECT_NE(message.find("fencing token 3 is lower than 5"), std::string::npos) << message;
+  EXPECT_EQ(contents(f), "five");
+  ASSERT_EQ(hf_write_fenced(f.c_str(), "five again", 10, 0, -1, 5), HF_OK) << hf_error_message();
+  ASSERT_EQ(hf_write_fenced(f.c_str(), "seven", 5, 1, -1, 7), HF_OK) << hf_error_message();
+  ASSERT_EQ(hf_accepted_fence(f.c_str(), &accepted), HF_OK) << hf_error_message();
+  EXPECT_EQ(accepted, 7U);
+  EXPECT_EQ(contents(f), "seven");
+  // A NULL path is a usage error, not a crash.
+  EXPECT_EQ(hf_write_fenced(nullptr, "x", 1, 0, -1, 9), HF_ERROR);
+  EXPECT_EQ(hf_error_exit_code(), 64);
+  if (old_state != nullptr) {
+    ::setenv("HOLDFAST_STATE_DIR", saved.c_str(), 1);
+  } else {
+    ::unsetenv("HOLDFAST_STATE_DIR");
+  }
 }
 
 }  // namespace

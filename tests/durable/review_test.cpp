@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -142,34 +143,80 @@ TEST(WriteRecord, JournalFailureAfterCommitIsNotAFailedWrite) {
 
 // ---- D5: the deadline holds on a hung filesystem ----
 
-TEST(WaitDeadline, HungFilesystemTimesOut) {
+// Why a test that pauses faultfs cannot run here ("" if it can). LeakSanitizer's exit-time check
+// must stop every thread, and an abandoned reader blocked in the stopped FUSE filesystem cannot
+// be stopped: a sanitized binary hangs at exit.
+std::string pausing_unavailable() {
 #ifdef HOLDFAST_SANITIZED
-  // LeakSanitizer's exit-time check must stop every thread, and the abandoned reader is blocked
-  // in the stopped FUSE filesystem where it cannot be stopped: the sanitized binary hangs at exit.
-  GTEST_SKIP() << "not meaningful under LeakSanitizer (it cannot stop a thread blocked in a stopped FUSE mount)";
+  return "not meaningful under LeakSanitizer (it cannot stop a thread blocked in a stopped FUSE mount)";
+#else
+  return FaultFs::unavailable_reason();
 #endif
-  if (auto why = FaultFs::unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+}
+
+// A faultfs that stops answering on stop() and answers again (RAII) before it is unmounted.
+class Paused {
+ public:
+  explicit Paused(const FaultFs& fs) : pid_(fs.pid()) {}
+  Paused(const Paused&) = delete;
+  Paused& operator=(const Paused&) = delete;
+  ~Paused() { ::kill(pid_, SIGCONT); }
+  // kill() only queues the stop. Until every faultfs thread has stopped, one of them can still
+  // dequeue a wait's FUSE request; a request the server has taken can only end with an answer, so
+  // the wait's abandoned thread (and with it the process's exit) would then block until the
+  // resume: the hang seen under heavy load. So this returns once faultfs has stopped.
+  bool stop() const {
+    int status = 0;
+    return ::kill(pid_, SIGSTOP) == 0 && ::waitpid(pid_, &status, WUNTRACED) == pid_ && WIFSTOPPED(status);
+  }
+
+ private:
+  pid_t pid_;
+};
+
+TEST(WaitDeadline, HungFilesystemTimesOut) {
+  if (auto why = pausing_unavailable(); !why.empty()) GTEST_SKIP() << why;
   FaultFs fs;
   TempDir dir;
   spit(dir / "src", "hello2\n");
   spit(fs / "code.py", "hello\n");
-  // The filesystem stops answering; resumed (RAII) before it is unmounted.
-  struct Resume {
-    pid_t pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
-  } resume{fs.pid()};
-  ASSERT_EQ(::kill(fs.pid(), SIGSTOP), 0);
-  // kill() only queues the stop. Until every faultfs thread has stopped, one of them can still
-  // dequeue the wait's first FUSE request; a request the server has taken can only end with an
-  // answer, so the wait's abandoned thread (and with it the process's exit) would then block until
-  // the Resume below, which runs only after run() returns: the hang seen under heavy load.
-  int stop_status = 0;
-  ASSERT_EQ(::waitpid(fs.pid(), &stop_status, WUNTRACED), fs.pid());
-  ASSERT_TRUE(WIFSTOPPED(stop_status));
+  Paused paused(fs);
+  ASSERT_TRUE(paused.stop());
   auto r = run({cli_path(), "wait", "--like", dir / "src", "--timeout", "2s", "--json", fs / "code.py"}, "", 60s);
   EXPECT_EQ(r.exit_code, exit_code::conflict) << r.err;
   EXPECT_NE(r.err.find("did not answer before the deadline"), std::string::npos) << r.err;
   EXPECT_TRUE(nlohmann::json::parse(r.out)["hung"].get<bool>());
+}
+
+// The flake `WaitFs.KilledWriterTimesOutSayingWhatDiffers` (once, under load): a check that ran
+// past the deadline plus its grace turned the answer into "the filesystem did not answer" although
+// the checks before it had seen the real difference. Made deterministic on state, not time: the
+// filesystem stops answering right after the first check has answered.
+TEST(WaitDeadline, ACheckThatDoesNotAnswerKeepsWhatEarlierChecksSaw) {
+  if (auto why = pausing_unavailable(); !why.empty()) GTEST_SKIP() << why;
+  FaultFs fs;
+  TempDir dir;
+  const std::string data = pattern(100000, 13);
+  spit(dir / "src", data);
+  spit(fs / "half", data.substr(0, 50000));
+  Paused paused(fs);
+  WaitOptions options;
+  options.timeout = 2s;          // ends the wait; nothing below depends on how long checks take
+  options.interval = 20ms;
+  options.use_inotify = false;   // the watch's own path lookups would hang first
+  bool stopped = false;
+  options.on_check = [&](const Observation&, std::chrono::milliseconds) {
+    if (stopped) return;
+    stopped = true;
+    ASSERT_TRUE(paused.stop());
+  };
+  auto r = wait_for_content(fs / "half", expected_from_file(dir / "src", {DigestAlg::xxh128}), options);
+  ASSERT_TRUE(stopped);
+  EXPECT_FALSE(r.matched);
+  EXPECT_TRUE(r.hung);
+  EXPECT_GE(r.checks, 2U);
+  EXPECT_NE(r.last.differs.find("size 50000/100000"), std::string::npos) << r.last.differs;
+  EXPECT_NE(r.last.differs.find("the last check did not answer"), std::string::npos) << r.last.differs;
 }
 
 // ---- D3: --via ends when the command exits; its descendants are killed ----

@@ -72,6 +72,15 @@ int main(int argc, char** argv) {
   hf_free(digest);
   CHECK(hf_digest_file("/nonexistent-file", NULL, &digest, NULL) == HF_ERROR && hf_error_errno() == ENOENT);
 
+  /* fenced write (HOLDFAST_C_1.1; consumer.sh points HOLDFAST_STATE_DIR into DIR): an older token
+   * is refused with the command's exit code, the newer content stays */
+  uint64_t accepted = 1;
+  CHECK(hf_write_fenced(other, "newer", 5, 1, -1, 8) == HF_OK);
+  CHECK(hf_write_fenced(other, "older", 5, 1, -1, 7) == HF_ERROR && hf_error_exit_code() == HF_EXIT_FENCED);
+  CHECK(strstr(hf_error_message(), other) != NULL);
+  CHECK(hf_accepted_fence(other, &accepted) == HF_OK && accepted == 8);
+  CHECK(hf_write(other, "hello", 5, 1, -1) == HF_OK);
+
   /* wait: the file already looks like itself */
   char* difference = NULL;
   CHECK(hf_wait_like(other, other, 5000, 0, NULL, NULL, NULL, &difference) == HF_OK);

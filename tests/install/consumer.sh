@@ -39,11 +39,21 @@ libs=$(env "$pc" pkg-config --define-prefix --libs holdfast-c)
 here=$(cd "$(dirname "$0")" && pwd)
 gcc -std=c11 -Wall -Wextra -Werror -pedantic $cflags "$here/capi_consumer.c" -o "$work/capi_consumer" $libs
 mkdir -p "$work/capi"
-LD_LIBRARY_PATH="$work/prefix/lib" "$work/capi_consumer" "$work/capi"
-# Every exported symbol carries the ABI's version node; nothing else (no C++ symbol) is exported.
+HOLDFAST_STATE_DIR="$work/capi/state" LD_LIBRARY_PATH="$work/prefix/lib" "$work/capi_consumer" "$work/capi"
+# Every exported symbol carries one of the ABI's version nodes (HOLDFAST_C_1, or HOLDFAST_C_1.1 for
+# what API version 2 added); nothing else (no C++ symbol) is exported. The 1.1 functions are in 1.1
+# and nowhere else, so a program using them fails to load on a 1.0 library instead of misbehaving.
 exported=$(nm -D --defined-only "$work/prefix/lib/libholdfast_c.so.1" | awk '$2 == "T" {print $3}')
-if echo "$exported" | grep -v '@@HOLDFAST_C_1$' | grep -q .; then
-  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -v '@@HOLDFAST_C_1$'; exit 1
+if echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.1)?$' | grep -q .; then
+  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.1)?$'; exit 1
+fi
+for sym in hf_write_fenced hf_accepted_fence; do
+  if [ "$(echo "$exported" | grep "^$sym@")" != "$sym@@HOLDFAST_C_1.1" ]; then
+    echo "$sym is not exported as $sym@@HOLDFAST_C_1.1:"; echo "$exported" | grep "^$sym@" || true; exit 1
+  fi
+done
+if [ "$(echo "$exported" | grep -c '@@HOLDFAST_C_1.1$')" -ne 2 ]; then
+  echo "HOLDFAST_C_1.1 holds more than the fenced-write functions:"; echo "$exported" | grep '@@HOLDFAST_C_1.1$'; exit 1
 fi
 echo "installed package: C API consumer builds with pkg-config and runs"
 
