@@ -401,15 +401,21 @@ TEST_F(SuperviseTest, ReadinessIsAwaitedForEachStartAndAStartNeverReadyIsRetried
                                      starts_, gate};
   supervise(name, {"--ready", "fd:3", "--ready-timeout", "inf", "--backoff", "10ms..1s"}, cmd);
   ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() == 1; }));
+  // The child can append its start before the supervisor records the attempt: wait for the
+  // record, which must then say starting (not ready) while the gate is closed.
+  auto supervision_state = [&] {
+    auto st = status(name);
+    return st.record && st.record->supervision ? st.record->supervision->state : std::string();
+  };
+  ASSERT_TRUE(eventually([&] { return supervision_state() == "starting"; })) << supervision_state();
   auto s = status(name);
   EXPECT_EQ(s.state, InstanceState::running) << s.reason;
-  EXPECT_EQ(s.record->supervision->state, "starting");
   { std::ofstream(gate) << "x"; }
   auto first = wait_ready(name);
   ::unlink(gate.c_str());
   ::kill(first.process.pid, SIGKILL);
   ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() == 2; }));
-  EXPECT_EQ(status(name).record->supervision->state, "starting");
+  ASSERT_TRUE(eventually([&] { return supervision_state() == "starting"; })) << supervision_state();
   { std::ofstream(gate) << "x"; }
   wait_ready(name, [&](const InstanceRecord& r) { return r.process.pid != first.process.pid; });
 
