@@ -85,12 +85,25 @@ std::vector<TreeMember> descendants_of(pid_t root) {
 }
 
 bool is_descendant(pid_t pid, pid_t root) {
+  StatFields f;
+  if (!read_stat(pid, f) || f.zombie) return false;
   // A chain is short; bound it anyway against a table changing under us.
-  for (int depth = 0; depth < 4096 && pid > 1; ++depth) {
-    StatFields f;
-    if (!read_stat(pid, f) || f.zombie) return false;
+  for (int depth = 0; depth < 4096; ++depth) {
     if (f.ppid == root) return true;
+    if (f.ppid <= 1) return false;
+    StatFields parent;
+    if (!read_stat(f.ppid, parent) || parent.zombie) {
+      // The parent exited between the two reads. The kernel reparents a process's children
+      // (to the nearest subreaper, e.g. root) before the process becomes a zombie, so a fresh
+      // read of `pid` names its new parent. Without this, stop's TERM skipped a daemon's worker
+      // whenever the daemon died of the same TERM just before the worker's check.
+      StatFields again;
+      if (!read_stat(pid, again) || again.zombie || again.ppid == f.ppid) return false;
+      f = again;
+      continue;
+    }
     pid = f.ppid;
+    f = parent;
   }
   return false;
 }
