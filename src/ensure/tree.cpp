@@ -92,15 +92,24 @@ bool is_descendant(pid_t pid, pid_t root) {
     if (f.ppid == root) return true;
     if (f.ppid <= 1) return false;
     StatFields parent;
-    if (!read_stat(f.ppid, parent) || parent.zombie) {
-      // The parent exited between the two reads. The kernel reparents a process's children
-      // (to the nearest subreaper, e.g. root) before the process becomes a zombie, so a fresh
-      // read of `pid` names its new parent. Without this, stop's TERM skipped a daemon's worker
-      // whenever the daemon died of the same TERM just before the worker's check.
+    const bool parent_read = read_stat(f.ppid, parent);
+    if (!parent_read || parent.zombie) {
+      // The parent is exiting or gone. The kernel reparents a process's children (to another
+      // live thread of the parent's thread group, else to the nearest subreaper, e.g. root)
+      // before the parent's last thread becomes a zombie, so a fresh read of `pid` names its
+      // parent now. Without this, stop's TERM skipped a daemon's worker whenever the daemon died
+      // of the same TERM just before the worker's check.
       StatFields again;
-      if (!read_stat(pid, again) || again.zombie || again.ppid == f.ppid) return false;
-      f = again;
-      continue;
+      if (!read_stat(pid, again) || again.zombie) return false;
+      if (again.ppid != f.ppid) {
+        f = again;
+        continue;
+      }
+      // Same parent pid: a zombie thread-group leader whose other threads still run (one of
+      // them is `pid`'s parent; /proc shows the group's pid). The zombie's own parent link is
+      // still the group's: walk through it, as descendants_of does. Seen under TSan, whose
+      // runtime gives every forked child a second thread.
+      if (!parent_read) return false;
     }
     pid = f.ppid;
     f = parent;

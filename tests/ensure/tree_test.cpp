@@ -1,5 +1,7 @@
 // The instance's process tree as stop sees it (src/ensure/tree.cpp).
+#include <pthread.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,6 +60,64 @@ TEST(EnsureTree, AWorkerStaysADescendantWhileItsParentExits) {
     return 0;
   });
   EXPECT_EQ(holdfast::testing::wait_child(root), 0) << "a live worker was judged outside the tree while its parent exited";
+}
+
+// A multi-threaded daemon whose main thread exits first: /proc shows the group's leader as a
+// zombie while another thread runs on, and the worker, reparented to that thread, still names
+// the group's pid as its parent. The check used to answer "not a descendant" for the whole time
+// the group lived on (found when the test above failed under TSan, whose runtime gives every
+// forked child a second thread). Deterministic: the leader leaves with a thread-only exit.
+TEST(EnsureTree, AWorkerOfAZombieLeaderWithLiveThreadsStaysADescendant) {
+  pid_t root = holdfast::testing::fork_child([] {
+    if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return 2;
+    int ids[2];
+    int go[2];
+    if (::pipe(ids) != 0 || ::pipe(go) != 0) return 3;
+    pid_t daemon = ::fork();
+    if (daemon < 0) return 3;
+    if (daemon == 0) {
+      ::close(go[1]);
+      pid_t worker = ::fork();
+      if (worker == 0) {
+        for (;;) ::pause();
+      }
+      // The thread that outlives the leader: it ends the group when the test says so.
+      pthread_t keeper;
+      static int go_read;
+      go_read = go[0];
+      if (::pthread_create(
+              &keeper, nullptr,
+              [](void*) -> void* {
+                char b;
+                (void)::read(go_read, &b, 1);
+                ::_exit(0);
+              },
+              nullptr) != 0)
+        ::_exit(4);
+      if (::write(ids[1], &worker, sizeof worker) != static_cast<ssize_t>(sizeof worker)) ::_exit(4);
+      ::syscall(SYS_exit, 0);  // this thread only: the leader becomes a zombie, the group lives
+    }
+    ::close(go[0]);
+    pid_t worker = 0;
+    if (::read(ids[0], &worker, sizeof worker) != static_cast<ssize_t>(sizeof worker)) return 3;
+    // Wait until /proc shows the leader as a zombie.
+    bool leader_zombie = false;
+    for (int i = 0; i < 5000 && !leader_zombie; ++i) {
+      auto stat = holdfast::testing::read_file("/proc/" + std::to_string(daemon) + "/stat");
+      auto close = stat.rfind(')');
+      leader_zombie = close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z';
+      if (!leader_zombie) ::usleep(1000);
+    }
+    if (!leader_zombie) return 5;
+    const bool seen = is_descendant(worker, ::getpid());
+    ::close(go[1]);
+    ::kill(worker, SIGKILL);
+    while (::waitpid(-1, nullptr, 0) > 0) {
+    }
+    return seen ? 0 : 1;
+  });
+  EXPECT_EQ(holdfast::testing::wait_child(root), 0)
+      << "1: a live worker was judged outside the tree while its parent's group lived on; 5: the leader never showed as a zombie";
 }
 
 }  // namespace
