@@ -321,6 +321,7 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
     // what is left of the lease's validity, and it must reach a live member within it.
     const size_t untried = options_.endpoints.size() - tried % options_.endpoints.size();
     const auto attempt = std::min(left, std::max(kMinAttempt, left / static_cast<long>(untried)));
+    const auto attempt_sent = Clock::now();
     Attempt a = perform(url_of(path), payload, std::max(attempt, milliseconds(1)), nullptr, nullptr);
     if (a.curl != CURLE_OK) {
       if (tls_failure(a.curl)) throw EtcdError(EtcdError::Kind::tls, endpoint(), "TLS", a.curl_error);
@@ -332,7 +333,10 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
     }
     only_empty_replies = false;
     nlohmann::json answer = nlohmann::json::parse(a.body, nullptr, false);
-    if (a.status == 200 && answer.is_object()) return answer;
+    if (a.status == 200 && answer.is_object()) {
+      answered_attempt_sent_ = attempt_sent;
+      return answer;
+    }
     if (!answer.is_object()) {
       // A plain-HTTP request to a TLS port gets "Client sent an HTTP request to an HTTPS server".
       std::string text = a.body.substr(0, a.body.find('\n'));

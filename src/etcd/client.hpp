@@ -62,6 +62,11 @@ class Client {
              const std::function<bool()>& stop, std::chrono::steady_clock::time_point deadline);
 
   const EtcdOptions& options() const noexcept { return options_; }
+  // When the attempt that produced the last answer `call` returned was sent. A request that
+  // failed over answers late, but etcd received the answered attempt after this moment, never
+  // before: a lease granted or renewed by it lives at least its TTL from here. (The call's own
+  // start is earlier by all the time spent on members that did not answer.)
+  std::chrono::steady_clock::time_point answered_attempt_sent() const noexcept { return answered_attempt_sent_; }
   // The endpoint the last request went to ("host:port").
   const std::string& endpoint() const noexcept { return options_.endpoints[current_]; }
 
@@ -77,6 +82,7 @@ class Client {
   std::unique_ptr<Curl> curl_;
   size_t current_ = 0;
   std::string auth_token_;
+  std::chrono::steady_clock::time_point answered_attempt_sent_{};
 };
 
 }  // namespace holdfast::etcd

@@ -93,8 +93,12 @@ class Session {
   Session(EtcdOptions options, etcd::Client& client) : options_(std::move(options)) {
     lost_event_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!lost_event_) throw Error(errno, "", "cannot create an eventfd");
-    const auto sent = Clock::now();
     json answer = client.call("/v3/lease/grant", {{"TTL", std::to_string(options_.ttl.count())}});
+    // The lease was created after the attempt that answered was sent, not when the call began:
+    // a grant that failed over past a member without a leader (an election) or a frozen one may
+    // have spent most of a TTL there, and counting that time would leave the lease all but
+    // expired on our clock while etcd has just granted it.
+    const auto sent = client.answered_attempt_sent();
     lease_ = etcd::int_field(answer, "ID");
     const int64_t ttl = etcd::int_field(answer, "TTL");
     if (lease_ == 0 || ttl <= 0) {
@@ -190,9 +194,12 @@ class Session {
           mark_lost(fmt::format("lease {:x} expired (etcd answered the renewal without a TTL)", lease_));
           return;
         }
+        // etcd restarted the TTL when the attempt that answered reached it (after failing over,
+        // that is later than `sent`).
+        const auto renewed_from = client->answered_attempt_sent();
         std::lock_guard lk(m_);
-        last_sent_ = sent;
-        valid_until_ = std::max(valid_until_, sent + std::chrono::seconds(ttl) - margin_);
+        last_sent_ = renewed_from;
+        valid_until_ = std::max(valid_until_, renewed_from + std::chrono::seconds(ttl) - margin_);
         retrying = false;
         failure.clear();
       } catch (const std::exception& e) {

@@ -234,15 +234,46 @@ TEST(EtcdLock, KeepaliveFailsOverPastAFrozenMemberInTime) {
   etcd.cont_member(frozen);
 }
 
+// A lease grant that fails over: the first member does not answer (frozen here; during an
+// election a member without a leader holds a grant the same way) for longer than the lease's whole
+// validity. The lease was created when the answering member received the grant, so it is fresh,
+// and the lock must not be declared lost for the time spent before. (Counting from the call's
+// start instead declared a waiter's healthy lease lost "not renewed in time (no answer)" right
+// after the leader kill in ContentionSurvivesLeaderKillAndAFrozenMember.)
+TEST(EtcdLock, AGrantThatFailedOverPastASilentMemberIsNotCountedAsLost) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(3);
+  auto leader = etcd.leader();
+  ASSERT_TRUE(leader);
+  const size_t frozen = (*leader + 1) % 3;
+  auto o = etcd.options("t");
+  std::rotate(o.endpoints.begin(), o.endpoints.begin() + static_cast<long>(frozen), o.endpoints.end());
+  o.ttl = 10s;
+  o.request_timeout = 30s;  // its first attempt (a third: 10 s) outlasts the lease's validity (8 s)
+  etcd.stop_member(frozen);
+  auto lock = EtcdLock::acquire(o, "n", "", false, std::nullopt);
+  ASSERT_TRUE(lock);
+  const auto first_valid_until = lock->valid_until();
+  // Synchronise on the lease's state: renewed (validity moved on) or lost. The limit catches a hang.
+  const auto give_up = std::chrono::steady_clock::now() + 120s;
+  while (!lock->lost() && lock->valid_until() == first_valid_until && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_FALSE(lock->lost()) << lock->lost_reason();
+  EXPECT_GT(lock->valid_until(), first_valid_until);
+  etcd.cont_member(frozen);
+}
+
 // The same contention while the cluster misbehaves: the leader is SIGKILLed (then restarted),
 // then a member is SIGSTOPped (then resumed). Still no overlap, no refused token, and every
 // worker finishes (failover to the live members; a frozen member cannot hold a waiter forever).
 TEST(EtcdLock, ContentionSurvivesLeaderKillAndAFrozenMember) {
   REQUIRE_ETCD();
-  // Still seen once in a full `make test` after the keepalive failover fix: a waiter declared its
-  // lease lost ("not renewed in time") around the leader's kill. Fail-closed, but not the liveness
-  // this test demands; soak-only until understood (docs/ETCD.md, "Known limits").
-  if (std::getenv("HOLDFAST_SOAK") == nullptr) GTEST_SKIP() << "soak only (HOLDFAST_SOAK=1): a waiter's lease can lapse during the election";
+  // The waiter's lease lapse it once showed is fixed (AGrantThatFailedOverPastASilentMemberIsNotCountedAsLost).
+  // Still soak-only: under a load average of ~9 on 2 cores a worker's request (grant, txn) found no
+  // member answering within its whole 10 s budget (3 x 3.3 s timeouts) and exited "unreachable"
+  // (docs/ETCD.md, "Known limits").
+  if (std::getenv("HOLDFAST_SOAK") == nullptr) GTEST_SKIP() << "soak only (HOLDFAST_SOAK=1): under heavy load a request can find no member answering for 10 s";
   EtcdCluster etcd(3);
   // request timeout 10 s: an election under load can take seconds
   Contention run(etcd, "faults", 10s, [](const ContentionCounters& c, int) { return c.stop.load() == 0; });
