@@ -308,8 +308,10 @@ TEST_F(SuperviseTest, RestartsAfterSigkillAndRecordsWhy) {
 TEST_F(SuperviseTest, BackoffSequenceGrowsThenResetsAfterAHealthyRun) {
   const auto name = use("backoff");
   const std::string hold = tmp_ / "hold";
-  auto& sup = supervise(name, {"--backoff", "40ms..320ms", "--burst", "1000/1s", "--healthy-after", "200ms"},
-                        daemon("crash", {"HF_HOLD_FILE=" + hold, "HF_HOLD_MS=300"}));
+  // A crashing run must stay shorter than --healthy-after even when starting the (sanitized)
+  // daemon takes a few hundred ms on a loaded machine, or the backoff resets too early.
+  auto& sup = supervise(name, {"--backoff", "40ms..320ms", "--burst", "1000/1s", "--healthy-after", "1500ms"},
+                        daemon("crash", {"HF_HOLD_FILE=" + hold, "HF_HOLD_MS=2000"}));
   ASSERT_TRUE(eventually([&] { return starts_in(starts_).size() >= 6; }));
   { std::ofstream(hold) << "x"; }
   const std::string log_path = state_ + "/" + name + ".log";
