@@ -410,10 +410,10 @@ class GrantBlock {
 // A grant of the shm lock. Destroying it releases what it took, in the thread that took it.
 class ShmGrant final : public Lock::State {
  public:
-  // Names files->target (no copy); its record comes from files->records and goes back there when
-  // the grant ends (~State), so a repeated grant allocates nothing for it.
-  ShmGrant(std::shared_ptr<OpenFiles> open_files, const LockOptions& options)
-      : State(std::move(open_files), Backend::shm, options.mode, HolderRecord{}),
+  // Names files->target (no copy); its record is lent by files->records and the loan ends when
+  // the grant is destroyed (~State), so a repeated grant copies and allocates nothing for it.
+  ShmGrant(const std::shared_ptr<OpenFiles>& open_files, const LockOptions& options)
+      : State(open_files, Backend::shm, options.mode, open_files->records.lend(Backend::shm, options.mode, options)),
         mapping_(files->shm.get()),
         fair_(options.fair) {
     files->busy = true;
@@ -540,11 +540,16 @@ class ShmGrant final : public Lock::State {
     return (epoch << 32) | 1;
   }
 
-  // The grant's record: the cached one of files->records (nonce and time fresh) with `token`.
+  // The grant's record, with `token` and the time of the grant: the LockFile's own record, lent
+  // to this grant (no copy, no move), or a copy of it while a Lock from an earlier grant is still
+  // alive (its record() must stay its own).
   void fill_record(uint64_t token, const LockOptions& options) {
-    record = files->records.take(Backend::shm, mode, options);
-    record_cached_ = true;
+    if (!record_lent_) {
+      record = files->records.take(Backend::shm, mode, options);
+      record_cached_ = true;
+    }
     record.token = token;
+    record.acquired_unix_ns = unix_ns_now();
   }
 
   // The fixed-size record slot, under its sequence counter. Exclusive holders only.
@@ -554,7 +559,7 @@ class ShmGrant final : public Lock::State {
     const uint64_t seq = r.seq.load(std::memory_order_relaxed);
     const size_t n = std::min(record.processes.size(), kRecordProcesses);
     const bool rewrite_all = seq != mapping_->written_seq || n != mapping_->written_processes ||
-                             mapping_->written_pid != sys::current_pid();
+                             mapping_->written_pid != record.processes.front().pid;
     r.seq.store(seq | 1, std::memory_order_relaxed);  // odd: being written (even if a writer died mid-way)
     std::atomic_thread_fence(std::memory_order_release);
     r.token.store(record.token, std::memory_order_relaxed);
@@ -596,7 +601,7 @@ class ShmGrant final : public Lock::State {
     r.seq.store((seq | 1) + 1, std::memory_order_release);
     mapping_->written_seq = (seq | 1) + 1;
     mapping_->written_processes = n;
-    mapping_->written_pid = sys::current_pid();
+    mapping_->written_pid = record.processes.front().pid;
   }
 
   void unlock_gates() noexcept {
