@@ -118,8 +118,12 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t
 
 // Test hook: HOLDFAST_TEST_SHM_STOP_AT=<point> makes the process stop itself (SIGSTOP) at that
 // point of an acquire or release, so a test can SIGKILL it exactly there. Read once per mapping.
-void stop_for_test(const std::string& hook, std::string_view point) {
-  if (!hook.empty() && hook == point) ::raise(SIGSTOP);
+// Out of line: a grant passes six points, and without the hook each costs one test.
+[[gnu::noinline, gnu::cold]] void stop_at(const std::string& hook, std::string_view point) {
+  if (hook == point) ::raise(SIGSTOP);
+}
+inline void stop_for_test(const std::string& hook, std::string_view point) {
+  if (!hook.empty()) [[unlikely]] stop_at(hook, point);
 }
 
 uint64_t unix_seconds() {
@@ -339,32 +343,43 @@ std::vector<std::shared_ptr<ShmMapping>>& detached_mappings() {
   return *kept;
 }
 
-// Locks `m` as `wait` allows. Returns the outcome (acquired, acquired_owner_died, busy, timed_out,
-// self_deadlock); throws for a broken mutex.
-sys::MutexResult lock_mutex(pthread_mutex_t* m, const WaitSpec& wait, const ShmMapping& mapping) {
+// What a lock of `m` came back with: a recovery is counted; a broken mutex throws.
+[[gnu::noinline]] sys::MutexResult judge_outcome(const sys::MutexLock& r, const ShmMapping& mapping) {
+  if (r.result == sys::MutexResult::acquired_owner_died) {
+    mapping.map->recoveries.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (r.result == sys::MutexResult::not_recoverable) {
+    throw Error(mapping.file, "shm lock is not recoverable",
+                "a program unlocked it without recovering it; remove the file only when no process uses the lock",
+                exit_code::data);
+  }
+  if (r.result == sys::MutexResult::error) throw Error(r.err, mapping.file, "cannot take shm lock");
+  return r.result;
+}
+
+// lock_mutex for a wait that may end (try only, or a deadline).
+[[gnu::noinline]] sys::MutexResult lock_mutex_bounded(pthread_mutex_t* m, const WaitSpec& wait,
+                                                      const ShmMapping& mapping) {
   for (;;) {
     sys::MutexLock r{};
     if (wait.kind == WaitSpec::none) {
       r = sys::robust_mutex_lock(m, true, nullptr);
-    } else if (wait.kind == WaitSpec::forever) {
-      r = sys::robust_mutex_lock(m, false, nullptr);
     } else {
       const timespec when = realtime_deadline(wait.deadline);
       r = sys::robust_mutex_lock(m, false, &when);
       // The wall clock may have been stepped: the steady deadline is the one that counts.
       if (r.result == sys::MutexResult::timed_out && !wait.expired()) continue;
     }
-    if (r.result == sys::MutexResult::acquired_owner_died) {
-      mapping.map->recoveries.fetch_add(1, std::memory_order_relaxed);
-    }
-    if (r.result == sys::MutexResult::not_recoverable) {
-      throw Error(mapping.file, "shm lock is not recoverable",
-                  "a program unlocked it without recovering it; remove the file only when no process uses the lock",
-                  exit_code::data);
-    }
-    if (r.result == sys::MutexResult::error) throw Error(r.err, mapping.file, "cannot take shm lock");
-    return r.result;
+    return judge_outcome(r, mapping);
   }
+}
+
+// Locks `m` as `wait` allows. Returns the outcome (acquired, acquired_owner_died, busy, timed_out,
+// self_deadlock); throws for a broken mutex. The common case (wait forever, granted) is inline.
+inline sys::MutexResult lock_mutex(pthread_mutex_t* m, const WaitSpec& wait, const ShmMapping& mapping) {
+  if (wait.kind != WaitSpec::forever) return lock_mutex_bounded(m, wait, mapping);
+  const sys::MutexLock r = sys::robust_mutex_lock(m, false, nullptr);
+  return r.result == sys::MutexResult::acquired ? r.result : judge_outcome(r, mapping);
 }
 
 bool acquired(sys::MutexResult r) {
