@@ -116,16 +116,7 @@ int write_record(int fd, const HolderRecord& record, off_t& file_size) {
 }
 
 void RecordCache::claim() noexcept {
-  const pid_t self = sys::current_pid();
-  for (pid_t seen = 0;; seen = 0) {
-    if (claimed_by_.compare_exchange_weak(seen, self, std::memory_order_acquire, std::memory_order_relaxed)) return;
-    // Another process's claim is a fork leftover: its claimer is not in this process.
-    if (seen != 0 && seen != self &&
-        claimed_by_.compare_exchange_strong(seen, self, std::memory_order_acquire, std::memory_order_relaxed)) {
-      return;
-    }
-    if (seen == self) std::this_thread::yield();  // another thread of ours, for the length of a move
-  }
+  while (claimed_.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
 }
 
 HolderRecord RecordCache::take(Backend backend, LockMode mode, const LockOptions& options) {

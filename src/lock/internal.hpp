@@ -109,12 +109,12 @@ class RecordCache {
  private:
   std::atomic<bool> on_loan_{false};
   HolderRecord lent_;  // lend()'s record, owned by the borrower while on_loan_
-  // Claims pid_, tail_ and spare_ for the calling thread: the pid of the claiming process, 0
-  // when free. A claim left by another process (a fork taken while a thread of the parent held
-  // it) is taken over: that thread does not exist in this process.
+  // Claims pid_, tail_ and spare_ for the calling thread, which holds the claim for one move or
+  // one formatting of the tail (another thread waits, yielding). Like the mutex it replaces, a
+  // claim held by another thread when the process forks is never released in the child.
   void claim() noexcept;
-  void unclaim() noexcept { claimed_by_.store(0, std::memory_order_release); }
-  std::atomic<pid_t> claimed_by_{0};
+  void unclaim() noexcept { claimed_.store(false, std::memory_order_release); }
+  std::atomic<bool> claimed_{false};
   pid_t pid_ = 0;
   std::string tail_;  // append_record_tail of the cached record (written only by take())
   std::optional<HolderRecord> spare_;
