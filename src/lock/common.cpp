@@ -58,12 +58,12 @@ Heartbeat::~Heartbeat() {
   thread_.join();
 }
 
-namespace {
-
 int64_t unix_ns_now() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+namespace {
 
 // Pads `text` (one record line) with spaces before its newline to at least `file_size` bytes,
 // writes it at offset 0 of `fd` and updates `file_size`. Returns 0 or -errno.
@@ -115,35 +115,61 @@ int write_record(int fd, const HolderRecord& record, off_t& file_size) {
   return write_padded(fd, text, file_size);
 }
 
+void RecordCache::claim() noexcept {
+  while (claimed_.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+}
+
 HolderRecord RecordCache::take(Backend backend, LockMode mode, const LockOptions& options) {
   const pid_t self = sys::current_pid();
-  {
-    std::lock_guard lk(mu_);
-    if (pid_ == self && spare_) {
-      HolderRecord r = std::move(*spare_);
-      spare_.reset();
-      r.token = 0;
-      r.nonce = sys::unique_u64();
-      r.acquired_unix_ns = unix_ns_now();
-      return r;
-    }
+  claim();
+  if (pid_ == self && spare_) {
+    HolderRecord r = std::move(*spare_);
+    spare_.reset();
+    unclaim();
+    r.token = 0;
+    r.nonce = sys::unique_u64();
+    r.acquired_unix_ns = unix_ns_now();
+    return r;
   }
+  unclaim();
   HolderRecord r = make_record(backend, mode, options);
-  std::lock_guard lk(mu_);
+  claim();
   if (pid_ != self || !spare_) {
     // The tail is read only by the grant holding r (one grant at a time per LockFile).
     tail_.clear();
     append_record_tail(tail_, r);
     pid_ = self;
   }
+  unclaim();
   return r;
+}
+
+HolderRecord* RecordCache::lend(Backend backend, LockMode mode, const LockOptions& options) {
+  if (on_loan_.exchange(true, std::memory_order_acquire)) return nullptr;
+  const pid_t self = sys::current_pid();
+  if (lent_.processes.empty() || lent_.processes.front().pid != self) {
+    // First loan in this process (or the first after a fork): the invariant part, made once.
+    try {
+      lent_ = make_record(backend, mode, options);
+    } catch (...) {
+      end_loan();
+      throw;
+    }
+  } else if (lent_.processes.size() != 1) {
+    lent_.processes.erase(lent_.processes.begin() + 1, lent_.processes.end());  // added by the last borrower
+  }
+  lent_.token = 0;
+  lent_.nonce = sys::unique_u64();
+  return &lent_;
 }
 
 void RecordCache::give_back(HolderRecord&& record, bool unchanged) noexcept {
   if (!unchanged) return;
-  std::lock_guard lk(mu_);
-  if (pid_ != sys::current_pid() || record.processes.empty() || record.processes.front().pid != pid_) return;
-  spare_.emplace(std::move(record));
+  const pid_t self = sys::current_pid();
+  if (record.processes.empty() || record.processes.front().pid != self) return;
+  claim();
+  if (pid_ == self) spare_.emplace(std::move(record));
+  unclaim();
 }
 
 const std::string& RecordCache::format(const HolderRecord& record, off_t file_size) {

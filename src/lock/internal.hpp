@@ -61,6 +61,9 @@ class Heartbeat {
   std::thread thread_;
 };
 
+// The wall clock, in nanoseconds since the epoch (a record's acquired_unix_ns).
+int64_t unix_ns_now();
+
 // A fresh record for this process (token filled in by the backend). The command is capped.
 HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& options);
 
@@ -74,9 +77,14 @@ void append_record_tail(std::string& out, const HolderRecord& record);
 // allocates nothing: the tail as formatted, and the HolderRecord itself, handed back by the
 // grant that used it when that grant ends. Everything here belongs to the process that made it
 // (a forked child starts afresh). Thread-safe: a grant may end on another thread than the one
-// that takes the next.
+// that takes the next. No mutex: the spare is claimed with one atomic exchange (a grant's
+// take and give_back are each one claim, held for a move), because a grant on a fast backend
+// (shm) costs less than two mutex round trips.
 class RecordCache {
  public:
+  RecordCache() = default;
+  RecordCache(const RecordCache&) = delete;
+  RecordCache& operator=(const RecordCache&) = delete;
   // A record for a new grant, token 0, fresh nonce and time: the cached one when this process
   // made it, else make_record's (whose tail is then cached).
   HolderRecord take(Backend backend, LockMode mode, const LockOptions& options);
@@ -88,8 +96,25 @@ class RecordCache {
   // The text write() would write (padded to `file_size`), in a buffer valid until the next call.
   const std::string& format(const HolderRecord& record, off_t file_size);
 
+  // For a grant that keeps its record where nothing formats it (shm): the cache's own record,
+  // lent without a copy or a move, or null while it is still lent to a grant that has not
+  // ended (the caller then take()s one of its own). The loan is one atomic exchange. The record
+  // is this process's make_record (remade after a fork), token 0, a fresh nonce, and the
+  // acquired time of its previous grant: the borrower sets token and time when it is granted.
+  // It may add processes; the next loan drops them. Throws as make_record does.
+  HolderRecord* lend(Backend backend, LockMode mode, const LockOptions& options);
+  // Ends the loan lend() made; any thread (a grant may end on another one).
+  void end_loan() noexcept { on_loan_.store(false, std::memory_order_release); }
+
  private:
-  std::mutex mu_;  // guards pid_ and spare_ (take and give_back may run on two threads)
+  std::atomic<bool> on_loan_{false};
+  HolderRecord lent_;  // lend()'s record, owned by the borrower while on_loan_
+  // Claims pid_, tail_ and spare_ for the calling thread, which holds the claim for one move or
+  // one formatting of the tail (another thread waits, yielding). Like the mutex it replaces, a
+  // claim held by another thread when the process forks is never released in the child.
+  void claim() noexcept;
+  void unclaim() noexcept { claimed_.store(false, std::memory_order_release); }
+  std::atomic<bool> claimed_{false};
   pid_t pid_ = 0;
   std::string tail_;  // append_record_tail of the cached record (written only by take())
   std::optional<HolderRecord> spare_;
@@ -179,6 +204,9 @@ struct ShmMapping;
 struct Lock::State {
   // A grant through `open_files` (whose target it names, without a copy).
   State(std::shared_ptr<lock_internal::OpenFiles> open_files, Backend kind, LockMode how, HolderRecord initial);
+  // A grant through `open_files` whose record is `lent` (RecordCache::lend: the grant ends the
+  // loan when it is destroyed), or its own, empty, when `lent` is null.
+  State(std::shared_ptr<lock_internal::OpenFiles> open_files, Backend kind, LockMode how, HolderRecord* lent);
   // A grant naming its own copy of `where` (callers set `files` themselves).
   State(lock_internal::Target where, Backend kind, LockMode how, HolderRecord initial);
   virtual ~State();
@@ -203,13 +231,16 @@ struct Lock::State {
   std::shared_ptr<lock_internal::OpenFiles> files;
 
  private:
-  std::optional<lock_internal::Target> own_target_;  // only for the second constructor
+  std::optional<lock_internal::Target> own_target_;  // only for the constructor naming `where`
+  HolderRecord own_record_;  // the record, unless it is lent (record_lent_)
 
  public:
   const lock_internal::Target& target;  // files->target, or own_target_
   const Backend backend;
   const LockMode mode;
-  HolderRecord record;
+  // own_record_, or the LockFile's record lent for this grant (valid until the grant is
+  // destroyed: a Lock's record() stays its own after release()).
+  HolderRecord& record;
 
  protected:
   bool in_owner_process() const noexcept;
@@ -217,6 +248,8 @@ struct Lock::State {
   // `record` came from files->records.take() and still has its invariant part: the grant hands
   // it back when it ends (see ~State).
   bool record_cached_ = false;
+  // `record` is files->records' lent one: the loan ends when the grant is destroyed.
+  const bool record_lent_ = false;
 
  private:
   const pid_t owner_pid_;

@@ -47,24 +47,40 @@ std::unique_ptr<Lock::State> acquire_with(const std::string& path, const LockOpt
 Lock::State::State(std::shared_ptr<lock_internal::OpenFiles> open_files, Backend kind, LockMode how,
                    HolderRecord initial)
     : files(std::move(open_files)),
+      own_record_(std::move(initial)),
       target(files->target),
       backend(kind),
       mode(how),
-      record(std::move(initial)),
+      record(own_record_),
+      owner_pid_(sys::current_pid()) {}
+
+Lock::State::State(std::shared_ptr<lock_internal::OpenFiles> open_files, Backend kind, LockMode how,
+                   HolderRecord* lent)
+    : files(std::move(open_files)),
+      target(files->target),
+      backend(kind),
+      mode(how),
+      record(lent != nullptr ? *lent : own_record_),
+      record_lent_(lent != nullptr),
       owner_pid_(sys::current_pid()) {}
 
 Lock::State::State(lock_internal::Target where, Backend kind, LockMode how, HolderRecord initial)
     : own_target_(std::move(where)),
+      own_record_(std::move(initial)),
       target(*own_target_),
       backend(kind),
       mode(how),
-      record(std::move(initial)),
+      record(own_record_),
       owner_pid_(sys::current_pid()) {}
 
 Lock::State::~State() {
   if (files) {
     files->busy = false;
-    if (record_cached_) files->records.give_back(std::move(record), true);
+    if (record_lent_) {
+      files->records.end_loan();
+    } else if (record_cached_) {
+      files->records.give_back(std::move(record), true);
+    }
   }
 }
 

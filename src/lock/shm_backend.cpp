@@ -118,8 +118,12 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t
 
 // Test hook: HOLDFAST_TEST_SHM_STOP_AT=<point> makes the process stop itself (SIGSTOP) at that
 // point of an acquire or release, so a test can SIGKILL it exactly there. Read once per mapping.
-void stop_for_test(const std::string& hook, std::string_view point) {
-  if (!hook.empty() && hook == point) ::raise(SIGSTOP);
+// Out of line: a grant passes six points, and without the hook each costs one test.
+[[gnu::noinline, gnu::cold]] void stop_at(const std::string& hook, std::string_view point) {
+  if (hook == point) ::raise(SIGSTOP);
+}
+inline void stop_for_test(const std::string& hook, std::string_view point) {
+  if (!hook.empty()) [[unlikely]] stop_at(hook, point);
 }
 
 uint64_t unix_seconds() {
@@ -339,32 +343,43 @@ std::vector<std::shared_ptr<ShmMapping>>& detached_mappings() {
   return *kept;
 }
 
-// Locks `m` as `wait` allows. Returns the outcome (acquired, acquired_owner_died, busy, timed_out,
-// self_deadlock); throws for a broken mutex.
-sys::MutexResult lock_mutex(pthread_mutex_t* m, const WaitSpec& wait, const ShmMapping& mapping) {
+// What a lock of `m` came back with: a recovery is counted; a broken mutex throws.
+[[gnu::noinline]] sys::MutexResult judge_outcome(const sys::MutexLock& r, const ShmMapping& mapping) {
+  if (r.result == sys::MutexResult::acquired_owner_died) {
+    mapping.map->recoveries.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (r.result == sys::MutexResult::not_recoverable) {
+    throw Error(mapping.file, "shm lock is not recoverable",
+                "a program unlocked it without recovering it; remove the file only when no process uses the lock",
+                exit_code::data);
+  }
+  if (r.result == sys::MutexResult::error) throw Error(r.err, mapping.file, "cannot take shm lock");
+  return r.result;
+}
+
+// lock_mutex for a wait that may end (try only, or a deadline).
+[[gnu::noinline]] sys::MutexResult lock_mutex_bounded(pthread_mutex_t* m, const WaitSpec& wait,
+                                                      const ShmMapping& mapping) {
   for (;;) {
     sys::MutexLock r{};
     if (wait.kind == WaitSpec::none) {
       r = sys::robust_mutex_lock(m, true, nullptr);
-    } else if (wait.kind == WaitSpec::forever) {
-      r = sys::robust_mutex_lock(m, false, nullptr);
     } else {
       const timespec when = realtime_deadline(wait.deadline);
       r = sys::robust_mutex_lock(m, false, &when);
       // The wall clock may have been stepped: the steady deadline is the one that counts.
       if (r.result == sys::MutexResult::timed_out && !wait.expired()) continue;
     }
-    if (r.result == sys::MutexResult::acquired_owner_died) {
-      mapping.map->recoveries.fetch_add(1, std::memory_order_relaxed);
-    }
-    if (r.result == sys::MutexResult::not_recoverable) {
-      throw Error(mapping.file, "shm lock is not recoverable",
-                  "a program unlocked it without recovering it; remove the file only when no process uses the lock",
-                  exit_code::data);
-    }
-    if (r.result == sys::MutexResult::error) throw Error(r.err, mapping.file, "cannot take shm lock");
-    return r.result;
+    return judge_outcome(r, mapping);
   }
+}
+
+// Locks `m` as `wait` allows. Returns the outcome (acquired, acquired_owner_died, busy, timed_out,
+// self_deadlock); throws for a broken mutex. The common case (wait forever, granted) is inline.
+inline sys::MutexResult lock_mutex(pthread_mutex_t* m, const WaitSpec& wait, const ShmMapping& mapping) {
+  if (wait.kind != WaitSpec::forever) return lock_mutex_bounded(m, wait, mapping);
+  const sys::MutexLock r = sys::robust_mutex_lock(m, false, nullptr);
+  return r.result == sys::MutexResult::acquired ? r.result : judge_outcome(r, mapping);
 }
 
 bool acquired(sys::MutexResult r) {
@@ -410,10 +425,10 @@ class GrantBlock {
 // A grant of the shm lock. Destroying it releases what it took, in the thread that took it.
 class ShmGrant final : public Lock::State {
  public:
-  // Names files->target (no copy); its record comes from files->records and goes back there when
-  // the grant ends (~State), so a repeated grant allocates nothing for it.
-  ShmGrant(std::shared_ptr<OpenFiles> open_files, const LockOptions& options)
-      : State(std::move(open_files), Backend::shm, options.mode, HolderRecord{}),
+  // Names files->target (no copy); its record is lent by files->records and the loan ends when
+  // the grant is destroyed (~State), so a repeated grant copies and allocates nothing for it.
+  ShmGrant(const std::shared_ptr<OpenFiles>& open_files, const LockOptions& options)
+      : State(open_files, Backend::shm, options.mode, open_files->records.lend(Backend::shm, options.mode, options)),
         mapping_(files->shm.get()),
         fair_(options.fair) {
     files->busy = true;
@@ -540,11 +555,16 @@ class ShmGrant final : public Lock::State {
     return (epoch << 32) | 1;
   }
 
-  // The grant's record: the cached one of files->records (nonce and time fresh) with `token`.
+  // The grant's record, with `token` and the time of the grant: the LockFile's own record, lent
+  // to this grant (no copy, no move), or a copy of it while a Lock from an earlier grant is still
+  // alive (its record() must stay its own).
   void fill_record(uint64_t token, const LockOptions& options) {
-    record = files->records.take(Backend::shm, mode, options);
-    record_cached_ = true;
+    if (!record_lent_) {
+      record = files->records.take(Backend::shm, mode, options);
+      record_cached_ = true;
+    }
     record.token = token;
+    record.acquired_unix_ns = unix_ns_now();
   }
 
   // The fixed-size record slot, under its sequence counter. Exclusive holders only.
@@ -554,7 +574,7 @@ class ShmGrant final : public Lock::State {
     const uint64_t seq = r.seq.load(std::memory_order_relaxed);
     const size_t n = std::min(record.processes.size(), kRecordProcesses);
     const bool rewrite_all = seq != mapping_->written_seq || n != mapping_->written_processes ||
-                             mapping_->written_pid != sys::current_pid();
+                             mapping_->written_pid != record.processes.front().pid;
     r.seq.store(seq | 1, std::memory_order_relaxed);  // odd: being written (even if a writer died mid-way)
     std::atomic_thread_fence(std::memory_order_release);
     r.token.store(record.token, std::memory_order_relaxed);
@@ -596,7 +616,7 @@ class ShmGrant final : public Lock::State {
     r.seq.store((seq | 1) + 1, std::memory_order_release);
     mapping_->written_seq = (seq | 1) + 1;
     mapping_->written_processes = n;
-    mapping_->written_pid = sys::current_pid();
+    mapping_->written_pid = record.processes.front().pid;
   }
 
   void unlock_gates() noexcept {

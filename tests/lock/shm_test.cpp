@@ -22,12 +22,14 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "holdfast/error.hpp"
+#include "holdfast/identity.hpp"
 #include "holdfast/lock.hpp"
 #include "support/testing.hpp"
 
@@ -663,6 +665,105 @@ TEST(ShmInterop, CommandAndLibraryExcludeEachOther) {
   EXPECT_EQ(r.exit_code, exit_code::usage) << r.err;
   r = testing::holdfast({"lock", "--fair", path, "true"});
   EXPECT_EQ(r.exit_code, exit_code::usage) << r.err;
+}
+
+// ---- the handle's record: lent to the grant, never copied per grant ----
+
+// The record the mapping holds for the current exclusive grant (inspect_holder reads the slot).
+HolderRecord record_in_mapping(const std::string& path) {
+  HolderInfo info = inspect_holder(path);
+  EXPECT_EQ(info.backend, Backend::shm);
+  EXPECT_TRUE(info.record.has_value()) << info.reason;
+  return info.record.value_or(HolderRecord{});
+}
+
+// A LockFile lends its one record to each grant. Every grant's record, in the Lock and in the
+// mapping, names exactly this process, carries that grant's own token and a nonce no earlier
+// grant had; a process added to one grant is not in the next grant's record.
+TEST(ShmHandle, RepeatedGrantsCarryFreshCompleteRecords) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto lf = LockFile::open(path, shm());
+  std::set<uint64_t> nonces;
+  uint64_t last_token = 0;
+  for (int round = 0; round < 50; ++round) {
+    auto l = lf.acquire();
+    if (round == 10) {
+      auto other = identity_of(::getppid());
+      ASSERT_TRUE(other);
+      l.add_holder_process(*other);
+      EXPECT_EQ(record_in_mapping(path).processes.size(), 2U);
+    }
+    const HolderRecord on_map = record_in_mapping(path);
+    ASSERT_EQ(on_map.processes.size(), round == 10 ? 2U : 1U) << "round " << round;
+    EXPECT_EQ(on_map.processes.front(), self_identity());
+    EXPECT_EQ(on_map.token, l.token());
+    EXPECT_EQ(on_map.nonce, l.record().nonce);
+    EXPECT_EQ(on_map.acquired_unix_ns, l.record().acquired_unix_ns);
+    EXPECT_EQ(l.record().processes.size(), round == 10 ? 2U : 1U) << "round " << round;
+    EXPECT_GT(l.token(), last_token);
+    last_token = l.token();
+    EXPECT_TRUE(nonces.insert(l.record().nonce).second) << "nonce reused in round " << round;
+  }
+}
+
+// A released Lock that is still alive keeps its own record (token, nonce, time) while its
+// LockFile grants again: the record lent to it is not lent twice.
+TEST(ShmHandle, AReleasedLockKeepsItsOwnRecordWhileItsLockFileGrantsAgain) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  for (LockMode mode : {LockMode::exclusive, LockMode::shared}) {
+    auto lf = LockFile::open(path, shm(mode));
+    auto first = lf.acquire();
+    const HolderRecord before = first.record();
+    first.release();
+    {
+      auto second = lf.acquire();
+      EXPECT_EQ(first.token(), before.token);
+      EXPECT_EQ(first.record().nonce, before.nonce);
+      EXPECT_EQ(first.record().acquired_unix_ns, before.acquired_unix_ns);
+      EXPECT_NE(second.record().nonce, before.nonce);
+      if (mode == LockMode::exclusive) {
+        EXPECT_GT(second.token(), before.token);
+        EXPECT_EQ(record_in_mapping(path).nonce, second.record().nonce);
+      }
+    }
+    // Both gone: the next grant gets the LockFile's record again, with a fresh nonce.
+    auto third = lf.acquire();
+    EXPECT_NE(third.record().nonce, before.nonce);
+    EXPECT_EQ(third.record().processes.size(), 1U);
+  }
+}
+
+// A child forked after its parent's LockFile lent its record out and got it back names itself in
+// the record of a grant it takes through its copy of that LockFile, never its parent.
+TEST(ShmHandle, AForkedChildsGrantThroughTheParentsLockFileNamesTheChild) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto lf = LockFile::open(path, shm());
+  uint64_t parent_nonce = 0;
+  {
+    auto l = lf.acquire();
+    parent_nonce = l.record().nonce;
+  }
+  pid_t child = testing::fork_child([&] {
+    auto l = lf.acquire();
+    if (l.record().processes.size() != 1 || l.record().processes.front() != self_identity()) return 1;
+    if (l.record().processes.front().pid != ::getpid()) return 2;
+    if (l.record().nonce == parent_nonce) return 3;
+    HolderInfo info = inspect_holder(path);
+    if (!info.record || info.record->processes.size() != 1 || info.record->processes.front().pid != ::getpid()) {
+      return 4;
+    }
+    return 0;
+  });
+  EXPECT_EQ(testing::wait_child(child), 0) << "1-2: record names the parent, 3: nonce, 4: mapping";
+  auto l = lf.acquire();
+  EXPECT_EQ(l.record().processes.front().pid, ::getpid());
+  EXPECT_EQ(record_in_mapping(path).processes.front().pid, ::getpid());
 }
 
 }  // namespace
