@@ -74,7 +74,7 @@ uint64_t ns_inode(const std::string& link) {
 class SystemProcessTable final : public ProcessTable {
  public:
   Entry lookup(pid_t pid) const override {
-    auto text = sys::read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+    auto text = sys::read_proc_file("/proc/" + std::to_string(pid) + "/stat", 4096);
     if (!text) {
       int err = errno;
       if (err == ENOENT || err == ESRCH) return {Entry::State::missing, 0, err};
