@@ -23,8 +23,12 @@ std::string trim(std::string s) {
 // Parses /proc/PID/stat. The comm field (2) may hold spaces and ')' so fields are counted from
 // the last ')'. Returns state char, start time (field 22) and, if asked, the parent pid (field 4).
 bool parse_stat(const std::string& text, char& state, uint64_t& start_time, pid_t* parent = nullptr) {
-  auto close = text.rfind(')');
-  if (close == std::string::npos || close + 2 >= text.size()) return false;
+  // memrchr, not string::rfind: the ')' is near the start, and rfind's byte loop from the end
+  // was a sixth of a warm ensure's instructions (callgrind).
+  const void* found = ::memrchr(text.data(), ')', text.size());
+  if (found == nullptr) return false;
+  const auto close = static_cast<size_t>(static_cast<const char*>(found) - text.data());
+  if (close + 2 >= text.size()) return false;
   const char* p = text.c_str() + close + 2;  // field 3
   state = *p;
   // Advance from field 3 to field 22: 19 separators.
