@@ -9,6 +9,7 @@ bin="$BUILD_DIR/bench/holdfast_ensure_bench"
 out=$(mktemp /tmp/holdfast-ensure-bench.XXXXXX.json)
 trap 'rm -f "$out"' EXIT
 echo "command: $bin --benchmark_out=$out --benchmark_out_format=json ${*:-}"
+echo "state directory under: ${HOLDFAST_BENCH_DIR:-/tmp} ($(stat -f -c %T "${HOLDFAST_BENCH_DIR:-/tmp}"))"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$bin" --benchmark_out="$out" --benchmark_out_format=json "$@" >/dev/null 2>&1
 python3 - "$out" <<'PY'

@@ -42,9 +42,13 @@ int64_t realtime_ns() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// Under $HOLDFAST_BENCH_DIR if set (e.g. /dev/shm: the default state directories are tmpfs),
+// else /tmp. On ext4 the supervisor's record replacement (rename over the old record) starts
+// writeback of the new file (auto_da_alloc), which on a busy disk delays READY's wake-up.
 const std::string& scratch() {
   static const std::string dir = [] {
-    std::string t = "/tmp/holdfast-ensure-bench-XXXXXX";
+    const char* base = std::getenv("HOLDFAST_BENCH_DIR");
+    std::string t = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/holdfast-ensure-bench-XXXXXX";
     if (::mkdtemp(t.data()) == nullptr) throw std::runtime_error("mkdtemp");
     return t;
   }();

@@ -76,6 +76,9 @@ class ProcessTable {
     enum class State { running, zombie, missing, unreadable } state;
     uint64_t start_time = 0;
     int error = 0;  // errno when unreadable
+    // The parent pid from the same read as start_time, when the process (its leader) has not
+    // exited; 0 if unknown (a table that does not read it, or a leader shown as a zombie).
+    pid_t parent = 0;
   };
   virtual Entry lookup(pid_t pid) const = 0;
   // kill(pid, 0): 0, or -errno (-ESRCH: no such process, -EPERM: exists, not ours).

@@ -71,13 +71,21 @@ std::optional<InstanceRecord> read_record_memo(const std::string& path) {
   return record;
 }
 
+// A ready record is verified first: a record that verifies has shown, through the kernel, that
+// the supervisor's descriptor holds a lock on the inode at paths.lock (fdinfo lists only locks
+// held), which is a stronger fact than F_OFD_GETLK's "someone holds it", so the warm path skips
+// that open + GETLK + close. Any other record is paired with F_OFD_GETLK as before.
 Observation observe(const Paths& paths) {
   Observation o;
-  o.lock_held = lock_held(paths.lock);
   o.record = read_record_memo(paths.record);
-  if (o.lock_held && o.record && o.record->state == RecordState::ready) {
+  if (o.record && o.record->state == RecordState::ready) {
     o.verification = verify_instance(paths, *o.record);
+    if (o.verification.verdict == Verdict::verified) {
+      o.lock_held = true;
+      return o;
+    }
   }
+  o.lock_held = lock_held(paths.lock);
   return o;
 }
 

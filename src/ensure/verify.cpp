@@ -41,6 +41,24 @@ bool descends_from_supervisor(const InstanceRecord& record) {
   return true;
 }
 
+// The system's process table, keeping the last entry it read: the main process's liveness
+// judgment then also says who its parent was, from the same /proc/PID/stat read.
+class RememberingTable final : public ProcessTable {
+ public:
+  Entry lookup(pid_t pid) const override { return last = system().lookup(pid); }
+  int signal_probe(pid_t pid) const override { return system().signal_probe(pid); }
+  const std::string& boot_id() const override { return system().boot_id(); }
+  const std::string& host() const override { return system().host(); }
+  const std::string& machine_id() const override { return system().machine_id(); }
+  uint64_t pid_ns() const override { return system().pid_ns(); }
+  uint64_t time_ns() const override { return system().time_ns(); }
+
+  mutable Entry last{Entry::State::missing};
+
+ private:
+  static const ProcessTable& system() { return system_process_table(); }
+};
+
 }  // namespace
 
 Verification verify_instance(const Paths& paths, const InstanceRecord& record) {
@@ -66,12 +84,18 @@ Verification verify_instance(const Paths& paths, const InstanceRecord& record) {
   }
   if (record.process.pid > 0) {
     const std::string main = "pid " + std::to_string(record.process.pid);
-    auto main_verdict = judge_liveness(record.process);
+    RememberingTable table;
+    auto main_verdict = judge_liveness(record.process, table);
     if (main_verdict.liveness != Liveness::alive) return refuted(main_verdict.reason);
     // An adopted main process (holdfast supervise) was verified by pid, start time and boot when
     // it was adopted and is watched through a pidfd: it descends from an earlier supervisor.
     const bool adopted = record.supervision && record.supervision->adopted;
-    if (!adopted && !descends_from_supervisor(record)) {
+    // The usual main process is the supervisor's child: the read that proved it alive names its
+    // parent, which is the first step of is_descendant without reading /proc/PID/stat again
+    // (every client waking at readiness made that second read).
+    const bool child_of_supervisor = table.last.state == ProcessTable::Entry::State::running &&
+                                     table.last.parent == record.launcher_pid;
+    if (!adopted && !child_of_supervisor && !descends_from_supervisor(record)) {
       return refuted(main + " is not a process of the instance (not a descendant of its " + sup + ")");
     }
   }

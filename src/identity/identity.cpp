@@ -21,10 +21,14 @@ std::string trim(std::string s) {
 }
 
 // Parses /proc/PID/stat. The comm field (2) may hold spaces and ')' so fields are counted from
-// the last ')'. Returns state char and start time (field 22).
-bool parse_stat(const std::string& text, char& state, uint64_t& start_time) {
-  auto close = text.rfind(')');
-  if (close == std::string::npos || close + 2 >= text.size()) return false;
+// the last ')'. Returns state char, start time (field 22) and, if asked, the parent pid (field 4).
+bool parse_stat(const std::string& text, char& state, uint64_t& start_time, pid_t* parent = nullptr) {
+  // memrchr, not string::rfind: the ')' is near the start, and rfind's byte loop from the end
+  // was a sixth of a warm ensure's instructions (callgrind).
+  const void* found = ::memrchr(text.data(), ')', text.size());
+  if (found == nullptr) return false;
+  const auto close = static_cast<size_t>(static_cast<const char*>(found) - text.data());
+  if (close + 2 >= text.size()) return false;
   const char* p = text.c_str() + close + 2;  // field 3
   state = *p;
   // Advance from field 3 to field 22: 19 separators.
@@ -32,6 +36,7 @@ bool parse_stat(const std::string& text, char& state, uint64_t& start_time) {
     p = std::strchr(p, ' ');
     if (p == nullptr) return false;
     ++p;
+    if (field == 3 && parent != nullptr) *parent = static_cast<pid_t>(std::strtol(p, nullptr, 10));
   }
   char* end = nullptr;
   errno = 0;
@@ -74,7 +79,7 @@ uint64_t ns_inode(const std::string& link) {
 class SystemProcessTable final : public ProcessTable {
  public:
   Entry lookup(pid_t pid) const override {
-    auto text = sys::read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+    auto text = sys::read_proc_file("/proc/" + std::to_string(pid) + "/stat", 4096);
     if (!text) {
       int err = errno;
       if (err == ENOENT || err == ESRCH) return {Entry::State::missing, 0, err};
@@ -82,9 +87,13 @@ class SystemProcessTable final : public ProcessTable {
     }
     char state = 0;
     uint64_t start = 0;
-    if (!parse_stat(*text, state, start)) return {Entry::State::unreadable, 0, EINVAL};
-    if (exited_state(state) && !has_live_thread(pid)) return {Entry::State::zombie, start, 0};
-    return {Entry::State::running, start, 0};
+    pid_t parent = 0;
+    if (!parse_stat(*text, state, start, &parent)) return {Entry::State::unreadable, 0, EINVAL};
+    if (exited_state(state)) {
+      if (!has_live_thread(pid)) return {Entry::State::zombie, start, 0};
+      return {Entry::State::running, start, 0};  // a zombie leader's parent link is not reported
+    }
+    return {Entry::State::running, start, 0, parent};
   }
   int signal_probe(pid_t pid) const override { return ::kill(pid, 0) == 0 ? 0 : -errno; }
   const std::string& boot_id() const override { return this_boot_id(); }

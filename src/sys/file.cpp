@@ -89,6 +89,28 @@ std::optional<std::string> read_file(const std::string& path, size_t limit) noex
   return out;
 }
 
+std::optional<std::string> read_proc_file(const std::string& path, size_t limit) noexcept {
+  int fd = open_nothrow(AT_FDCWD, path, O_RDONLY | O_NOCTTY);
+  if (fd < 0) {
+    errno = -fd;
+    return std::nullopt;
+  }
+  UniqueFd owned(fd);
+  std::string out;
+  char buf[4096];
+  while (out.size() < limit) {
+    const size_t want = std::min(sizeof buf, limit - out.size());
+    ssize_t n = ::read(fd, buf, want);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return std::nullopt;
+    }
+    out.append(buf, static_cast<size_t>(n));
+    if (static_cast<size_t>(n) < want) break;  // a seq_file's short read is its end (see header)
+  }
+  return out;
+}
+
 int fstat_nothrow(int fd, struct stat& st) noexcept { return ::fstat(fd, &st) == 0 ? 0 : -errno; }
 int stat_nothrow(const std::string& path, struct stat& st) noexcept {
   return ::stat(path.c_str(), &st) == 0 ? 0 : -errno;

@@ -33,6 +33,11 @@ int pwrite_all(int fd, std::string_view data, off_t offset) noexcept;
 std::optional<std::string> pread_all(int fd, size_t limit = SIZE_MAX) noexcept;
 // Reads a whole small file by path (e.g. /proc/PID/stat). nullopt + errno on failure.
 std::optional<std::string> read_file(const std::string& path, size_t limit = 1 << 20) noexcept;
+// Reads a whole /proc file that the kernel generates as a seq_file (/proc/PID/stat,
+// /proc/PID/fdinfo/FD, ...). Such a read fills the buffer with everything there is, so a read
+// shorter than asked is the end: this saves read_file's final read that returns 0. Only for
+// procfs: on a pipe, a terminal or a FUSE file a short read does not mean the end.
+std::optional<std::string> read_proc_file(const std::string& path, size_t limit = 1 << 16) noexcept;
 
 // fstat/stat/lstat returning -errno instead of throwing.
 int fstat_nothrow(int fd, struct stat& st) noexcept;

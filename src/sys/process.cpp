@@ -165,7 +165,7 @@ bool is_number(const char* s) {
 
 // True if the fdinfo of /proc/PID/fd/FD lists a lock. The fd was already matched to the inode.
 bool fd_has_lock(const std::string& proc, const char* fd) {
-  auto info = read_file(proc + "/fdinfo/" + fd, 1 << 16);
+  auto info = read_proc_file(proc + "/fdinfo/" + fd, 1 << 16);
   if (!info) return false;
   return info->find("\nlock:\t") != std::string::npos;
 }

@@ -1,14 +1,19 @@
 // The instance's process tree as stop sees it (src/ensure/tree.cpp).
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 
 #include "ensure/internal.hpp"
 #include "gtest/gtest.h"
+#include "sys/fd.hpp"
+#include "sys/file.hpp"
 #include "support/testing.hpp"
 
 namespace {
@@ -118,6 +123,40 @@ TEST(EnsureTree, AWorkerOfAZombieLeaderWithLiveThreadsStaysADescendant) {
   });
   EXPECT_EQ(holdfast::testing::wait_child(root), 0)
       << "1: a live worker was judged outside the tree while its parent's group lived on; 5: the leader never showed as a zombie";
+}
+
+
+// read_proc_file stops at the first short read (a seq_file's end). A /proc file longer than its
+// 4 KiB reads must still come back whole: the fdinfo of a descriptor holding 150 OFD locks on
+// disjoint ranges is one "lock:" line per lock (~10 KiB), stable while nothing changes them.
+TEST(EnsureProcFile, ReadsASeqFileLongerThanOneReadWhole) {
+  holdfast::testing::TempDir dir;
+  const std::string path = dir.path() + "/locked";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  holdfast::sys::UniqueFd owned(fd);
+  for (int i = 0; i < 150; ++i) {
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = 2 * i;  // gaps between ranges keep them from merging
+    fl.l_len = 1;
+    ASSERT_EQ(::fcntl(fd, F_OFD_SETLK, &fl), 0) << std::strerror(errno);
+  }
+  const std::string fdinfo = "/proc/self/fdinfo/" + std::to_string(fd);
+  auto whole = holdfast::sys::read_file(fdinfo);
+  auto once = holdfast::sys::read_proc_file(fdinfo);
+  ASSERT_TRUE(whole && once);
+  EXPECT_GT(once->size(), 8192U);
+  EXPECT_EQ(*once, *whole);
+  // And a short one, /proc/self/stat, parses to this process's pid with nothing left out.
+  auto stat = holdfast::sys::read_proc_file("/proc/self/stat");
+  ASSERT_TRUE(stat);
+  EXPECT_EQ(stat->rfind(std::to_string(::getpid()) + " (", 0), 0U);
+  EXPECT_EQ(stat->back(), '\n');
+  errno = 0;
+  EXPECT_FALSE(holdfast::sys::read_proc_file("/proc/self/fdinfo/999999"));
+  EXPECT_EQ(errno, ENOENT);
 }
 
 }  // namespace

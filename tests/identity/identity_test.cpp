@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,6 +67,37 @@ TEST(Identity, ZombieIsDead) {
   auto verdict = judge_liveness(id);
   EXPECT_EQ(verdict.liveness, Liveness::dead) << verdict.reason;
   testing::wait_child(pid);
+}
+
+// The table's entry names the parent from the same /proc/PID/stat read (ensure's verification
+// uses it instead of a second read); a process whose comm holds ") " still parses.
+TEST(Identity, TableEntryNamesTheParentFromTheSameRead) {
+  int gate[2];
+  int renamed[2];
+  ASSERT_EQ(::pipe(gate), 0);
+  ASSERT_EQ(::pipe(renamed), 0);
+  pid_t pid = testing::fork_child([&] {
+    ::close(gate[1]);
+    ::close(renamed[0]);
+    if (::prctl(PR_SET_NAME, "odd) name (x") != 0) return 2;
+    ::close(renamed[1]);  // EOF tells the parent the name is set
+    char c;
+    while (::read(gate[0], &c, 1) > 0) {
+    }
+    return 0;
+  });
+  ::close(gate[0]);
+  ::close(renamed[1]);
+  char c;
+  while (::read(renamed[0], &c, 1) > 0) {
+  }
+  ::close(renamed[0]);
+  auto e = system_process_table().lookup(pid);
+  EXPECT_EQ(e.state, ProcessTable::Entry::State::running);
+  EXPECT_EQ(e.parent, ::getpid());
+  EXPECT_EQ(system_process_table().lookup(::getpid()).parent, ::getppid());
+  ::close(gate[1]);
+  EXPECT_EQ(testing::wait_child(pid), 0);
 }
 
 TEST(Identity, LivePidWithOtherStartTimeIsReused) {
