@@ -324,56 +324,57 @@ std::optional<EtcdLock> EtcdLock::acquire(const EtcdOptions& options, const std:
   if (mine <= 0) throw EtcdError(EtcdError::Kind::protocol, client.endpoint(), state->key, "no create revision for our key");
   state->revision = static_cast<uint64_t>(mine);
 
-  if (owner != mine) {
-    if (nonblock) return std::nullopt;  // ~Session revokes the lease, which deletes our key
-    const auto until = deadline.value_or(Clock::time_point::max());
-    for (;;) {
-      if (options.cancel && options.cancel()) return std::nullopt;
-      if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
-      json range{{"key", etcd::base64_encode(queue)},
-                 {"range_end", etcd::base64_encode(etcd::prefix_end(queue))},
-                 {"sort_target", "CREATE"},
-                 {"sort_order", "DESCEND"},
-                 {"max_create_revision", std::to_string(mine - 1)},
-                 {"limit", "1"}};
-      json before = client.call("/v3/kv/range", range);
-      const json& predecessor = first_kv(before);
-      if (predecessor.is_null()) break;
-      const int64_t at = etcd::int_field(before["header"], "revision");
-      auto end = client.watch(
-          {{"key", predecessor.value("key", "")}, {"start_revision", std::to_string(at + 1)}},
-          [](const json& result) {
-            if (result.value("canceled", false)) return true;  // compacted: read again
-            auto it = result.find("events");
-            if (it == result.end() || !it->is_array()) return false;
-            for (const json& event : *it) {
-              if (event.value("type", "") == "DELETE") return true;
-            }
-            return false;
-          },
-          [&session, &options] { return session.lost() || (options.cancel && options.cancel()); }, until);
-      if (end == etcd::Client::WatchEnd::stopped) {
-        if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
-        return std::nullopt;  // deadline or cancelled
-      }
-      if (end == etcd::Client::WatchEnd::broken) std::this_thread::sleep_for(milliseconds(100));
-    }
-  }
-
   if (owner == mine) {
     // The enqueue transaction itself saw our key (bound to our live lease: the put or the key's
     // existence proves it) as the oldest one, atomically: nothing to re-check.
     state->held = true;
     return EtcdLock(std::move(state));
   }
-  // Verify (etcd#9921): our key still exists with our create revision and lease, and the lease
-  // is alive. A waiter whose lease expired must never be told it holds the lock.
-  json check = client.call("/v3/kv/range", {{"key", key64}});
-  const json& kv = first_kv(check);
-  if (kv.is_null() || etcd::int_field(kv, "create_revision") != mine || etcd::int_field(kv, "lease") != session.lease()) {
-    throw EtcdError(EtcdError::Kind::lost, state->key, "after waiting",
-                    "our key is gone (the lease expired while waiting, etcd#9921)");
+  if (nonblock) return std::nullopt;  // ~Session revokes the lease, which deletes our key
+  const auto until = deadline.value_or(Clock::time_point::max());
+  // One read-only transaction (a linearizable read, no consensus write) answers both questions
+  // at one revision: which key is just before ours, and is ours still there as we made it.
+  const json look{{"success", json::array({json{{"request_range",
+                                                 {{"key", etcd::base64_encode(queue)},
+                                                  {"range_end", etcd::base64_encode(etcd::prefix_end(queue))},
+                                                  {"sort_target", "CREATE"},
+                                                  {"sort_order", "DESCEND"},
+                                                  {"max_create_revision", std::to_string(mine - 1)},
+                                                  {"limit", "1"}}}},
+                                           json{{"request_range", {{"key", key64}}}}})}};
+  for (;;) {
+    if (options.cancel && options.cancel()) return std::nullopt;
+    if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
+    json seen = client.call("/v3/kv/txn", look);
+    // Verify (etcd#9921): our key still exists with our create revision and lease. A waiter
+    // whose lease expired (and whose key went with it) must never be told it holds the lock.
+    const json& kv = first_kv(response_range(seen, 1));
+    if (kv.is_null() || etcd::int_field(kv, "create_revision") != mine || etcd::int_field(kv, "lease") != session.lease()) {
+      throw EtcdError(EtcdError::Kind::lost, state->key, "waiting",
+                      "our key is gone (the lease expired while waiting, etcd#9921)");
+    }
+    const json& predecessor = first_kv(response_range(seen, 0));
+    if (predecessor.is_null()) break;
+    const int64_t at = etcd::int_field(seen["header"], "revision");
+    auto end = client.watch(
+        {{"key", predecessor.value("key", "")}, {"start_revision", std::to_string(at + 1)}},
+        [](const json& result) {
+          if (result.value("canceled", false)) return true;  // compacted: read again
+          auto it = result.find("events");
+          if (it == result.end() || !it->is_array()) return false;
+          for (const json& event : *it) {
+            if (event.value("type", "") == "DELETE") return true;
+          }
+          return false;
+        },
+        [&session, &options] { return session.lost() || (options.cancel && options.cancel()); }, until);
+    if (end == etcd::Client::WatchEnd::stopped) {
+      if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
+      return std::nullopt;  // deadline or cancelled
+    }
+    if (end == etcd::Client::WatchEnd::broken) std::this_thread::sleep_for(milliseconds(100));
   }
+  // And the lease itself is alive on the server (not merely not yet revoked).
   json ttl = client.call("/v3/lease/timetolive", {{"ID", std::to_string(session.lease())}});
   if (etcd::int_field(ttl, "TTL") <= 0 || session.lost()) {
     throw EtcdError(EtcdError::Kind::lost, state->key, "after waiting", "our lease has expired");
