@@ -261,6 +261,12 @@ Client::Attempt Client::perform(const std::string& url, const std::string& body,
   StreamContext ctx{&a.body, stream, stop, &a.stopped};
   curl_api().slist_free_all(curl.headers);
   curl.headers = curl_api().slist_append(nullptr, "Content-Type: application/json");
+  // gRPC metadata "hasleader: true" (etcd's require-leader, what clientv3.WithRequireLeader sends;
+  // the gateway passes Grpc-Metadata-* headers on as metadata): a member that has no leader
+  // (cut off, or mid-election) answers "etcdserver: no leader" at once instead of holding the
+  // request until it times out, so the request fails over to a member that can serve it, and a
+  // watch on such a member is closed by etcd after a few election timeouts.
+  curl.headers = curl_api().slist_append(curl.headers, "Grpc-Metadata-hasleader: true");
   if (!auth_token_.empty()) curl.headers = curl_api().slist_append(curl.headers, ("Authorization: " + auth_token_).c_str());
   curl_api().easy_setopt(h, CURLOPT_URL, url.c_str());
   curl_api().easy_setopt(h, CURLOPT_HTTPHEADER, curl.headers);

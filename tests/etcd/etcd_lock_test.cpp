@@ -264,6 +264,34 @@ TEST(EtcdLock, AGrantThatFailedOverPastASilentMemberIsNotCountedAsLost) {
   etcd.cont_member(frozen);
 }
 
+// Every request asks for a member with a leader (Grpc-Metadata-hasleader): a member cut off from
+// the others (here: the two others killed) answers "no leader" at once, so the client fails over,
+// instead of holding the request until its time is spent. Without the header the lone member's
+// answer never comes within the budget (the leader-kill contention test's "no member answering
+// within 10 s" under load).
+TEST(EtcdClient, AMemberWithoutALeaderSaysSoAtOnce) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(3);
+  auto o = etcd.options("t");
+  o.endpoints = {etcd.endpoint(0)};
+  etcd.kill_member(1);
+  etcd.kill_member(2);
+  etcd::Client client(o);
+  std::string last;
+  // Until member 0 has noticed it has no leader (an election timeout): the bound only catches a hang.
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < give_up) {
+    try {
+      client.call("/v3/kv/range", {{"key", etcd::base64_encode("x")}}, 3s);
+      last = "answered";
+    } catch (const EtcdError& e) {
+      last = e.what();
+      if (last.find("no leader") != std::string::npos) break;
+    }
+  }
+  EXPECT_NE(last.find("no leader"), std::string::npos) << last;
+}
+
 // The same contention while the cluster misbehaves: the leader is SIGKILLed (then restarted),
 // then a member is SIGSTOPped (then resumed). Still no overlap, no refused token, and every
 // worker finishes (failover to the live members; a frozen member cannot hold a waiter forever).
