@@ -145,8 +145,8 @@ def test_ctrl_c_ends_a_wait(etcd: str, tmp_path: Path) -> None:
     code = """
 import sys, holdfast
 lock = holdfast.Lock("c", backend=sys.argv[1])
-print("waiting", flush=True)
 try:
+    print("waiting", flush=True)
     lock.acquire()
 except KeyboardInterrupt:
     print("interrupted", flush=True)
@@ -156,7 +156,7 @@ except KeyboardInterrupt:
         p = run_python(code, url, stdout=subprocess.PIPE, text=True)
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "waiting"
-        time.sleep(0.2)  # let it reach the wait (an earlier SIGINT ends it too, just sooner)
+        time.sleep(0.2)  # most likely in the wait by now; a SIGINT just before it is caught the same way
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=HANG_TIMEOUT) == 3
         assert p.stdout.read().strip() == "interrupted"
