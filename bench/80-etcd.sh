@@ -152,7 +152,8 @@ print("|---|---:|---:|")
 base = med["two_txn"][0]
 for v, label in (("two_txn", "two bare transactions, one connection (baseline)"),
                  ("four_req", "lease grant + the two transactions + revoke, bare"),
-                 ("library", "EtcdLock::acquire + release (library, as the CLI)")):
+                 ("library", "EtcdLock::acquire + release (library, as the CLI)"),
+                 ("session", "EtcdLock::acquire(EtcdSession&) + release (lease kept across grants)")):
     print(f"| {label} | {med[v][0]:.2f} ({med[v][1]:.2f}) | {med[v][0] / base:.2f}x |")
 runs = [json.loads(l) for l in open(os.path.join(work, "contended.jsonl"))]
 print()

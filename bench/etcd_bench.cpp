@@ -6,6 +6,9 @@
 //         library    EtcdLock::acquire() + release(), exactly what `holdfast lock --backend etcd://`
 //                    does per grant: a new client (connection), lease grant, keepalive thread,
 //                    the enqueue txn (create + owner read), the guarded delete txn, lease revoke
+//         session    EtcdLock::acquire(EtcdSession&) + release(): the lease (and its keepalive
+//                    thread and connection) granted once, outside the loop, as clientv3's
+//                    concurrency.Session: per grant, the enqueue txn and the guarded delete txn
 //         two_txn    the goal's baseline: two bare transactions over one kept-alive connection,
 //                    the same shapes as the library's (create-if-absent put + owner range; delete
 //                    guarded on the create revision)
@@ -65,6 +68,16 @@ void library(benchmark::State& state) {
   const auto options = bench_options();
   for (auto _ : state) {
     auto lock = holdfast::EtcdLock::acquire(options, "uncontended-library", kRecord, false, std::nullopt);
+    if (!lock) state.SkipWithError("not granted");
+    benchmark::DoNotOptimize(lock->token());
+    lock->release();
+  }
+}
+
+void session(benchmark::State& state) {
+  holdfast::EtcdSession session(bench_options());
+  for (auto _ : state) {
+    auto lock = holdfast::EtcdLock::acquire(session, "uncontended-session", kRecord, false, std::nullopt);
     if (!lock) state.SkipWithError("not granted");
     benchmark::DoNotOptimize(lock->token());
     lock->release();
@@ -181,6 +194,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   benchmark::RegisterBenchmark("uncontended/library", library)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("uncontended/session", session)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("uncontended/two_txn", bare, false)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("uncontended/four_req", bare, true)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::Initialize(&argc, argv);

@@ -445,3 +445,73 @@ TEST(EtcdLock, UnreachableEndpointsFailWithUnavailable) {
 
 }  // namespace
 }  // namespace holdfast
+
+namespace holdfast {
+namespace {
+
+int64_t queue_length(etcd::Client& c, const std::string& queue) {
+  auto r = c.call("/v3/kv/range", {{"key", etcd::base64_encode(queue)},
+                                    {"range_end", etcd::base64_encode(etcd::prefix_end(queue))},
+                                    {"count_only", true}});
+  return etcd::int_field(r, "count");
+}
+
+// A session keeps one lease across grants (etcd's concurrency.Session): its grants exclude every
+// other holder of the name (library, command), tokens still increase, and a name is taken once
+// per session at a time.
+TEST(EtcdSession, GrantsShareOneLeaseAndExcludeOtherHolders) {
+  REQUIRE_ETCD();
+  testing::EtcdCluster etcd(1);
+  auto o = etcd.options("s");
+  EtcdSession session(o);
+  auto first = EtcdLock::acquire(session, "n", "rec", false, std::nullopt);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->lease_id(), session.lease_id());
+  try {
+    (void)EtcdLock::acquire(session, "n", "rec", true, std::nullopt);
+    ADD_FAILURE() << "a second acquisition of a name through one session must be refused";
+  } catch (const EtcdError&) {
+    ADD_FAILURE() << "expected a usage error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), exit_code::usage) << e.what();
+  }
+  EXPECT_FALSE(EtcdLock::acquire(o, "n", "other", true, std::nullopt));
+  auto cli = testing::holdfast({"lock", "-n", "--backend", etcd.url("s"), "n", "true"});
+  EXPECT_EQ(cli.exit_code, 1) << cli.err;
+  const uint64_t token = first->token();
+  first->release();
+  auto second = EtcdLock::acquire(session, "n", "rec", true, std::nullopt);
+  ASSERT_TRUE(second);
+  EXPECT_GT(second->token(), token);
+  EXPECT_EQ(second->lease_id(), session.lease_id());
+  auto other_name = EtcdLock::acquire(session, "m", "rec", true, std::nullopt);
+  EXPECT_TRUE(other_name);
+  second->release();
+  cli = testing::holdfast({"lock", "-n", "--backend", etcd.url("s"), "n", "true"});
+  EXPECT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_FALSE(session.lost());
+}
+
+// Through a session the lease outlives an acquisition that did not return a lock: its queue key
+// must be deleted on that path (else it would sit in the queue, bound to a live lease, and block
+// every later holder of the name for as long as the session lives).
+TEST(EtcdSession, AnAcquisitionThatGivesUpLeavesNoKeyBehind) {
+  REQUIRE_ETCD();
+  testing::EtcdCluster etcd(1);
+  auto o = etcd.options("s");
+  etcd::Client c(o);
+  auto holder = EtcdLock::acquire(o, "n", "holder", false, std::nullopt);
+  ASSERT_TRUE(holder);
+  EtcdSession session(o);
+  EXPECT_FALSE(EtcdLock::acquire(session, "n", "rec", true, std::nullopt));
+  EXPECT_EQ(queue_length(c, "s/n/"), 1);
+  EXPECT_FALSE(EtcdLock::acquire(session, "n", "rec", false, std::chrono::steady_clock::now() + 300ms));
+  EXPECT_EQ(queue_length(c, "s/n/"), 1);
+  holder->release();
+  auto mine = EtcdLock::acquire(session, "n", "rec", true, std::nullopt);  // the name was given back
+  ASSERT_TRUE(mine);
+  EXPECT_EQ(queue_length(c, "s/n/"), 1);
+}
+
+}  // namespace
+}  // namespace holdfast
