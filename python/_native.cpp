@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -76,8 +77,35 @@ class Lock {
   hf_lock* handle_;
 };
 
+int wait_cancelled(void* context);
+
 class LockFile {
  public:
+  // A lock name on a backend URL (etcd://...; hf_lockfile_open_url). A wait on it is one call
+  // (slicing it would give up the place in etcd's queue at every slice); Ctrl-C still ends it,
+  // through the cancel callback, within about a second.
+  static std::unique_ptr<LockFile> open_url(const std::string& url, const std::string& name, double ttl_s,
+                                            const std::string& cacert, const std::string& cert, const std::string& key,
+                                            const std::string& user, const std::string& password) {
+    hf_backend_options options{};
+    options.size = sizeof options;
+    options.ttl_ms = ttl_s > 0 ? static_cast<int64_t>(std::ceil(ttl_s * 1000)) : 0;
+    options.cacert = cacert.empty() ? nullptr : cacert.c_str();
+    options.cert = cert.empty() ? nullptr : cert.c_str();
+    options.key = key.empty() ? nullptr : key.c_str();
+    options.user = user.empty() ? nullptr : user.c_str();
+    options.password = password.empty() ? nullptr : password.c_str();
+    options.cancel = wait_cancelled;
+    hf_lockfile* handle = nullptr;
+    int status = 0;
+    {
+      py::gil_scoped_release unlocked;
+      status = hf_lockfile_open_url(url.c_str(), name.c_str(), 0, &options, &handle);
+    }
+    if (status != HF_OK) raise_last_error();
+    return std::unique_ptr<LockFile>(new LockFile(handle));
+  }
+
   LockFile(const std::string& path, int backend, int mode) {
     int status = 0;
     {
@@ -131,10 +159,15 @@ class LockFile {
   }
   bool holding() const { return grant_ != nullptr; }
   uint64_t token() const { return hf_lock_token(grant_); }
+  // The held grant's descriptor: for etcd, readable once the lock is lost; -1 if not held.
+  int fd() const { return grant_ == nullptr ? -1 : hf_lock_fd(grant_); }
 
  private:
+  explicit LockFile(hf_lockfile* remote) : handle_(remote), remote_(true) {}
+
   hf_lock* take(double timeout_s) {
     hf_lock* out = nullptr;
+    if (remote_) return take_remote(timeout_s);
     int status = hf_lockfile_acquire(handle_, 0, &out);  // the uncontended case, GIL held: cheapest
     if (status == HF_OK) return out;
     if (status == HF_ERROR) raise_last_error();
@@ -161,8 +194,24 @@ class LockFile {
     }
   }
 
+  hf_lock* take_remote(double timeout_s) {
+    const bool forever = timeout_s < 0 || std::isnan(timeout_s) || timeout_s > 1e9;
+    const int64_t ms = forever ? -1 : timeout_s == 0 ? 0 : std::max<int64_t>(1, std::llround(timeout_s * 1000));
+    hf_lock* out = nullptr;
+    int status = 0;
+    {
+      py::gil_scoped_release unlocked;
+      status = hf_lockfile_acquire(handle_, ms, &out);
+    }
+    if (status == HF_OK) return out;
+    if (PyErr_Occurred() != nullptr) throw py::error_already_set();  // KeyboardInterrupt from the cancel check
+    if (status == HF_ERROR) raise_last_error();
+    return nullptr;
+  }
+
   hf_lockfile* handle_ = nullptr;
   hf_lock* grant_ = nullptr;  // hold()'s grant
+  bool remote_ = false;       // a name on a backend URL (etcd)
 };
 
 std::tuple<int, std::string> holder(const std::string& path) {
@@ -301,6 +350,7 @@ PYBIND11_MODULE(_native, m) {
   m.attr("BACKEND_FLOCK") = static_cast<int>(HF_BACKEND_FLOCK);
   m.attr("BACKEND_EXCL") = static_cast<int>(HF_BACKEND_EXCL);
   m.attr("BACKEND_LINK") = static_cast<int>(HF_BACKEND_LINK);
+  m.attr("BACKEND_ETCD") = static_cast<int>(HF_BACKEND_ETCD);
   m.attr("OK") = static_cast<int>(HF_OK);
   m.attr("TIMEOUT") = static_cast<int>(HF_TIMEOUT);
 
@@ -313,12 +363,15 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("fd", &Lock::fd);
   py::class_<LockFile>(m, "LockFile")
       .def(py::init<const std::string&, int, int>(), py::arg("path"), py::arg("backend"), py::arg("mode"))
+      .def_static("open_url", &LockFile::open_url, py::arg("url"), py::arg("name"), py::arg("ttl"), py::arg("cacert"),
+                  py::arg("cert"), py::arg("key"), py::arg("user"), py::arg("password"))
       .def("acquire", &LockFile::acquire, py::arg("timeout"))
       .def("hold", &LockFile::hold, py::arg("timeout"))
       .def("unhold", &LockFile::unhold)
       .def("forget", &LockFile::forget)
       .def_property_readonly("holding", &LockFile::holding)
-      .def_property_readonly("token", &LockFile::token);
+      .def_property_readonly("token", &LockFile::token)
+      .def_property_readonly("fd", &LockFile::fd);
   m.def("holder", &holder, py::arg("path"));
   m.def("ensure", &ensure, py::arg("name"), py::arg("argv"), py::arg("ready"), py::arg("timeout_ms"),
         py::arg("state_dir"));

@@ -68,8 +68,47 @@ class EtcdError : public Error {
   int grpc_code_;
 };
 
+class EtcdLock;
+
+// One lease kept alive (a thread renews it every TTL/3) across many grants, with one connection:
+// etcd's concurrency.Session. A grant taken through it costs two transactions (enqueue, guarded
+// delete) instead of also a lease grant and revoke each. Every lock taken through a session is
+// lost when its lease is (lost(), lost_fd()). A session and the locks taken through it are used by
+// one thread at a time. A name can be held or awaited once per session at a time (its key is
+// PREFIX/NAME/<lease>): a second acquire of it through the same session throws Error(usage).
+class EtcdSession {
+ public:
+  // Grants the lease. Throws EtcdError.
+  explicit EtcdSession(const EtcdOptions& options);
+  EtcdSession(EtcdSession&&) noexcept;
+  EtcdSession& operator=(EtcdSession&&) noexcept;
+  EtcdSession(const EtcdSession&) = delete;
+  EtcdSession& operator=(const EtcdSession&) = delete;
+  // Revokes the lease (which deletes every key still bound to it) once the session and every lock
+  // taken through it are gone (a lock keeps its session's lease and connection alive). Errors are
+  // ignored: the lease then expires within its TTL.
+  ~EtcdSession();
+
+  int64_t lease_id() const noexcept;
+  bool lost() const noexcept;
+  int lost_fd() const noexcept;
+
+  struct Impl;
+
+ private:
+  friend class EtcdLock;
+  std::shared_ptr<Impl> impl_;
+};
+
 class EtcdLock {
  public:
+  // As below, through `session`'s lease and connection: nothing else is sent than the enqueue
+  // transaction (and, for a waiter, its reads and watch). Every path that does not return a lock
+  // has deleted its key (guarded on its create revision). release() deletes the key only.
+  static std::optional<EtcdLock> acquire(EtcdSession& session, const std::string& name, const std::string& record,
+                                         bool nonblock,
+                                         std::optional<std::chrono::steady_clock::time_point> deadline);
+
   // Blocks until NAME is held (FIFO among waiters), or `deadline` passes (nullopt), or — with
   // `nonblock` — returns nullopt at once if another holder has it. `record` is stored as the
   // key's value (a holder record: who and where). Throws EtcdError when the cluster cannot be
@@ -108,6 +147,9 @@ class EtcdLock {
 
  private:
   explicit EtcdLock(std::unique_ptr<State> state) noexcept;
+  static std::optional<EtcdLock> enqueue_and_wait(std::unique_ptr<State> state, const std::string& record,
+                                                  bool nonblock,
+                                                  std::optional<std::chrono::steady_clock::time_point> deadline);
   std::unique_ptr<State> state_;
 };
 

@@ -11,8 +11,8 @@
  *   - Handles are opaque. Strings returned through `char**` out-params are NUL-terminated, owned by
  *     the caller and released with hf_free().
  *   - Timeouts are milliseconds: < 0 waits forever, 0 tries once, > 0 waits at most that long.
- *   - Symbols carry the version node HOLDFAST_C_1 (functions added later: HOLDFAST_C_1.1, noted at
- *     each); a change that breaks a caller bumps the soname.
+ *   - Symbols carry the version node HOLDFAST_C_1 (functions added later: HOLDFAST_C_1.1,
+ *     HOLDFAST_C_1.2, noted at each); a change that breaks a caller bumps the soname.
  */
 #ifndef HOLDFAST_HOLDFAST_H
 #define HOLDFAST_HOLDFAST_H
@@ -24,7 +24,7 @@
 extern "C" {
 #endif
 
-#define HOLDFAST_C_API_VERSION 2 /* 2: HOLDFAST_C_1.1 (fenced writes) */
+#define HOLDFAST_C_API_VERSION 3 /* 2: HOLDFAST_C_1.1 (fenced writes); 3: HOLDFAST_C_1.2 (locks on etcd) */
 
 /* ---- status codes and errors ---- */
 
@@ -57,6 +57,10 @@ const char* hf_error_log_tail(void);
 void hf_free(void* pointer);
 
 /* ---- locks (include/holdfast/lock.hpp) ---- */
+
+/* Called after every check of a wait; return non-zero to abandon the wait (hf_wait_like then
+ * returns HF_ERROR with errno EINTR). */
+typedef int (*hf_cancel_fn)(void* context);
 
 enum hf_backend { HF_BACKEND_AUTO = 0, HF_BACKEND_OFD = 1, HF_BACKEND_FLOCK = 2, HF_BACKEND_EXCL = 3, HF_BACKEND_LINK = 4, HF_BACKEND_SHM = 5 };
 enum hf_lock_mode { HF_EXCLUSIVE = 0, HF_SHARED = 1 };
@@ -91,6 +95,44 @@ uint64_t hf_lock_token(const hf_lock* lock);
 int hf_lock_backend(const hf_lock* lock);
 /* The locked descriptor (kernel backends) or a read-only descriptor of the dotlock file. */
 int hf_lock_fd(const hf_lock* lock);
+
+/* ---- locks on a remote backend: etcd (since HOLDFAST_C_1.2, API version 3; docs/ETCD.md) ---- */
+
+/* hf_lock_backend() of a lock taken through hf_lockfile_open_url on etcd. */
+#define HF_BACKEND_ETCD 6
+
+/* Options of hf_lockfile_open_url. Set `size` to sizeof(hf_backend_options) (later versions may
+ * append fields; a library reads only the fields `size` covers). Zero/NULL fields: defaults. */
+typedef struct hf_backend_options {
+  size_t size;
+  int64_t ttl_ms;       /* lease TTL, rounded up to whole seconds; <= 0: 10 s (`holdfast lock --ttl`) */
+  const char* cacert;   /* TLS: CA bundle to verify the members (https), `--cacert` */
+  const char* cert;     /* TLS client certificate, `--cert` */
+  const char* key;      /* its key, `--key` */
+  const char* user;     /* etcd user (authentication); NULL: none */
+  const char* password; /* its password */
+  /* Checked about every second while hf_lockfile_acquire waits: non-zero gives up the wait
+   * (HF_TIMEOUT, or HF_BUSY for a try). May be NULL. Called on the waiting thread. */
+  hf_cancel_fn cancel;
+  void* cancel_context;
+} hf_backend_options;
+
+/* Since HOLDFAST_C_1.2. Opens lock `name` on the backend named by `backend_url`, which takes the
+ * same values as `holdfast lock --backend`: "etcd://HOST:PORT[,HOST:PORT...]/PREFIX". The lock is
+ * the key PREFIX/NAME/<lease> in etcd, exactly as `holdfast lock --backend URL NAME` and
+ * `etcdctl lock PREFIX/NAME` take it, so all three exclude each other. Only HF_EXCLUSIVE.
+ * `options` may be NULL. Nothing is contacted before hf_lockfile_acquire. A grant taken through it
+ * (hf_lockfile_acquire; timeouts as for files, waiting FIFO in etcd) has:
+ *   hf_lock_token()   its fencing token (the key's create revision, strictly increasing),
+ *   hf_lock_backend() HF_BACKEND_ETCD,
+ *   hf_lock_fd()      a descriptor that becomes readable once the lock is LOST: the lease could
+ *                     not be renewed before it may have expired. The caller must then stop
+ *                     acting as the holder (nothing stops it for you, unlike the command).
+ * hf_lock_release() deletes the key (guarded on the token) and revokes the lease; hf_lock_detach()
+ * (after fork, in the child) forgets the grant, leaving it to the parent. Errors: exit codes as for
+ * the command (69 unreachable, 76 TLS/protocol, 77 auth/permission, 90 lost while waiting). */
+int hf_lockfile_open_url(const char* backend_url, const char* name, int mode, const hf_backend_options* options,
+                         hf_lockfile** out);
 
 enum hf_holder_state { HF_HOLDER_FREE = 0, HF_HOLDER_HELD = 1, HF_HOLDER_STALE = 2 };
 /* Who holds `path`, without taking the lock. *state is an hf_holder_state; if json is not NULL,
@@ -163,9 +205,7 @@ int hf_write_fenced(const char* path, const void* data, size_t size, int sync, i
 /* Since HOLDFAST_C_1.1. The highest fencing token `path` has accepted into *token (0 if none). */
 int hf_accepted_fence(const char* path, uint64_t* token);
 
-/* Called after every check of a wait; return non-zero to abandon the wait (hf_wait_like then
- * returns HF_ERROR with errno EINTR). */
-typedef int (*hf_cancel_fn)(void* context);
+/* hf_cancel_fn (a wait's cancel callback) is declared with the lock types above. */
 
 /* Waits until the reader's view of `path` holds exactly the content of `like` (size and digest).
  * `via` NULL/"" observes the local path, else a shell command printing the reader's view of $1.

@@ -2,6 +2,8 @@
 
 - ``FileLock`` / ``SoftFileLock`` / ``AsyncFileLock``: drop-ins for python filelock, interoperating
   with filelock and flock(1) on the same files, plus fencing tokens and ``holder()``.
+- ``Lock(name, backend="etcd://HOST:PORT/PREFIX")``: the same API on etcd, across machines,
+  excluding ``holdfast lock --backend`` and ``etcdctl lock`` on the same name.
 - ``ensure`` / ``status`` / ``stop``: exactly one instance of a daemon, verified by a kernel lock.
 - ``write`` / ``wait_like`` / ``digest``: atomic, durable hand-off of files.
 
@@ -32,6 +34,7 @@ from ._filelock import (
     BaseFileLock,
     FileLock,
     HolderInfo,
+    Lock,
     SoftFileLock,
     UnixFileLock,
     holder,
@@ -41,7 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcquireReturnProxy", "AsyncAcquireReturnProxy", "AsyncFileLock", "AsyncSoftFileLock", "BaseFileLock",
-    "CorruptRecord", "Error", "Fenced", "FileLock", "HolderInfo", "Instance", "NotFound", "OSFailure", "PermissionDenied",
+    "CorruptRecord", "Error", "Fenced", "FileLock", "HolderInfo", "Instance", "Lock", "NotFound", "OSFailure", "PermissionDenied",
     "ReadyTimeout", "SoftFileLock", "StartFailure", "Status", "StopResult", "Timeout", "UnixFileLock",
     "Unavailable", "UsageError", "WaitTimeout", "digest", "ensure", "holder", "status", "stop", "wait_like",
     "write", "accepted_fence",

@@ -236,7 +236,7 @@ class BaseFileLock(contextlib.ContextDecorator):
         try:
             if not context.held:
                 if context.file is None:
-                    context.file = _native.LockFile(self._lock_file, self._backend, _EXCLUSIVE)
+                    context.file = self._open()
                 if not context.file.hold(left):
                     raise Timeout(self._lock_file)
                 context.held = True
@@ -244,6 +244,10 @@ class BaseFileLock(contextlib.ContextDecorator):
         finally:
             mutex.release()
         return AcquireReturnProxy(self)
+
+    def _open(self) -> Any:
+        """The native lock this object takes (opened once per holder, kept for re-use)."""
+        return _native.LockFile(self._lock_file, self._backend, _EXCLUSIVE)
 
     def release(self, force: bool = False) -> None:
         """Decrements the counter and releases the lock when it reaches 0 (at once if ``force``).
@@ -294,6 +298,80 @@ class SoftFileLock(BaseFileLock):
     rename) once every process it names is proven dead; an unverifiable one (another host) is held."""
 
     _backend = _native.BACKEND_EXCL
+
+
+class Lock(BaseFileLock):
+    """A lock NAME on a lock service, named by ``backend`` as in ``holdfast lock --backend``:
+    ``"etcd://HOST:PORT[,HOST:PORT...]/PREFIX"`` (docs/ETCD.md). It is the same lock as
+    ``holdfast lock --backend URL NAME`` and ``etcdctl lock PREFIX/NAME``: all three exclude each
+    other, across machines. The FileLock API (acquire/release, counter, context manager, Timeout),
+    exclusive only; waiters are served in order; Ctrl-C ends a wait within about a second.
+
+    ``token`` is the grant's fencing token (the key's create revision: strictly increasing across
+    holders of NAME); pass it to the resource (``holdfast.write(..., fence=token)``).
+
+    The grant lives on a lease of ``ttl`` seconds, renewed every ttl/3 by a thread. If renewing
+    fails for long enough that the lease may have expired, the lock is *lost*: ``lost`` becomes
+    True and ``lost_fd`` readable. Nothing stops this process then (unlike the command, which
+    stops its command): check ``lost``, or watch ``lost_fd``, before acting as the holder.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backend: str,
+        timeout: float = -1,
+        *,
+        ttl: float = 10,
+        cacert: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        thread_local: bool = False,
+        blocking: bool = True,
+    ) -> None:
+        super().__init__(name, timeout, thread_local=thread_local, blocking=blocking)
+        self._backend_url = backend
+        self._remote = (float(ttl), cacert or "", cert or "", key or "", user or "", password or "")
+        # Fails now, not at the first acquire, on a malformed URL (nothing is contacted yet).
+        _native.LockFile.open_url(backend, name, *self._remote)
+
+    def _open(self) -> Any:
+        return _native.LockFile.open_url(self._backend_url, self._lock_file, *self._remote)
+
+    @property
+    def name(self) -> str:
+        """The lock name (the key prefix PREFIX/NAME/ in etcd)."""
+        return self._lock_file
+
+    @property
+    def backend(self) -> str:
+        """The backend URL."""
+        return self._backend_url
+
+    @property
+    def lost_fd(self) -> Optional[int]:
+        """While held: a descriptor that becomes readable once the lock is lost (None if not held)."""
+        context = self._context()
+        return context.file.fd if context.held else None
+
+    @property
+    def lost(self) -> bool:
+        """True if the held grant is lost (its lease may have expired); False if held and valid."""
+        import select
+
+        fd = self.lost_fd
+        if fd is None:
+            return False
+        return bool(select.select([fd], [], [], 0)[0])
+
+    def holder(self) -> HolderInfo:
+        """Not available for a lock on etcd from Python yet: use ``holdfast holder --backend URL NAME``."""
+        raise NotImplementedError("holder() of a lock on etcd: use `holdfast holder --backend URL NAME`")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._lock_file!r}, backend={self._backend_url!r}, timeout={self._timeout})"
 
 
 class AsyncAcquireReturnProxy:

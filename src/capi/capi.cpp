@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -28,11 +29,20 @@
 #include "holdfast/digest.hpp"
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
+#include "holdfast/etcd.hpp"
+#include "holdfast/identity.hpp"
 #include "holdfast/lock.hpp"
 #include "holdfast/wait.hpp"
 
+// A lock name on etcd (hf_lockfile_open_url): where, and as what.
+struct RemoteName {
+  holdfast::EtcdOptions options;
+  std::string name;
+};
+
 struct hf_lockfile {
-  holdfast::LockFile file;
+  std::optional<holdfast::LockFile> file;  // a lock path, or
+  std::optional<RemoteName> remote;        // a name on etcd
 };
 
 struct hf_lock {
@@ -40,6 +50,7 @@ struct hf_lock {
   // Lock is declared after the file it may borrow from, so it is destroyed first.
   std::optional<holdfast::LockFile> owned_file;
   std::optional<holdfast::Lock> lock;
+  std::optional<holdfast::EtcdLock> etcd;  // instead of `lock`, for a name on etcd
 };
 
 namespace {
@@ -195,6 +206,41 @@ int acquire_through(holdfast::LockFile& file, int64_t timeout_ms, hf_lock& out) 
   return HF_OK;
 }
 
+// The holder record stored as an etcd lock key's value: the same shape as `holdfast lock`'s
+// (docs/ETCD.md), naming this process; there is no command.
+std::string etcd_record(std::chrono::seconds ttl) {
+  const holdfast::ProcessIdentity self = holdfast::self_identity();
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  return nlohmann::json{{"holdfast", 1},
+                        {"backend", "etcd"},
+                        {"host", holdfast::this_host()},
+                        {"processes", nlohmann::json::array({nlohmann::json{{"pid", self.pid},
+                                                                             {"start_time", self.start_time},
+                                                                             {"boot_id", self.boot_id},
+                                                                             {"host", self.host},
+                                                                             {"machine_id", self.machine_id}}})},
+                        {"command", nlohmann::json::array()},
+                        {"acquired_unix_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(now).count()},
+                        {"ttl_s", ttl.count()}}
+      .dump();
+}
+
+// Takes a name on etcd with the C timeout convention; sets out.etcd on success.
+int acquire_remote(const RemoteName& remote, int64_t timeout_ms, hf_lock& out) {
+  timeout_ms = clamp_timeout(timeout_ms);
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout_ms > 0) deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto lock = holdfast::EtcdLock::acquire(remote.options, remote.name, etcd_record(remote.options.ttl), timeout_ms == 0,
+                                          deadline);
+  if (!lock) return timeout_ms == 0 ? HF_BUSY : HF_TIMEOUT;
+  out.etcd.emplace(std::move(*lock));
+  return HF_OK;
+}
+
+// A field of hf_backend_options if the caller's struct (of `size` bytes) has it.
+#define HF_OPTION(options, field) \
+  ((options) != nullptr && (options)->size >= offsetof(hf_backend_options, field) + sizeof((options)->field) ? (options)->field : decltype((options)->field){})
+
 nlohmann::json record_json(const std::string& json_text) {
   return nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
 }
@@ -221,7 +267,35 @@ int hf_lockfile_open(const char* path, int backend, int mode, hf_lockfile** out)
     if (path == nullptr || out == nullptr) usage_error("path and out are required");
     *out = nullptr;
     auto file = holdfast::LockFile::open(path, lock_options(backend, mode));
-    *out = new hf_lockfile{std::move(file)};
+    *out = new hf_lockfile{std::move(file), std::nullopt};
+    return HF_OK;
+  });
+}
+
+int hf_lockfile_open_url(const char* backend_url, const char* name, int mode, const hf_backend_options* options,
+                         hf_lockfile** out) {
+  return guarded([&] {
+    if (backend_url == nullptr || name == nullptr || out == nullptr) usage_error("backend_url, name and out are required");
+    *out = nullptr;
+    if (!holdfast::is_etcd_url(backend_url)) {
+      throw holdfast::Error(backend_url, "backend", "not a backend URL (expected etcd://HOST:PORT[,HOST:PORT...]/PREFIX)",
+                            holdfast::exit_code::usage);
+    }
+    if (mode != HF_EXCLUSIVE) usage_error("a lock on etcd is exclusive only");
+    if (name[0] == '\0') usage_error("empty lock name");
+    RemoteName remote{holdfast::parse_etcd_url(backend_url), name};
+    holdfast::EtcdOptions& o = remote.options;
+    if (const int64_t ttl_ms = HF_OPTION(options, ttl_ms); ttl_ms > 0) o.ttl = std::chrono::seconds((ttl_ms + 999) / 1000);
+    o.cacert = text_or_empty(HF_OPTION(options, cacert));
+    o.cert = text_or_empty(HF_OPTION(options, cert));
+    o.key = text_or_empty(HF_OPTION(options, key));
+    o.user = text_or_empty(HF_OPTION(options, user));
+    o.password = text_or_empty(HF_OPTION(options, password));
+    if (hf_cancel_fn cancel = HF_OPTION(options, cancel); cancel != nullptr) {
+      void* context = HF_OPTION(options, cancel_context);
+      o.cancel = [cancel, context] { return cancel(context) != 0; };
+    }
+    *out = new hf_lockfile{std::nullopt, std::move(remote)};
     return HF_OK;
   });
 }
@@ -233,7 +307,8 @@ int hf_lockfile_acquire(hf_lockfile* lockfile, int64_t timeout_ms, hf_lock** out
     if (lockfile == nullptr || out == nullptr) usage_error("lockfile and out are required");
     *out = nullptr;
     auto handle = std::make_unique<hf_lock>();
-    int status = acquire_through(lockfile->file, timeout_ms, *handle);
+    int status = lockfile->remote ? acquire_remote(*lockfile->remote, timeout_ms, *handle)
+                                  : acquire_through(*lockfile->file, timeout_ms, *handle);
     if (status == HF_OK) *out = handle.release();
     return status;
   });
@@ -257,6 +332,8 @@ int hf_lock_release(hf_lock* lock) {
   return guarded([&] {
     if (owned->lock) owned->lock->release();
     owned->lock.reset();
+    if (owned->etcd) owned->etcd->release();
+    owned->etcd.reset();
     return HF_OK;
   });
 }
@@ -264,6 +341,14 @@ int hf_lock_release(hf_lock* lock) {
 void hf_lock_detach(hf_lock* lock) {
   if (lock == nullptr) return;
   std::unique_ptr<hf_lock> owned(lock);
+  if (owned->etcd) {
+    // After fork the child has none of the parent's threads (the lease's keeper): destroying the
+    // grant would release the parent's lock and join a thread that is not there. It is
+    // deliberately leaked, never released: that is what detaching means.
+    new holdfast::EtcdLock(std::move(*owned->etcd));  // NOLINT(cppcoreguidelines-owning-memory)
+    owned->etcd.reset();
+    return;
+  }
   if (!owned->lock) return;
   // A one-shot lock's own LockFile closes the descriptor the grant hangs on; a duplicate keeps
   // the open file description, and with it the kernel lock, alive. It is deliberately never
@@ -272,11 +357,18 @@ void hf_lock_detach(hf_lock* lock) {
   owned->lock->detach();
 }
 
-uint64_t hf_lock_token(const hf_lock* lock) { return lock != nullptr && lock->lock ? lock->lock->token() : 0; }
+uint64_t hf_lock_token(const hf_lock* lock) {
+  if (lock != nullptr && lock->etcd) return lock->etcd->token();
+  return lock != nullptr && lock->lock ? lock->lock->token() : 0;
+}
 int hf_lock_backend(const hf_lock* lock) {
+  if (lock != nullptr && lock->etcd) return HF_BACKEND_ETCD;
   return lock != nullptr && lock->lock ? backend_code(lock->lock->backend()) : HF_BACKEND_AUTO;
 }
-int hf_lock_fd(const hf_lock* lock) { return lock != nullptr && lock->lock ? lock->lock->fd() : -1; }
+int hf_lock_fd(const hf_lock* lock) {
+  if (lock != nullptr && lock->etcd) return lock->etcd->lost_fd();
+  return lock != nullptr && lock->lock ? lock->lock->fd() : -1;
+}
 
 int hf_holder(const char* path, int* state, char** json) {
   return guarded([&] {

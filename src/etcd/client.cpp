@@ -250,15 +250,26 @@ Client::Attempt Client::perform(const std::string& url, const std::string& body,
                                 const std::function<bool(std::string_view)>* stream,
                                 const std::function<bool()>* stop) {
   Attempt a;
-  CURL* h = curl_->handle;
+  // A watch stream ends by aborting the transfer, which closes its connection: it gets a handle
+  // of its own, so the requests' connection stays open across it (a waiter's reads right after
+  // the event it waited for then need no new connection).
+  if (stream != nullptr && !watch_curl_) watch_curl_ = std::make_unique<Curl>();
+  Curl& curl = stream != nullptr ? *watch_curl_ : *curl_;
+  CURL* h = curl.handle;
   curl_api().easy_reset(h);
   char error[CURL_ERROR_SIZE] = {};
   StreamContext ctx{&a.body, stream, stop, &a.stopped};
-  curl_api().slist_free_all(curl_->headers);
-  curl_->headers = curl_api().slist_append(nullptr, "Content-Type: application/json");
-  if (!auth_token_.empty()) curl_->headers = curl_api().slist_append(curl_->headers, ("Authorization: " + auth_token_).c_str());
+  curl_api().slist_free_all(curl.headers);
+  curl.headers = curl_api().slist_append(nullptr, "Content-Type: application/json");
+  // gRPC metadata "hasleader: true" (etcd's require-leader, what clientv3.WithRequireLeader sends;
+  // the gateway passes Grpc-Metadata-* headers on as metadata): a member that has no leader
+  // (cut off, or mid-election) answers "etcdserver: no leader" at once instead of holding the
+  // request until it times out, so the request fails over to a member that can serve it, and a
+  // watch on such a member is closed by etcd after a few election timeouts.
+  curl.headers = curl_api().slist_append(curl.headers, "Grpc-Metadata-hasleader: true");
+  if (!auth_token_.empty()) curl.headers = curl_api().slist_append(curl.headers, ("Authorization: " + auth_token_).c_str());
   curl_api().easy_setopt(h, CURLOPT_URL, url.c_str());
-  curl_api().easy_setopt(h, CURLOPT_HTTPHEADER, curl_->headers);
+  curl_api().easy_setopt(h, CURLOPT_HTTPHEADER, curl.headers);
   curl_api().easy_setopt(h, CURLOPT_POST, 1L);
   curl_api().easy_setopt(h, CURLOPT_POSTFIELDS, body.c_str());
   curl_api().easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));

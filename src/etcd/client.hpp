@@ -80,6 +80,7 @@ class Client {
 
   EtcdOptions options_;
   std::unique_ptr<Curl> curl_;
+  std::unique_ptr<Curl> watch_curl_;  // watch streams only (made at the first watch)
   size_t current_ = 0;
   std::string auth_token_;
   std::chrono::steady_clock::time_point answered_attempt_sent_{};

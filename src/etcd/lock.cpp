@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "etcd/client.hpp"
@@ -224,13 +225,48 @@ class Session {
   std::thread thread_;
 };
 
+// The lease, connection and names of an EtcdSession.
+struct EtcdSession::Impl {
+  EtcdOptions options;
+  etcd::Client client;
+  Session session;
+  std::mutex m;
+  std::set<std::string> names;  // held or awaited through this session (one key per name)
+  explicit Impl(const EtcdOptions& o) : options(o), client(o), session(o, client) {}
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() { session.close(true, &client); }
+};
+
 struct EtcdLock::State {
   EtcdOptions options;
-  std::unique_ptr<etcd::Client> client;
-  std::unique_ptr<Session> session;
+  std::shared_ptr<EtcdSession::Impl> shared;  // taken through a session; else its own:
+  std::unique_ptr<etcd::Client> own_client;
+  std::unique_ptr<Session> own_session;       // (destroyed first: revokes the lease, and the key)
+  std::string name;
   std::string key;
   uint64_t revision = 0;
   bool held = false;
+  bool queued = false;    // through a session: our key may exist (created, not yet deleted)
+  bool reserved = false;  // through a session: `name` is ours in the session's names
+
+  // Through a session: gives the name back (once our key is surely gone).
+  void give_back_name() {
+    if (!reserved) return;
+    reserved = false;
+    std::lock_guard lk(shared->m);
+    shared->names.erase(name);
+  }
+
+  State() = default;
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+  // Through a session, the lease outlives us: a key we created and did not delete (a waiter that
+  // gave up or failed, a release whose delete failed) is deleted here, guarded on its revision.
+  ~State();
+
+  etcd::Client& client() { return shared ? shared->client : *own_client; }
+  Session& session() const { return shared ? shared->session : *own_session; }
 };
 
 namespace {
@@ -272,6 +308,28 @@ const json& response_range(const json& txn, size_t index) {
 
 }  // namespace
 
+EtcdLock::State::~State() {
+  if (!shared) return;
+  if (queued) {
+    try {
+      json txn{{"compare", json::array({create_revision_is(key, revision)})},
+               {"success", json::array({json{{"request_delete_range", {{"key", etcd::base64_encode(key)}}}}})}};
+      shared->client.call("/v3/kv/txn", txn, std::min(shared->options.request_timeout, milliseconds(2000)));
+    } catch (const std::exception&) {
+      // the key goes with the session's lease
+    }
+  }
+  give_back_name();
+}
+
+EtcdSession::EtcdSession(const EtcdOptions& options) : impl_(std::make_shared<Impl>(options)) {}
+EtcdSession::EtcdSession(EtcdSession&&) noexcept = default;
+EtcdSession& EtcdSession::operator=(EtcdSession&&) noexcept = default;
+EtcdSession::~EtcdSession() = default;
+int64_t EtcdSession::lease_id() const noexcept { return impl_->session.lease(); }
+bool EtcdSession::lost() const noexcept { return impl_->session.lost(); }
+int EtcdSession::lost_fd() const noexcept { return impl_->session.lost_fd(); }
+
 EtcdLock::EtcdLock(std::unique_ptr<State> state) noexcept : state_(std::move(state)) {}
 EtcdLock::EtcdLock(EtcdLock&&) noexcept = default;
 EtcdLock& EtcdLock::operator=(EtcdLock&& other) noexcept {
@@ -299,10 +357,35 @@ std::optional<EtcdLock> EtcdLock::acquire(const EtcdOptions& options, const std:
   if (name.empty()) throw Error("", "etcd lock", "empty lock name", exit_code::usage);
   auto state = std::make_unique<State>();
   state->options = options;
-  state->client = std::make_unique<etcd::Client>(options);
-  etcd::Client& client = *state->client;
-  state->session = std::make_unique<Session>(options, client);
-  Session& session = *state->session;
+  state->name = name;
+  state->own_client = std::make_unique<etcd::Client>(options);
+  state->own_session = std::make_unique<Session>(options, *state->own_client);
+  return enqueue_and_wait(std::move(state), record, nonblock, deadline);
+}
+
+std::optional<EtcdLock> EtcdLock::acquire(EtcdSession& session, const std::string& name, const std::string& record,
+                                          bool nonblock, std::optional<Clock::time_point> deadline) {
+  if (name.empty()) throw Error("", "etcd lock", "empty lock name", exit_code::usage);
+  {
+    std::lock_guard lk(session.impl_->m);
+    if (!session.impl_->names.insert(name).second) {
+      throw Error(name, "etcd lock", "already held or awaited through this session", exit_code::usage);
+    }
+  }
+  auto state = std::make_unique<State>();
+  state->shared = session.impl_;
+  state->reserved = true;  // from here on, ~State gives the name back
+  state->options = session.impl_->options;
+  state->name = name;
+  return enqueue_and_wait(std::move(state), record, nonblock, deadline);
+}
+
+std::optional<EtcdLock> EtcdLock::enqueue_and_wait(std::unique_ptr<State> state, const std::string& record,
+                                                   bool nonblock, std::optional<Clock::time_point> deadline) {
+  const EtcdOptions& options = state->options;
+  const std::string& name = state->name;
+  etcd::Client& client = state->client();
+  Session& session = state->session();
   const std::string queue = queue_of(options, name);
   state->key = queue + fmt::format("{:x}", session.lease());
   const std::string key64 = etcd::base64_encode(state->key);
@@ -323,42 +406,9 @@ std::optional<EtcdLock> EtcdLock::acquire(const EtcdOptions& options, const std:
   const int64_t owner = etcd::int_field(first_kv(response_range(answer, 1)), "create_revision");
   if (mine <= 0) throw EtcdError(EtcdError::Kind::protocol, client.endpoint(), state->key, "no create revision for our key");
   state->revision = static_cast<uint64_t>(mine);
-
-  if (owner != mine) {
-    if (nonblock) return std::nullopt;  // ~Session revokes the lease, which deletes our key
-    const auto until = deadline.value_or(Clock::time_point::max());
-    for (;;) {
-      if (options.cancel && options.cancel()) return std::nullopt;
-      if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
-      json range{{"key", etcd::base64_encode(queue)},
-                 {"range_end", etcd::base64_encode(etcd::prefix_end(queue))},
-                 {"sort_target", "CREATE"},
-                 {"sort_order", "DESCEND"},
-                 {"max_create_revision", std::to_string(mine - 1)},
-                 {"limit", "1"}};
-      json before = client.call("/v3/kv/range", range);
-      const json& predecessor = first_kv(before);
-      if (predecessor.is_null()) break;
-      const int64_t at = etcd::int_field(before["header"], "revision");
-      auto end = client.watch(
-          {{"key", predecessor.value("key", "")}, {"start_revision", std::to_string(at + 1)}},
-          [](const json& result) {
-            if (result.value("canceled", false)) return true;  // compacted: read again
-            auto it = result.find("events");
-            if (it == result.end() || !it->is_array()) return false;
-            for (const json& event : *it) {
-              if (event.value("type", "") == "DELETE") return true;
-            }
-            return false;
-          },
-          [&session, &options] { return session.lost() || (options.cancel && options.cancel()); }, until);
-      if (end == etcd::Client::WatchEnd::stopped) {
-        if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
-        return std::nullopt;  // deadline or cancelled
-      }
-      if (end == etcd::Client::WatchEnd::broken) std::this_thread::sleep_for(milliseconds(100));
-    }
-  }
+  // Ours either way: created now, or by an earlier attempt of this same request whose answer was
+  // lost (the session's names rule out another acquisition of this key).
+  state->queued = true;
 
   if (owner == mine) {
     // The enqueue transaction itself saw our key (bound to our live lease: the put or the key's
@@ -366,14 +416,51 @@ std::optional<EtcdLock> EtcdLock::acquire(const EtcdOptions& options, const std:
     state->held = true;
     return EtcdLock(std::move(state));
   }
-  // Verify (etcd#9921): our key still exists with our create revision and lease, and the lease
-  // is alive. A waiter whose lease expired must never be told it holds the lock.
-  json check = client.call("/v3/kv/range", {{"key", key64}});
-  const json& kv = first_kv(check);
-  if (kv.is_null() || etcd::int_field(kv, "create_revision") != mine || etcd::int_field(kv, "lease") != session.lease()) {
-    throw EtcdError(EtcdError::Kind::lost, state->key, "after waiting",
-                    "our key is gone (the lease expired while waiting, etcd#9921)");
+  if (nonblock) return std::nullopt;  // ~State deletes our key (~Session revokes its lease, or ~State deletes it)
+  const auto until = deadline.value_or(Clock::time_point::max());
+  // One read-only transaction (a linearizable read, no consensus write) answers both questions
+  // at one revision: which key is just before ours, and is ours still there as we made it.
+  const json look{{"success", json::array({json{{"request_range",
+                                                 {{"key", etcd::base64_encode(queue)},
+                                                  {"range_end", etcd::base64_encode(etcd::prefix_end(queue))},
+                                                  {"sort_target", "CREATE"},
+                                                  {"sort_order", "DESCEND"},
+                                                  {"max_create_revision", std::to_string(mine - 1)},
+                                                  {"limit", "1"}}}},
+                                           json{{"request_range", {{"key", key64}}}}})}};
+  for (;;) {
+    if (options.cancel && options.cancel()) return std::nullopt;
+    if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
+    json seen = client.call("/v3/kv/txn", look);
+    // Verify (etcd#9921): our key still exists with our create revision and lease. A waiter
+    // whose lease expired (and whose key went with it) must never be told it holds the lock.
+    const json& kv = first_kv(response_range(seen, 1));
+    if (kv.is_null() || etcd::int_field(kv, "create_revision") != mine || etcd::int_field(kv, "lease") != session.lease()) {
+      throw EtcdError(EtcdError::Kind::lost, state->key, "waiting",
+                      "our key is gone (the lease expired while waiting, etcd#9921)");
+    }
+    const json& predecessor = first_kv(response_range(seen, 0));
+    if (predecessor.is_null()) break;
+    const int64_t at = etcd::int_field(seen["header"], "revision");
+    auto end = client.watch(
+        {{"key", predecessor.value("key", "")}, {"start_revision", std::to_string(at + 1)}},
+        [](const json& result) {
+          if (result.value("canceled", false)) return true;  // compacted: read again
+          auto it = result.find("events");
+          if (it == result.end() || !it->is_array()) return false;
+          for (const json& event : *it) {
+            if (event.value("type", "") == "DELETE") return true;
+          }
+          return false;
+        },
+        [&session, &options] { return session.lost() || (options.cancel && options.cancel()); }, until);
+    if (end == etcd::Client::WatchEnd::stopped) {
+      if (session.lost()) throw EtcdError(EtcdError::Kind::lost, state->key, "waiting", session.lost_reason());
+      return std::nullopt;  // deadline or cancelled
+    }
+    if (end == etcd::Client::WatchEnd::broken) std::this_thread::sleep_for(milliseconds(100));
   }
+  // And the lease itself is alive on the server (not merely not yet revoked).
   json ttl = client.call("/v3/lease/timetolive", {{"ID", std::to_string(session.lease())}});
   if (etcd::int_field(ttl, "TTL") <= 0 || session.lost()) {
     throw EtcdError(EtcdError::Kind::lost, state->key, "after waiting", "our lease has expired");
@@ -391,11 +478,13 @@ void EtcdLock::release() {
            {"success", json::array({json{{"request_delete_range", {{"key", etcd::base64_encode(state_->key)}}}}})}};
   std::optional<EtcdError> failure;
   try {
-    state_->client->call("/v3/kv/txn", txn);
+    state_->client().call("/v3/kv/txn", txn);
+    state_->queued = false;
+    if (state_->shared) state_->give_back_name();
   } catch (const EtcdError& e) {
-    failure = e;
+    failure = e;  // through a session, ~State tries the delete once more
   }
-  state_->session->close(true, state_->client.get());
+  if (state_->own_session) state_->own_session->close(true, state_->own_client.get());
   if (failure) throw *failure;
 }
 
@@ -405,19 +494,19 @@ bool EtcdLock::update_record(const std::string& record) {
            {"success", json::array({json{{"request_put",
                                           {{"key", etcd::base64_encode(state_->key)},
                                            {"value", etcd::base64_encode(record)},
-                                           {"lease", std::to_string(state_->session->lease())}}}}})}};
-  return state_->client->call("/v3/kv/txn", txn).value("succeeded", false);
+                                           {"lease", std::to_string(state_->session().lease())}}}}})}};
+  return state_->client().call("/v3/kv/txn", txn).value("succeeded", false);
 }
 
 uint64_t EtcdLock::token() const noexcept { return state_->revision; }
 const std::string& EtcdLock::key() const noexcept { return state_->key; }
-int64_t EtcdLock::lease_id() const noexcept { return state_->session->lease(); }
-std::chrono::seconds EtcdLock::ttl() const noexcept { return state_->session->ttl(); }
-milliseconds EtcdLock::margin() const noexcept { return state_->session->margin(); }
-Clock::time_point EtcdLock::valid_until() const noexcept { return state_->session->valid_until(); }
-bool EtcdLock::lost() const noexcept { return state_->session->lost(); }
-std::string EtcdLock::lost_reason() const { return state_->session->lost_reason(); }
-int EtcdLock::lost_fd() const noexcept { return state_->session->lost_fd(); }
+int64_t EtcdLock::lease_id() const noexcept { return state_->session().lease(); }
+std::chrono::seconds EtcdLock::ttl() const noexcept { return state_->session().ttl(); }
+milliseconds EtcdLock::margin() const noexcept { return state_->session().margin(); }
+Clock::time_point EtcdLock::valid_until() const noexcept { return state_->session().valid_until(); }
+bool EtcdLock::lost() const noexcept { return state_->session().lost(); }
+std::string EtcdLock::lost_reason() const { return state_->session().lost_reason(); }
+int EtcdLock::lost_fd() const noexcept { return state_->session().lost_fd(); }
 
 EtcdHolder inspect_etcd_holder(const EtcdOptions& options, const std::string& name) {
   etcd::Client client(options);

@@ -40,21 +40,27 @@ here=$(cd "$(dirname "$0")" && pwd)
 gcc -std=c11 -Wall -Wextra -Werror -pedantic $cflags "$here/capi_consumer.c" -o "$work/capi_consumer" $libs
 mkdir -p "$work/capi"
 HOLDFAST_STATE_DIR="$work/capi/state" LD_LIBRARY_PATH="$work/prefix/lib" "$work/capi_consumer" "$work/capi"
-# Every exported symbol carries one of the ABI's version nodes (HOLDFAST_C_1, or HOLDFAST_C_1.1 for
-# what API version 2 added); nothing else (no C++ symbol) is exported. The 1.1 functions are in 1.1
-# and nowhere else, so a program using them fails to load on a 1.0 library instead of misbehaving.
+# Every exported symbol carries one of the ABI's version nodes (HOLDFAST_C_1, HOLDFAST_C_1.1 for
+# what API version 2 added, HOLDFAST_C_1.2 for version 3); nothing else (no C++ symbol) is
+# exported. Each later node holds exactly its functions and they are nowhere else, so a program
+# using them fails to load on an older library instead of misbehaving.
 exported=$(nm -D --defined-only "$work/prefix/lib/libholdfast_c.so.1" | awk '$2 == "T" {print $3}')
-if echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.1)?$' | grep -q .; then
-  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.1)?$'; exit 1
+if echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.[12])?$' | grep -q .; then
+  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.[12])?$'; exit 1
 fi
-for sym in hf_write_fenced hf_accepted_fence; do
-  if [ "$(echo "$exported" | grep "^$sym@")" != "$sym@@HOLDFAST_C_1.1" ]; then
-    echo "$sym is not exported as $sym@@HOLDFAST_C_1.1:"; echo "$exported" | grep "^$sym@" || true; exit 1
+check_node() {  # NODE SYMBOL...: exactly these symbols, each only in NODE
+  local node=$1; shift
+  for sym in "$@"; do
+    if [ "$(echo "$exported" | grep "^$sym@")" != "$sym@@$node" ]; then
+      echo "$sym is not exported as $sym@@$node:"; echo "$exported" | grep "^$sym@" || true; exit 1
+    fi
+  done
+  if [ "$(echo "$exported" | grep -c "@@${node//./\\.}\$")" -ne $# ]; then
+    echo "$node holds more than $*:"; echo "$exported" | grep "@@${node//./\\.}\$"; exit 1
   fi
-done
-if [ "$(echo "$exported" | grep -c '@@HOLDFAST_C_1.1$')" -ne 2 ]; then
-  echo "HOLDFAST_C_1.1 holds more than the fenced-write functions:"; echo "$exported" | grep '@@HOLDFAST_C_1.1$'; exit 1
-fi
+}
+check_node HOLDFAST_C_1.1 hf_write_fenced hf_accepted_fence
+check_node HOLDFAST_C_1.2 hf_lockfile_open_url
 echo "installed package: C API consumer builds with pkg-config and runs"
 
 # The Python module: installed under PREFIX/HOLDFAST_PYTHON_INSTALL_DIR, it imports from there with
