@@ -68,28 +68,10 @@ std::optional<std::string> pread_all(int fd, size_t limit) noexcept {
   return out;
 }
 
-std::optional<std::string> read_file(const std::string& path, size_t limit) noexcept {
-  int fd = open_nothrow(AT_FDCWD, path, O_RDONLY | O_NOCTTY);
-  if (fd < 0) {
-    errno = -fd;
-    return std::nullopt;
-  }
-  UniqueFd owned(fd);
-  std::string out;
-  char buf[4096];
-  while (out.size() < limit) {
-    ssize_t n = ::read(fd, buf, std::min(sizeof buf, limit - out.size()));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return std::nullopt;
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-std::optional<std::string> read_proc_file(const std::string& path, size_t limit) noexcept {
+namespace {
+// Reads `path` from its start up to `limit` bytes: to the read that returns 0, or, when
+// `short_read_is_end` (procfs seq_files), to the first read shorter than asked.
+std::optional<std::string> read_whole(const std::string& path, size_t limit, bool short_read_is_end) noexcept {
   int fd = open_nothrow(AT_FDCWD, path, O_RDONLY | O_NOCTTY);
   if (fd < 0) {
     errno = -fd;
@@ -105,10 +87,20 @@ std::optional<std::string> read_proc_file(const std::string& path, size_t limit)
       if (errno == EINTR) continue;
       return std::nullopt;
     }
+    if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
-    if (static_cast<size_t>(n) < want) break;  // a seq_file's short read is its end (see header)
+    if (short_read_is_end && static_cast<size_t>(n) < want) break;
   }
   return out;
+}
+}  // namespace
+
+std::optional<std::string> read_file(const std::string& path, size_t limit) noexcept {
+  return read_whole(path, limit, false);
+}
+
+std::optional<std::string> read_proc_file(const std::string& path, size_t limit) noexcept {
+  return read_whole(path, limit, true);  // see the header: single-record seq_files only
 }
 
 int fstat_nothrow(int fd, struct stat& st) noexcept { return ::fstat(fd, &st) == 0 ? 0 : -errno; }

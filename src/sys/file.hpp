@@ -33,10 +33,12 @@ int pwrite_all(int fd, std::string_view data, off_t offset) noexcept;
 std::optional<std::string> pread_all(int fd, size_t limit = SIZE_MAX) noexcept;
 // Reads a whole small file by path (e.g. /proc/PID/stat). nullopt + errno on failure.
 std::optional<std::string> read_file(const std::string& path, size_t limit = 1 << 20) noexcept;
-// Reads a whole /proc file that the kernel generates as a seq_file (/proc/PID/stat,
-// /proc/PID/fdinfo/FD, ...). Such a read fills the buffer with everything there is, so a read
-// shorter than asked is the end: this saves read_file's final read that returns 0. Only for
-// procfs: on a pipe, a terminal or a FUSE file a short read does not mean the end.
+// Reads a whole /proc file that the kernel generates in one piece (a single-record seq_file:
+// /proc/PID/stat, /proc/PID/fdinfo/FD). The kernel builds all of it before the first read and
+// each read fills the buffer from it, so a read shorter than asked is the end: this saves
+// read_file's final read that returns 0. Not for multi-record seq_files (/proc/PID/mountinfo,
+// /proc/locks: a read may stop short where the next record does not fit) nor for anything off
+// procfs (a pipe, a terminal, a FUSE file).
 std::optional<std::string> read_proc_file(const std::string& path, size_t limit = 1 << 16) noexcept;
 
 // fstat/stat/lstat returning -errno instead of throwing.

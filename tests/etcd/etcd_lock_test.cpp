@@ -206,6 +206,18 @@ TEST(EtcdLock, EightProcessesOnThreeNodesNeverOverlapAndTokensIncrease) {
   EXPECT_EQ(run.counters().grants.load(), per * 8);
 }
 
+// Waits for `lock`'s lease to be renewed (its validity moves on) or lost, and expects the first.
+// Synchronised on the lease's state; the limit only catches a hang.
+void expect_renewed_not_lost(const EtcdLock& lock) {
+  const auto first_valid_until = lock.valid_until();
+  const auto give_up = std::chrono::steady_clock::now() + 120s;
+  while (!lock.lost() && lock.valid_until() == first_valid_until && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_FALSE(lock.lost()) << lock.lost_reason();
+  EXPECT_GT(lock.valid_until(), first_valid_until);
+}
+
 // A member that is frozen (SIGSTOP: it accepts connections and never answers) is the first
 // endpoint the keepalive tries. The renewal's budget is what is left of the lease's validity; it
 // must reach a live member within it, not spend all of it waiting on the frozen one (the lease
@@ -223,14 +235,7 @@ TEST(EtcdLock, KeepaliveFailsOverPastAFrozenMemberInTime) {
   etcd.stop_member(frozen);  // before the grant: every new client starts with the frozen member
   auto lock = EtcdLock::acquire(o, "n", "", false, std::nullopt);
   ASSERT_TRUE(lock);
-  const auto first_valid_until = lock->valid_until();
-  // Synchronise on the lease's state: renewed (validity moved on) or lost. The limit catches a hang.
-  const auto give_up = std::chrono::steady_clock::now() + 120s;
-  while (!lock->lost() && lock->valid_until() == first_valid_until && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(20ms);
-  }
-  EXPECT_FALSE(lock->lost()) << lock->lost_reason();
-  EXPECT_GT(lock->valid_until(), first_valid_until);
+  expect_renewed_not_lost(*lock);
   etcd.cont_member(frozen);
 }
 
@@ -253,14 +258,7 @@ TEST(EtcdLock, AGrantThatFailedOverPastASilentMemberIsNotCountedAsLost) {
   etcd.stop_member(frozen);
   auto lock = EtcdLock::acquire(o, "n", "", false, std::nullopt);
   ASSERT_TRUE(lock);
-  const auto first_valid_until = lock->valid_until();
-  // Synchronise on the lease's state: renewed (validity moved on) or lost. The limit catches a hang.
-  const auto give_up = std::chrono::steady_clock::now() + 120s;
-  while (!lock->lost() && lock->valid_until() == first_valid_until && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(20ms);
-  }
-  EXPECT_FALSE(lock->lost()) << lock->lost_reason();
-  EXPECT_GT(lock->valid_until(), first_valid_until);
+  expect_renewed_not_lost(*lock);
   etcd.cont_member(frozen);
 }
 
