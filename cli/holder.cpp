@@ -79,20 +79,11 @@ int run_holder(const std::string& path, bool json) {
 int run_etcd_holder(const std::string& url, const EtcdFlags& flags, const std::string& name, bool json) {
   const EtcdOptions options = etcd_options_of(url, flags);
   const EtcdHolder h = inspect_etcd_holder(options, name);
-  nlohmann::json record = nlohmann::json::parse(h.record, nullptr, false);
   if (json) {
-    nlohmann::json j{{"path", name}, {"backend", "etcd"}, {"state", h.held ? "held" : "free"}};
-    if (h.held) {
-      j["key"] = h.key;
-      j["token"] = h.token;
-      j["lease"] = fmt::format("{:x}", h.lease_id);
-      j["ttl_remaining_s"] = h.ttl_remaining;
-      j["waiters"] = h.waiters;
-      j["record"] = record.is_discarded() ? nlohmann::json(h.record) : record;
-    }
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", etcd_holder_json(name, h).c_str());
     return h.held ? 1 : 0;
   }
+  nlohmann::json record = nlohmann::json::parse(h.record, nullptr, false);
   if (!h.held) {
     std::printf("%s: free — no key under %s/%s/\n", name.c_str(), options.prefix.c_str(), name.c_str());
     return 0;

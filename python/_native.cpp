@@ -161,6 +161,18 @@ class LockFile {
   uint64_t token() const { return hf_lock_token(grant_); }
   // The held grant's descriptor: for etcd, readable once the lock is lost; -1 if not held.
   int fd() const { return grant_ == nullptr ? -1 : hf_lock_fd(grant_); }
+  // (state, json) of who holds this lock now (hf_lockfile_holder): for etcd, one linearizable read.
+  std::tuple<int, std::string> holder() const {
+    int state = 0;
+    char* json = nullptr;
+    int status = 0;
+    {
+      py::gil_scoped_release unlocked;
+      status = hf_lockfile_holder(handle_, &state, &json);
+    }
+    if (status != HF_OK) raise_last_error();
+    return {state, take_string(json)};
+  }
 
  private:
   explicit LockFile(hf_lockfile* remote) : handle_(remote), remote_(true) {}
@@ -371,7 +383,8 @@ PYBIND11_MODULE(_native, m) {
       .def("forget", &LockFile::forget)
       .def_property_readonly("holding", &LockFile::holding)
       .def_property_readonly("token", &LockFile::token)
-      .def_property_readonly("fd", &LockFile::fd);
+      .def_property_readonly("fd", &LockFile::fd)
+      .def("holder", &LockFile::holder);
   m.def("holder", &holder, py::arg("path"));
   m.def("ensure", &ensure, py::arg("name"), py::arg("argv"), py::arg("ready"), py::arg("timeout_ms"),
         py::arg("state_dir"));

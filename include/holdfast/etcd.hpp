@@ -164,5 +164,10 @@ struct EtcdHolder {
   size_t waiters = 0;          // keys queued behind the holder
 };
 EtcdHolder inspect_etcd_holder(const EtcdOptions& options, const std::string& name);
+// `holdfast holder --json --backend URL NAME`'s object for `holder`: {"path","backend":"etcd",
+// "state":"held"|"free"} and, when held, {"key","token","lease" (hex),"ttl_remaining_s","waiters",
+// "record"} where "record" is the key's value parsed as JSON (as a string if it is not JSON, e.g.
+// an etcdctl lock's empty value). The command and the C/Python API both print this.
+std::string etcd_holder_json(const std::string& name, const EtcdHolder& holder);
 
 }  // namespace holdfast

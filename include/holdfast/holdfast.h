@@ -24,7 +24,7 @@
 extern "C" {
 #endif
 
-#define HOLDFAST_C_API_VERSION 3 /* 2: HOLDFAST_C_1.1 (fenced writes); 3: HOLDFAST_C_1.2 (locks on etcd) */
+#define HOLDFAST_C_API_VERSION 4 /* 2: HOLDFAST_C_1.1 (fenced writes); 3: HOLDFAST_C_1.2 (locks on etcd); 4: HOLDFAST_C_1.3 (hf_lockfile_holder) */
 
 /* ---- status codes and errors ---- */
 
@@ -139,6 +139,14 @@ enum hf_holder_state { HF_HOLDER_FREE = 0, HF_HOLDER_HELD = 1, HF_HOLDER_STALE =
  * *json is one JSON object {"state","backend","kernel_lock_held","kernel_lock_kinds","reason",
  * "record_corrupt","record"} where "record" is the holder record (docs/LOCKS.md) or null. */
 int hf_holder(const char* path, int* state, char** json);
+/* Since HOLDFAST_C_1.3 (API version 4). As hf_holder, for the lock `lockfile` names: its path
+ * (exactly hf_holder), or a name on etcd (hf_lockfile_open_url; HF_HOLDER_FREE or HF_HOLDER_HELD,
+ * from one linearizable read, as `holdfast holder --backend URL NAME`). For etcd, *json has
+ * hf_holder's fields ("backend" "etcd", "kernel_lock_held" false; "record" null if the key's value
+ * is no holdfast record, e.g. etcdctl lock's) plus "key", "token" (the holder's fencing token),
+ * "lease" (hex), "ttl_remaining_s" and "waiters", as `holdfast holder --json --backend`. Errors on
+ * etcd: as hf_lockfile_acquire's (69, 76, 77). */
+int hf_lockfile_holder(const hf_lockfile* lockfile, int* state, char** json);
 
 /* ---- ensure: exactly one instance (include/holdfast/ensure.hpp) ---- */
 

@@ -48,6 +48,7 @@ class HolderInfo:
     kernel_lock_held: bool
     reason: str
     record: Optional[dict[str, Any]]  # the last holder record, if readable
+    token: Optional[int] = None  # on etcd, while held: the holder's fencing token (its key's create revision)
 
     @property
     def pids(self) -> list[int]:
@@ -367,8 +368,18 @@ class Lock(BaseFileLock):
         return bool(select.select([fd], [], [], 0)[0])
 
     def holder(self) -> HolderInfo:
-        """Not available for a lock on etcd from Python yet: use ``holdfast holder --backend URL NAME``."""
-        raise NotImplementedError("holder() of a lock on etcd: use `holdfast holder --backend URL NAME`")
+        """Who holds NAME now (any process, any machine), read from etcd without taking it (one
+        linearizable read, as ``holdfast holder --backend URL NAME``): state "held" or "free",
+        backend "etcd", kernel_lock_held False, the holder's record (who and where; None for a
+        key with no holdfast record, e.g. ``etcdctl lock``'s) and its fencing ``token``. Raises
+        as acquire() does when the cluster cannot be used."""
+        import json
+
+        _state, text = _native.LockFile.open_url(self._backend_url, self._lock_file, *self._remote).holder()
+        info = json.loads(text)
+        return HolderInfo(
+            info["state"], info["backend"], info["kernel_lock_held"], info["reason"], info["record"], info.get("token")
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._lock_file!r}, backend={self._backend_url!r}, timeout={self._timeout})"

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "holdfast/atomic_write.hpp"
@@ -390,6 +391,32 @@ int hf_holder(const char* path, int* state, char** json) {
       j["reason"] = info.reason;
       j["record_corrupt"] = info.record_corrupt;
       j["record"] = info.record ? record_json(info.record->to_json()) : nlohmann::json(nullptr);
+      *json = c_string(j.dump());
+    }
+    return HF_OK;
+  });
+}
+
+int hf_lockfile_holder(const hf_lockfile* lockfile, int* state, char** json) {
+  if (lockfile != nullptr && lockfile->file) return hf_holder(lockfile->file->path().c_str(), state, json);
+  return guarded([&] {
+    if (lockfile == nullptr || state == nullptr) usage_error("lockfile and state are required");
+    const RemoteName& remote = *lockfile->remote;
+    const holdfast::EtcdHolder h = holdfast::inspect_etcd_holder(remote.options, remote.name);
+    *state = h.held ? HF_HOLDER_HELD : HF_HOLDER_FREE;
+    if (json != nullptr) {
+      // The shared object of `holdfast holder --json --backend`, plus hf_holder's fields.
+      nlohmann::json j = nlohmann::json::parse(holdfast::etcd_holder_json(remote.name, h));
+      const bool is_record = h.held && j["record"].is_object();
+      j["kernel_lock_held"] = false;
+      j["kernel_lock_kinds"] = nlohmann::json::array();
+      j["record_corrupt"] = false;
+      j["reason"] = !h.held ? fmt::format("no key under {}/{}/", remote.options.prefix, remote.name)
+                    : is_record
+                        ? fmt::format("key {} (token {}, lease {:x}, {} s left, {} waiting)", h.key, h.token, h.lease_id,
+                                      h.ttl_remaining, h.waiters)
+                        : fmt::format("key {} holds it with no holdfast record (e.g. etcdctl lock)", h.key);
+      if (!is_record) j["record"] = nullptr;
       *json = c_string(j.dump());
     }
     return HF_OK;

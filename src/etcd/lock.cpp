@@ -529,4 +529,18 @@ EtcdHolder inspect_etcd_holder(const EtcdOptions& options, const std::string& na
   return holder;
 }
 
+std::string etcd_holder_json(const std::string& name, const EtcdHolder& holder) {
+  json j{{"path", name}, {"backend", "etcd"}, {"state", holder.held ? "held" : "free"}};
+  if (holder.held) {
+    json record = json::parse(holder.record, nullptr, false);
+    j["key"] = holder.key;
+    j["token"] = holder.token;
+    j["lease"] = fmt::format("{:x}", holder.lease_id);
+    j["ttl_remaining_s"] = holder.ttl_remaining;
+    j["waiters"] = holder.waiters;
+    j["record"] = record.is_discarded() ? json(holder.record) : record;
+  }
+  return j.dump();
+}
+
 }  // namespace holdfast

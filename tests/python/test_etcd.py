@@ -160,3 +160,78 @@ except KeyboardInterrupt:
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=HANG_TIMEOUT) == 3
         assert p.stdout.read().strip() == "interrupted"
+
+
+def test_holder_names_the_holder_on_any_machine_as_the_command_does(etcd: str, tmp_path: Path) -> None:
+    url = f"etcd://{etcd}/py"
+    lock = holdfast.Lock("h", backend=url, ttl=5)
+    free = lock.holder()
+    assert (free.state, free.backend, free.kernel_lock_held, free.record, free.token) == ("free", "etcd", False, None, None)
+    assert free.pids == []
+
+    # Another process holds it through the Python API: its pid, host and token, read from etcd.
+    code = """
+import sys, holdfast
+lock = holdfast.Lock("h", backend=sys.argv[1], ttl=5)
+with lock:
+    print(lock.token, flush=True)
+    sys.stdin.readline()
+"""
+    child = run_python(code, url, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        token = int(child.stdout.readline())
+        info = lock.holder()
+        assert (info.state, info.backend, info.kernel_lock_held, info.token) == ("held", "etcd", False, token)
+        assert info.pids == [child.pid]
+        assert info.record is not None and info.record["backend"] == "etcd"
+        assert info.record["processes"][0]["host"] == socket.gethostname()
+        assert str(token) in info.reason and "\n" not in info.reason
+        # The same answer as `holdfast holder --json --backend` (one implementation).
+        import json
+
+        cmd = subprocess.run([cli(), "holder", "--json", "--backend", url, "h"], capture_output=True, text=True)
+        assert cmd.returncode == 1, cmd.stderr
+        assert json.loads(cmd.stdout)["token"] == token and json.loads(cmd.stdout)["record"] == info.record
+        # While held by another: our own acquire is refused, and holder() did not take it.
+        with pytest.raises(holdfast.Timeout):
+            lock.acquire(timeout=0)
+        child.stdin.write("\n")
+        child.stdin.close()
+        assert child.wait(timeout=HANG_TIMEOUT) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert lock.holder().state == "free"
+    with lock:
+        mine = lock.holder()
+        assert mine.state == "held" and mine.pids == [os.getpid()] and mine.token == lock.token
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/etcdctl", os.X_OK), reason="etcdctl not installed (etcd-client)")
+def test_holder_of_an_etcdctl_lock_is_held_without_a_record(etcd: str, tmp_path: Path) -> None:
+    held, done = tmp_path / "held", tmp_path / "done"
+    proc = subprocess.Popen(
+        ["/usr/bin/etcdctl", f"--endpoints={etcd}", "lock", "py/e", "--", "sh", "-c",
+         f"touch {held}; while [ ! -e {done} ]; do sleep 0.05; done"],
+        stdin=subprocess.DEVNULL, env={**os.environ, "ETCDCTL_API": "3"})
+    try:
+        def holding() -> bool:
+            assert proc.poll() is None, "etcdctl lock exited"
+            return held.exists()
+
+        wait_until(holding, "etcdctl to hold the lock")
+        info = holdfast.Lock("e", backend=f"etcd://{etcd}/py").holder()
+        assert info.state == "held" and info.record is None and info.pids == [] and info.token
+        assert "etcdctl" in info.reason
+    finally:
+        done.touch()
+        proc.wait(timeout=HANG_TIMEOUT)
+
+
+def test_holder_of_an_unreachable_cluster_raises_in_one_line() -> None:
+    (port,) = free_ports(1)
+    with pytest.raises(holdfast.Unavailable) as e:
+        holdfast.Lock("n", backend=f"etcd://127.0.0.1:{port}/x").holder()
+    assert "\n" not in str(e.value)
