@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 
 namespace holdfast {
@@ -169,5 +170,44 @@ EtcdHolder inspect_etcd_holder(const EtcdOptions& options, const std::string& na
 // "record"} where "record" is the key's value parsed as JSON (as a string if it is not JSON, e.g.
 // an etcdctl lock's empty value). The command and the C/Python API both print this.
 std::string etcd_holder_json(const std::string& name, const EtcdHolder& holder);
+
+// ---- ensure, status and stop on etcd: one instance across machines (docs/ETCD.md) ----
+// The instance is a local ensure instance whose main process is `LOCK_PROGRAM lock -n --backend
+// URL NAME -- COMMAND` (LOCK_PROGRAM: the holdfast command), which holds NAME in etcd for the
+// instance's life and stops COMMAND when its lease may have expired. `holdfast ensure|status|stop
+// --backend` call exactly these.
+
+// "etcd://HOST:PORT[,HOST:PORT...]/PREFIX" of `options` (parse_etcd_url's inverse).
+std::string etcd_url(const EtcdOptions& options);
+
+// The instance holding NAME, as its etcd key's record describes it.
+struct EtcdInstance {
+  EtcdHolder holder;
+  std::string host;         // "" if the key has no holdfast record (e.g. etcdctl lock)
+  pid_t pid = 0;            // the lock process keeping the lease, on `host`
+  uint64_t start_time = 0;  // its start time (with pid: what a local stop verifies)
+};
+// NAME's holder (one linearizable read), or nullopt if nobody holds NAME. Throws EtcdError.
+std::optional<EtcdInstance> etcd_instance(const EtcdOptions& options, const std::string& name);
+
+// Exactly one of the two is set.
+struct EtcdEnsured {
+  std::optional<Instance> local;         // it runs here (started by this call or not)
+  std::optional<EtcdInstance> elsewhere; // it runs on another host: nothing was started
+};
+// Held by another host: returns that instance and starts nothing. Otherwise ensure_running(NAME,
+// the wrapped command, options) here; with options.ready none, ready means "NAME is held in etcd"
+// (the lock process reports it). If another host won the race, returns that host's instance.
+// `lock_program`: the holdfast command's path; "" means $HOLDFAST_CLI, else `holdfast` in $PATH
+// (Error(not_found) if none). The password (if any) reaches the lock process only through its
+// environment. Throws as ensure_running (StartFailure, ...) and EtcdError.
+EtcdEnsured ensure_running(const EtcdOptions& etcd, const std::string& name, const std::vector<std::string>& command,
+                           EnsureOptions options, const std::string& lock_program = "");
+
+// Stops NAME's instance, only where it runs and only if verified: not held → was_running false;
+// held by another host → Error(data), nothing signalled; on this host, the local instance of
+// options.state_dir must be the holder (its main process = the etcd record's pid and start time),
+// else Error(data); then stop_instance(name, options). Throws EtcdError, and as stop_instance.
+StopResult stop_instance(const EtcdOptions& etcd, const std::string& name, const StopOptions& options);
 
 }  // namespace holdfast

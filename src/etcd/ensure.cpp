@@ -1,0 +1,119 @@
+// ensure, status and stop on etcd: one instance across machines. See include/holdfast/etcd.hpp
+// and docs/ETCD.md ("ensure, status and stop on etcd"). The command (cli/ensure_etcd.cpp) and the
+// library share this one implementation.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <string_view>
+
+#include "holdfast/ensure.hpp"
+#include "holdfast/error.hpp"
+#include "holdfast/etcd.hpp"
+#include "holdfast/identity.hpp"
+
+namespace holdfast {
+namespace {
+
+// The holdfast command that will keep the lease: the caller's, else $HOLDFAST_CLI, else PATH's.
+std::string lock_program_of(const std::string& given) {
+  if (!given.empty()) return given;
+  if (const char* env = std::getenv("HOLDFAST_CLI"); env != nullptr && env[0] != '\0') return env;
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (true) {
+    const size_t colon = dirs.find(':');
+    const std::string_view dir = dirs.substr(0, colon);
+    if (!dir.empty()) {
+      std::string candidate = std::string(dir) + "/holdfast";
+      if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    }
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  throw Error("holdfast", "ensure on etcd",
+              "the holdfast command (which keeps the lease) is not in $PATH; set HOLDFAST_CLI", exit_code::not_found);
+}
+
+}  // namespace
+
+std::string etcd_url(const EtcdOptions& options) {
+  std::string url = "etcd://";
+  for (size_t i = 0; i < options.endpoints.size(); ++i) url += (i == 0 ? "" : ",") + options.endpoints[i];
+  return url + "/" + options.prefix;
+}
+
+std::optional<EtcdInstance> etcd_instance(const EtcdOptions& options, const std::string& name) {
+  EtcdInstance inst;
+  inst.holder = inspect_etcd_holder(options, name);
+  if (!inst.holder.held) return std::nullopt;
+  auto record = nlohmann::json::parse(inst.holder.record, nullptr, false);
+  if (record.is_object()) {
+    inst.host = record.value("host", std::string());
+    auto procs = record.find("processes");
+    if (procs != record.end() && procs->is_array() && !procs->empty() && (*procs)[0].is_object()) {
+      inst.pid = (*procs)[0].value("pid", 0);
+      inst.start_time = (*procs)[0].value("start_time", uint64_t{0});
+    }
+  }
+  return inst;
+}
+
+EtcdEnsured ensure_running(const EtcdOptions& etcd, const std::string& name, const std::vector<std::string>& command,
+                           EnsureOptions options, const std::string& lock_program) {
+  auto elsewhere = [&]() -> std::optional<EtcdInstance> {
+    auto inst = etcd_instance(etcd, name);
+    if (inst && inst->host != this_host()) return inst;
+    return std::nullopt;
+  };
+  if (auto inst = elsewhere()) return {std::nullopt, std::move(inst)};
+
+  // The instance's main process holds NAME in etcd for the instance's life; -n: if another
+  // machine won the race, it exits 1 at once and this start fails (then we report the winner).
+  std::vector<std::string> wrapped = {lock_program_of(lock_program), "lock",  "--backend", etcd_url(etcd), "-n",
+                                      "--ttl", fmt::format("{}s", etcd.ttl.count())};
+  if (!etcd.cacert.empty()) wrapped.insert(wrapped.end(), {"--cacert", etcd.cacert});
+  if (!etcd.cert.empty()) wrapped.insert(wrapped.end(), {"--cert", etcd.cert});
+  if (!etcd.key.empty()) wrapped.insert(wrapped.end(), {"--key", etcd.key});
+  if (!etcd.user.empty()) {
+    // The password goes through the environment, never on a command line others can read.
+    wrapped.insert(wrapped.end(), {"--user", etcd.user});
+    if (!etcd.password.empty()) options.environment.push_back("HOLDFAST_ETCD_PASSWORD=" + etcd.password);
+  }
+  wrapped.insert(wrapped.end(), {name, "--"});
+  wrapped.insert(wrapped.end(), command.begin(), command.end());
+  if (options.ready.kind == ReadySpec::Kind::none) {
+    // "Ready" must mean "NAME is held in etcd", not "the lock process was executed": the lock
+    // process reports READY=1 itself once it holds NAME.
+    options.ready.kind = ReadySpec::Kind::notify;
+    options.environment.emplace_back("HOLDFAST_ETCD_NOTIFY_READY=1");
+  }
+  try {
+    return {ensure_running(name, wrapped, options), std::nullopt};
+  } catch (const StartFailure&) {
+    if (auto inst = elsewhere()) return {std::nullopt, std::move(inst)};  // lost the race
+    throw;
+  }
+}
+
+StopResult stop_instance(const EtcdOptions& etcd, const std::string& name, const StopOptions& options) {
+  auto inst = etcd_instance(etcd, name);
+  if (!inst) return StopResult{.message = name + ": not running"};
+  if (inst->host != this_host()) {
+    throw Error(name, "stop --backend etcd",
+                fmt::format("runs on host {} (pid {}): nothing signalled from here; stop it on {}", inst->host, inst->pid,
+                            inst->host),
+                exit_code::data);
+  }
+  // On its host: only the local instance whose main process is the lease's keeper itself.
+  auto local = instance_status(name, options.state_dir);
+  if (!local.record || local.record->process.pid != inst->pid || local.record->process.start_time != inst->start_time) {
+    throw Error(name, "stop --backend etcd",
+                fmt::format("the etcd holder (pid {}) is not this state directory's instance: nothing signalled", inst->pid),
+                exit_code::data);
+  }
+  return stop_instance(name, options);
+}
+
+}  // namespace holdfast
