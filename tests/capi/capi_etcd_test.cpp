@@ -1,4 +1,4 @@
-// The C API's locks on etcd (hf_lockfile_open_url, HOLDFAST_C_1.2) against a real etcd started
+// The C API's locks on etcd (hf_lockfile_open_url, HOLDFAST_C_1.2; hf_lockfile_holder, 1.3) against a real etcd started
 // here, and against `holdfast lock --backend etcd://` holding the same name.
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -150,3 +150,41 @@ TEST(CApiEtcd, TheCancelCallbackEndsAWait) {
 }
 
 }  // namespace
+
+// hf_lockfile_holder (HOLDFAST_C_1.3): who holds a name on etcd, read without taking it, with the
+// holder's token; for a lock path it is hf_holder.
+TEST(CApiEtcd, HolderOfANameOnEtcdAndOfALockPath) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(1);
+  TempDir dir;
+  const std::string url = etcd.url("capi");
+  hf_lockfile* file = nullptr;
+  ASSERT_EQ(hf_lockfile_open_url(url.c_str(), "h", HF_EXCLUSIVE, nullptr, &file), HF_OK) << hf_error_message();
+  int state = -1;
+  char* json = nullptr;
+  ASSERT_EQ(hf_lockfile_holder(file, &state, &json), HF_OK) << hf_error_message();
+  EXPECT_EQ(state, HF_HOLDER_FREE);
+  EXPECT_NE(std::string(json).find("\"backend\":\"etcd\""), std::string::npos) << json;
+  hf_free(json);
+  hf_lock* lock = nullptr;
+  ASSERT_EQ(hf_lockfile_acquire(file, 0, &lock), HF_OK) << hf_error_message();
+  ASSERT_EQ(hf_lockfile_holder(file, &state, &json), HF_OK) << hf_error_message();
+  EXPECT_EQ(state, HF_HOLDER_HELD);
+  const std::string text(json);
+  hf_free(json);
+  EXPECT_NE(text.find("\"token\":" + std::to_string(hf_lock_token(lock))), std::string::npos) << text;
+  EXPECT_NE(text.find("\"pid\":" + std::to_string(::getpid())), std::string::npos) << text;
+  EXPECT_NE(text.find("\"kernel_lock_held\":false"), std::string::npos) << text;
+  hf_lock_release(lock);
+  ASSERT_EQ(hf_lockfile_holder(file, &state, nullptr), HF_OK);
+  EXPECT_EQ(state, HF_HOLDER_FREE);
+  hf_lockfile_close(file);
+
+  const std::string path = dir / "f.lock";
+  ASSERT_EQ(hf_lockfile_open(path.c_str(), HF_BACKEND_FLOCK, HF_EXCLUSIVE, &file), HF_OK) << hf_error_message();
+  ASSERT_EQ(hf_lockfile_acquire(file, 0, &lock), HF_OK) << hf_error_message();
+  ASSERT_EQ(hf_lockfile_holder(file, &state, nullptr), HF_OK) << hf_error_message();
+  EXPECT_EQ(state, HF_HOLDER_HELD);
+  hf_lock_release(lock);
+  hf_lockfile_close(file);
+}
