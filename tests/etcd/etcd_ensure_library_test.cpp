@@ -2,6 +2,9 @@
 // `holdfast ensure|status|stop --backend` call: against a real 1-member etcd; another "machine" is
 // the command in its own UTS namespace (`unshare -u` + another hostname).
 #include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <optional>
 
 #include "etcd/etcd_cluster.hpp"
 #include "holdfast/ensure.hpp"
@@ -90,6 +93,65 @@ TEST(EtcdEnsureLibrary, OneInstanceVerifiedStatusAndStopOnlyWhereItRuns) {
   EXPECT_TRUE(stopped.was_running);
   EXPECT_FALSE(etcd_instance(options, "svc"));
   EXPECT_FALSE(stop_instance(options, "svc", StopOptions{.state_dir = state}).was_running);
+}
+
+// Sets an environment variable for one scope, restoring the old value (or its absence).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name); old != nullptr) old_ = old;
+    if (value != nullptr) {
+      ::setenv(name, value, 1);
+    } else {
+      ::unsetenv(name);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// lock_program "": $HOLDFAST_CLI, else `holdfast` in $PATH, else a one-line not_found error and
+// nothing started.
+TEST(EtcdEnsureLibrary, TheLockProgramComesFromHoldfastCliOrPath) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(1);
+  testing::TempDir dir;
+  const std::string state = dir / "state";
+  ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+  const EtcdOptions options = etcd.options("lib");
+  EnsureOptions eo;
+  eo.state_dir = state;
+  {
+    ScopedEnv cli("HOLDFAST_CLI", nullptr);
+    ScopedEnv path("PATH", (dir / "empty").c_str());
+    try {
+      ensure_running(options, "svc", {"/bin/sleep", "100000"}, eo);
+      ADD_FAILURE() << "started without a holdfast command";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.exit_code(), exit_code::not_found);
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_FALSE(etcd_instance(options, "svc"));
+  LocalInstance guard("svc", state);
+  ScopedEnv cli("HOLDFAST_CLI", testing::holdfast_path().c_str());
+  const EtcdEnsured started = ensure_running(options, "svc", {"sleep", "100000"}, eo);
+  ASSERT_TRUE(started.local);
+  auto held = etcd_instance(options, "svc");
+  ASSERT_TRUE(held);
+  EXPECT_EQ(held->pid, started.local->pid);
+  EXPECT_TRUE(stop_instance(options, "svc", StopOptions{.state_dir = state, .kill_after = 5000ms}).was_running);
 }
 
 }  // namespace
