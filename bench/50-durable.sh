@@ -12,13 +12,10 @@ trap 'rm -f "$out"' EXIT
 # load); the other benchmarks take the median of 3 repetitions.
 "$bin" --benchmark_repetitions=3 --benchmark_min_time=0.5 --benchmark_out="$out" \
   --benchmark_out_format=json --benchmark_report_aggregates_only=true >/dev/null
-python3 - "$out" <<'PY'
-import json, sys
-data = json.load(open(sys.argv[1]))
-med = {}
-for b in data["benchmarks"]:
-    if b.get("aggregate_name") == "median":
-        med[b["run_name"]] = b
+PYTHONPATH="$(dirname "$0")" python3 - "$out" <<'PY'
+import sys
+import gbench
+data, med = gbench.medians(sys.argv[1])
 def t(name, key="real_time"): return med[name][key]
 def bps(name): return med[name]["bytes_per_second"]
 print(f"machine: {data['context'].get('num_cpus')} cpus, load {data['context'].get('load_avg')}")

@@ -50,14 +50,11 @@ for round in 1 2; do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-"$PY" - "$work" <<'PYEOF'
+PYTHONPATH="$(dirname "$0")" "$PY" - "$work" <<'PYEOF'
 import json, os, sys, collections
+import gbench
 work = sys.argv[1]
-gb = json.load(open(os.path.join(work, "gbench.json")))
-med = {}
-for b in gb["benchmarks"]:
-    if b.get("aggregate_name") == "median":
-        med[b["run_name"].split("/")[1]] = (b["real_time"], b["cpu_time"])
+med = gbench.times_by_arg(os.path.join(work, "gbench.json"))
 print()
 print("Uncontended acquire+release, ns (median; wall clock, CPU time in brackets), ratio to pthread_mutex in a shared mapping:")
 print()

@@ -136,14 +136,11 @@ print(json.dumps({"kill_to_grant_s": kill_to_grant, "loss_to_stop": loss_to_stop
 PYEOF
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-"$PY" - "$work" <<'PYEOF'
+PYTHONPATH="$(dirname "$0")" "$PY" - "$work" <<'PYEOF'
 import json, os, sys
+import gbench
 work = sys.argv[1]
-gb = json.load(open(os.path.join(work, "gbench.json")))
-med = {}
-for b in gb["benchmarks"]:
-    if b.get("aggregate_name") == "median":
-        med[b["run_name"].split("/")[1]] = (b["real_time"], b["cpu_time"])
+med = gbench.times_by_arg(os.path.join(work, "gbench.json"))
 print()
 print("Uncontended acquire+release, ms wall (median of the repetitions; CPU time of this process in brackets):")
 print()
