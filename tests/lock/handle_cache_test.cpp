@@ -49,9 +49,10 @@ class StateDir {
 
 class HandleCache : public ::testing::TestWithParam<Backend> {};
 
-// Every grant's record as written on disk parses, names exactly this process, carries the grant's
-// own token and a nonce no earlier grant had; a grant that added a process does not leave that
-// process in the next grant's record.
+// Every grant's record as written (on disk, or in the shm mapping's slot) parses, names exactly
+// this process, carries the grant's own token, time and a nonce no earlier grant had; a grant that
+// added a process does not leave that process in the next grant's record. Grants end by release()
+// and by the Lock's destructor in turn (the shm backend lends the LockFile's record to each grant).
 TEST_P(HandleCache, RepeatedGrantsWriteFreshCompleteRecords) {
   TempDir dir;
   StateDir state(dir / "state");
@@ -76,12 +77,13 @@ TEST_P(HandleCache, RepeatedGrantsWriteFreshCompleteRecords) {
       EXPECT_EQ(on_disk->processes.front(), self_identity());
       EXPECT_EQ(on_disk->token, l.token());
       EXPECT_EQ(on_disk->nonce, l.record().nonce);
+      EXPECT_EQ(on_disk->acquired_unix_ns, l.record().acquired_unix_ns);
     }
     EXPECT_GT(l.token(), last_token);
     last_token = l.token();
     EXPECT_TRUE(nonces.insert(l.record().nonce).second) << "nonce reused in round " << round;
     EXPECT_EQ(l.record().processes.size(), round == 10 ? 2U : 1U);
-    l.release();
+    if (round % 2 == 0) l.release();  // odd rounds: released by the Lock's destructor
   }
 }
 
@@ -129,7 +131,7 @@ TEST_P(HandleCache, ForkedChildNeverWritesItsParentsIdentity) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, HandleCache, ::testing::Values(Backend::ofd, Backend::flock, Backend::excl,
-                                                                   Backend::link),
+                                                                   Backend::link, Backend::shm),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
 TEST(UniqueValues, NeverRepeatWithinAProcessAndDifferAcrossAFork) {
