@@ -24,6 +24,7 @@ struct Paths {
   std::string spawn_lock;  // DIR/NAME.spawn.lock — single flight
   std::string record;      // DIR/NAME.json
   std::string log;         // DIR/NAME.log (default)
+  std::string notify;      // DIR/NAME.notify — the sd_notify directory bound last (NotifySocket)
 };
 Paths paths_for(const std::string& dir, const std::string& name);
 

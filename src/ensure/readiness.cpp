@@ -175,7 +175,34 @@ bool ReadinessProbe::ready() {
   }
 }
 
-NotifySocket::NotifySocket(const std::string& fallback_dir) {
+namespace {
+
+bool is_notify_dir_name(const std::string& dir) {
+  const auto slash = dir.rfind('/');
+  return slash != std::string::npos && slash > 0 && dir.compare(slash + 1, 16, "holdfast-notify.") == 0 &&
+         dir.size() > slash + 17;
+}
+
+// Removes the directory `marker` names if it is a holdfast-notify.* directory of ours: its socket,
+// then the directory itself (rmdir: anything else in it keeps it). Never follows a link.
+void remove_abandoned_notify_dir(const std::string& marker) noexcept {
+  auto named = sys::read_file(marker, 4096);
+  if (!named) return;
+  std::string dir = *named;
+  while (!dir.empty() && dir.back() == '\n') dir.pop_back();
+  struct stat st {};
+  if (!dir.starts_with('/') || !is_notify_dir_name(dir) || ::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
+      st.st_uid != ::geteuid()) {
+    return;
+  }
+  ::unlink((dir + "/notify").c_str());
+  ::rmdir(dir.c_str());
+}
+
+}  // namespace
+
+NotifySocket::NotifySocket(const std::string& fallback_dir, std::string marker) : marker_(std::move(marker)) {
+  remove_abandoned_notify_dir(marker_);
   // The first of these where we may create a directory and the socket path fits sun_path.
   int err = ENAMETOOLONG;
   std::string where;
@@ -192,13 +219,14 @@ NotifySocket::NotifySocket(const std::string& fallback_dir) {
   if (dir_.empty()) throw Error(err, where.empty() ? fallback_dir : where, "cannot create the sd_notify directory");
   path_ = dir_ + "/notify";
   bind_socket();
+  write_marker();
 }
 
-NotifySocket::NotifySocket(const TakeOver& old) {
+NotifySocket::NotifySocket(const TakeOver& old, std::string marker) : marker_(std::move(marker)) {
   const auto slash = old.path.rfind('/');
   const std::string dir = slash == std::string::npos ? std::string() : old.path.substr(0, slash);
   if (dir.empty() || old.path.substr(slash) != "/notify" || old.path.size() >= sizeof(sockaddr_un::sun_path) ||
-      !dir.substr(dir.rfind('/') + 1).starts_with("holdfast-notify.")) {
+      !is_notify_dir_name(dir)) {
     throw Error(old.path, "sd_notify socket", "not a holdfast notify socket path", exit_code::data);
   }
   dir_ = dir;
@@ -213,6 +241,14 @@ NotifySocket::NotifySocket(const TakeOver& old) {
   }
   ::unlink(path_.c_str());  // the killed supervisor's socket: nobody reads it any more
   bind_socket();
+  write_marker();
+}
+
+void NotifySocket::write_marker() const noexcept {
+  sys::UniqueFd fd(::open(marker_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!fd) return;
+  const std::string line = dir_ + "\n";
+  (void)!::write(fd.get(), line.data(), line.size());
 }
 
 void NotifySocket::bind_socket() {
@@ -236,6 +272,7 @@ void NotifySocket::bind_socket() {
 NotifySocket::~NotifySocket() {
   ::unlink(path_.c_str());
   ::rmdir(dir_.c_str());
+  if (sys::read_file(marker_, 4096) == dir_ + "\n") ::unlink(marker_.c_str());
 }
 
 std::vector<NotifySocket::Message> NotifySocket::receive(pid_t supervisor, int& rejected, pid_t adopted) {

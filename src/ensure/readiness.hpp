@@ -47,16 +47,24 @@ int64_t coarse_realtime_ns() noexcept;
 // sun_path, whatever the state directory's length; never the abstract namespace). The directory is 0711 and the socket 0666, so a daemon that drops
 // privileges can still notify (as with systemd's socket); what protects it is the credential
 // check: every datagram must carry SCM_CREDENTIALS of a process of the instance.
+//
+// `marker` (the instance's NAME.notify in the state directory) holds the path of the directory
+// bound last for the instance. A supervisor that was SIGKILLed cannot remove its directory, so
+// the next one does: a fresh NotifySocket first removes the directory the marker names (only a
+// holdfast-notify.* directory owned by us: its socket, then the directory if it is empty). Its
+// caller must hold the instance (no other supervisor of it runs). The destructor removes the
+// directory and, if it still names ours, the marker.
 class NotifySocket {
  public:
-  explicit NotifySocket(const std::string& fallback_dir);  // throws Error naming the directory
+  // Throws Error naming the directory.
+  NotifySocket(const std::string& fallback_dir, std::string marker);
   // Binds anew the socket at `path` (DIR/notify, DIR a holdfast-notify.* directory) that a
   // supervisor which is gone was listening on, for the daemon it left running still sends there:
   // DIR is recreated if it was removed, and must be a directory owned by us. Throws Error.
   struct TakeOver {
     std::string path;
   };
-  explicit NotifySocket(const TakeOver& old);
+  NotifySocket(const TakeOver& old, std::string marker);
   ~NotifySocket();
   NotifySocket(const NotifySocket&) = delete;
   NotifySocket& operator=(const NotifySocket&) = delete;
@@ -81,9 +89,11 @@ class NotifySocket {
 
  private:
   void bind_socket();  // binds path_ (SO_PASSCRED, mode 0666); throws Error
+  void write_marker() const noexcept;  // best effort: a lost marker costs only a left-over directory
   sys::UniqueFd fd_;
   std::string dir_;
   std::string path_;
+  std::string marker_;
 };
 
 }  // namespace holdfast::ensure_detail

@@ -112,6 +112,7 @@ Paths paths_for(const std::string& dir, const std::string& name) {
   p.spawn_lock = base + ".spawn.lock";
   p.record = base + ".json";
   p.log = base + ".log";
+  p.notify = base + ".notify";
   return p;
 }
 

@@ -141,7 +141,7 @@ void Supervisor::setup() {
   record_.launcher_lock_fd = instance_fd_;
 
   try {
-    if (plan_.ready.kind == ReadySpec::Kind::notify) notify_ = std::make_unique<NotifySocket>(plan_.paths.dir);
+    if (plan_.ready.kind == ReadySpec::Kind::notify) notify_ = std::make_unique<NotifySocket>(plan_.paths.dir, plan_.paths.notify);
   } catch (const Error& e) {
     fail(FailureKind::supervisor, e.what(), -1);
   }

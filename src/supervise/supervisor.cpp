@@ -381,7 +381,7 @@ void Supervisor::watch_adopted() {
     return;
   }
   try {
-    notify_ = std::make_unique<NotifySocket>(NotifySocket::TakeOver{socket});
+    notify_ = std::make_unique<NotifySocket>(NotifySocket::TakeOver{socket}, paths_.notify);
   } catch (const Error& e) {
     log(std::string("watchdog: cannot listen where pid ") + std::to_string(main_) + " pings (" + e.what() +
         "): its watchdog begins with the next start");
@@ -407,7 +407,7 @@ void Supervisor::setup() {
   if (!timer_fd_) throw Error(errno, paths_.lock, "timerfd_create");
   const bool wants_notify = options_.base.ready.kind == ReadySpec::Kind::notify ||
                             (options_.watchdog && options_.heartbeat_file.empty());
-  if (wants_notify) notify_ = std::make_unique<NotifySocket>(paths_.dir);
+  if (wants_notify) notify_ = std::make_unique<NotifySocket>(paths_.dir, paths_.notify);
   environment_ = daemon_environment(options_.base.environment, kPerServiceVariables);
   if (upstream_.watchdog() && !options_.watchdog) {
     // systemd watches us: ping at half its interval (sd_watchdog_enabled(3)'s advice).

@@ -603,6 +603,43 @@ TEST_F(EnsureTest, KillingTheSupervisorTakesTheMainProcessWithIt) {
   EXPECT_TRUE(second.started);
 }
 
+// A SIGKILLed supervisor cannot remove its sd_notify directory (/tmp/holdfast-notify.*); the next
+// supervisor of the instance does, and a stopped instance leaves neither directory nor marker.
+TEST_F(EnsureTest, TheNextSupervisorRemovesTheNotifyDirectoryAKilledOneLeft) {
+  Daemon d = daemon("notifyleft");
+  const std::string marker = state_ + "/notifyleft.notify";
+  auto notify_dir = [&] {
+    std::string line;
+    std::ifstream in(marker);
+    std::getline(in, line);
+    return line;
+  };
+  auto exists = [](const std::string& path) {
+    struct stat st {};
+    return ::lstat(path.c_str(), &st) == 0;
+  };
+  auto first = ensure_running(use("notifyleft"), {self_exe()}, options("notify", d));
+  const std::string left = notify_dir();
+  ASSERT_NE(left.find("/holdfast-notify."), std::string::npos) << left;
+  ASSERT_TRUE(exists(left + "/notify"));
+  ASSERT_EQ(::kill(first.record.launcher_pid, SIGKILL), 0);
+  for (int i = 0; i < 2000 && process_alive(first.pid); ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_FALSE(process_alive(first.pid));
+  EXPECT_TRUE(exists(left));  // nobody removed it yet
+
+  auto second = ensure_running("notifyleft", {self_exe()}, options("notify", d));
+  EXPECT_TRUE(second.started);
+  EXPECT_FALSE(exists(left)) << left;
+  const std::string now = notify_dir();
+  EXPECT_NE(now, left);
+  EXPECT_TRUE(exists(now + "/notify")) << now;
+
+  auto r = run_cli(cli({"stop", "notifyleft"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(exists(now)) << now;
+  EXPECT_FALSE(exists(marker));
+}
+
 TEST_F(EnsureTest, StopNeverSignalsAProcessWhoseStartTimeDiffers) {
   Daemon d = daemon("reuse");
   auto inst = ensure_running(use("reuse"), {self_exe()}, options("notify", d));
