@@ -382,3 +382,19 @@ def test_concurrent_ensures_on_several_hosts_start_exactly_one_instance(
     assert len(count.read_text().split()) == 1
     st = holdfast.status("svc", backend=url)
     assert (st.host, st.pid, st.token) == (winner["host"], winner["pid"], winner["token"])
+
+
+def test_ensure_status_stop_on_an_unreachable_cluster_raise_unavailable_and_start_nothing(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    url = f"etcd://127.0.0.1:{port}/py"
+    state = str(tmp_path / "state")
+    os.mkdir(state)
+    for call in (lambda: holdfast.ensure("svc", ["sleep", "100000"], backend=url, state_dir=state),
+                 lambda: holdfast.status("svc", backend=url, state_dir=state),
+                 lambda: holdfast.stop("svc", backend=url, state_dir=state)):
+        with pytest.raises(holdfast.Unavailable) as e:
+            call()
+        assert e.value.exit_code == 69 and "\n" not in str(e.value)
+    assert not holdfast.status("svc", state_dir=state).lock_held
+    with pytest.raises(holdfast.UsageError):
+        holdfast.status("svc", backend="etcd://nohostport/x")
