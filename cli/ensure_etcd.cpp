@@ -4,8 +4,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "duration.hpp"
@@ -22,23 +20,10 @@ EtcdOptions options_of(const EtcdBackendArgs& etcd) {
   return etcd_options_of(etcd.backend, flags);
 }
 
-nlohmann::json holder_json(const std::string& name, const EtcdInstance& inst) {
-  return {{"name", name},
-          {"backend", "etcd"},
-          {"host", inst.host},
-          {"pid", inst.pid},
-          {"token", inst.holder.token},
-          {"key", inst.holder.key},
-          {"lease", fmt::format("{:x}", inst.holder.lease_id)},
-          {"ttl_remaining_s", inst.holder.ttl_remaining},
-          {"record", nlohmann::json::parse(inst.holder.record, nullptr, false)}};
-}
-
-int print_remote(const std::string& name, const EtcdInstance& inst, bool json) {
+int print_remote(const std::string& name, const EtcdEnsured& ensured, bool json) {
+  const EtcdInstance& inst = *ensured.elsewhere;
   if (json) {
-    auto j = holder_json(name, inst);
-    j["started"] = false;
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", etcd_ensured_json(name, ensured).c_str());
   } else {
     std::printf("%d %s\n", inst.pid, inst.host.c_str());
   }
@@ -69,13 +54,10 @@ int ensure_etcd(const EtcdBackendArgs& etcd, const std::string& name, const std:
                 EnsureOptions options, bool json) {
   try {
     const EtcdEnsured result = ensure_running(options_of(etcd), name, command, std::move(options), self_executable());
-    if (result.elsewhere) return print_remote(name, *result.elsewhere, json);
+    if (result.elsewhere) return print_remote(name, result, json);
     const Instance& inst = *result.local;
     if (json) {
-      auto j = nlohmann::json::parse(inst.record.to_json());
-      j["backend"] = "etcd";
-      j["started"] = inst.started;
-      std::printf("%s\n", j.dump().c_str());
+      std::printf("%s\n", etcd_ensured_json(name, result).c_str());
     } else {
       std::printf("%d %s\n", inst.pid, this_host().c_str());
     }
@@ -90,9 +72,7 @@ int ensure_etcd(const EtcdBackendArgs& etcd, const std::string& name, const std:
 int status_etcd(const EtcdBackendArgs& etcd, const std::string& name, bool json) {
   auto inst = etcd_instance(options_of(etcd), name);
   if (json) {
-    std::printf("%s\n", (inst ? holder_json(name, *inst) : nlohmann::json{{"name", name}, {"backend", "etcd"}, {"host", nullptr}})
-                            .dump()
-                            .c_str());
+    std::printf("%s\n", etcd_instance_json(name, inst).c_str());
   } else if (inst) {
     std::printf("%-24s %-8s %-8d %s token=%llu\n", name.c_str(), "running", inst->pid, inst->host.c_str(),
                 static_cast<unsigned long long>(inst->holder.token));

@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "holdfast/holdfast.h"
@@ -79,14 +80,13 @@ class Lock {
 
 int wait_cancelled(void* context);
 
-class LockFile {
- public:
-  // A lock name on a backend URL (etcd://...; hf_lockfile_open_url). A wait on it is one call
-  // (slicing it would give up the place in etcd's queue at every slice); Ctrl-C still ends it,
-  // through the cancel callback, within about a second.
-  static std::unique_ptr<LockFile> open_url(const std::string& url, const std::string& name, double ttl_s,
-                                            const std::string& cacert, const std::string& cert, const std::string& key,
-                                            const std::string& user, const std::string& password) {
+// A backend URL's TTL (seconds; <= 0: the default), TLS files and credentials ("": none), kept
+// alive while the C API reads them through hf_backend_options.
+struct BackendArgs {
+  double ttl_s;
+  std::string cacert, cert, key, user, password;
+
+  hf_backend_options options() const {
     hf_backend_options options{};
     options.size = sizeof options;
     options.ttl_ms = ttl_s > 0 ? static_cast<int64_t>(std::ceil(ttl_s * 1000)) : 0;
@@ -95,6 +95,20 @@ class LockFile {
     options.key = key.empty() ? nullptr : key.c_str();
     options.user = user.empty() ? nullptr : user.c_str();
     options.password = password.empty() ? nullptr : password.c_str();
+    return options;
+  }
+};
+
+class LockFile {
+ public:
+  // A lock name on a backend URL (etcd://...; hf_lockfile_open_url). A wait on it is one call
+  // (slicing it would give up the place in etcd's queue at every slice); Ctrl-C still ends it,
+  // through the cancel callback, within about a second.
+  static std::unique_ptr<LockFile> open_url(const std::string& url, const std::string& name, double ttl_s,
+                                            const std::string& cacert, const std::string& cert, const std::string& key,
+                                            const std::string& user, const std::string& password) {
+    const BackendArgs args{ttl_s, cacert, cert, key, user, password};
+    hf_backend_options options = args.options();
     options.cancel = wait_cancelled;
     hf_lockfile* handle = nullptr;
     int status = 0;
@@ -283,6 +297,60 @@ py::tuple stop(const std::string& name, const std::string& state_dir, int signal
   return py::make_tuple(rc, result.was_running != 0, result.pid, result.killed != 0);
 }
 
+// As ensure(), on a backend URL (hf_ensure_url): the last item is the JSON of `holdfast ensure
+// --json --backend` (host, token, started, local, ...).
+py::tuple ensure_url(const std::string& url, const std::string& name, const std::vector<std::string>& argv,
+                     const std::string& ready, int64_t timeout_ms, const std::string& state_dir,
+                     const BackendArgs& backend) {
+  std::vector<const char*> args;
+  args.reserve(argv.size() + 1);
+  for (const auto& arg : argv) args.push_back(arg.c_str());
+  args.push_back(nullptr);
+  const hf_backend_options options = backend.options();
+  hf_instance instance{};
+  char* json = nullptr;
+  int status = 0;
+  {
+    py::gil_scoped_release unlocked;
+    status = hf_ensure_url(url.c_str(), name.c_str(), args.data(), ready.c_str(), timeout_ms, state_dir.c_str(),
+                           &options, &instance, &json);
+  }
+  if (status == HF_ERROR) raise_last_error();
+  if (status == HF_TIMEOUT) return py::make_tuple(status, std::string(hf_error_message()));
+  return py::make_tuple(status, instance.pid, instance.start_time, instance.ready != 0, instance.started != 0,
+                        instance.waited_ns, take_string(json));
+}
+
+// (state, json) of NAME on a backend URL (hf_status_url).
+std::tuple<int, std::string> status_url(const std::string& url, const std::string& name, const std::string& state_dir,
+                                        const BackendArgs& backend) {
+  const hf_backend_options options = backend.options();
+  int state = 0;
+  char* json = nullptr;
+  int rc = 0;
+  {
+    py::gil_scoped_release unlocked;
+    rc = hf_status_url(url.c_str(), name.c_str(), state_dir.c_str(), &options, &state, &json);
+  }
+  if (rc != HF_OK) raise_last_error();
+  return {state, take_string(json)};
+}
+
+// As stop(), on a backend URL (hf_stop_url).
+py::tuple stop_url(const std::string& url, const std::string& name, const std::string& state_dir, int signal,
+                   int64_t timeout_ms, int64_t kill_after_ms, const BackendArgs& backend) {
+  const hf_backend_options options = backend.options();
+  hf_stop_result result{};
+  int rc = 0;
+  {
+    py::gil_scoped_release unlocked;
+    rc = hf_stop_url(url.c_str(), name.c_str(), state_dir.c_str(), signal, timeout_ms, kill_after_ms, &options, &result);
+  }
+  if (rc == HF_ERROR) raise_last_error();
+  if (rc == HF_TIMEOUT) return py::make_tuple(rc, std::string(hf_error_message()));
+  return py::make_tuple(rc, result.was_running != 0, result.pid, result.killed != 0);
+}
+
 // fence: None for a plain write, else the fencing token (hf_write_fenced, HOLDFAST_C_1.1).
 void write_file(const std::string& path, const py::bytes& data, bool sync, int mode, std::optional<uint64_t> fence) {
   std::string bytes = data;  // a copy: the GIL is released while writing
@@ -391,6 +459,18 @@ PYBIND11_MODULE(_native, m) {
   m.def("status", &status, py::arg("name"), py::arg("state_dir"));
   m.def("stop", &stop, py::arg("name"), py::arg("state_dir"), py::arg("signal"), py::arg("timeout_ms"),
         py::arg("kill_after_ms"));
+  py::class_<BackendArgs>(m, "BackendArgs")
+      .def(py::init([](double ttl, std::string cacert, std::string cert, std::string key, std::string user,
+                       std::string password) {
+             return BackendArgs{ttl, std::move(cacert), std::move(cert), std::move(key), std::move(user),
+                                std::move(password)};
+           }),
+           py::arg("ttl"), py::arg("cacert"), py::arg("cert"), py::arg("key"), py::arg("user"), py::arg("password"));
+  m.def("ensure_url", &ensure_url, py::arg("url"), py::arg("name"), py::arg("argv"), py::arg("ready"),
+        py::arg("timeout_ms"), py::arg("state_dir"), py::arg("backend"));
+  m.def("status_url", &status_url, py::arg("url"), py::arg("name"), py::arg("state_dir"), py::arg("backend"));
+  m.def("stop_url", &stop_url, py::arg("url"), py::arg("name"), py::arg("state_dir"), py::arg("signal"),
+        py::arg("timeout_ms"), py::arg("kill_after_ms"), py::arg("backend"));
   m.def("write", &write_file, py::arg("path"), py::arg("data"), py::arg("sync"), py::arg("mode"),
         py::arg("fence") = py::none());
   m.def("accepted_fence", &accepted_fence, py::arg("path"));

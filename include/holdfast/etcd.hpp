@@ -194,6 +194,9 @@ std::optional<EtcdInstance> etcd_instance(const EtcdOptions& options, const std:
 struct EtcdEnsured {
   std::optional<Instance> local;         // it runs here (started by this call or not)
   std::optional<EtcdInstance> elsewhere; // it runs on another host: nothing was started
+  // The holder's fencing token (its key's create revision), read back after a local ensure (0 if
+  // the local instance no longer held NAME by then); for `elsewhere`, its holder.token.
+  uint64_t token = 0;
 };
 // Held by another host: returns that instance and starts nothing. Otherwise ensure_running(NAME,
 // the wrapped command, options) here; with options.ready none, ready means "NAME is held in etcd"
@@ -209,5 +212,14 @@ EtcdEnsured ensure_running(const EtcdOptions& etcd, const std::string& name, con
 // options.state_dir must be the holder (its main process = the etcd record's pid and start time),
 // else Error(data); then stop_instance(name, options). Throws EtcdError, and as stop_instance.
 StopResult stop_instance(const EtcdOptions& etcd, const std::string& name, const StopOptions& options);
+
+// The JSON objects `holdfast ensure|status --json --backend` print, which the C API and Python
+// return too (docs/ETCD.md). An instance: {"name","backend":"etcd","host","pid","token","key",
+// "lease" (hex),"ttl_remaining_s","record" (the etcd key's record),"local" (true if `host` is this
+// host)}; not running: {"name","backend":"etcd","host":null,"local":false}.
+std::string etcd_instance_json(const std::string& name, const std::optional<EtcdInstance>& instance);
+// ensure's: run here, the local instance record plus "backend":"etcd","started","token" and
+// "local":true; elsewhere, etcd_instance_json's object plus "started":false.
+std::string etcd_ensured_json(const std::string& name, const EtcdEnsured& ensured);
 
 }  // namespace holdfast

@@ -12,7 +12,7 @@
  *     the caller and released with hf_free().
  *   - Timeouts are milliseconds: < 0 waits forever, 0 tries once, > 0 waits at most that long.
  *   - Symbols carry the version node HOLDFAST_C_1 (functions added later: HOLDFAST_C_1.1,
- *     HOLDFAST_C_1.2, noted at each); a change that breaks a caller bumps the soname.
+ *     HOLDFAST_C_1.2, ..., noted at each); a change that breaks a caller bumps the soname.
  */
 #ifndef HOLDFAST_HOLDFAST_H
 #define HOLDFAST_HOLDFAST_H
@@ -24,7 +24,7 @@
 extern "C" {
 #endif
 
-#define HOLDFAST_C_API_VERSION 4 /* 2: HOLDFAST_C_1.1 (fenced writes); 3: HOLDFAST_C_1.2 (locks on etcd); 4: HOLDFAST_C_1.3 (hf_lockfile_holder) */
+#define HOLDFAST_C_API_VERSION 5 /* 2: HOLDFAST_C_1.1 (fenced writes); 3: HOLDFAST_C_1.2 (locks on etcd); 4: HOLDFAST_C_1.3 (hf_lockfile_holder); 5: HOLDFAST_C_1.4 (ensure/status/stop on etcd) */
 
 /* ---- status codes and errors ---- */
 
@@ -192,6 +192,47 @@ typedef struct hf_stop_result {
  * process that does not verify against the record and the held lock. HF_TIMEOUT if it still runs. */
 int hf_stop(const char* name, const char* state_dir, int signal, int64_t timeout_ms, int64_t kill_after_ms,
             hf_stop_result* out);
+
+/* ---- ensure on a remote backend: one instance across machines on etcd (since HOLDFAST_C_1.4, API
+ * version 5; docs/ETCD.md, "ensure, status and stop on etcd") ----
+ *
+ * `backend_url` and `options` as hf_lockfile_open_url's ("etcd://HOST:PORT[,HOST:PORT...]/PREFIX";
+ * options may be NULL; its ttl_ms, TLS files, user and password are used, `cancel` is not). The
+ * instance is a local ensure instance (state_dir as hf_ensure's) whose main process is
+ * `holdfast lock -n --backend URL NAME -- ARGV...`, which holds NAME in etcd for the instance's life
+ * and stops ARGV when its lease may have expired. That holdfast command is $HOLDFAST_CLI if set,
+ * else `holdfast` in $PATH (neither: HF_ERROR, exit code 127, nothing started). Hosts are told
+ * apart by hostname. Errors talking to etcd: exit codes 69, 76, 77 as for hf_lockfile_acquire. */
+
+/* As hf_ensure, for exactly one instance across the machines sharing the etcd prefix. If no host
+ * runs NAME, it is started here (ready "none" = ready once NAME is held in etcd); if this host
+ * runs it, that instance is returned (started 0). If ANOTHER host runs it (already, or it won the
+ * race), nothing is started: HF_OK with out->pid and out->start_time of that host's lock process
+ * (for information only), ready 0 and started 0. *json (if json is not NULL) is the object
+ * `holdfast ensure --json --backend` prints: here, the instance record plus "backend" "etcd",
+ * "started", "token" (the etcd holder's fencing token) and "local" true; elsewhere, "host", "pid",
+ * "token", "key", "lease", "ttl_remaining_s", "record" (the etcd key's record), "started" false and
+ * "local" false. */
+int hf_ensure_url(const char* backend_url, const char* name, const char* const* argv, const char* ready,
+                  int64_t timeout_ms, const char* state_dir, const hf_backend_options* options, hf_instance* out,
+                  char** json);
+
+/* Who runs NAME, from one linearizable read of etcd. *state: HF_INSTANCE_STOPPED if no host holds
+ * NAME; HF_INSTANCE_READY if the holder is this host's instance of `state_dir` (its main process is
+ * the lease's keeper) and that instance is ready; HF_INSTANCE_RUNNING otherwise (another host, or
+ * not verifiable as this state directory's). *json (if not NULL) is the object `holdfast status
+ * --json --backend` prints: "name", "backend" "etcd", "host" (null when not running), "pid",
+ * "token", "key", "lease", "ttl_remaining_s", "record", "local" (true if "host" is this host). */
+int hf_status_url(const char* backend_url, const char* name, const char* state_dir,
+                  const hf_backend_options* options, int* state, char** json);
+
+/* As hf_stop, for NAME on etcd; never signals a process it has not verified. Not running: HF_OK,
+ * was_running 0. Run by ANOTHER host: HF_ERROR, hf_error_exit_code() 65 and a message naming that
+ * host, nothing signalled (stop it there). On this host, only the instance of `state_dir` that is
+ * the etcd holder is stopped (hf_stop), else HF_ERROR with exit code 65; its lock process then
+ * releases NAME. */
+int hf_stop_url(const char* backend_url, const char* name, const char* state_dir, int signal, int64_t timeout_ms,
+                int64_t kill_after_ms, const hf_backend_options* options, hf_stop_result* out);
 
 /* ---- durable hand-off (atomic_write.hpp, wait.hpp, digest.hpp) ---- */
 

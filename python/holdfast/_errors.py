@@ -49,7 +49,12 @@ class UsageError(Error, ValueError):
     """A bad argument: name, backend, readiness spec, algorithm (exit code 64)."""
 
 
-class CorruptRecord(Error):
+class DataError(Error):
+    """The data forbids the operation; nothing was changed or signalled (exit code 65). E.g.
+    ``stop(name, backend=URL)`` of an instance that runs on another host (the message names it)."""
+
+
+class CorruptRecord(DataError):
     """A record that does not parse or verify; holdfast fails closed (exit code 65)."""
 
 

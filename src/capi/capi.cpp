@@ -242,6 +242,79 @@ int acquire_remote(const RemoteName& remote, int64_t timeout_ms, hf_lock& out) {
 #define HF_OPTION(options, field) \
   ((options) != nullptr && (options)->size >= offsetof(hf_backend_options, field) + sizeof((options)->field) ? (options)->field : decltype((options)->field){})
 
+// The cluster and credentials of `backend_url` and `options` (NULL: defaults); not the cancel
+// callback, which only a lock's wait uses.
+holdfast::EtcdOptions etcd_options(const char* backend_url, const hf_backend_options* options) {
+  if (!holdfast::is_etcd_url(backend_url)) {
+    throw holdfast::Error(backend_url, "backend", "not a backend URL (expected etcd://HOST:PORT[,HOST:PORT...]/PREFIX)",
+                          holdfast::exit_code::usage);
+  }
+  holdfast::EtcdOptions o = holdfast::parse_etcd_url(backend_url);
+  if (const int64_t ttl_ms = HF_OPTION(options, ttl_ms); ttl_ms > 0) o.ttl = std::chrono::seconds((ttl_ms + 999) / 1000);
+  o.cacert = text_or_empty(HF_OPTION(options, cacert));
+  o.cert = text_or_empty(HF_OPTION(options, cert));
+  o.key = text_or_empty(HF_OPTION(options, key));
+  o.user = text_or_empty(HF_OPTION(options, user));
+  o.password = text_or_empty(HF_OPTION(options, password));
+  return o;
+}
+
+// hf_ensure's arguments as the library's options.
+holdfast::EnsureOptions ensure_options(const char* ready, int64_t timeout_ms, const char* state_dir) {
+  holdfast::EnsureOptions options;
+  options.ready = holdfast::ReadySpec::parse(ready == nullptr ? "none" : ready);
+  options.ready_timeout = std::chrono::milliseconds(timeout_ms < 0 || timeout_ms > kForeverMs ? kForeverMs : timeout_ms);
+  options.state_dir = text_or_empty(state_dir);
+  return options;
+}
+
+std::vector<std::string> command_of(const char* const* argv) {
+  std::vector<std::string> command;
+  for (const char* const* arg = argv; *arg != nullptr; ++arg) command.emplace_back(*arg);
+  return command;
+}
+
+// hf_stop's arguments as the library's options.
+holdfast::StopOptions stop_options(const char* state_dir, int signal, int64_t timeout_ms, int64_t kill_after_ms) {
+  holdfast::StopOptions options;
+  options.state_dir = text_or_empty(state_dir);
+  if (signal != 0) options.signal = signal;
+  if (timeout_ms >= 0) options.timeout = std::chrono::milliseconds(std::min(timeout_ms, kForeverMs));
+  if (kill_after_ms >= 0) options.kill_after = std::chrono::milliseconds(std::min(kill_after_ms, kForeverMs));
+  return options;
+}
+
+// Runs `body` (returning an HF_* status); the library's "still not ready / still running after
+// the timeout" (exit code 75) becomes HF_TIMEOUT with the error state describing it.
+template <typename Body>
+int timeout_as_status(Body&& body) {
+  try {
+    return std::forward<Body>(body)();
+  } catch (const holdfast::StartFailure&) {
+    throw;
+  } catch (const holdfast::Error& e) {
+    if (e.exit_code() != holdfast::exit_code::temp_fail) throw;
+    last_error.message = e.what();
+    last_error.path = e.path();
+    last_error.exit_code = e.exit_code();
+    return HF_TIMEOUT;
+  }
+}
+
+void fill_instance(const holdfast::Instance& instance, hf_instance* out) {
+  out->pid = instance.pid;
+  out->start_time = instance.start_time;
+  out->ready = instance.ready ? 1 : 0;
+  out->started = instance.started ? 1 : 0;
+  out->waited_ns = instance.waited.count();
+}
+
+void fill_stop(const holdfast::StopResult& result, hf_stop_result* out) {
+  out->was_running = result.was_running ? 1 : 0;
+  out->pid = result.pid;
+  out->killed = result.killed ? 1 : 0;
+}
+
 nlohmann::json record_json(const std::string& json_text) {
   return nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
 }
@@ -278,23 +351,12 @@ int hf_lockfile_open_url(const char* backend_url, const char* name, int mode, co
   return guarded([&] {
     if (backend_url == nullptr || name == nullptr || out == nullptr) usage_error("backend_url, name and out are required");
     *out = nullptr;
-    if (!holdfast::is_etcd_url(backend_url)) {
-      throw holdfast::Error(backend_url, "backend", "not a backend URL (expected etcd://HOST:PORT[,HOST:PORT...]/PREFIX)",
-                            holdfast::exit_code::usage);
-    }
+    RemoteName remote{etcd_options(backend_url, options), name};
     if (mode != HF_EXCLUSIVE) usage_error("a lock on etcd is exclusive only");
     if (name[0] == '\0') usage_error("empty lock name");
-    RemoteName remote{holdfast::parse_etcd_url(backend_url), name};
-    holdfast::EtcdOptions& o = remote.options;
-    if (const int64_t ttl_ms = HF_OPTION(options, ttl_ms); ttl_ms > 0) o.ttl = std::chrono::seconds((ttl_ms + 999) / 1000);
-    o.cacert = text_or_empty(HF_OPTION(options, cacert));
-    o.cert = text_or_empty(HF_OPTION(options, cert));
-    o.key = text_or_empty(HF_OPTION(options, key));
-    o.user = text_or_empty(HF_OPTION(options, user));
-    o.password = text_or_empty(HF_OPTION(options, password));
     if (hf_cancel_fn cancel = HF_OPTION(options, cancel); cancel != nullptr) {
       void* context = HF_OPTION(options, cancel_context);
-      o.cancel = [cancel, context] { return cancel(context) != 0; };
+      remote.options.cancel = [cancel, context] { return cancel(context) != 0; };
     }
     *out = new hf_lockfile{std::nullopt, std::move(remote)};
     return HF_OK;
@@ -429,31 +491,39 @@ int hf_ensure(const char* name, const char* const* argv, const char* ready, int6
               const char* state_dir, hf_instance* out, char** record_out) {
   return guarded([&] {
     if (name == nullptr || argv == nullptr || out == nullptr) usage_error("name, argv and out are required");
-    std::vector<std::string> command;
-    for (const char* const* arg = argv; *arg != nullptr; ++arg) command.emplace_back(*arg);
-    holdfast::EnsureOptions options;
-    options.ready = holdfast::ReadySpec::parse(ready == nullptr ? "none" : ready);
-    options.ready_timeout = std::chrono::milliseconds(timeout_ms < 0 || timeout_ms > kForeverMs ? kForeverMs : timeout_ms);
-    options.state_dir = text_or_empty(state_dir);
-    holdfast::Instance instance;
-    try {
-      instance = holdfast::ensure_running(name, command, options);
-    } catch (const holdfast::StartFailure&) {
-      throw;
-    } catch (const holdfast::Error& e) {
-      if (e.exit_code() != holdfast::exit_code::temp_fail) throw;
-      last_error.message = e.what();
-      last_error.path = e.path();
-      last_error.exit_code = e.exit_code();
-      return HF_TIMEOUT;
+    const holdfast::EnsureOptions options = ensure_options(ready, timeout_ms, state_dir);
+    return timeout_as_status([&] {
+      const holdfast::Instance instance = holdfast::ensure_running(name, command_of(argv), options);
+      fill_instance(instance, out);
+      if (record_out != nullptr) *record_out = c_string(instance.record.to_json());
+      return HF_OK;
+    });
+  });
+}
+
+int hf_ensure_url(const char* backend_url, const char* name, const char* const* argv, const char* ready,
+                  int64_t timeout_ms, const char* state_dir, const hf_backend_options* options, hf_instance* out,
+                  char** json) {
+  return guarded([&] {
+    if (backend_url == nullptr || name == nullptr || argv == nullptr || out == nullptr) {
+      usage_error("backend_url, name, argv and out are required");
     }
-    out->pid = instance.pid;
-    out->start_time = instance.start_time;
-    out->ready = instance.ready ? 1 : 0;
-    out->started = instance.started ? 1 : 0;
-    out->waited_ns = instance.waited.count();
-    if (record_out != nullptr) *record_out = c_string(instance.record.to_json());
-    return HF_OK;
+    const holdfast::EtcdOptions etcd = etcd_options(backend_url, options);
+    const holdfast::EnsureOptions ensure = ensure_options(ready, timeout_ms, state_dir);
+    return timeout_as_status([&] {
+      const auto started = std::chrono::steady_clock::now();
+      const holdfast::EtcdEnsured result = holdfast::ensure_running(etcd, name, command_of(argv), ensure);
+      if (result.local) {
+        fill_instance(*result.local, out);
+      } else {
+        *out = hf_instance{};
+        out->pid = result.elsewhere->pid;
+        out->start_time = result.elsewhere->start_time;
+        out->waited_ns = (std::chrono::steady_clock::now() - started).count();
+      }
+      if (json != nullptr) *json = c_string(holdfast::etcd_ensured_json(name, result));
+      return HF_OK;
+    });
   });
 }
 
@@ -482,29 +552,47 @@ int hf_status(const char* name, const char* state_dir, int* state, char** json) 
   });
 }
 
+int hf_status_url(const char* backend_url, const char* name, const char* state_dir,
+                  const hf_backend_options* options, int* state, char** json) {
+  return guarded([&] {
+    if (backend_url == nullptr || name == nullptr || state == nullptr) usage_error("backend_url, name and state are required");
+    const auto instance = holdfast::etcd_instance(etcd_options(backend_url, options), name);
+    *state = instance ? HF_INSTANCE_RUNNING : HF_INSTANCE_STOPPED;
+    if (instance && instance->host == holdfast::this_host()) {
+      // Ready only as this state directory's verified instance whose main process keeps the lease.
+      const auto local = holdfast::instance_status(name, text_or_empty(state_dir));
+      if (local.state == holdfast::InstanceState::ready && local.record && local.record->process.pid == instance->pid &&
+          local.record->process.start_time == instance->start_time) {
+        *state = HF_INSTANCE_READY;
+      }
+    }
+    if (json != nullptr) *json = c_string(holdfast::etcd_instance_json(name, instance));
+    return HF_OK;
+  });
+}
+
 int hf_stop(const char* name, const char* state_dir, int signal, int64_t timeout_ms, int64_t kill_after_ms,
             hf_stop_result* out) {
   return guarded([&] {
     if (name == nullptr || out == nullptr) usage_error("name and out are required");
-    holdfast::StopOptions options;
-    options.state_dir = text_or_empty(state_dir);
-    if (signal != 0) options.signal = signal;
-    if (timeout_ms >= 0) options.timeout = std::chrono::milliseconds(std::min(timeout_ms, kForeverMs));
-    if (kill_after_ms >= 0) options.kill_after = std::chrono::milliseconds(std::min(kill_after_ms, kForeverMs));
-    holdfast::StopResult result;
-    try {
-      result = holdfast::stop_instance(name, options);
-    } catch (const holdfast::Error& e) {
-      if (e.exit_code() != holdfast::exit_code::temp_fail) throw;
-      last_error.message = e.what();
-      last_error.path = e.path();
-      last_error.exit_code = e.exit_code();
-      return HF_TIMEOUT;
-    }
-    out->was_running = result.was_running ? 1 : 0;
-    out->pid = result.pid;
-    out->killed = result.killed ? 1 : 0;
-    return HF_OK;
+    const holdfast::StopOptions options = stop_options(state_dir, signal, timeout_ms, kill_after_ms);
+    return timeout_as_status([&] {
+      fill_stop(holdfast::stop_instance(name, options), out);
+      return HF_OK;
+    });
+  });
+}
+
+int hf_stop_url(const char* backend_url, const char* name, const char* state_dir, int signal, int64_t timeout_ms,
+                int64_t kill_after_ms, const hf_backend_options* options, hf_stop_result* out) {
+  return guarded([&] {
+    if (backend_url == nullptr || name == nullptr || out == nullptr) usage_error("backend_url, name and out are required");
+    const holdfast::EtcdOptions etcd = etcd_options(backend_url, options);
+    const holdfast::StopOptions stop = stop_options(state_dir, signal, timeout_ms, kill_after_ms);
+    return timeout_as_status([&] {
+      fill_stop(holdfast::stop_instance(etcd, name, stop), out);
+      return HF_OK;
+    });
   });
 }
 

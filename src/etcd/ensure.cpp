@@ -67,7 +67,10 @@ EtcdEnsured ensure_running(const EtcdOptions& etcd, const std::string& name, con
     if (inst && inst->host != this_host()) return inst;
     return std::nullopt;
   };
-  if (auto inst = elsewhere()) return {std::nullopt, std::move(inst)};
+  if (auto inst = elsewhere()) {
+    const uint64_t token = inst->holder.token;
+    return {std::nullopt, std::move(inst), token};
+  }
 
   // The instance's main process holds NAME in etcd for the instance's life; -n: if another
   // machine won the race, it exits 1 at once and this start fails (then we report the winner).
@@ -89,12 +92,24 @@ EtcdEnsured ensure_running(const EtcdOptions& etcd, const std::string& name, con
     options.ready.kind = ReadySpec::Kind::notify;
     options.environment.emplace_back("HOLDFAST_ETCD_NOTIFY_READY=1");
   }
+  std::optional<Instance> local;
   try {
-    return {ensure_running(name, wrapped, options), std::nullopt};
+    local = ensure_running(name, wrapped, options);
   } catch (const StartFailure&) {
-    if (auto inst = elsewhere()) return {std::nullopt, std::move(inst)};  // lost the race
+    if (auto inst = elsewhere()) {  // lost the race
+      const uint64_t token = inst->holder.token;
+      return {std::nullopt, std::move(inst), token};
+    }
     throw;
   }
+  // Ready, so its lock process holds NAME: read the token back (it is the holder's only if the
+  // holder is still this instance's main process).
+  uint64_t token = 0;
+  if (auto held = etcd_instance(etcd, name);
+      held && held->host == this_host() && held->pid == local->pid && held->start_time == local->start_time) {
+    token = held->holder.token;
+  }
+  return {std::move(local), std::nullopt, token};
 }
 
 StopResult stop_instance(const EtcdOptions& etcd, const std::string& name, const StopOptions& options) {
@@ -114,6 +129,38 @@ StopResult stop_instance(const EtcdOptions& etcd, const std::string& name, const
                 exit_code::data);
   }
   return stop_instance(name, options);
+}
+
+std::string etcd_instance_json(const std::string& name, const std::optional<EtcdInstance>& instance) {
+  if (!instance) return nlohmann::json{{"name", name}, {"backend", "etcd"}, {"host", nullptr}, {"local", false}}.dump();
+  // The record as JSON; as a string if it is none (an etcdctl lock's empty value).
+  const auto record = nlohmann::json::parse(instance->holder.record, nullptr, false);
+  return nlohmann::json{{"name", name},
+                        {"backend", "etcd"},
+                        {"host", instance->host},
+                        {"pid", instance->pid},
+                        {"token", instance->holder.token},
+                        {"key", instance->holder.key},
+                        {"lease", fmt::format("{:x}", instance->holder.lease_id)},
+                        {"ttl_remaining_s", instance->holder.ttl_remaining},
+                        {"record", record.is_discarded() ? nlohmann::json(instance->holder.record) : record},
+                        {"local", instance->host == this_host()}}
+      .dump();
+}
+
+std::string etcd_ensured_json(const std::string& name, const EtcdEnsured& ensured) {
+  nlohmann::json j;
+  if (ensured.local) {
+    j = nlohmann::json::parse(ensured.local->record.to_json());
+    j["backend"] = "etcd";
+    j["started"] = ensured.local->started;
+    j["token"] = ensured.token;
+    j["local"] = true;
+  } else {
+    j = nlohmann::json::parse(etcd_instance_json(name, ensured.elsewhere));
+    j["started"] = false;
+  }
+  return j.dump();
 }
 
 }  // namespace holdfast

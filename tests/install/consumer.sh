@@ -41,12 +41,12 @@ gcc -std=c11 -Wall -Wextra -Werror -pedantic $cflags "$here/capi_consumer.c" -o 
 mkdir -p "$work/capi"
 HOLDFAST_STATE_DIR="$work/capi/state" LD_LIBRARY_PATH="$work/prefix/lib" "$work/capi_consumer" "$work/capi"
 # Every exported symbol carries one of the ABI's version nodes (HOLDFAST_C_1, HOLDFAST_C_1.1 for
-# what API version 2 added, HOLDFAST_C_1.2 for version 3, HOLDFAST_C_1.3 for 4); nothing else (no C++ symbol) is
+# what API version 2 added, HOLDFAST_C_1.2 for version 3, HOLDFAST_C_1.3 for 4, HOLDFAST_C_1.4 for 5); nothing else (no C++ symbol) is
 # exported. Each later node holds exactly its functions and they are nowhere else, so a program
 # using them fails to load on an older library instead of misbehaving.
 exported=$(nm -D --defined-only "$work/prefix/lib/libholdfast_c.so.1" | awk '$2 == "T" {print $3}')
-if echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.[123])?$' | grep -q .; then
-  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.[123])?$'; exit 1
+if echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.[1234])?$' | grep -q .; then
+  echo "unversioned or foreign symbols exported:"; echo "$exported" | grep -Ev '@@HOLDFAST_C_1(\.[1234])?$'; exit 1
 fi
 check_node() {  # NODE SYMBOL...: exactly these symbols, each only in NODE
   local node=$1; shift
@@ -62,6 +62,7 @@ check_node() {  # NODE SYMBOL...: exactly these symbols, each only in NODE
 check_node HOLDFAST_C_1.1 hf_write_fenced hf_accepted_fence
 check_node HOLDFAST_C_1.2 hf_lockfile_open_url
 check_node HOLDFAST_C_1.3 hf_lockfile_holder
+check_node HOLDFAST_C_1.4 hf_ensure_url hf_status_url hf_stop_url
 echo "installed package: C API consumer builds with pkg-config and runs"
 
 # The Python module: installed under PREFIX/HOLDFAST_PYTHON_INSTALL_DIR, it imports from there with

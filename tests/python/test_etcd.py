@@ -4,10 +4,12 @@ loopback ports, data in a temp dir, killed and removed afterwards; exclusion aga
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Iterator
 import pytest
 
 import holdfast
-from conftest import HANG_TIMEOUT, run_python, wait_until
+from conftest import HANG_TIMEOUT, child_env, run_python, wait_until
 
 ETCD = "/usr/bin/etcd"
 pytestmark = pytest.mark.skipif(not os.access(ETCD, os.X_OK), reason="/usr/bin/etcd not installed (etcd-server)")
@@ -235,3 +237,164 @@ def test_holder_of_an_unreachable_cluster_raises_in_one_line() -> None:
     with pytest.raises(holdfast.Unavailable) as e:
         holdfast.Lock("n", backend=f"etcd://127.0.0.1:{port}/x").holder()
     assert "\n" not in str(e.value)
+
+
+# ---- ensure / status / stop on etcd: one instance across machines (docs/ETCD.md) ----
+# Another "machine" is a child in its own UTS namespace with another hostname (`unshare -u`), with
+# its own state directory, as in tests/etcd.
+
+# A client on some host: waits at the barrier (EOF on a pipe shared by every client), calls
+# holdfast.ensure on etcd and prints what it got as one JSON line.
+ENSURE_CLIENT = r"""
+import json, os, sys, holdfast
+url, state_dir, count_file, gun = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+print("ready", flush=True)
+os.read(gun, 1)
+inst = holdfast.ensure("svc", ["sh", "-c", f'echo $$ >> {count_file}; exec sleep 100000'], backend=url, ttl=5,
+                       state_dir=state_dir, timeout=120)
+print(json.dumps({"host": inst.host, "token": inst.token, "pid": inst.pid, "started": inst.started,
+                  "state": inst.state}), flush=True)
+"""
+
+# On another host: ensure, status and stop of NAME, each reported as one JSON line.
+OTHER_HOST_CLIENT = r"""
+import json, sys, holdfast
+url, state_dir = sys.argv[1], sys.argv[2]
+inst = holdfast.ensure("svc", ["sleep", "100000"], backend=url, state_dir=state_dir)
+st = holdfast.status("svc", backend=url, state_dir=state_dir)
+try:
+    holdfast.stop("svc", backend=url, state_dir=state_dir)
+    stop = "stopped"
+except holdfast.DataError as e:
+    stop = {"type": type(e).__name__, "message": str(e), "exit_code": e.exit_code}
+print(json.dumps({"state": inst.state, "host": inst.host, "token": inst.token, "pid": inst.pid,
+                  "started": inst.started, "status": [st.state, st.host, st.pid, st.token], "stop": stop}))
+"""
+
+
+def on_host(hostname: str | None, code: str, *args: str, **kwargs) -> subprocess.Popen:
+    """/usr/bin/python3 running `code` on this host (None) or on "machine" `hostname`."""
+    if hostname is None:
+        return run_python(code, *args, **kwargs)
+    return subprocess.Popen(["unshare", "-u", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh", sys.executable,
+                             "-c", code, *args], env=child_env(), **kwargs)
+
+
+@pytest.fixture
+def stop_everywhere(etcd: str) -> Iterator[list[tuple[str | None, str]]]:
+    """(hostname or None, state_dir) pairs whose instance of "svc" is stopped after the test."""
+    where: list[tuple[str | None, str]] = []
+    yield where
+    code = "import sys, holdfast; holdfast.stop('svc', backend=sys.argv[1], state_dir=sys.argv[2], kill_after=1)"
+    for hostname, state_dir in where:
+        p = on_host(hostname, code, f"etcd://{etcd}/py", state_dir, stderr=subprocess.DEVNULL)
+        p.wait(timeout=HANG_TIMEOUT)
+
+
+def test_ensure_on_etcd_starts_one_instance_status_names_it_and_stop_stops_it(
+        etcd: str, tmp_path: Path, stop_everywhere: list[tuple[str | None, str]]) -> None:
+    url = f"etcd://{etcd}/py"
+    state = str(tmp_path / "state")
+    os.mkdir(state)
+    stop_everywhere.append((None, state))
+    before = holdfast.status("svc", backend=url, state_dir=state)
+    assert (before.state, before.lock_held, before.host, before.token) == ("stopped", False, None, None)
+
+    first = holdfast.ensure("svc", ["sleep", "100000"], backend=url, ttl=5, state_dir=state)
+    assert first.started and first.ready and first.state == "ready"
+    assert first.host == socket.gethostname()
+    assert first.token is not None and first.token > 0
+    again = holdfast.ensure("svc", ["sleep", "100000"], backend=url, ttl=5, state_dir=state)
+    assert not again.started
+    assert (again.pid, again.start_time, again.token) == (first.pid, first.start_time, first.token)
+
+    st = holdfast.status("svc", backend=url, state_dir=state)
+    assert (st.state, st.lock_held, st.host, st.pid, st.token) == ("ready", True, first.host, first.pid, first.token)
+    assert st.running
+
+    result = holdfast.stop("svc", backend=url, state_dir=state, kill_after=5)
+    assert result.was_running and result.pid == first.pid
+    after = holdfast.status("svc", backend=url, state_dir=state)
+    assert (after.state, after.lock_held, after.host) == ("stopped", False, None)
+    assert not holdfast.stop("svc", backend=url, state_dir=state).was_running
+
+
+def test_another_host_gets_this_hosts_instance_and_its_stop_raises_data_error(
+        etcd: str, tmp_path: Path, stop_everywhere: list[tuple[str | None, str]]) -> None:
+    url = f"etcd://{etcd}/py"
+    state, other_state = str(tmp_path / "state"), str(tmp_path / "other")
+    os.mkdir(state)
+    os.mkdir(other_state)
+    stop_everywhere.extend([(None, state), ("other-host", other_state)])
+    here = holdfast.ensure("svc", ["sleep", "100000"], backend=url, ttl=5, state_dir=state)
+    assert here.started
+
+    child = on_host("other-host", OTHER_HOST_CLIENT, url, other_state, stdout=subprocess.PIPE, text=True)
+    out, _ = child.communicate(timeout=HANG_TIMEOUT)
+    assert child.returncode == 0
+    seen = json.loads(out)
+    # ensure there started nothing and got this host's instance; status there names this host.
+    assert seen["state"] == "elsewhere" and not seen["started"]
+    assert (seen["host"], seen["pid"], seen["token"]) == (here.host, here.pid, here.token)
+    assert seen["status"] == ["running", here.host, here.pid, here.token]
+    # stop there: DataError naming this host (exit 65), and nothing was signalled.
+    assert seen["stop"]["type"] == "DataError" and seen["stop"]["exit_code"] == 65
+    assert here.host in seen["stop"]["message"]
+    still = holdfast.status("svc", backend=url, state_dir=state)
+    assert (still.state, still.pid, still.token) == ("ready", here.pid, here.token)
+    os.kill(here.pid, 0)
+    assert not holdfast.status("svc", state_dir=other_state).lock_held  # nothing local there
+
+
+def test_concurrent_ensures_on_several_hosts_start_exactly_one_instance(
+        etcd: str, tmp_path: Path, stop_everywhere: list[tuple[str | None, str]]) -> None:
+    url = f"etcd://{etcd}/py"
+    count = tmp_path / "starts"
+    # Two clients on this host (one state directory), one on each of two other hosts.
+    hosts: list[tuple[str | None, str]] = [(None, "here"), (None, "here"), ("host-a", "a"), ("host-b", "b")]
+    for hostname, d in hosts:
+        os.makedirs(tmp_path / d, exist_ok=True)
+    stop_everywhere.extend({(h, str(tmp_path / d)) for h, d in hosts})
+    gun_r, gun_w = os.pipe()
+    clients = []
+    try:
+        for hostname, d in hosts:
+            clients.append(on_host(hostname, ENSURE_CLIENT, url, str(tmp_path / d), str(count), str(gun_r),
+                                   stdout=subprocess.PIPE, text=True, pass_fds=(gun_r,)))
+        for c in clients:
+            assert c.stdout is not None and c.stdout.readline() == "ready\n"
+    finally:
+        os.close(gun_w)  # releases every client at once
+        os.close(gun_r)
+    results = []
+    for c in clients:
+        out, _ = c.communicate(timeout=HANG_TIMEOUT)
+        assert c.returncode == 0
+        results.append(json.loads(out))
+    # One instance: one start, every client given the same holder (host, lock process, token).
+    assert sum(r["started"] for r in results) == 1, results
+    assert len({(r["host"], r["pid"], r["token"]) for r in results}) == 1, results
+    winner = next(r for r in results if r["started"])
+    for (hostname, _), r in zip(hosts, results):
+        on_winner = (hostname or socket.gethostname()) == winner["host"]
+        assert r["state"] == ("ready" if on_winner else "elsewhere"), (hostname, r)
+    wait_until(lambda: count.exists() and count.read_text().strip() != "", "the instance's command to run")
+    assert len(count.read_text().split()) == 1
+    st = holdfast.status("svc", backend=url)
+    assert (st.host, st.pid, st.token) == (winner["host"], winner["pid"], winner["token"])
+
+
+def test_ensure_status_stop_on_an_unreachable_cluster_raise_unavailable_and_start_nothing(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    url = f"etcd://127.0.0.1:{port}/py"
+    state = str(tmp_path / "state")
+    os.mkdir(state)
+    for call in (lambda: holdfast.ensure("svc", ["sleep", "100000"], backend=url, state_dir=state),
+                 lambda: holdfast.status("svc", backend=url, state_dir=state),
+                 lambda: holdfast.stop("svc", backend=url, state_dir=state)):
+        with pytest.raises(holdfast.Unavailable) as e:
+            call()
+        assert e.value.exit_code == 69 and "\n" not in str(e.value)
+    assert not holdfast.status("svc", state_dir=state).lock_held
+    with pytest.raises(holdfast.UsageError):
+        holdfast.status("svc", backend="etcd://nohostport/x")

@@ -33,4 +33,4 @@ def test_public_api_is_documented() -> None:
 
 
 def test_native_module_uses_the_c_api_version() -> None:
-    assert _native.API_VERSION == 4
+    assert _native.API_VERSION == 5
