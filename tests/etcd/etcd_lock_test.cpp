@@ -1,8 +1,12 @@
 // EtcdLock against a real etcd (Debian's etcd-server, started by the test).
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,7 +16,9 @@
 #include <functional>
 #include <new>
 #include <stdexcept>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "etcd/etcd_cluster.hpp"
 
@@ -443,6 +449,75 @@ TEST(EtcdLock, UnreachableEndpointsFailWithUnavailable) {
     EXPECT_EQ(e.kind(), EtcdError::Kind::unreachable);
     EXPECT_EQ(e.exit_code(), exit_code::unavailable);
     EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+  }
+}
+
+// A TCP endpoint that closes its first connection unanswered (as etcd's TLS port does with a
+// plain-HTTP request) and holds every later one open without a word, until destroyed.
+class ClosesThenHangs {
+ public:
+  ClosesThenHangs() : port_(testing::free_ports(1).front()) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port_));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const int one = 1;
+    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener_, 16) != 0) {
+      throw std::runtime_error("cannot listen on 127.0.0.1");
+    }
+    server_ = std::thread([this] { serve(); });
+  }
+  ~ClosesThenHangs() {
+    stop_ = true;
+    server_.join();
+    for (int fd : held_) ::close(fd);
+    ::close(listener_);
+  }
+  ClosesThenHangs(const ClosesThenHangs&) = delete;
+  ClosesThenHangs& operator=(const ClosesThenHangs&) = delete;
+  int port() const { return port_; }
+
+ private:
+  void serve() {
+    bool first = true;
+    while (!stop_) {
+      pollfd p{listener_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      if (first) {
+        char buf[512];
+        (void)!::read(fd, buf, sizeof buf);  // the request, then a close without a reply
+        ::close(fd);
+        first = false;
+      } else {
+        held_.push_back(fd);
+      }
+    }
+  }
+  int port_;
+  int listener_ = -1;
+  std::atomic<bool> stop_{false};
+  std::vector<int> held_;  // touched by the server thread only until it is joined
+  std::thread server_;
+};
+
+// An endpoint that closed a plain-HTTP request unanswered is reported as wanting TLS (76), even
+// when the last attempt, given only what was left of the budget, then ran out of time: the
+// running out says nothing about the endpoint (it made a loaded CI run report "unreachable").
+TEST(EtcdClient, AnEndpointThatClosedPlainHttpUnansweredWantsTlsEvenIfTheLastAttemptTimesOut) {
+  ClosesThenHangs endpoint;
+  auto o = parse_etcd_url(fmt::format("etcd://127.0.0.1:{}/p", endpoint.port()));
+  o.request_timeout = 600ms;
+  etcd::Client client(o);
+  try {
+    client.call("/v3/kv/range", {{"key", etcd::base64_encode("k")}}, 600ms);
+    FAIL() << "an answer from an endpoint that never answers";
+  } catch (const EtcdError& e) {
+    EXPECT_EQ(e.kind(), EtcdError::Kind::tls) << e.what();
+    EXPECT_EQ(e.exit_code(), 76) << e.what();
   }
 }
 
