@@ -71,7 +71,11 @@ std::chrono::nanoseconds parse_duration(std::string_view text, std::string_view 
     if (infinite == Infinite::allowed) return kNoLimit;
     reject(text, flag, "too large");
   }
-  return std::chrono::nanoseconds(static_cast<int64_t>(std::llround(ns)));
+  // Rounded half away from zero, as std::llround (ns >= 0 here), without libm: the command links
+  // none (every shared library costs each start). The truncation and the remainder are exact.
+  auto whole = static_cast<int64_t>(ns);
+  if (ns - static_cast<double>(whole) >= 0.5) ++whole;
+  return std::chrono::nanoseconds(whole);
 }
 
 std::chrono::steady_clock::time_point deadline_after(std::chrono::steady_clock::time_point now,

@@ -13,7 +13,6 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -155,7 +154,7 @@ bool exited_within(const sys::Child& child, milliseconds limit) {
 EtcdOptions etcd_options_of(const std::string& url, const EtcdFlags& flags) {
   EtcdOptions o = parse_etcd_url(url);
   if (flags.ttl.count() > 0) {
-    o.ttl = std::chrono::seconds(static_cast<int64_t>(std::ceil(std::chrono::duration<double>(flags.ttl).count())));
+    o.ttl = std::chrono::ceil<std::chrono::seconds>(flags.ttl);  // whole seconds, rounded up
   }
   o.cacert = flags.cacert;
   o.cert = flags.cert;

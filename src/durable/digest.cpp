@@ -1,5 +1,6 @@
 #include "holdfast/digest.hpp"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <unistd.h>
@@ -32,6 +33,47 @@ std::string lower(std::string_view s) {
   std::string out(s);
   for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
+}
+
+// OpenSSL's libcrypto is loaded when the first sha256 Hasher is made, not linked: linked (even
+// statically) its start-up code runs in every process, and `holdfast lock F -- true` is
+// measured against flock(1) per invocation (OPENSSL_cpuid_setup alone executes CPUID, a VM exit
+// each, at every start). Only sha256 pays for it. The header gives the types and signatures.
+struct CryptoApi {
+  EVP_MD_CTX* (*ctx_new)();
+  void (*ctx_free)(EVP_MD_CTX*);
+  const EVP_MD* (*sha256)();
+  int (*init)(EVP_MD_CTX*, const EVP_MD*, ENGINE*);
+  int (*update)(EVP_MD_CTX*, const void*, size_t);
+  int (*final)(EVP_MD_CTX*, unsigned char*, unsigned int*);
+};
+
+constexpr const char* kLibcrypto = "libcrypto.so.3";
+
+template <typename F>
+void bind(void* lib, F& f, const char* name) {
+  f = reinterpret_cast<F>(::dlsym(lib, name));
+  if (f == nullptr) throw Error(kLibcrypto, "sha256", std::string("missing symbol ") + name, exit_code::unavailable);
+}
+
+const CryptoApi& crypto_api() {
+  static const CryptoApi api = [] {
+    void* lib = ::dlopen(kLibcrypto, RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) {
+      const char* why = ::dlerror();
+      throw Error(kLibcrypto, "sha256 needs OpenSSL's libcrypto", why != nullptr ? why : "cannot load",
+                  exit_code::unavailable);
+    }
+    CryptoApi a{};
+    bind(lib, a.ctx_new, "EVP_MD_CTX_new");
+    bind(lib, a.ctx_free, "EVP_MD_CTX_free");
+    bind(lib, a.sha256, "EVP_sha256");
+    bind(lib, a.init, "EVP_DigestInit_ex");
+    bind(lib, a.update, "EVP_DigestUpdate");
+    bind(lib, a.final, "EVP_DigestFinal_ex");
+    return a;
+  }();
+  return api;
 }
 
 bool all_hex(std::string_view s) {
@@ -85,7 +127,7 @@ struct Hasher::State {
   EVP_MD_CTX* evp = nullptr;
   ~State() {
     if (xxh != nullptr) XXH3_freeState(xxh);
-    if (evp != nullptr) EVP_MD_CTX_free(evp);
+    if (evp != nullptr) crypto_api().ctx_free(evp);
   }
 };
 
@@ -94,8 +136,9 @@ Hasher::Hasher(DigestAlg alg) : alg_(alg), state_(std::make_unique<State>()) {
     state_->xxh = XXH3_createState();
     if (state_->xxh == nullptr || XXH3_128bits_reset(state_->xxh) != XXH_OK) throw std::bad_alloc();
   } else {
-    state_->evp = EVP_MD_CTX_new();
-    if (state_->evp == nullptr || EVP_DigestInit_ex(state_->evp, EVP_sha256(), nullptr) != 1) {
+    const CryptoApi& crypto = crypto_api();
+    state_->evp = crypto.ctx_new();
+    if (state_->evp == nullptr || crypto.init(state_->evp, crypto.sha256(), nullptr) != 1) {
       throw Error("", "sha256", "OpenSSL EVP_DigestInit_ex failed", exit_code::software);
     }
   }
@@ -110,7 +153,7 @@ void Hasher::update(std::string_view chunk) noexcept {
   if (alg_ == DigestAlg::xxh128) {
     XXH3_128bits_update(state_->xxh, chunk.data(), chunk.size());
   } else {
-    EVP_DigestUpdate(state_->evp, chunk.data(), chunk.size());
+    crypto_api().update(state_->evp, chunk.data(), chunk.size());
   }
 }
 
@@ -122,7 +165,7 @@ Digest Hasher::finish() {
   }
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  if (EVP_DigestFinal_ex(state_->evp, md, &len) != 1) {
+  if (crypto_api().final(state_->evp, md, &len) != 1) {
     throw Error("", "sha256", "OpenSSL EVP_DigestFinal_ex failed", exit_code::software);
   }
   return Digest{alg_, to_hex(md, len)};

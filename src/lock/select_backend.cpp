@@ -17,6 +17,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
 #include "holdfast/probe.hpp"
+#include "probe/internal.hpp"
 #include "sys/file.hpp"
 
 namespace holdfast {
@@ -47,7 +48,10 @@ std::string probe_says(Primitive p) {
 BackendChoice select_backend(const std::string& directory) { return select_backend(directory, ""); }
 
 BackendChoice select_backend(const std::string& directory, const std::string& lock_file) {
-  KernelLockVerdict v = kernel_lock_verdict(directory, lock_file);
+  // The kernel-lock check and holdfast probe's verdicts for this mount, from one lookup.
+  const auto verdicts = probe_internal::mount_verdicts(directory, lock_file);
+  const KernelLockVerdict& v = verdicts.lock;
+  auto unsafe = [&](Primitive p) { return probe_internal::measured_unsafe(verdicts.probe, p); };
   if (!v.tested) {
     // No lock file, and no file can be created here: the lock cannot be taken with any backend,
     // so say what the open would have said (EROFS, EACCES, ENOSPC) rather than "cannot verify".
@@ -63,12 +67,12 @@ BackendChoice select_backend(const std::string& directory, const std::string& lo
   const std::string fs = v.filesystem.empty() ? std::string("this") : "this " + v.filesystem;
   // flock first: it is what flock(1), python filelock and Go's lockedfile take, so all of them
   // exclude each other on the same file.
-  if (v.flock_excludes && !probed_unsafe(directory, Primitive::flock)) {
+  if (v.flock_excludes && !unsafe(Primitive::flock)) {
     return {Backend::flock, "flock(2) locks are enforced on " + fs + " filesystem"};
   }
   std::string why = v.flock_excludes ? probe_says(Primitive::flock)
                                      : "flock(2) locks are accepted but NOT enforced on " + fs + " filesystem";
-  if (v.ofd_excludes && !probed_unsafe(directory, Primitive::ofd)) {
+  if (v.ofd_excludes && !unsafe(Primitive::ofd)) {
     return {Backend::ofd, why + "; OFD locks are: using ofd"};
   }
   why += v.ofd_excludes ? ", " + probe_says(Primitive::ofd) : ", nor OFD locks";
@@ -78,12 +82,12 @@ BackendChoice select_backend(const std::string& directory, const std::string& lo
                 exit_code::unavailable);
   }
   if (hard_links_work(directory)) {
-    if (!probed_unsafe(directory, Primitive::link)) return {Backend::link, why + ": falling back to link dotlocks"};
+    if (!unsafe(Primitive::link)) return {Backend::link, why + ": falling back to link dotlocks"};
     why += ", " + probe_says(Primitive::link);
   } else {
     why += ", and it has no hard links";
   }
-  if (probed_unsafe(directory, Primitive::excl) || probed_unsafe(directory, Primitive::rename)) {
+  if (unsafe(Primitive::excl) || unsafe(Primitive::rename)) {
     throw Error(directory, "cannot choose a lock backend",
                 why + ", and creates are not atomic (holdfast probe): no safe lock here", exit_code::unavailable);
   }
@@ -115,10 +119,11 @@ void refuse_known_unsafe(const Target& target, Backend backend) {
     case Backend::ofd:
     case Backend::flock: {
       const Primitive p = backend == Backend::ofd ? Primitive::ofd : Primitive::flock;
-      KernelLockVerdict v = kernel_lock_verdict(target.dir, target.path);
+      const auto verdicts = probe_internal::mount_verdicts(target.dir, target.path);
+      const KernelLockVerdict& v = verdicts.lock;
       const bool enforced = backend == Backend::ofd ? v.ofd_excludes : v.flock_excludes;
       if (v.tested && !enforced) refuse(std::string(to_string(backend)) + " locks are not enforced here: " + v.reason);
-      if (probed_unsafe(target.dir, p)) refuse(probe_says(p));
+      if (probe_internal::measured_unsafe(verdicts.probe, p)) refuse(probe_says(p));
       return;
     }
     case Backend::shm:

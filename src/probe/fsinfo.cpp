@@ -52,18 +52,31 @@ std::optional<std::string> mount_key(const std::string& path) {
 #else
   constexpr unsigned kMntIdUnique = STATX_MNT_ID_UNIQUE;
 #endif
-  // Two queries: the unique id keys the cache; the old, reusable id finds the mountinfo line.
+  // The unique id keys the cache (never reused while the machine is up, unlike the old one).
   struct statx unique{};
   if (::statx(AT_FDCWD, path.c_str(), 0, kMntIdUnique, &unique) != 0 || (unique.stx_mask & kMntIdUnique) == 0) {
-    return std::nullopt;
-  }
-  struct statx old{};
-  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_MNT_ID, &old) != 0 || (old.stx_mask & STATX_MNT_ID) == 0) {
     return std::nullopt;
   }
   // Read once per process (the holder record needs it too).
   const std::string& boot = this_boot_id();
   if (boot.empty()) return std::nullopt;
+  // The mount's facts from statmount(2) where the kernel has it (one mount formatted, not the
+  // whole table). Which of the two forms a key takes depends only on the kernel and the mount, so
+  // every process on this boot computes the same key for the same mount (holdfast probe's
+  // verdicts are found by the lock that consults them).
+  if (auto m = sys::stat_mount(unique.stx_mnt_id)) {
+    if (m->major != unique.stx_dev_major || m->minor != unique.stx_dev_minor) return std::nullopt;  // raced a mount change
+    char flags[48];
+    std::snprintf(flags, sizeof flags, " attr=%llx sb=%x", static_cast<unsigned long long>(m->attributes), m->sb_flags);
+    return "boot=" + boot + " mnt=" + std::to_string(m->unique_id) + " dev=" + std::to_string(m->major) + ":" +
+           std::to_string(m->minor) + " type=" + m->fstype + " source=" + m->source + flags +
+           " options=" + m->super_options;
+  }
+  // Before Linux 6.11: the old, reusable id finds the mount's line in mountinfo.
+  struct statx old{};
+  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_MNT_ID, &old) != 0 || (old.stx_mask & STATX_MNT_ID) == 0) {
+    return std::nullopt;
+  }
   for (const auto& m : sys::read_mountinfo()) {
     if (m.id != old.stx_mnt_id) continue;
     if (m.major != old.stx_dev_major || m.minor != old.stx_dev_minor) return std::nullopt;  // raced a mount change

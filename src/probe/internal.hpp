@@ -37,10 +37,10 @@ bool is_loser_errno(Primitive primitive, int err) noexcept;
 
 // Identifies the mount that holds `path`, for the verdict caches: the boot id, the mount's unique
 // 64-bit id (statx STATX_MNT_ID_UNIQUE, never reused within a boot), its device, and the
-// filesystem type, source and per-mount and superblock options from /proc/self/mountinfo. An
-// unmount and mount changes the id; a remount changes the options. nullopt when the kernel has no
-// unique mount id (before Linux 6.8) or the mount's line cannot be read: then verdicts are not
-// shared across processes.
+// filesystem type, source and per-mount and superblock options, from statmount(2) (Linux 6.11+)
+// or else from the mount's line in /proc/self/mountinfo. An unmount and mount changes the id; a
+// remount changes the options. nullopt when the kernel has no unique mount id (before Linux 6.8)
+// or the mount cannot be read: then verdicts are not shared across processes.
 std::optional<std::string> mount_key(const std::string& path);
 
 // What was measured about one mount, as kept in the cross-process store (verdict_cache.cpp).
@@ -68,6 +68,16 @@ void remember_probe_report(const ProbeReport& report);
 int count_and_kill_starts(const std::string& starts, const std::set<pid_t>& spawned);
 // Where this process stores verdicts (see verdict_cache.cpp).
 std::string verdict_store_dir();
+// kernel_lock_verdict(directory, lock_file) and holdfast probe's stored verdicts for the same
+// mount (primitive name -> "safe", "unsafe", ...), from one lookup: what Backend::automatic
+// decides from, without asking the cache (or the store) twice.
+struct MountVerdicts {
+  KernelLockVerdict lock;
+  std::map<std::string, std::string> probe;
+};
+MountVerdicts mount_verdicts(const std::string& directory, const std::string& lock_file);
+// True if `probe` (MountVerdicts::probe) holds an "unsafe" verdict for `primitive`.
+bool measured_unsafe(const std::map<std::string, std::string>& probe, Primitive primitive);
 // Forgets kernel_lock_verdict's in-process cache, as a fresh process would start (tests).
 void forget_process_verdicts();
 

@@ -43,7 +43,11 @@ std::string errno_text(Primitive p, int err) {
 
 double percentile_us(std::vector<uint32_t>& v, double q) {
   if (v.empty()) return 0;
-  size_t k = std::min(v.size() - 1, static_cast<size_t>(std::llround(q * static_cast<double>(v.size() - 1))));
+  // The nearest rank (half away from zero, as std::llround), without libm (see cli/duration.cpp).
+  const double rank = q * static_cast<double>(v.size() - 1);
+  auto nearest = static_cast<size_t>(rank);
+  if (rank - static_cast<double>(nearest) >= 0.5) ++nearest;
+  size_t k = std::min(v.size() - 1, nearest);
   std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
   return static_cast<double>(v[k]) / 1000.0;
 }

@@ -46,7 +46,11 @@ sys::UniqueFd g_mountinfo;  // poll()ed for POLLPRI: the mount table changed
 // Drops the cache if any mount or unmount happened since the last call. Caller holds g_mutex.
 void invalidate_on_mount_change() {
   if (!g_mountinfo) {
-    // Opening resets the event baseline, so anything cached before now is suspect.
+    // No baseline yet. With nothing cached there is nothing to invalidate: a process that looks
+    // up once (the holdfast command; its answer comes from the store or a test, never from here)
+    // does not pay for opening the table (~30 µs). Otherwise open it now; opening resets the
+    // event baseline, so anything cached before now is suspect and is dropped.
+    if (g_cache.empty()) return;
     g_mountinfo.reset(sys::open_nothrow(AT_FDCWD, "/proc/self/mountinfo", O_RDONLY));
     g_cache.clear();
     return;
@@ -194,61 +198,79 @@ void forget_process_verdicts() {
 KernelLockVerdict kernel_lock_verdict(const std::string& directory) { return kernel_lock_verdict(directory, ""); }
 
 KernelLockVerdict kernel_lock_verdict(const std::string& directory, const std::string& lock_file) {
+  return probe_internal::mount_verdicts(directory, lock_file).lock;
+}
+
+namespace probe_internal {
+
+MountVerdicts mount_verdicts(const std::string& directory, const std::string& lock_file) {
+  MountVerdicts out;
+  KernelLockVerdict& v = out.lock;
   struct stat st{};
   if (int rc = sys::stat_nothrow(directory, st); rc != 0) {
-    KernelLockVerdict v;
     v.error_number = -rc;
     v.reason = directory + ": " + std::strerror(-rc);
-    return v;
+    return out;
   }
   {
     std::lock_guard lock(g_mutex);
     invalidate_on_mount_change();
-    if (auto it = g_cache.find(st.st_dev); it != g_cache.end() && it->second.lock) {
-      KernelLockVerdict v = *it->second.lock;
+    if (auto it = g_cache.find(st.st_dev); it != g_cache.end() && it->second.lock && it->second.probe) {
+      v = *it->second.lock;
       v.from_cache = true;
-      return v;
+      out.probe = *it->second.probe;
+      return out;
     }
   }
-  const auto key = probe_internal::mount_key(directory);
-  if (key) {
-    if (auto stored = probe_internal::load_verdicts(*key); stored && stored->ofd_excludes && stored->flock_excludes) {
-      KernelLockVerdict v = from_store(*stored);
-      std::lock_guard lock(g_mutex);
-      // The same file holds holdfast probe's verdicts for this mount: keep them too, so that
-      // stored_probe_verdict (asked next by select_backend) does not read it again.
-      Entry& e = g_cache[st.st_dev];
-      e.lock = v;
-      e.probe = stored->probe;
-      return v;
-    }
+  const auto key = mount_key(directory);
+  std::optional<StoredVerdicts> stored;
+  if (key) stored = load_verdicts(*key);
+  // The same file holds holdfast probe's verdicts for this mount: one read answers both.
+  if (stored) out.probe = stored->probe;
+  if (stored && stored->ofd_excludes && stored->flock_excludes) {
+    v = from_store(*stored);
+    std::lock_guard lock(g_mutex);
+    invalidate_on_mount_change();
+    Entry& e = g_cache[st.st_dev];
+    e.lock = v;
+    e.probe = out.probe;
+    return out;
   }
-  KernelLockVerdict v = test_directory(directory);
+  v = test_directory(directory);
   if (!v.tested && !lock_file.empty()) {
     const int scratch_error = v.error_number;
     v = test_lock_file(lock_file, v.reason);
     if (!v.tested) v.error_number = scratch_error;
   }
-  if (!v.tested) return v;
+  if (!v.tested) return out;
   // A mount change while testing may mean we tested a different filesystem than we key by.
-  const auto key_now = probe_internal::mount_key(directory);
+  const auto key_now = mount_key(directory);
   struct stat now{};
-  if (key_now != key || sys::stat_nothrow(directory, now) != 0 || now.st_dev != st.st_dev) return v;
+  if (key_now != key || sys::stat_nothrow(directory, now) != 0 || now.st_dev != st.st_dev) return out;
   {
     std::lock_guard lock(g_mutex);
     invalidate_on_mount_change();
-    g_cache[st.st_dev].lock = v;
+    Entry& e = g_cache[st.st_dev];
+    e.lock = v;
+    e.probe = out.probe;
   }
   if (key) {
-    probe_internal::StoredVerdicts s;
+    StoredVerdicts s;
     s.ofd_excludes = v.ofd_excludes;
     s.flock_excludes = v.flock_excludes;
     s.filesystem = v.filesystem;
     s.reason = v.reason;
-    probe_internal::store_verdicts(*key, s);
+    store_verdicts(*key, s);
   }
-  return v;
+  return out;
 }
+
+bool measured_unsafe(const std::map<std::string, std::string>& probe, Primitive primitive) {
+  auto it = probe.find(std::string(to_string(primitive)));
+  return it != probe.end() && parse_verdict(it->second) == Verdict::unsafe;
+}
+
+}  // namespace probe_internal
 
 std::optional<Verdict> stored_probe_verdict(const std::string& directory, Primitive primitive) {
   struct stat st{};

@@ -1,6 +1,5 @@
 // Restart policy and backoff arithmetic (no system calls: unit-tested directly).
 #include <algorithm>
-#include <cmath>
 
 #include "holdfast/error.hpp"
 #include "holdfast/supervise.hpp"
@@ -25,10 +24,13 @@ RestartPolicy parse_restart_policy(std::string_view text) {
 }
 
 std::chrono::milliseconds Backoff::base(uint64_t failures) const noexcept {
-  // Computed in floating point and clamped, so a long run of failures never overflows.
+  // Computed in floating point and clamped, so a long run of failures never overflows. Multiplied
+  // out rather than std::pow: the command links no libm (a shared library costs every start).
   const double lo = static_cast<double>(min.count());
   const double hi = static_cast<double>(std::max(max, min).count());
-  const double grown = lo * std::pow(std::max(factor, 1.0), static_cast<double>(std::min<uint64_t>(failures, 1000)));
+  const double f = std::max(factor, 1.0);
+  double grown = lo;
+  for (uint64_t i = 0, n = std::min<uint64_t>(failures, 1000); i < n && grown < hi; ++i) grown *= f;
   return std::chrono::milliseconds(static_cast<int64_t>(std::min(grown, hi)));
 }
 

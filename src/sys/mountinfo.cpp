@@ -1,6 +1,13 @@
 #include "sys/mountinfo.hpp"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <charconv>
+#include <cstddef>
+#include <cstring>
+#include <memory>
 
 #include "sys/file.hpp"
 
@@ -92,6 +99,90 @@ std::vector<MountEntry> read_mountinfo(const std::string& path) {
   auto text = read_file(path, size_t{16} << 20U);
   if (!text) return {};
   return parse_mountinfo(*text);
+}
+
+namespace {
+
+// <linux/mount.h> of Linux 6.18 (this build's headers may predate statmount): the request, and
+// the fixed part of the reply up to the fields read here. String fields are offsets into `str`.
+constexpr long kStatmountSyscall = 457;  // __NR_statmount, the same number on every architecture
+constexpr uint64_t kSbBasic = 0x1, kMntBasic = 0x2, kFsType = 0x20, kMntOpts = 0x80, kFsSubtype = 0x100,
+                   kSbSource = 0x200;
+constexpr uint32_t kRequestSizeVer0 = 24;
+
+struct MountIdRequest {
+  uint32_t size;
+  uint32_t spare;
+  uint64_t mnt_id;
+  uint64_t param;
+};
+
+struct StatmountReply {
+  uint32_t size, mnt_opts;
+  uint64_t mask;
+  uint32_t sb_dev_major, sb_dev_minor;
+  uint64_t sb_magic;
+  uint32_t sb_flags, fs_type;
+  uint64_t mnt_id, mnt_parent_id;
+  uint32_t mnt_id_old, mnt_parent_id_old;
+  uint64_t mnt_attr, mnt_propagation, mnt_peer_group, mnt_master, propagate_from;
+  uint32_t mnt_root, mnt_point;
+  uint64_t mnt_ns_id;
+  uint32_t fs_subtype, sb_source;
+  uint32_t opt_num, opt_array, opt_sec_num, opt_sec_array;
+  uint64_t supported_mask;
+  uint32_t mnt_uidmap_num, mnt_uidmap, mnt_gidmap_num, mnt_gidmap;
+  uint64_t spare2[43];
+  // char str[]: the strings follow
+};
+static_assert(sizeof(StatmountReply) == 512, "struct statmount's fixed part is 512 bytes");
+
+}  // namespace
+
+std::optional<MountFacts> stat_mount(uint64_t unique_id) {
+  const uint64_t wanted = kSbBasic | kMntBasic | kFsType | kMntOpts | kFsSubtype | kSbSource;
+  MountIdRequest req{kRequestSizeVer0, 0, unique_id, wanted};
+  // Strings are short (an NFS mount's options are the longest seen): 4 KiB first, larger on EOVERFLOW.
+  for (size_t size = 4096; size <= (size_t{1} << 20); size *= 4) {
+    auto buf = std::make_unique<uint64_t[]>(size / sizeof(uint64_t));
+    if (::syscall(kStatmountSyscall, &req, buf.get(), size, 0) != 0) {
+      if (errno == EOVERFLOW) continue;
+      return std::nullopt;  // ENOSYS (before 6.8), EINVAL (a field this kernel lacks), EPERM, ENOENT
+    }
+    const auto* reply = reinterpret_cast<const StatmountReply*>(buf.get());
+    const uint64_t required = kSbBasic | kMntBasic | kFsType | kSbSource;
+    if ((reply->mask & required) != required || reply->mnt_id != unique_id || reply->size > size ||
+        reply->size < sizeof(StatmountReply)) {
+      return std::nullopt;
+    }
+    const char* str = reinterpret_cast<const char*>(buf.get()) + sizeof(StatmountReply);
+    const size_t str_size = reply->size - sizeof(StatmountReply);
+    // A string field the kernel set (its bit in mask) names a NUL-terminated string inside str.
+    auto field = [&](uint64_t bit, uint32_t offset) -> std::optional<std::string> {
+      if ((reply->mask & bit) == 0) return std::string();  // nothing to report (no subtype, no options)
+      if (offset >= str_size) return std::nullopt;
+      const char* begin = str + offset;
+      const void* end = std::memchr(begin, '\0', str_size - offset);
+      if (end == nullptr) return std::nullopt;
+      return std::string(begin, static_cast<const char*>(end));
+    };
+    auto type = field(kFsType, reply->fs_type);
+    auto subtype = field(kFsSubtype, reply->fs_subtype);
+    auto source = field(kSbSource, reply->sb_source);
+    auto options = field(kMntOpts, reply->mnt_opts);
+    if (!type || !subtype || !source || !options) return std::nullopt;
+    MountFacts m;
+    m.unique_id = reply->mnt_id;
+    m.major = reply->sb_dev_major;
+    m.minor = reply->sb_dev_minor;
+    m.attributes = reply->mnt_attr;
+    m.sb_flags = reply->sb_flags;
+    m.fstype = subtype->empty() ? *type : *type + "." + *subtype;
+    m.source = std::move(*source);
+    m.super_options = std::move(*options);
+    return m;
+  }
+  return std::nullopt;
 }
 
 }  // namespace holdfast::sys

@@ -1,6 +1,8 @@
 // sys::parse_mountinfo splits proc(5)'s mountinfo lines field by field: optional fields up to
 // "-", octal escapes in root, mount point and source, malformed lines skipped.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include "sys/mountinfo.hpp"
 
@@ -41,6 +43,45 @@ TEST(ParseMountinfo, ThisProcessTableHasTheRootMount) {
   bool root = false;
   for (const auto& e : m) root = root || e.mount_point == "/";
   EXPECT_TRUE(root);
+}
+
+// stat_mount (statmount(2), which the auto backend's mount key uses instead of reading the whole
+// table) reports what mountinfo lists for the same mount: its device, type, source and the
+// filesystem's own options (mountinfo's super options after ro/rw and the sync flags).
+TEST(StatMount, AgreesWithMountinfoForEveryReachableMount) {
+  constexpr unsigned kMntIdUnique = 0x00004000U;  // STATX_MNT_ID_UNIQUE, Linux 6.8
+  int compared = 0;
+  for (const auto& e : read_mountinfo()) {
+    struct statx unique{}, old{};
+    if (::statx(AT_FDCWD, e.mount_point.c_str(), AT_NO_AUTOMOUNT, kMntIdUnique, &unique) != 0 ||
+        (unique.stx_mask & kMntIdUnique) == 0 ||
+        ::statx(AT_FDCWD, e.mount_point.c_str(), AT_NO_AUTOMOUNT, STATX_MNT_ID, &old) != 0 || old.stx_mnt_id != e.id) {
+      continue;  // over-mounted, or no unique ids on this kernel
+    }
+    auto m = stat_mount(unique.stx_mnt_id);
+    if (!m) continue;  // a kernel without statmount's source field: mount_key reads mountinfo there
+    ++compared;
+    SCOPED_TRACE(e.mount_point);
+    EXPECT_EQ(m->unique_id, unique.stx_mnt_id);
+    EXPECT_EQ(m->major, e.major);
+    EXPECT_EQ(m->minor, e.minor);
+    EXPECT_EQ(m->fstype, e.fstype);
+    EXPECT_EQ(m->source, e.source);
+    if (m->super_options.empty()) {
+      EXPECT_EQ(e.super_options.find('='), std::string::npos) << e.super_options;
+    } else {
+      const std::string tail = "," + m->super_options;
+      ASSERT_GE(e.super_options.size(), tail.size());
+      EXPECT_EQ(e.super_options.substr(e.super_options.size() - tail.size()), tail);
+    }
+    EXPECT_EQ((m->attributes & 0x1) != 0, e.mount_options.rfind("ro", 0) == 0);  // MOUNT_ATTR_RDONLY
+  }
+  if (compared == 0) GTEST_SKIP() << "no statmount with sources on this kernel (Linux < 6.11)";
+}
+
+TEST(StatMount, UnknownMountIdIsNotReported) {
+  EXPECT_FALSE(stat_mount(0).has_value());
+  EXPECT_FALSE(stat_mount(~uint64_t{0} - 7).has_value());
 }
 
 }  // namespace

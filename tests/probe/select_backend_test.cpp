@@ -231,6 +231,36 @@ TEST(VerdictStore, SecondProcessDoesNotRetestAndRemountInvalidates) {
   ::unsetenv("HOLDFAST_VERDICT_DIR");
 }
 
+// One process, several lookups: its in-process cache starts without a mount-table baseline (a
+// process that looks up once never opens /proc/self/mountinfo), so the first remount after the
+// first lookup must be noticed as surely as later ones.
+TEST(VerdictStore, InProcessCacheNeverOutlivesARemount) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount tmpfs";
+  TmpfsMount m("size=4m");
+  HOLDFAST_SKIP_WITHOUT_TMPFS(m);
+  if (!probe_internal::mount_key(m.path())) GTEST_SKIP() << "no unique mount ids (Linux < 6.8)";
+  testing::TempDir store;
+  ::setenv("HOLDFAST_VERDICT_DIR", (store.path() + "/v").c_str(), 1);
+  probe_internal::forget_process_verdicts();
+  int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  ASSERT_GE(in, 0);
+  ASSERT_GE(::inotify_add_watch(in, m.path().c_str(), IN_CREATE), 0);
+
+  EXPECT_FALSE(kernel_lock_verdict(m.path()).from_cache) << "a new mount must be tested";
+  EXPECT_EQ(lockcheck_creates(in), 1);
+  ASSERT_TRUE(m.remount("size=8m")) << m.why();
+  EXPECT_FALSE(kernel_lock_verdict(m.path()).from_cache) << "the first lookup's answer survived a remount";
+  EXPECT_EQ(lockcheck_creates(in), 1);
+  EXPECT_TRUE(kernel_lock_verdict(m.path()).from_cache);
+  EXPECT_TRUE(select_backend(m.path()).backend == Backend::flock);
+  EXPECT_EQ(lockcheck_creates(in), 0) << "re-tested an unchanged mount";
+  ASSERT_TRUE(m.remount("size=16m")) << m.why();
+  EXPECT_FALSE(kernel_lock_verdict(m.path()).from_cache) << "a cached answer survived a remount";
+  EXPECT_EQ(lockcheck_creates(in), 1);
+  ::close(in);
+  ::unsetenv("HOLDFAST_VERDICT_DIR");
+}
+
 TEST(VerdictStore, NolocksVerdictIsNotReusedForTheNextMount) {
   HOLDFAST_SKIP_WITHOUT_FUSE();
   testing::TempDir store;
