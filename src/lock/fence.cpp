@@ -253,7 +253,16 @@ uint64_t FenceFile::next() {
   if (epoch_seen) {
     s.epoch_valid = true;
     s.epoch = cached_epoch_;
-    parse_counter(bytes, s);
+    uint64_t counter = 0;
+    if (bytes.size() >= kCounterOffset + kCounterSize &&
+        std::memcmp(bytes.data() + kCounterOffset, counter_prefix_, sizeof counter_prefix_) == 0 &&
+        parse_hex(bytes, kCounterOffset + sizeof counter_prefix_, 8, counter)) {
+      s.counter_valid = true;
+      s.counter_epoch = cached_epoch_;
+      s.counter = counter;
+    } else {
+      parse_counter(bytes, s);
+    }
   } else {
     s = parse(bytes);
   }
@@ -270,6 +279,9 @@ uint64_t FenceFile::next() {
   if (same_boot && !epoch_seen) {
     std::memcpy(epoch_cache_, bytes.data(), kEpochSize);
     cached_epoch_ = s.epoch;
+    std::memset(counter_prefix_, ' ', sizeof counter_prefix_);
+    counter_prefix_[0] = 'C';
+    format_hex(counter_prefix_ + 2, s.epoch, 16);
     epoch_cache_valid_ = true;
   }
   const bool counter_ok = s.counter_valid && s.counter_epoch == s.epoch && s.counter < kCounterMax;
@@ -302,8 +314,12 @@ uint64_t FenceFile::next() {
   }
   char line[kCounterSize];
   std::memset(line, ' ', sizeof line);
-  line[0] = 'C';
-  format_hex(line + 2, epoch, 16);
+  if (epoch_cache_valid_ && epoch == cached_epoch_) {
+    std::memcpy(line, counter_prefix_, sizeof counter_prefix_);
+  } else {
+    line[0] = 'C';
+    format_hex(line + 2, epoch, 16);
+  }
   format_hex(line + 19, counter, 8);
   line[kCounterSize - 1] = '\n';
   if (mapped) {
