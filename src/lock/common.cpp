@@ -194,7 +194,7 @@ const std::string& RecordCache::format(const HolderRecord& record, off_t file_si
 
 bool RecordCache::store(const HolderRecord& record, char* out, size_t size) {
   char head[kRecordHeadRoom];
-  const size_t head_size = format_record_head(head, record.token, record.nonce, record.acquired_unix_ns);
+  const size_t head_size = format_record_head(head, record.token, record.nonce, record.acquired_unix_ns, &head_);
   if (head_size + tail_.size() > size) return false;
   // As write_padded pads: spaces before the final newline, so the file stays one line.
   std::memcpy(out, head, head_size);

@@ -71,9 +71,22 @@ HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& opti
 // grant (token, nonce, time), the tail everything else (backend, mode, lease, processes,
 // command), which a LockFile formats once and keeps (RecordCache).
 void append_record_head(std::string& out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns);
+// The digits of a head's token and time above their last eight, as last formatted: they change
+// once in 10^8 grants and every 100 ms, so a repeated grant formats only the last eight.
+struct RecordHeadCache {
+  struct High {
+    uint64_t value = UINT64_MAX;  // no value has this high part
+    size_t size = 0;
+    char text[24];  // at most 12 digits, and room to format them eight at a time
+  };
+  High token;
+  High time;
+};
 // The head formatted at `out`, which has room for kRecordHeadRoom bytes; returns its length.
+// `cache`, when given, is used and updated (one cache per formatting thread).
 inline constexpr size_t kRecordHeadRoom = 128;
-size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns);
+size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns,
+                          RecordHeadCache* cache = nullptr);
 void append_record_tail(std::string& out, const HolderRecord& record);
 
 // A LockFile's record between grants, so that a repeated grant formats only the head and
@@ -131,6 +144,7 @@ class RecordCache {
   std::string tail_;
   std::optional<HolderRecord> spare_;
   std::string text_;  // the buffer records are formatted into; its capacity is kept
+  RecordHeadCache head_;  // for store(), which the grant holding this cache's record calls
 };
 
 // Writes `record` at offset 0 of `fd`, padded with spaces to at least `file_size` so the file

@@ -270,7 +270,7 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
 
     // The path may have been unlinked or replaced between our open and our lock; then we hold a
     // lock nobody else can see. Only a lock on the inode the path names now counts.
-    struct stat now {};
+    struct stat now;  // filled by a successful stat, read only then
     if (sys::stat_nothrow(target.path, now) != 0 || !sys::same_inode(files->st, now)) {
       grant.reset();            // unlocks
       files->lock_fd.reset();   // reopen the path on the next round

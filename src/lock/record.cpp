@@ -130,44 +130,60 @@ char* put_leading(char* p, uint32_t n) {
 
 constexpr uint64_t kTenTo8 = 100000000;
 
+// `high`, a 64-bit value divided by 10^8 (at most 12 digits), in decimal at `p`; returns its end.
+// Stores up to 7 bytes beyond that end.
+char* put_high(char* p, uint64_t high) {
+  if (high < kTenTo8) return put_leading(p, static_cast<uint32_t>(high));
+  const uint64_t top = high / kTenTo8;  // < 1845
+  p = put_leading(p, static_cast<uint32_t>(top));
+  return store_digits(p, eight_digits(static_cast<uint32_t>(high - top * kTenTo8)), 0);
+}
+
 // `v` in decimal at `p`; returns its end. Stores up to 7 bytes beyond that end (callers leave
-// kDecimalSlack bytes of room).
+// kDecimalSlack bytes of room). `cache`, when given, holds the digits above the last eight as
+// last formatted, and is updated when they changed.
 constexpr size_t kDecimalSlack = 8;
-char* put_decimal(char* p, uint64_t v) {
+char* put_decimal(char* p, uint64_t v, RecordHeadCache::High* cache = nullptr) {
   if (v < kTenTo8) return put_leading(p, static_cast<uint32_t>(v));
   const uint64_t high = v / kTenTo8;
   const auto low = static_cast<uint32_t>(v - high * kTenTo8);
-  if (high < kTenTo8) {
-    p = put_leading(p, static_cast<uint32_t>(high));
+  if (cache == nullptr) {
+    p = put_high(p, high);
   } else {
-    const uint64_t top = high / kTenTo8;  // < 1845
-    p = put_leading(p, static_cast<uint32_t>(top));
-    p = store_digits(p, eight_digits(static_cast<uint32_t>(high - top * kTenTo8)), 0);
+    static_assert(sizeof cache->text >= 12 + kDecimalSlack && 16 <= 1 + 8 + kDecimalSlack);
+    if (cache->value != high) {
+      cache->size = static_cast<size_t>(put_high(cache->text, high) - cache->text);
+      cache->value = high;
+    }
+    std::memcpy(p, cache->text, 16);  // 1-12 digits; what lies past them is overwritten next
+    p += cache->size;
   }
   return store_digits(p, eight_digits(low), 0);
 }
 
 // Appends the literal `lit` and the decimal `v` at `p`; returns the new end.
 template <size_t N>
-char* put_field(char* p, const char (&lit)[N], uint64_t v, bool negative = false) {
+char* put_field(char* p, const char (&lit)[N], uint64_t v, bool negative = false,
+                RecordHeadCache::High* cache = nullptr) {
   std::memcpy(p, lit, N - 1);
   p += N - 1;
   if (negative) *p++ = '-';
-  return put_decimal(p, v);
+  return put_decimal(p, v, cache);
 }
 
 }  // namespace
 
 // Formatted into one stack buffer: this runs on every grant.
-size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns) {
+size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns,
+                          RecordHeadCache* cache) {
   // 51 bytes of literals, three numbers of at most 20 digits, a sign, and the last one's slack.
   static_assert(kRecordHeadRoom >= 51 + 3 * 20 + 1 + kDecimalSlack);
-  char* p = put_field(out, "{\"holdfast\":1,\"token\":", token);
+  char* p = put_field(out, "{\"holdfast\":1,\"token\":", token, false, cache ? &cache->token : nullptr);
   p = put_field(p, ",\"nonce\":", nonce);
   const bool negative = acquired_unix_ns < 0;
   const uint64_t magnitude =
       negative ? uint64_t{0} - static_cast<uint64_t>(acquired_unix_ns) : static_cast<uint64_t>(acquired_unix_ns);
-  p = put_field(p, ",\"acquired_unix_ns\":", magnitude, negative);
+  p = put_field(p, ",\"acquired_unix_ns\":", magnitude, negative, cache ? &cache->time : nullptr);
   return static_cast<size_t>(p - out);
 }
 

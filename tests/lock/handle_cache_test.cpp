@@ -211,11 +211,20 @@ TEST(HolderRecordHead, EveryDigitCountFormatsAsToChars) {
     char buf[24];
     return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
   };
+  // A grant's cache of the digits above the last eight, through runs of values that share them
+  // (consecutive tokens) and values that do not.
+  lock_internal::RecordHeadCache cache;
   for (uint64_t v : values) {
-    std::string head;
-    lock_internal::append_record_head(head, v, ~v, static_cast<int64_t>(v));
-    EXPECT_EQ(head, "{\"holdfast\":1,\"token\":" + decimal(v) + ",\"nonce\":" + decimal(~v) +
-                        ",\"acquired_unix_ns\":" + decimal(static_cast<int64_t>(v)));
+    for (uint64_t w : {v, v + 1, v + 2}) {
+      const std::string want = "{\"holdfast\":1,\"token\":" + decimal(w) + ",\"nonce\":" + decimal(~w) +
+                               ",\"acquired_unix_ns\":" + decimal(static_cast<int64_t>(w));
+      std::string head;
+      lock_internal::append_record_head(head, w, ~w, static_cast<int64_t>(w));
+      EXPECT_EQ(head, want);
+      char buf[lock_internal::kRecordHeadRoom];
+      const size_t n = lock_internal::format_record_head(buf, w, ~w, static_cast<int64_t>(w), &cache);
+      EXPECT_EQ(std::string(buf, n), want);
+    }
   }
 }
 
