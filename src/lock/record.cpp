@@ -103,7 +103,7 @@ namespace {
 // (x * 10486 >> 20 is x / 100 for x < 10^4; x * 103 >> 10 is x / 10 for x < 100; the products stay
 // inside their lanes). This runs three times per grant, where a digit-pair loop cost ~550
 // instructions.
-uint64_t eight_digits(uint32_t n) {
+[[gnu::always_inline]] inline uint64_t eight_digits(uint32_t n) {
   const uint64_t high = n / 10000;
   uint64_t v = high | (static_cast<uint64_t>(n - high * 10000) << 32);
   uint64_t q = ((v * 10486) >> 20) & 0x0000007f0000007fULL;
@@ -114,7 +114,7 @@ uint64_t eight_digits(uint32_t n) {
 
 // Stores eight bytes at `p`: `digits` (from eight_digits) as ASCII, shifted so that the first
 // `skip` digits are dropped. Returns the end of the 8 - skip digits kept.
-char* store_digits(char* p, uint64_t digits, unsigned skip) {
+[[gnu::always_inline]] inline char* store_digits(char* p, uint64_t digits, unsigned skip) {
   uint64_t text = (digits | 0x3030303030303030ULL) >> (8 * skip);
   if constexpr (std::endian::native == std::endian::big) text = __builtin_bswap64(text);
   std::memcpy(p, &text, sizeof text);
@@ -122,7 +122,7 @@ char* store_digits(char* p, uint64_t digits, unsigned skip) {
 }
 
 // `n` (< 10^8) in decimal without leading zeros ("0" for zero).
-char* put_leading(char* p, uint32_t n) {
+[[gnu::always_inline]] inline char* put_leading(char* p, uint32_t n) {
   const uint64_t digits = eight_digits(n);
   const auto skip = n == 0 ? 7U : static_cast<unsigned>(__builtin_ctzll(digits)) / 8;
   return store_digits(p, digits, skip);
