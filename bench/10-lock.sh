@@ -67,6 +67,24 @@ if command -v strace >/dev/null; then
   done
 fi
 
+# 2b. Instructions per operation under callgrind (load-independent): the difference between runs
+#     of cg_n1 and cg_n2 iterations, per iteration, for the handle and its mirror on tmpfs.
+#     LOCK_BENCH_CALLGRIND=0 skips it.
+cg_n1=2000 cg_n2=6000
+if [ "${LOCK_BENCH_CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null; then
+  echo "counting instructions per operation under callgrind..." >&2
+  for be in ofd flock excl link; do
+    for v in handle syscalls; do
+      for n in $cg_n1 $cg_n2; do
+        HOLDFAST_LOCK_BENCH_DIRS="tmpfs=$TMPFS_DIR" HOLDFAST_LOCK_BENCH_ITERS=$n \
+          valgrind --tool=callgrind --callgrind-out-file=/dev/null "$LOCK_BENCH" --benchmark_filter="^tmpfs:$be:$v/" \
+          >/dev/null 2>"$work/cg.log" || { cat "$work/cg.log" >&2; exit 1; }
+        echo "$be $v $n $(grep -oE 'Collected : [0-9]+' "$work/cg.log" | awk '{print $3}')" >>"$work/callgrind.txt"
+      done
+    done
+  done
+fi
+
 # 3. python3-filelock acquire+release on an existing FileLock object, per op (median of 5 timeit runs).
 echo "running python3-filelock..." >&2
 for fs in tmpfs disk; do
@@ -195,6 +213,25 @@ if straces:
         h, m = per_op(path), per_op(path.replace("-handle.txt", "-syscalls.txt"))
         desc = " ".join(f"{k}×{v:g}" for k, v in sorted(h.items()))
         print(f"| {be} | {sum(h.values()):g}: {desc} | {ok(h == m)} |")
+
+cg_path = os.path.join(work, "callgrind.txt")
+if os.path.exists(cg_path):
+    counts = {}
+    for line in open(cg_path):
+        be, v, n, c = line.split()
+        counts.setdefault((be, v), {})[int(n)] = int(c)
+    print()
+    print("Instructions per acquire+release (callgrind, tmpfs, difference of two loop lengths per "
+          "iteration; load-independent):")
+    print()
+    print("| backend | holdfast handle | syscall mirror | difference |")
+    print("|---|---:|---:|---:|")
+    for be in ("ofd", "flock", "excl", "link"):
+        per = {}
+        for v in ("handle", "syscalls"):
+            (n1, c1), (n2, c2) = sorted(counts[(be, v)].items())
+            per[v] = (c2 - c1) / (n2 - n1)
+        print(f"| {be} | {per['handle']:,.0f} | {per['syscalls']:,.0f} | {per['handle'] - per['syscalls']:,.0f} |")
 
 print()
 print("python3-filelock: FileLock.acquire()+release() in a timeit loop vs holdfast, per op (ns):")

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <random>
 
 #include "holdfast/error.hpp"
@@ -133,15 +134,21 @@ HolderRecord RecordCache::take(Backend backend, LockMode mode, const LockOptions
   }
   unclaim();
   HolderRecord r = make_record(backend, mode, options);
+  cache_tail(r, self);
+  return r;
+}
+
+void RecordCache::cache_tail(const HolderRecord& record, pid_t self) {
   claim();
-  if (pid_ != self || !spare_) {
-    // The tail is read only by the grant holding r (one grant at a time per LockFile).
+  if (pid_ != self) {
+    // The tail is read only by the grant holding a record of this process (one grant at a time
+    // per LockFile); a spare from before a fork names the parent.
     tail_.clear();
-    append_record_tail(tail_, r);
+    append_record_tail(tail_, record);
+    spare_.reset();
     pid_ = self;
   }
   unclaim();
-  return r;
 }
 
 HolderRecord* RecordCache::lend(Backend backend, LockMode mode, const LockOptions& options) {
@@ -151,6 +158,7 @@ HolderRecord* RecordCache::lend(Backend backend, LockMode mode, const LockOption
     // First loan in this process (or the first after a fork): the invariant part, made once.
     try {
       lent_ = make_record(backend, mode, options);
+      cache_tail(lent_, self);
     } catch (...) {
       end_loan();
       throw;
@@ -182,6 +190,18 @@ const std::string& RecordCache::format(const HolderRecord& record, off_t file_si
     text_.push_back('\n');
   }
   return text_;
+}
+
+bool RecordCache::store(const HolderRecord& record, char* out, size_t size) {
+  char head[kRecordHeadRoom];
+  const size_t head_size = format_record_head(head, record.token, record.nonce, record.acquired_unix_ns, &head_);
+  if (head_size + tail_.size() > size) return false;
+  // As write_padded pads: spaces before the final newline, so the file stays one line.
+  std::memcpy(out, head, head_size);
+  std::memcpy(out + head_size, tail_.data(), tail_.size() - 1);
+  std::memset(out + head_size + tail_.size() - 1, ' ', size - head_size - tail_.size());
+  out[size - 1] = '\n';
+  return true;
 }
 
 int RecordCache::write(int fd, const HolderRecord& record, off_t& file_size) {

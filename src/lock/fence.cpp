@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
@@ -59,6 +60,41 @@ bool parse_hex(std::string_view s, size_t pos, size_t digits, uint64_t& out) {
   }
   out = v;
   return true;
+}
+
+// Eight lowercase hex digits at `p` (as format_hex8 writes them); false if any byte is not one.
+// All eight at once (this runs on every grant): each byte is checked against the ranges 0-9 and
+// a-f with additions that cannot carry into the next byte (bytes >= 0x80 are refused first), and
+// the nibbles are gathered pairwise.
+bool parse_hex8(const char* p, uint64_t& out) {
+  constexpr uint64_t k01 = 0x0101010101010101ULL;
+  constexpr uint64_t k80 = 0x8080808080808080ULL;
+  uint64_t x = 0;
+  std::memcpy(&x, p, sizeof x);
+  if constexpr (std::endian::native == std::endian::little) x = __builtin_bswap64(x);  // first digit highest
+  if ((x & k80) != 0) return false;
+  const uint64_t digit = (x + k01 * (0x80 - '0')) & ~(x + k01 * (0x80 - '9' - 1)) & k80;
+  const uint64_t letter = (x + k01 * (0x80 - 'a')) & ~(x + k01 * (0x80 - 'f' - 1)) & k80;
+  if ((digit | letter) != k80) return false;
+  x = (x & (k01 * 0x0f)) + (letter >> 7) * 9;  // '0' -> 0, 'a' (0x61) -> 1 + 9
+  x = (x | (x >> 4)) & 0x00ff00ff00ff00ffULL;
+  x = (x | (x >> 8)) & 0x0000ffff0000ffffULL;
+  out = (x | (x >> 16)) & 0xffffffffULL;
+  return true;
+}
+
+// `value` as exactly 8 lowercase hex digits at `out`: each nibble spread into its own byte, then
+// turned into ASCII all at once.
+void format_hex8(char* out, uint32_t value) {
+  constexpr uint64_t k01 = 0x0101010101010101ULL;
+  uint64_t x = value;
+  x = (x | (x << 16)) & 0x0000ffff0000ffffULL;
+  x = (x | (x << 8)) & 0x00ff00ff00ff00ffULL;
+  x = (x | (x << 4)) & 0x0f0f0f0f0f0f0f0fULL;
+  const uint64_t letters = ((x + k01 * 6) >> 4) & k01;  // 1 in each byte holding 10-15
+  x += k01 * '0' + letters * ('a' - '0' - 10);
+  if constexpr (std::endian::native == std::endian::little) x = __builtin_bswap64(x);  // first digit highest
+  std::memcpy(out, &x, sizeof x);
 }
 
 // The counter line, "C <epoch:16> <counter:8>", into `s`.
@@ -224,7 +260,7 @@ void FenceFile::reopen_if_replaced() {
   // nobody else sees, and hand out tokens below theirs.
   // The path naming our inode also proves it is still linked: one stat, against the identity
   // of the descriptor taken when it was opened.
-  struct stat now {};
+  struct stat now;  // filled by a successful stat, read only then
   if (sys::stat_nothrow(path_, now) == 0 && sys::same_inode(opened_, now)) {
     known_size_ = now.st_size;
     return;
@@ -253,7 +289,16 @@ uint64_t FenceFile::next() {
   if (epoch_seen) {
     s.epoch_valid = true;
     s.epoch = cached_epoch_;
-    parse_counter(bytes, s);
+    uint64_t counter = 0;
+    if (bytes.size() >= kCounterOffset + kCounterSize &&
+        std::memcmp(bytes.data() + kCounterOffset, counter_prefix_, sizeof counter_prefix_) == 0 &&
+        parse_hex8(bytes.data() + kCounterOffset + sizeof counter_prefix_, counter)) {
+      s.counter_valid = true;
+      s.counter_epoch = cached_epoch_;
+      s.counter = counter;
+    } else {
+      parse_counter(bytes, s);
+    }
   } else {
     s = parse(bytes);
   }
@@ -270,6 +315,9 @@ uint64_t FenceFile::next() {
   if (same_boot && !epoch_seen) {
     std::memcpy(epoch_cache_, bytes.data(), kEpochSize);
     cached_epoch_ = s.epoch;
+    std::memset(counter_prefix_, ' ', sizeof counter_prefix_);
+    counter_prefix_[0] = 'C';
+    format_hex(counter_prefix_ + 2, s.epoch, 16);
     epoch_cache_valid_ = true;
   }
   const bool counter_ok = s.counter_valid && s.counter_epoch == s.epoch && s.counter < kCounterMax;
@@ -302,9 +350,13 @@ uint64_t FenceFile::next() {
   }
   char line[kCounterSize];
   std::memset(line, ' ', sizeof line);
-  line[0] = 'C';
-  format_hex(line + 2, epoch, 16);
-  format_hex(line + 19, counter, 8);
+  if (epoch_cache_valid_ && epoch == cached_epoch_) {
+    std::memcpy(line, counter_prefix_, sizeof counter_prefix_);
+  } else {
+    line[0] = 'C';
+    format_hex(line + 2, epoch, 16);
+  }
+  format_hex8(line + sizeof counter_prefix_, static_cast<uint32_t>(counter));
   line[kCounterSize - 1] = '\n';
   if (mapped) {
     std::memcpy(map_.data() + kCounterOffset, line, sizeof line);

@@ -93,6 +93,9 @@ class FenceFile {
   bool epoch_cache_valid_ = false;
   char epoch_cache_[96] = {};
   uint64_t cached_epoch_ = 0;
+  // The counter line's first bytes while the epoch is cached_epoch_: "C <epoch:16 hex> ". A
+  // grant compares them and parses only the counter's 8 digits, and writes them back as they are.
+  char counter_prefix_[19] = {};
 };
 
 }  // namespace holdfast::fence

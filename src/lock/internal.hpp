@@ -71,6 +71,22 @@ HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& opti
 // grant (token, nonce, time), the tail everything else (backend, mode, lease, processes,
 // command), which a LockFile formats once and keeps (RecordCache).
 void append_record_head(std::string& out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns);
+// The digits of a head's token and time above their last eight, as last formatted: they change
+// once in 10^8 grants and every 100 ms, so a repeated grant formats only the last eight.
+struct RecordHeadCache {
+  struct High {
+    uint64_t value = UINT64_MAX;  // no value has this high part
+    size_t size = 0;
+    char text[24];  // at most 12 digits, and room to format them eight at a time
+  };
+  High token;
+  High time;
+};
+// The head formatted at `out`, which has room for kRecordHeadRoom bytes; returns its length.
+// `cache`, when given, is used and updated (one cache per formatting thread).
+inline constexpr size_t kRecordHeadRoom = 128;
+size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns,
+                          RecordHeadCache* cache = nullptr);
 void append_record_tail(std::string& out, const HolderRecord& record);
 
 // A LockFile's record between grants, so that a repeated grant formats only the head and
@@ -95,13 +111,18 @@ class RecordCache {
   int write(int fd, const HolderRecord& record, off_t& file_size);
   // The text write() would write (padded to `file_size`), in a buffer valid until the next call.
   const std::string& format(const HolderRecord& record, off_t file_size);
+  // Stores that text at `out` (a shared mapping of the record file) when it is exactly `size`
+  // bytes once padded, i.e. the record is not longer than the file; false (nothing stored)
+  // otherwise. Formats only the head, straight into `out`: no buffer, no allocation.
+  bool store(const HolderRecord& record, char* out, size_t size);
 
-  // For a grant that keeps its record where nothing formats it (shm): the cache's own record,
-  // lent without a copy or a move, or null while it is still lent to a grant that has not
-  // ended (the caller then take()s one of its own). The loan is one atomic exchange. The record
-  // is this process's make_record (remade after a fork), token 0, a fresh nonce, and the
-  // acquired time of its previous grant: the borrower sets token and time when it is granted.
-  // It may add processes; the next loan drops them. Throws as make_record does.
+  // The cache's own record for a grant, lent without a copy or a move, or null while it is
+  // still lent to a grant that has not ended (the caller then take()s one of its own). The loan
+  // is one atomic exchange. The record is this process's make_record (remade after a fork),
+  // token 0, a fresh nonce, and the acquired time of its previous grant: the borrower sets token
+  // and time when it is granted. While it has no added processes, write(), format() and store()
+  // format only its head. It may add processes; the next loan drops them. Throws as
+  // make_record does.
   HolderRecord* lend(Backend backend, LockMode mode, const LockOptions& options);
   // Ends the loan lend() made; any thread (a grant may end on another one).
   void end_loan() noexcept { on_loan_.store(false, std::memory_order_release); }
@@ -109,6 +130,8 @@ class RecordCache {
  private:
   std::atomic<bool> on_loan_{false};
   HolderRecord lent_;  // lend()'s record, owned by the borrower while on_loan_
+  // Formats the tail of `record`, this process's make_record, as the cached one.
+  void cache_tail(const HolderRecord& record, pid_t self);
   // Claims pid_, tail_ and spare_ for the calling thread, which holds the claim for one move or
   // one formatting of the tail (another thread waits, yielding). Like the mutex it replaces, a
   // claim held by another thread when the process forks is never released in the child.
@@ -116,9 +139,12 @@ class RecordCache {
   void unclaim() noexcept { claimed_.store(false, std::memory_order_release); }
   std::atomic<bool> claimed_{false};
   pid_t pid_ = 0;
-  std::string tail_;  // append_record_tail of the cached record (written only by take())
+  // append_record_tail of the cached record: of take()'s and of lend()'s, which are the same
+  // make_record of this process (written only by take() and lend()).
+  std::string tail_;
   std::optional<HolderRecord> spare_;
   std::string text_;  // the buffer records are formatted into; its capacity is kept
+  RecordHeadCache head_;  // for store(), which the grant holding this cache's record calls
 };
 
 // Writes `record` at offset 0 of `fd`, padded with spaces to at least `file_size` so the file
@@ -213,6 +239,12 @@ struct Lock::State {
   State(const State&) = delete;
   State& operator=(const State&) = delete;
 
+  // One grant object's memory per thread is kept for the next grant instead of going back to
+  // malloc (a thread that takes a lock in a loop reuses it; a thread holds few grants at once):
+  // a repeated grant allocates nothing. Freed when the thread exits.
+  static void* operator new(size_t bytes);
+  static void operator delete(void* p, size_t bytes) noexcept;
+
   // Releases the lock; throws holdfast::Error if it turned out to be lost (dotlock reclaimed).
   // After it returns or throws, held() is false.
   virtual void release() = 0;
@@ -245,8 +277,9 @@ struct Lock::State {
  protected:
   bool in_owner_process() const noexcept;
   bool held_ = true;
-  // `record` came from files->records.take() and still has its invariant part: the grant hands
-  // it back when it ends (see ~State).
+  // `record` came from files->records (take() or lend()) and still has its invariant part: it
+  // is written by formatting only its head, and a taken one is handed back when the grant ends
+  // (see ~State).
   bool record_cached_ = false;
   // `record` is files->records' lent one: the loan ends when the grant is destroyed.
   const bool record_lent_ = false;

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #include "holdfast/error.hpp"
 #include "lock/fence.hpp"
@@ -120,8 +121,9 @@ Locked lock_fd(int fd, const Target& target, Backend backend, bool exclusive, co
 // the process that locked) and, for per-grant files, close.
 class KernelGrant final : public Lock::State {
  public:
-  KernelGrant(std::shared_ptr<OpenFiles> open_files, Backend kind, LockMode how)
-      : State(std::move(open_files), kind, how, HolderRecord{}) {
+  // `lent`: files->records' record (RecordCache::lend), or null (the grant then takes one).
+  KernelGrant(const std::shared_ptr<OpenFiles>& open_files, Backend kind, LockMode how, HolderRecord* lent)
+      : State(open_files, kind, how, lent) {
     files->busy = true;
   }
   ~KernelGrant() override { end(); }
@@ -149,7 +151,11 @@ class KernelGrant final : public Lock::State {
 
   // Issues the token and writes the record. Throws (and the grant, destroyed, unlocks).
   void finish(const LockOptions& options) {
-    record = files->records.take(backend, mode, options);
+    if (record_lent_) {
+      record.acquired_unix_ns = unix_ns_now();  // token 0 and a fresh nonce: lend() set them
+    } else {
+      record = files->records.take(backend, mode, options);
+    }
     record_cached_ = true;
     if (!files->side_state_checked) {
       files->side_state = side_state_for(files->lock_fd.get(), files->st, &files->side_state_why);
@@ -187,13 +193,12 @@ class KernelGrant final : public Lock::State {
       }
     }
     if (record_cached_) {
-      const std::string& text = files->records.format(record, files->record_size);
       // Within the file's size (holdfast never truncates a state file): a store, no syscall.
-      if (!files->record_map.empty() && static_cast<off_t>(text.size()) == files->record_size &&
-          text.size() <= files->record_map.size()) {
-        std::memcpy(files->record_map.data(), text.data(), text.size());
+      if (!files->record_map.empty() && files->record_size <= static_cast<off_t>(files->record_map.size()) &&
+          files->records.store(record, files->record_map.data(), static_cast<size_t>(files->record_size))) {
         return;
       }
+      const std::string& text = files->records.format(record, files->record_size);
       if (sys::pwrite_all(files->record_fd.get(), text, 0) < 0) {
         files->record_fd.reset();
         files->record_map.reset();
@@ -225,6 +230,23 @@ class KernelGrant final : public Lock::State {
   }
 };
 
+// A record lent by a RecordCache until a grant takes the loan over (its destruction ends it):
+// ended here if no grant is made (the wait ended, or an error).
+class Loan {
+ public:
+  Loan(RecordCache& cache, HolderRecord* lent) noexcept : records(cache), record(lent) {}
+  Loan(const Loan&) = delete;
+  Loan& operator=(const Loan&) = delete;
+  ~Loan() {
+    if (record != nullptr) records.end_loan();
+  }
+  HolderRecord* hand_over() noexcept { return std::exchange(record, nullptr); }
+
+ private:
+  RecordCache& records;
+  HolderRecord* record;
+};
+
 }  // namespace
 
 std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backend, const LockOptions& options,
@@ -235,6 +257,8 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
   if (files->lock_fd && files->access == O_RDWR) access = O_RDWR;
   for (;;) {
     if (!files->lock_fd || files->access != access) open_lock_file(target, access, *files);
+    // The record is borrowed before locking: making it may throw, and nothing is held yet.
+    Loan loan(files->records, files->records.lend(backend, options.mode, options));
     const Locked locked = lock_fd(files->lock_fd.get(), target, backend, exclusive, wait);
     if (locked == Locked::wait_ended) return nullptr;
     if (locked == Locked::needs_write_access) {
@@ -242,11 +266,11 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
       access = O_RDWR;
       continue;
     }
-    auto grant = std::make_unique<KernelGrant>(files, backend, options.mode);
+    auto grant = std::make_unique<KernelGrant>(files, backend, options.mode, loan.hand_over());
 
     // The path may have been unlinked or replaced between our open and our lock; then we hold a
     // lock nobody else can see. Only a lock on the inode the path names now counts.
-    struct stat now {};
+    struct stat now;  // filled by a successful stat, read only then
     if (sys::stat_nothrow(target.path, now) != 0 || !sys::same_inode(files->st, now)) {
       grant.reset();            // unlocks
       files->lock_fd.reset();   // reopen the path on the next round

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <new>
+#include <utility>
 
 #include "holdfast/error.hpp"
 #include "holdfast/probe.hpp"
@@ -82,6 +84,53 @@ Lock::State::~State() {
       files->records.give_back(std::move(record), true);
     }
   }
+}
+
+namespace {
+
+// The one grant object's memory a thread keeps (see Lock::State::operator new). Trivially
+// destructible, so it stays usable until the thread ends, also by grants destroyed after the
+// thread's other thread_local objects (a Lock in a static): the reaper frees the block at thread
+// exit and closes the slot, after which blocks go straight back to malloc.
+struct GrantSlot {
+  void* block = nullptr;
+  size_t bytes = 0;
+  bool reaper_armed = false;
+  bool closed = false;
+};
+thread_local GrantSlot t_grant_slot;
+
+struct GrantSlotReaper {
+  GrantSlotReaper() = default;
+  GrantSlotReaper(const GrantSlotReaper&) = delete;
+  GrantSlotReaper& operator=(const GrantSlotReaper&) = delete;
+  ~GrantSlotReaper() {
+    ::operator delete(t_grant_slot.block);
+    t_grant_slot.block = nullptr;
+    t_grant_slot.closed = true;
+  }
+};
+
+}  // namespace
+
+void* Lock::State::operator new(size_t bytes) {
+  GrantSlot& slot = t_grant_slot;
+  if (slot.block != nullptr && slot.bytes == bytes) return std::exchange(slot.block, nullptr);
+  return ::operator new(bytes);
+}
+
+void Lock::State::operator delete(void* p, size_t bytes) noexcept {
+  GrantSlot& slot = t_grant_slot;
+  if (slot.block != nullptr || slot.closed) {
+    ::operator delete(p);
+    return;
+  }
+  if (!slot.reaper_armed) {
+    thread_local GrantSlotReaper reaper;  // constructed once per thread, destroyed at its exit
+    slot.reaper_armed = true;
+  }
+  slot.block = p;
+  slot.bytes = bytes;
 }
 
 bool Lock::State::in_owner_process() const noexcept { return sys::current_pid() == owner_pid_; }

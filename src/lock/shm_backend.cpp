@@ -386,42 +386,6 @@ bool acquired(sys::MutexResult r) {
   return r == sys::MutexResult::acquired || r == sys::MutexResult::acquired_owner_died;
 }
 
-// The memory of one grant object per thread, kept between grants (a thread that takes the lock in
-// a loop reuses it; the lock is held by one grant at a time per thread anyway). Freed at thread exit.
-class GrantBlock {
- public:
-  static void* take(size_t bytes) {
-    Slot& s = slot();
-    if (s.block != nullptr && s.bytes == bytes) return std::exchange(s.block, nullptr);
-    return ::operator new(bytes);
-  }
-  static void give_back(void* p, size_t bytes) noexcept {
-    Slot& s = slot();
-    if (s.block == nullptr) {
-      s.block = p;
-      s.bytes = bytes;
-      return;
-    }
-    ::operator delete(p);
-  }
-
- private:
-  struct Slot {
-    void* block = nullptr;
-    size_t bytes = 0;
-    Slot() = default;
-    Slot(const Slot&) = delete;
-    Slot& operator=(const Slot&) = delete;
-    ~Slot() {
-      if (block != nullptr) ::operator delete(block);
-    }
-  };
-  static Slot& slot() noexcept {
-    thread_local Slot s;
-    return s;
-  }
-};
-
 // A grant of the shm lock. Destroying it releases what it took, in the thread that took it.
 class ShmGrant final : public Lock::State {
  public:
@@ -435,10 +399,6 @@ class ShmGrant final : public Lock::State {
   }
   ~ShmGrant() override { end(); }
 
-  // One grant object per thread is kept for the next grant instead of going back to malloc:
-  // the uncontended grant allocates nothing.
-  static void* operator new(size_t bytes) { return GrantBlock::take(bytes); }
-  static void operator delete(void* p, size_t bytes) noexcept { GrantBlock::give_back(p, bytes); }
   ShmGrant(const ShmGrant&) = delete;
   ShmGrant& operator=(const ShmGrant&) = delete;
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -134,6 +135,43 @@ TEST_P(FenceTest, CorruptEpochFailsClosedNamingTheFile) {
   }
   // The failed attempt released what it took: a dotlock file is not left behind.
   EXPECT_EQ(inspect_holder(path).state, HolderState::free);
+}
+
+// An open handle reads the counter line through its mapping and, while the epoch line is the one
+// it parsed last, parses only the counter's digits: a counter another holder advanced is
+// continued, and a counter line that is not exactly ours (a digit that is not lowercase hex, an
+// epoch that differs) moves to a new epoch rather than being misread.
+TEST_P(FenceTest, AnOpenHandleContinuesOthersCountersAndNeverMisreadsACorruptOne) {
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  auto lf = LockFile::open(path, LockOptions{GetParam(), LockMode::exclusive, {}, {}});
+  const uint64_t first = lf.acquire().token();
+  const uint64_t second = lf.acquire().token();
+  ASSERT_EQ(second, first + 1);
+  const std::string fence = fence_of(path, GetParam());
+  const int fd = ::open(fence.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << fence;
+  auto put = [fd](off_t at, const std::string& bytes) {
+    ASSERT_EQ(::pwrite(fd, bytes.data(), bytes.size(), at), static_cast<ssize_t>(bytes.size()));
+  };
+  char digits[9];
+  // Another holder issued 0xabc tokens meanwhile (counter digits at 96 + 19).
+  std::snprintf(digits, sizeof digits, "%08llx", static_cast<unsigned long long>((second & 0xffffffff) + 0xabc));
+  put(96 + 19, digits);
+  const uint64_t third = lf.acquire().token();
+  EXPECT_EQ(third, second + 0xabc + 1);
+  uint64_t last = third;
+  for (const char bad : {'A', 'g', ' ', '/', ':', '`', '\x80'}) {
+    for (const off_t at : {off_t{96 + 19}, off_t{96 + 26}, off_t{96 + 10}}) {
+      put(at, std::string(1, bad));
+      const uint64_t next = lf.acquire().token();
+      EXPECT_GT(next >> 32, last >> 32) << "'" << bad << "' at " << at << ": a counter it cannot read is lost";
+      last = next;
+      EXPECT_EQ(lf.acquire().token(), last + 1);  // and the new epoch's counter goes on
+      last += 1;
+    }
+  }
+  ::close(fd);
 }
 
 // S1: on a network or userspace filesystem the counter is synced on every grant. faultfs with

@@ -6,15 +6,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "holdfast/error.hpp"
 #include "holdfast/identity.hpp"
 #include "holdfast/lock.hpp"
+#include "lock/internal.hpp"
 #include "support/testing.hpp"
 #include "sys/process.hpp"
 
@@ -130,6 +133,40 @@ TEST_P(HandleCache, ForkedChildNeverWritesItsParentsIdentity) {
   EXPECT_EQ(on_disk->processes.front().pid, ::getpid());
 }
 
+// A forked child that goes on using its parent's LockFile (as a multiprocessing worker would
+// with an inherited lock object) must name itself, even in a grant taken while a Lock from its
+// first grant is still alive (that grant keeps its record, so the next one needs another): the
+// record the parent's grants left cached names the parent, and a dotlock naming a process other
+// than its holder is judged by the wrong process's life.
+TEST_P(HandleCache, ForkedChildUsingItsParentsLockFileNamesItself) {
+  TempDir dir;
+  StateDir state(dir / "state");
+  const std::string path = dir / "a.lock";
+  auto lf = LockFile::open(path, LockOptions{GetParam()});
+  {
+    // The parent's records, cached when each grant ends; a grant taken while an earlier Lock is
+    // alive gets a record of its own (not the LockFile's), which is kept for later grants.
+    auto earlier = lf.acquire();
+    earlier.release();
+    auto l = lf.acquire();
+  }
+  const pid_t child = holdfast::testing::fork_child([&] {
+    auto first = lf.acquire();
+    first.release();  // released, but alive: it keeps its own record
+    auto second = lf.acquire();
+    if (second.record().processes.front().pid != ::getpid()) return 11;
+    auto on_disk = read_holder_record(path);
+    if (!on_disk || on_disk->processes.size() != 1) return 12;
+    if (on_disk->processes.front() != self_identity()) return 13;
+    return 0;
+  });
+  EXPECT_EQ(holdfast::testing::wait_child(child), 0) << "11: grant's record, 12-13: record on disk names the parent";
+  auto l = lf.acquire();
+  auto on_disk = read_holder_record(path);
+  ASSERT_TRUE(on_disk);
+  EXPECT_EQ(on_disk->processes.front(), self_identity());
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, HandleCache, ::testing::Values(Backend::ofd, Backend::flock, Backend::excl,
                                                                    Backend::link, Backend::shm),
                          [](const auto& info) { return std::string(to_string(info.param)); });
@@ -155,6 +192,42 @@ TEST(UniqueValues, NeverRepeatWithinAProcessAndDifferAcrossAFork) {
   // The child drew its own key: its first value is not the parent's next one, nor any earlier.
   EXPECT_EQ(seen.count(from_child), 0U);
   EXPECT_NE(from_child, sys::unique_u64());
+}
+
+// The head's integers are formatted eight digits at a time: every length from 1 to 20 digits,
+// each power of ten and its neighbours, and values with zero runs inside, as std::to_chars does.
+TEST(HolderRecordHead, EveryDigitCountFormatsAsToChars) {
+  std::vector<uint64_t> values = {0, UINT64_MAX, 100000000, 10000000000000000ULL, 1000000000000000001ULL,
+                                  12345678900000000ULL, 10000000010000000ULL, 9999999999999999999ULL};
+  uint64_t power = 1;
+  for (int digits = 1; digits <= 20; ++digits) {
+    values.insert(values.end(), {power - 1, power, power + 1, power * 2, power * 9 + (power - 1)});
+    if (digits < 20) power *= 10;
+  }
+  uint64_t x = 0x9e3779b97f4a7c15ULL;
+  for (int i = 0; i < 2000; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    values.push_back(x >> (i % 64));
+  }
+  auto decimal = [](auto v) {
+    char buf[24];
+    return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+  };
+  // A grant's cache of the digits above the last eight, through runs of values that share them
+  // (consecutive tokens) and values that do not.
+  lock_internal::RecordHeadCache cache;
+  for (uint64_t v : values) {
+    for (uint64_t w : {v, v + 1, v + 2}) {
+      const std::string want = "{\"holdfast\":1,\"token\":" + decimal(w) + ",\"nonce\":" + decimal(~w) +
+                               ",\"acquired_unix_ns\":" + decimal(static_cast<int64_t>(w));
+      std::string head;
+      lock_internal::append_record_head(head, w, ~w, static_cast<int64_t>(w));
+      EXPECT_EQ(head, want);
+      char buf[lock_internal::kRecordHeadRoom];
+      const size_t n = lock_internal::format_record_head(buf, w, ~w, static_cast<int64_t>(w), &cache);
+      EXPECT_EQ(std::string(buf, n), want);
+    }
+  }
 }
 
 TEST(HolderRecordHead, ExtremeAndNegativeValuesRoundTrip) {
