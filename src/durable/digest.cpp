@@ -1,6 +1,5 @@
 #include "holdfast/digest.hpp"
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <unistd.h>
@@ -13,6 +12,7 @@
 
 #include "holdfast/error.hpp"
 #include "sys/file.hpp"
+#include "sys/shared_library.hpp"
 
 namespace holdfast {
 
@@ -48,29 +48,16 @@ struct CryptoApi {
   int (*final)(EVP_MD_CTX*, unsigned char*, unsigned int*);
 };
 
-constexpr const char* kLibcrypto = "libcrypto.so.3";
-
-template <typename F>
-void bind(void* lib, F& f, const char* name) {
-  f = reinterpret_cast<F>(::dlsym(lib, name));
-  if (f == nullptr) throw Error(kLibcrypto, "sha256", std::string("missing symbol ") + name, exit_code::unavailable);
-}
-
 const CryptoApi& crypto_api() {
   static const CryptoApi api = [] {
-    void* lib = ::dlopen(kLibcrypto, RTLD_NOW | RTLD_LOCAL);
-    if (lib == nullptr) {
-      const char* why = ::dlerror();
-      throw Error(kLibcrypto, "sha256 needs OpenSSL's libcrypto", why != nullptr ? why : "cannot load",
-                  exit_code::unavailable);
-    }
+    static const sys::SharedLibrary lib("libcrypto.so.3", "sha256 needs OpenSSL's libcrypto");
     CryptoApi a{};
-    bind(lib, a.ctx_new, "EVP_MD_CTX_new");
-    bind(lib, a.ctx_free, "EVP_MD_CTX_free");
-    bind(lib, a.sha256, "EVP_sha256");
-    bind(lib, a.init, "EVP_DigestInit_ex");
-    bind(lib, a.update, "EVP_DigestUpdate");
-    bind(lib, a.final, "EVP_DigestFinal_ex");
+    lib.bind(a.ctx_new, "EVP_MD_CTX_new");
+    lib.bind(a.ctx_free, "EVP_MD_CTX_free");
+    lib.bind(a.sha256, "EVP_sha256");
+    lib.bind(a.init, "EVP_DigestInit_ex");
+    lib.bind(a.update, "EVP_DigestUpdate");
+    lib.bind(a.final, "EVP_DigestFinal_ex");
     return a;
   }();
   return api;

@@ -1,7 +1,6 @@
 #include "etcd/client.hpp"
 
 #include <curl/curl.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstring>
@@ -9,6 +8,8 @@
 #include <fmt/ranges.h>
 #include <mutex>
 #include <thread>
+
+#include "sys/shared_library.hpp"
 
 namespace holdfast::etcd {
 namespace {
@@ -43,30 +44,20 @@ struct CurlApi {
   void (*slist_free_all)(curl_slist*);
 };
 
-template <typename F>
-void bind(void* lib, F& f, const char* name) {
-  f = reinterpret_cast<F>(::dlsym(lib, name));
-  if (f == nullptr) throw Error("libcurl.so.4", "etcd backend", std::string("missing symbol ") + name, exit_code::unavailable);
-}
-
 const CurlApi& curl_api() {
   static const CurlApi api = [] {
-    void* lib = ::dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
-    if (lib == nullptr) {
-      const char* why = ::dlerror();
-      throw Error("libcurl.so.4", "etcd backend needs libcurl", why != nullptr ? why : "cannot load", exit_code::unavailable);
-    }
+    static const sys::SharedLibrary lib("libcurl.so.4", "etcd backend needs libcurl");
     CurlApi a{};
-    bind(lib, a.global_init, "curl_global_init");
-    bind(lib, a.easy_init, "curl_easy_init");
-    bind(lib, a.easy_cleanup, "curl_easy_cleanup");
-    bind(lib, a.easy_reset, "curl_easy_reset");
-    bind(lib, a.easy_setopt, "curl_easy_setopt");
-    bind(lib, a.easy_perform, "curl_easy_perform");
-    bind(lib, a.easy_getinfo, "curl_easy_getinfo");
-    bind(lib, a.easy_strerror, "curl_easy_strerror");
-    bind(lib, a.slist_append, "curl_slist_append");
-    bind(lib, a.slist_free_all, "curl_slist_free_all");
+    lib.bind(a.global_init, "curl_global_init");
+    lib.bind(a.easy_init, "curl_easy_init");
+    lib.bind(a.easy_cleanup, "curl_easy_cleanup");
+    lib.bind(a.easy_reset, "curl_easy_reset");
+    lib.bind(a.easy_setopt, "curl_easy_setopt");
+    lib.bind(a.easy_perform, "curl_easy_perform");
+    lib.bind(a.easy_getinfo, "curl_easy_getinfo");
+    lib.bind(a.easy_strerror, "curl_easy_strerror");
+    lib.bind(a.slist_append, "curl_slist_append");
+    lib.bind(a.slist_free_all, "curl_slist_free_all");
     a.global_init(CURL_GLOBAL_DEFAULT);
     return a;
   }();
