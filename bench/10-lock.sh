@@ -162,16 +162,15 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 [ -n "${LOCK_BENCH_OUT:-}" ] && mkdir -p "$LOCK_BENCH_OUT" && cp "$work"/*.json "$LOCK_BENCH_OUT"/
 
-"$PY" - "$work" <<'EOF'
+PYTHONPATH="$(dirname "$0")" "$PY" - "$work" <<'EOF'
 import glob, json, os, sys
+import gbench
 
 work = sys.argv[1]
-gb = json.load(open(os.path.join(work, "gbench.json")))
+gb, medians = gbench.medians(os.path.join(work, "gbench.json"))
 med = {}  # (fs, backend, variant) -> (real ns, cpu ns)
-for b in gb["benchmarks"]:
-    if b.get("aggregate_name") != "median":
-        continue
-    fs, backend, variant = b["run_name"].split("/")[0].split(":")
+for name, b in medians.items():
+    fs, backend, variant = name.split("/")[0].split(":")
     assert b["time_unit"] == "ns"
     med[(fs, backend, variant)] = (b["real_time"], b["cpu_time"])
 
