@@ -331,7 +331,9 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
       // The last attempt gets only what is left of the budget (milliseconds, on a loaded machine):
       // its running out then says nothing about the endpoints, and must not turn "every endpoint
       // closed plain HTTP unanswered" into "unreachable".
-      const bool cut_by_the_budget = tried > 0 && a.curl == CURLE_OPERATION_TIMEDOUT && Clock::now() >= deadline;
+      // (`attempt == left`: this attempt was given all that was left; its curl timeout may end a
+      // fraction of a millisecond before `deadline`, so the clock cannot tell.)
+      const bool cut_by_the_budget = tried > 0 && a.curl == CURLE_OPERATION_TIMEDOUT && attempt == left;
       only_empty_replies = only_empty_replies && (a.curl == CURLE_GOT_NOTHING || cut_by_the_budget);
       current_ = (current_ + 1) % options_.endpoints.size();
       if ((tried + 1) % options_.endpoints.size() == 0) std::this_thread::sleep_for(milliseconds(50));
