@@ -1,37 +1,26 @@
 // ensure, status and stop on etcd: one instance across machines. See include/holdfast/etcd.hpp
 // and docs/ETCD.md ("ensure, status and stop on etcd"). The command (cli/ensure_etcd.cpp) and the
 // library share this one implementation.
-#include <unistd.h>
-
 #include <cstdlib>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <string_view>
 
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/etcd.hpp"
 #include "holdfast/identity.hpp"
+#include "sys/process.hpp"
 
 namespace holdfast {
 namespace {
 
-// The holdfast command that will keep the lease: the caller's, else $HOLDFAST_CLI, else PATH's.
+// The holdfast command that will keep the lease: the caller's, else $HOLDFAST_CLI, else PATH's
+// (resolved as execvp would).
 std::string lock_program_of(const std::string& given) {
   if (!given.empty()) return given;
   if (const char* env = std::getenv("HOLDFAST_CLI"); env != nullptr && env[0] != '\0') return env;
-  const char* path = std::getenv("PATH");
-  std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
-  while (true) {
-    const size_t colon = dirs.find(':');
-    const std::string_view dir = dirs.substr(0, colon);
-    if (!dir.empty()) {
-      std::string candidate = std::string(dir) + "/holdfast";
-      if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    }
-    if (colon == std::string_view::npos) break;
-    dirs.remove_prefix(colon + 1);
-  }
+  int err = 0;
+  if (auto found = sys::find_executable("holdfast", err)) return *found;
   throw Error("holdfast", "ensure on etcd",
               "the holdfast command (which keeps the lease) is not in $PATH; set HOLDFAST_CLI", exit_code::not_found);
 }
