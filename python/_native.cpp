@@ -253,12 +253,33 @@ std::tuple<int, std::string> holder(const std::string& path) {
 }
 
 // (status, pid, start_time, ready, started, waited_ns, record_json); status is HF_OK or HF_TIMEOUT.
-py::tuple ensure(const std::string& name, const std::vector<std::string>& argv, const std::string& ready,
-                 int64_t timeout_ms, const std::string& state_dir) {
+// argv as the C API takes it: pointers into `argv`, ending with NULL.
+std::vector<const char*> c_argv(const std::vector<std::string>& argv) {
   std::vector<const char*> args;
   args.reserve(argv.size() + 1);
   for (const auto& arg : argv) args.push_back(arg.c_str());
   args.push_back(nullptr);
+  return args;
+}
+
+// hf_ensure's and hf_ensure_url's outcome as the tuple _ensure.py reads; takes `text`.
+py::tuple ensured(int status, const hf_instance& instance, char* text) {
+  if (status == HF_ERROR) raise_last_error();
+  if (status == HF_TIMEOUT) return py::make_tuple(status, std::string(hf_error_message()));
+  return py::make_tuple(status, instance.pid, instance.start_time, instance.ready != 0, instance.started != 0,
+                        instance.waited_ns, take_string(text));
+}
+
+// hf_stop's and hf_stop_url's outcome as the tuple _ensure.py reads.
+py::tuple stopped(int rc, const hf_stop_result& result) {
+  if (rc == HF_ERROR) raise_last_error();
+  if (rc == HF_TIMEOUT) return py::make_tuple(rc, std::string(hf_error_message()));
+  return py::make_tuple(rc, result.was_running != 0, result.pid, result.killed != 0);
+}
+
+py::tuple ensure(const std::string& name, const std::vector<std::string>& argv, const std::string& ready,
+                 int64_t timeout_ms, const std::string& state_dir) {
+  const std::vector<const char*> args = c_argv(argv);
   hf_instance instance{};
   char* record = nullptr;
   int status = 0;
@@ -266,10 +287,7 @@ py::tuple ensure(const std::string& name, const std::vector<std::string>& argv, 
     py::gil_scoped_release unlocked;
     status = hf_ensure(name.c_str(), args.data(), ready.c_str(), timeout_ms, state_dir.c_str(), &instance, &record);
   }
-  if (status == HF_ERROR) raise_last_error();
-  if (status == HF_TIMEOUT) return py::make_tuple(status, std::string(hf_error_message()));
-  return py::make_tuple(status, instance.pid, instance.start_time, instance.ready != 0, instance.started != 0,
-                        instance.waited_ns, take_string(record));
+  return ensured(status, instance, record);
 }
 
 std::tuple<int, std::string> status(const std::string& name, const std::string& state_dir) {
@@ -292,9 +310,7 @@ py::tuple stop(const std::string& name, const std::string& state_dir, int signal
     py::gil_scoped_release unlocked;
     rc = hf_stop(name.c_str(), state_dir.c_str(), signal, timeout_ms, kill_after_ms, &result);
   }
-  if (rc == HF_ERROR) raise_last_error();
-  if (rc == HF_TIMEOUT) return py::make_tuple(rc, std::string(hf_error_message()));
-  return py::make_tuple(rc, result.was_running != 0, result.pid, result.killed != 0);
+  return stopped(rc, result);
 }
 
 // As ensure(), on a backend URL (hf_ensure_url): the last item is the JSON of `holdfast ensure
@@ -302,10 +318,7 @@ py::tuple stop(const std::string& name, const std::string& state_dir, int signal
 py::tuple ensure_url(const std::string& url, const std::string& name, const std::vector<std::string>& argv,
                      const std::string& ready, int64_t timeout_ms, const std::string& state_dir,
                      const BackendArgs& backend) {
-  std::vector<const char*> args;
-  args.reserve(argv.size() + 1);
-  for (const auto& arg : argv) args.push_back(arg.c_str());
-  args.push_back(nullptr);
+  const std::vector<const char*> args = c_argv(argv);
   const hf_backend_options options = backend.options();
   hf_instance instance{};
   char* json = nullptr;
@@ -315,10 +328,7 @@ py::tuple ensure_url(const std::string& url, const std::string& name, const std:
     status = hf_ensure_url(url.c_str(), name.c_str(), args.data(), ready.c_str(), timeout_ms, state_dir.c_str(),
                            &options, &instance, &json);
   }
-  if (status == HF_ERROR) raise_last_error();
-  if (status == HF_TIMEOUT) return py::make_tuple(status, std::string(hf_error_message()));
-  return py::make_tuple(status, instance.pid, instance.start_time, instance.ready != 0, instance.started != 0,
-                        instance.waited_ns, take_string(json));
+  return ensured(status, instance, json);
 }
 
 // (state, json) of NAME on a backend URL (hf_status_url).
@@ -346,9 +356,7 @@ py::tuple stop_url(const std::string& url, const std::string& name, const std::s
     py::gil_scoped_release unlocked;
     rc = hf_stop_url(url.c_str(), name.c_str(), state_dir.c_str(), signal, timeout_ms, kill_after_ms, &options, &result);
   }
-  if (rc == HF_ERROR) raise_last_error();
-  if (rc == HF_TIMEOUT) return py::make_tuple(rc, std::string(hf_error_message()));
-  return py::make_tuple(rc, result.was_running != 0, result.pid, result.killed != 0);
+  return stopped(rc, result);
 }
 
 // fence: None for a plain write, else the fencing token (hf_write_fenced, HOLDFAST_C_1.1).
