@@ -24,6 +24,7 @@ namespace holdfast::lock_internal {
 namespace {
 
 constexpr size_t kRecordMapBytes = 4096;
+static_assert(kRecordMapBytes <= 4096, "learn_record_size peeks inside the page a file ends in: one page at most");
 
 sys::KernelLockKind kind_of(Backend backend) {
   return backend == Backend::flock ? sys::KernelLockKind::flock : sys::KernelLockKind::ofd;
@@ -192,6 +193,7 @@ class KernelGrant final : public Lock::State {
         files->record_map = sys::SharedMapping(fd, kRecordMapBytes);
       }
     }
+    learn_record_size();
     if (record_cached_) {
       // Within the file's size (holdfast never truncates a state file): a store, no syscall.
       if (!files->record_map.empty() && files->record_size <= static_cast<off_t>(files->record_map.size()) &&
@@ -211,6 +213,23 @@ class KernelGrant final : public Lock::State {
       files->record_fd.reset();
       files->record_map.reset();
     }
+  }
+
+  // Another handle (in this process or another) may have written a longer record since this one
+  // learnt the file's size: padding only to the size known here would leave the end of that
+  // record behind our newline, and the file would no longer parse. A grown file has its data at
+  // the old end, where an ungrown one reads zero (the rest of the page the file ends in; the
+  // mapping is at most one page of 4096 bytes, so any non-zero size below it ends in that page):
+  // one load answers. Otherwise (no mapping, an empty file, a size beyond the mapping) the file
+  // is asked.
+  void learn_record_size() noexcept {
+    const auto known = static_cast<size_t>(files->record_size);
+    if (!files->record_map.empty() && known != 0 && known < files->record_map.size() &&
+        files->record_map.data()[known] == '\0') {
+      return;
+    }
+    struct stat st {};
+    if (sys::fstat_nothrow(files->record_fd.get(), st) == 0) files->record_size = std::max(files->record_size, st.st_size);
   }
 
   void end() noexcept {

@@ -90,6 +90,46 @@ TEST_P(HandleCache, RepeatedGrantsWriteFreshCompleteRecords) {
   }
 }
 
+// Another handle (here in a child process) writes a longer record than this handle's; this
+// handle's next grant writes its shorter one over it. The file must still parse and name only
+// this grant: padding to the size this handle learnt at its first grant would leave the end of
+// the longer record behind the newline.
+TEST_P(HandleCache, AShorterRecordWrittenOverALongerOneFromAnotherHandleStillParses) {
+  TempDir dir;
+  StateDir state(dir / "state");
+  const std::string path = dir / "a.lock";
+  auto lf = LockFile::open(path, LockOptions{GetParam()});
+  lf.acquire().release();  // this handle learns the record file and its size
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int rc = 1;
+    try {
+      auto other = LockFile::open(path, LockOptions{GetParam()});
+      auto l = other.acquire();
+      ProcessIdentity extra = l.record().processes.front();
+      extra.host = std::string(600, 'h');  // a record hundreds of bytes longer
+      l.add_holder_process(extra);
+      auto written = read_holder_record(path);
+      rc = written && written->processes.size() == 2 ? 0 : 2;
+    } catch (...) {
+      rc = 3;
+    }
+    ::_exit(rc);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+  for (int round = 0; round < 3; ++round) {
+    auto l = lf.acquire();
+    auto on_disk = read_holder_record(path);
+    ASSERT_TRUE(on_disk) << "round " << round << ": the record no longer parses";
+    ASSERT_EQ(on_disk->processes.size(), 1U);
+    EXPECT_EQ(on_disk->processes.front(), self_identity());
+    EXPECT_EQ(on_disk->token, l.token());
+  }
+}
+
 // A child forked after its parent's LockFile cached the record writes its own pid, start time
 // and a nonce of its own, through a LockFile it opens, and the parent's next grant names the
 // parent again.
