@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Locks under contention, per backend, on tmpfs and disk (bench/contention_bench.cpp):
 #   recovery  from the holder's SIGKILL to the next waiter's grant (goal: ≤ 1 ms kernel locks,
-#             ≤ 20 ms dotlocks), ROUNDS rounds;
+#             ≤ 20 ms dotlocks), ROUNDS rounds, beside the bare kernel primitives (bare-ofd,
+#             bare-flock: the same fork, kill and wait with an OFD lock / flock(2) alone);
 #   fairness  8 processes, zero hold time, SECONDS each: handoffs/s, wait p50/p99/max, and the
 #             grants of the least and the most served process.
 # Prints markdown tables for docs/PERFORMANCE.md. Environment: BUILD_DIR (default ./build),
@@ -24,6 +25,10 @@ for fs in tmpfs disk; do
   base=${LOCK_BENCH_TMPFS:-/dev/shm}; [ $fs = disk ] && base=${LOCK_BENCH_DISK:-/var/tmp}
   d=$(mktemp -d "$base/holdfast-contention.XXXXXX")
   dirs+=("$d")
+  # The kernel primitives alone, from forks of the same process: the floor for ofd and flock.
+  for be in bare-ofd bare-flock; do
+    echo "{\"fs\":\"$fs\",$("$BENCH" recovery "$d" $be "$rounds" | cut -c2-)" >>"$out"
+  done
   for be in ofd flock excl link; do
     echo "{\"fs\":\"$fs\",$("$BENCH" recovery "$d" $be "$rounds" | cut -c2-)" >>"$out"
     echo "{\"fs\":\"$fs\",$("$BENCH" fairness "$d" $be 8 "$seconds" | cut -c2-)" >>"$out"
@@ -34,13 +39,19 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print("\nRecovery: holder SIGKILLed → next waiter granted (µs)\n")
-print("| fs | backend | p50 | p90 | max | goal | met (max) |")
-print("|---|---|---:|---:|---:|---:|:---:|")
+print("| fs | backend | p50 | p90 | max | p50 / bare | goal | met (p90) | met (max) |")
+print("|---|---|---:|---:|---:|---:|---:|:---:|:---:|")
+bare = {(r["fs"], r["backend"][5:]): r for r in rows if r["mode"] == "recovery" and r["backend"].startswith("bare-")}
 for r in rows:
     if r["mode"] != "recovery": continue
+    if r["backend"].startswith("bare-"):
+        print(f"| {r['fs']} | {r['backend']} (baseline) | {r['p50_us']:,.0f} | {r['p90_us']:,.0f} | {r['max_us']:,.0f} | | | | |")
+        continue
     goal = 1000 if r["backend"] in ("ofd", "flock") else 20000
-    print(f"| {r['fs']} | {r['backend']} | {r['p50_us']:,.0f} | {r['p90_us']:,.0f} | {r['max_us']:,.0f} | "
-          f"{goal:,} | {'yes' if r['max_us'] <= goal else '**NO**'} |")
+    b = bare.get((r["fs"], r["backend"]))
+    ratio = f"{r['p50_us'] / b['p50_us']:.2f}x" if b else ""
+    print(f"| {r['fs']} | {r['backend']} | {r['p50_us']:,.0f} | {r['p90_us']:,.0f} | {r['max_us']:,.0f} | {ratio} | "
+          f"{goal:,} | {'yes' if r['p90_us'] <= goal else '**NO**'} | {'yes' if r['max_us'] <= goal else '**NO**'} |")
 print("\nFairness: 8 processes, zero hold time (wait = acquire() call to grant, µs)\n")
 print("| fs | backend | handoffs/s | p50 wait | p99 wait | max wait | grants: least / most served |")
 print("|---|---|---:|---:|---:|---:|---:|")

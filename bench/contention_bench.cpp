@@ -4,6 +4,8 @@
 //     A holder process takes the lock and stops; a waiter process blocks in acquire(); the
 //     holder is SIGKILLed. Reports, per round, the time from the kill(2) call to the waiter's
 //     grant (CLOCK_MONOTONIC in both processes): one JSON line with the latencies in µs.
+//     BACKEND bare-ofd / bare-flock: the same with the kernel primitive alone (an OFD lock or
+//     flock(2) on a descriptor), the baseline for the kernel backends.
 //   holdfast_contention_bench fairness DIR BACKEND PROCESSES SECONDS
 //     PROCESSES processes loop acquire + release (zero hold time) through one LockFile each for
 //     SECONDS. Reports handoffs/s (grants per second, all processes) and the wait of every
@@ -12,7 +14,9 @@
 //
 // Benchmarks may sleep: the waiter is given 20 ms to block before the kill (the figure is from
 // the kill, so the sleep is not in it).
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -24,6 +28,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,16 +80,70 @@ double percentile(std::vector<double>& v, double q) {
   return v[std::min(i, v.size() - 1)];
 }
 
-int recovery(const std::string& dir, Backend backend, int rounds) {
+// How one process of a recovery round takes the lock: holdfast's LockFile, or the bare kernel
+// primitive (an OFD lock or flock(2) on a descriptor), so that both are measured from forks of
+// the same process, whose exit (address space first, descriptors after) is the same.
+class Locker {
+ public:
+  virtual ~Locker() = default;
+  virtual void open(const std::string& path) = 0;
+  virtual void acquire() = 0;  // blocks until granted
+};
+
+class HoldfastLocker final : public Locker {
+ public:
+  explicit HoldfastLocker(Backend backend) : backend_(backend) {}
+  void open(const std::string& path) override { file_.emplace(LockFile::open(path, LockOptions{backend_})); }
+  void acquire() override { lock_.emplace(file_->acquire()); }
+
+ private:
+  Backend backend_;
+  std::optional<LockFile> file_;
+  std::optional<holdfast::Lock> lock_;
+};
+
+class BareLocker final : public Locker {
+ public:
+  explicit BareLocker(bool ofd) : ofd_(ofd) {}
+  ~BareLocker() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  BareLocker(const BareLocker&) = delete;
+  BareLocker& operator=(const BareLocker&) = delete;
+  void open(const std::string& path) override {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("open " + path);
+  }
+  void acquire() override {
+    if (ofd_) {
+      struct flock fl {};
+      fl.l_type = F_WRLCK;
+      fl.l_whence = SEEK_SET;
+      while (::fcntl(fd_, F_OFD_SETLKW, &fl) != 0)
+        if (errno != EINTR) fail("F_OFD_SETLKW");
+    } else {
+      while (::flock(fd_, LOCK_EX) != 0)
+        if (errno != EINTR) fail("flock");
+    }
+  }
+
+ private:
+  bool ofd_;
+  int fd_ = -1;
+};
+
+int recovery(const std::string& dir, const std::string& name, const std::function<std::unique_ptr<Locker>()>& locker,
+             int rounds) {
   std::vector<double> us;
   for (int r = 0; r < rounds; ++r) {
-    const std::string path = dir + "/recovery-" + std::string(to_string(backend)) + ".lock";
+    const std::string path = dir + "/recovery-" + name + ".lock";
     Shared* sh = map_shared(sizeof(Shared));
     const pid_t holder = ::fork();
     if (holder < 0) fail("fork");
     if (holder == 0) {
-      auto lf = LockFile::open(path, LockOptions{backend});
-      auto l = lf.acquire();
+      auto l = locker();
+      l->open(path);
+      l->acquire();
       sh->ready.store(1);
       for (;;) ::pause();
     }
@@ -90,11 +151,11 @@ int recovery(const std::string& dir, Backend backend, int rounds) {
     const pid_t waiter = ::fork();
     if (waiter < 0) fail("fork");
     if (waiter == 0) {
-      auto lf = LockFile::open(path, LockOptions{backend});
+      auto l = locker();
+      l->open(path);
       sh->ready.store(2);
-      auto l = lf.acquire();
+      l->acquire();
       sh->granted_ns.store(now_ns());
-      l.release();
       ::_exit(0);
     }
     while (sh->ready.load() != 2) sleep_ms(1);
@@ -113,7 +174,7 @@ int recovery(const std::string& dir, Backend backend, int rounds) {
   }
   const double p50 = percentile(us, 0.5), p90 = percentile(us, 0.9), max = us.empty() ? 0.0 : us.back();
   std::printf("{\"mode\":\"recovery\",\"backend\":\"%s\",\"rounds\":%d,\"p50_us\":%.1f,\"p90_us\":%.1f,\"max_us\":%.1f}\n",
-              std::string(to_string(backend)).c_str(), rounds, p50, p90, max);
+              name.c_str(), rounds, p50, p90, max);
   return 0;
 }
 
@@ -182,17 +243,25 @@ int fairness(const std::string& dir, Backend backend, int procs, double seconds)
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    std::fprintf(stderr, "usage: %s recovery DIR BACKEND ROUNDS | fairness DIR BACKEND PROCESSES SECONDS\n", argv[0]);
+    std::fprintf(stderr, "usage: %s recovery DIR BACKEND|bare-ofd|bare-flock ROUNDS | fairness DIR BACKEND PROCESSES SECONDS\n", argv[0]);
     return 64;
   }
   const std::string mode = argv[1];
+  const std::string which = argv[3];
+  if (mode == "recovery" && (which == "bare-ofd" || which == "bare-flock")) {
+    return recovery(argv[2], which, [&] { return std::make_unique<BareLocker>(which == "bare-ofd"); },
+                    std::atoi(argv[4]));
+  }
   auto backend = holdfast::parse_backend(argv[3]);
   if (!backend) {
     std::fprintf(stderr, "unknown backend %s\n", argv[3]);
     return 64;
   }
   try {
-    if (mode == "recovery") return recovery(argv[2], *backend, std::atoi(argv[4]));
+    if (mode == "recovery") {
+      return recovery(argv[2], std::string(to_string(*backend)),
+                      [&] { return std::make_unique<HoldfastLocker>(*backend); }, std::atoi(argv[4]));
+    }
     if (mode == "fairness" && argc >= 6) return fairness(argv[2], *backend, std::atoi(argv[4]), std::atof(argv[5]));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "contention_bench: %s\n", e.what());
