@@ -118,6 +118,39 @@ Locked lock_fd(int fd, const Target& target, Backend backend, bool exclusive, co
   }
 }
 
+// Opens what a grant uses in the state directory, once per lock file: the fence, and for
+// exclusive grants the record file (mapped where the fence is local). Called before the wait, so
+// that a waiter handed the lock (its holder released it, or died) issues its token and writes
+// its record at once instead of opening files first: recovery is then the kernel's alone.
+// Opening takes nothing and writes no content (only an empty file may be created); the fence is
+// read and written, and the record written, only under the lock. A file that cannot be opened
+// costs the token or the record, never the lock (the kernel is the truth).
+void open_state_files(OpenFiles& files, LockMode mode) {
+  if (!files.side_state_checked) {
+    files.side_state = side_state_for(files.lock_fd.get(), files.st, &files.side_state_why);
+    files.side_state_checked = true;
+  }
+  if (!files.side_state) return;  // no state directory: grants without token or record
+  if (!files.fence) {
+    const SideStatePaths paths = *files.side_state;
+    auto opener = [paths](bool& created) { return open_state_file(paths, paths.fence, &created); };
+    bool created = false;
+    struct stat st {};
+    int fd = open_state_file(paths, paths.fence, &created, &st);
+    if (fd < 0) return;  // unwritable or not ours to trust (see open_state_file): no token
+    files.fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created, &st));
+    if (!files.per_grant) files.fence->keep_mapped();
+  }
+  if (mode == LockMode::exclusive && !files.record_fd) {
+    struct stat st {};
+    int fd = open_state_file(*files.side_state, files.side_state->record, nullptr, &st);
+    if (fd < 0) return;
+    files.record_fd.reset(fd);
+    files.record_size = st.st_size;
+    if (!files.per_grant && files.fence->local()) files.record_map = sys::SharedMapping(fd, kRecordMapBytes);
+  }
+}
+
 // A kernel lock held through files.lock_fd. Destroying it releases what it took: unlock (only in
 // the process that locked) and, for per-grant files, close.
 class KernelGrant final : public Lock::State {
@@ -158,21 +191,8 @@ class KernelGrant final : public Lock::State {
       record = files->records.take(backend, mode, options);
     }
     record_cached_ = true;
-    if (!files->side_state_checked) {
-      files->side_state = side_state_for(files->lock_fd.get(), files->st, &files->side_state_why);
-      files->side_state_checked = true;
-    }
-    if (!files->side_state) return;  // no state directory: a grant without token or record
-    if (!files->fence) {
-      const SideStatePaths paths = *files->side_state;
-      auto opener = [paths](bool& created) { return open_state_file(paths, paths.fence, &created); };
-      bool created = false;
-      struct stat st {};
-      int fd = open_state_file(paths, paths.fence, &created, &st);
-      if (fd < 0) return;  // unwritable or not ours to trust (see open_state_file): no token
-      files->fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created, &st));
-      if (!files->per_grant) files->fence->keep_mapped();
-    }
+    open_state_files(*files, mode);  // opened before the wait; again only if that failed
+    if (!files->side_state || !files->fence) return;  // no state directory, or no fence: no token
     record.token = mode == LockMode::exclusive ? files->fence->next() : files->fence->current();
     // Shared holders leave the record alone: several of them would overwrite each other.
     if (mode == LockMode::exclusive) write_side_record();
@@ -183,16 +203,8 @@ class KernelGrant final : public Lock::State {
   // that cannot take it costs the record, never the lock.
   void write_side_record() {
     if (mode != LockMode::exclusive || !files->side_state) return;
-    if (!files->record_fd) {
-      struct stat st {};
-      int fd = open_state_file(*files->side_state, files->side_state->record, nullptr, &st);
-      if (fd < 0) return;
-      files->record_fd.reset(fd);
-      files->record_size = st.st_size;
-      if (!files->per_grant && files->fence && files->fence->local()) {
-        files->record_map = sys::SharedMapping(fd, kRecordMapBytes);
-      }
-    }
+    open_state_files(*files, mode);
+    if (!files->record_fd) return;
     learn_record_size();
     if (record_cached_) {
       // Within the file's size (holdfast never truncates a state file): a store, no syscall.
@@ -276,8 +288,10 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
   if (files->lock_fd && files->access == O_RDWR) access = O_RDWR;
   for (;;) {
     if (!files->lock_fd || files->access != access) open_lock_file(target, access, *files);
-    // The record is borrowed before locking: making it may throw, and nothing is held yet.
+    // The record is borrowed and the state files opened before locking: making them may throw,
+    // and nothing is held yet.
     Loan loan(files->records, files->records.lend(backend, options.mode, options));
+    open_state_files(*files, options.mode);
     const Locked locked = lock_fd(files->lock_fd.get(), target, backend, exclusive, wait);
     if (locked == Locked::wait_ended) return nullptr;
     if (locked == Locked::needs_write_access) {

@@ -293,6 +293,51 @@ TEST(HolderRecordHead, ExtremeAndNegativeValuesRoundTrip) {
 namespace holdfast {
 namespace {
 
+// Descriptors of this process open on files of `dir` whose names end in `suffix`.
+int open_in_dir(const std::string& dir, const std::string& suffix) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (!ec && target.rfind(dir + "/", 0) == 0 && target.size() >= suffix.size() &&
+        target.compare(target.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      ++n;
+    }
+  }
+  return n;
+}
+
+// A kernel-lock waiter opens its fence and record files before it blocks, so that when the lock
+// is handed to it (released, or its holder died) it only issues its token and stores its record.
+TEST(KernelWaiter, OpensItsStateFilesBeforeItBlocks) {
+  for (Backend backend : {Backend::ofd, Backend::flock}) {
+    TempDir dir;
+    const std::string state_dir = dir / "state";
+    StateDir state(state_dir);
+    const std::string path = dir / "a.lock";
+    auto holder_file = LockFile::open(path, LockOptions{backend});
+    auto held = holder_file.acquire();
+    ASSERT_EQ(open_in_dir(state_dir, ".fence"), 1);
+    ASSERT_EQ(open_in_dir(state_dir, ".holder"), 1);
+    uint64_t waiter_token = 0;
+    std::thread waiter([&] {
+      auto waiter_file = LockFile::open(path, LockOptions{backend});
+      waiter_token = waiter_file.acquire().token();
+    });
+    // The waiter's own descriptors appear while it is still blocked (we hold the lock).
+    bool opened = false;
+    for (int i = 0; i < 10000 && !opened; ++i) {
+      opened = open_in_dir(state_dir, ".fence") == 2 && open_in_dir(state_dir, ".holder") == 2;
+      if (!opened) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    const uint64_t holder_token = held.token();
+    held.release();
+    waiter.join();
+    EXPECT_TRUE(opened) << to_string(backend) << ": the waiter opened its state files only after the grant";
+    EXPECT_GT(waiter_token, holder_token);
+  }
+}
+
 // A dotlock waiter sleeps on its live holder's pidfd and on the lock's directory: whenever the
 // holder dies (before, while or after the waiter starts waiting), the waiter is woken, proves the
 // death and reclaims. Repeated so that the death lands at different moments of the wait.
