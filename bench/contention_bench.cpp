@@ -5,7 +5,8 @@
 //     holder is SIGKILLed. Reports, per round, the time from the kill(2) call to the waiter's
 //     grant (CLOCK_MONOTONIC in both processes): one JSON line with the latencies in µs.
 //     BACKEND bare-ofd / bare-flock: the same with the kernel primitive alone (an OFD lock or
-//     flock(2) on a descriptor), the baseline for the kernel backends.
+//     flock(2) on a descriptor) in holder and waiter; ofd/bare-waiter, flock/bare-waiter: a
+//     holdfast holder and a bare waiter, the floor for that holder (its exit is most of it).
 //   holdfast_contention_bench fairness DIR BACKEND PROCESSES SECONDS
 //     PROCESSES processes loop acquire + release (zero hold time) through one LockFile each for
 //     SECONDS. Reports handoffs/s (grants per second, all processes) and the wait of every
@@ -132,16 +133,21 @@ class BareLocker final : public Locker {
   int fd_ = -1;
 };
 
-int recovery(const std::string& dir, const std::string& name, const std::function<std::unique_ptr<Locker>()>& locker,
-             int rounds) {
+using MakeLocker = std::function<std::unique_ptr<Locker>()>;
+
+// `holder` takes the lock and is SIGKILLed; `waiter` is blocked waiting and is timed.
+int recovery(const std::string& dir, const std::string& name, const MakeLocker& holder_locker,
+             const MakeLocker& waiter_locker, int rounds) {
   std::vector<double> us;
   for (int r = 0; r < rounds; ++r) {
-    const std::string path = dir + "/recovery-" + name + ".lock";
+    std::string file = name;
+    std::replace(file.begin(), file.end(), '/', '-');
+    const std::string path = dir + "/recovery-" + file + ".lock";
     Shared* sh = map_shared(sizeof(Shared));
     const pid_t holder = ::fork();
     if (holder < 0) fail("fork");
     if (holder == 0) {
-      auto l = locker();
+      auto l = holder_locker();
       l->open(path);
       l->acquire();
       sh->ready.store(1);
@@ -151,7 +157,7 @@ int recovery(const std::string& dir, const std::string& name, const std::functio
     const pid_t waiter = ::fork();
     if (waiter < 0) fail("fork");
     if (waiter == 0) {
-      auto l = locker();
+      auto l = waiter_locker();
       l->open(path);
       sh->ready.store(2);
       l->acquire();
@@ -243,14 +249,20 @@ int fairness(const std::string& dir, Backend backend, int procs, double seconds)
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    std::fprintf(stderr, "usage: %s recovery DIR BACKEND|bare-ofd|bare-flock ROUNDS | fairness DIR BACKEND PROCESSES SECONDS\n", argv[0]);
+    std::fprintf(stderr, "usage: %s recovery DIR BACKEND|bare-ofd|bare-flock|ofd/bare-waiter|flock/bare-waiter ROUNDS | fairness DIR BACKEND PROCESSES SECONDS\n", argv[0]);
     return 64;
   }
   const std::string mode = argv[1];
   const std::string which = argv[3];
   if (mode == "recovery" && (which == "bare-ofd" || which == "bare-flock")) {
-    return recovery(argv[2], which, [&] { return std::make_unique<BareLocker>(which == "bare-ofd"); },
-                    std::atoi(argv[4]));
+    const MakeLocker bare = [&] { return std::make_unique<BareLocker>(which == "bare-ofd"); };
+    return recovery(argv[2], which, bare, bare, std::atoi(argv[4]));
+  }
+  if (mode == "recovery" && (which == "ofd/bare-waiter" || which == "flock/bare-waiter")) {
+    const bool ofd = which == "ofd/bare-waiter";
+    const MakeLocker holder = [&] { return std::make_unique<HoldfastLocker>(ofd ? Backend::ofd : Backend::flock); };
+    const MakeLocker waiter = [&] { return std::make_unique<BareLocker>(ofd); };
+    return recovery(argv[2], which, holder, waiter, std::atoi(argv[4]));
   }
   auto backend = holdfast::parse_backend(argv[3]);
   if (!backend) {
@@ -259,8 +271,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (mode == "recovery") {
-      return recovery(argv[2], std::string(to_string(*backend)),
-                      [&] { return std::make_unique<HoldfastLocker>(*backend); }, std::atoi(argv[4]));
+      const MakeLocker locker = [&] { return std::make_unique<HoldfastLocker>(*backend); };
+      return recovery(argv[2], std::string(to_string(*backend)), locker, locker, std::atoi(argv[4]));
     }
     if (mode == "fairness" && argc >= 6) return fairness(argv[2], *backend, std::atoi(argv[4]), std::atof(argv[5]));
   } catch (const std::exception& e) {
