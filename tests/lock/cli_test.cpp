@@ -312,6 +312,43 @@ TEST(LockErrors, UsageAndCommandErrors) {
   EXPECT_EQ(holdfast({"lock", dir / "l", "--", dir / "noexec"}).exit_code, exit_code::unavailable);
 }
 
+// The record names the command with the identity it has: its pid, its start time, and the pid
+// and time namespaces /proc shows for it (holdfast takes these from its own: its child is in
+// them). The command reads all of it itself, once the record names it (kernel locks do not hold
+// the command until then; dotlocks do).
+TEST(LockRecord, NamesTheCommandWithItsOwnIdentity) {
+  for (const char* backend : {"flock", "link"}) {
+    SCOPED_TRACE(backend);
+    testing::TempDir dir;
+    const std::string script =
+        "h=\"$1\"; f=\"$2\"; i=0; "
+        "until \"$h\" holder --json \"$f\" > \"$f.json\"; grep -q \"\\\"pid\\\":$$,\" \"$f.json\"; do "
+        "  i=$((i+1)); [ $i -lt 3000 ] || exit 9; sleep 0.01; done; "
+        "echo \"$$ $(cut -d' ' -f22 /proc/$$/stat) $(stat -L -c %i /proc/$$/ns/pid) $(stat -L -c %i /proc/$$/ns/time)\"";
+    auto r = holdfast({"lock", "--backend", backend, dir / "l", "--", "sh", "-c", script, "sh", testing::holdfast_path(),
+                       dir / "l"});
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    std::istringstream ids(r.out);
+    long long pid = 0;
+    unsigned long long start = 0, pid_ns = 0, time_ns = 0;
+    ASSERT_TRUE(ids >> pid >> start >> pid_ns >> time_ns) << r.out;
+    std::ifstream in(dir.path() + "/l.json");
+    const auto j = nlohmann::json::parse(in);
+    const auto& processes = j.at("record").at("processes");
+    ASSERT_EQ(processes.size(), 2U) << j.dump();
+    const auto& holdfast_process = processes.at(0);
+    const auto& command = processes.at(1);
+    EXPECT_EQ(command.at("pid").get<long long>(), pid);
+    EXPECT_EQ(command.at("start_time").get<unsigned long long>(), start);
+    EXPECT_EQ(command.at("pid_ns").get<unsigned long long>(), pid_ns);
+    EXPECT_EQ(command.at("time_ns").get<unsigned long long>(), time_ns);
+    for (const char* field : {"boot_id", "host", "machine_id"}) {
+      EXPECT_EQ(command.at(field), holdfast_process.at(field)) << field;
+      EXPECT_FALSE(command.at(field).get<std::string>().empty()) << field;
+    }
+  }
+}
+
 // Every shared library the command needs is loaded and resolved at each start, before `lock`
 // runs: libm alone cost ~0.1 ms of a ~1 ms `holdfast lock F -- true` (docs/PERFORMANCE.md).
 // Those it uses for other subcommands (libcurl for etcd, libcrypto for sha256) are loaded when
