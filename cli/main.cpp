@@ -18,8 +18,8 @@ namespace {
 
 // `holdfast lock` (and holdfast as `flock`) ends here: its lock is released or handed to the
 // command, and its output is flushed below. All exit() would add is destroying static objects,
-// chiefly CLI11's validators, which every translation unit that includes CLI11 has a copy of
-// (~35,000 instructions and the pages they touch at every run; docs/PERFORMANCE.md).
+// chiefly CLI11's validators and the standard streams (~35,000 instructions, and the pages they
+// touch, while each source that includes CLI11 had its own validators; docs/PERFORMANCE.md).
 // Sanitizer builds leave through exit(), which runs the leak check.
 [[noreturn]] void end_lock_command(int status) {
   std::fflush(nullptr);
