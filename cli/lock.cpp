@@ -262,7 +262,7 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
     return exec_in_place(spec);  // returns only on failure; ~Lock releases
   }
   int status = run_command(spec, [&](pid_t child) {
-    auto id = identity_of(child);
+    auto id = identity_of_forked_child(child);
     if (!id) {
       // A dotlock is held while a process it names lives: a command it does not name would run
       // unprotected once holdfast dies. A kernel lock is held by the inherited descriptor itself.

@@ -203,10 +203,12 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
   // interrupted call (ThreadSanitizer does) would otherwise never forward the signal.
   forward.sa_flags = 0;
   for (int s : kForwarded) {
+    // One call where the signal was not ignored (the usual case). The forwarded signals are
+    // blocked here, so none is handled between installing the forwarder and putting back an
+    // ignore found at start (nohup), which stays ignored.
     struct sigaction old {};
-    ::sigaction(s, nullptr, &old);
-    if (old.sa_handler == SIG_IGN) continue;  // ignored at start (nohup): stays ignored
-    ::sigaction(s, &forward, nullptr);
+    ::sigaction(s, &forward, &old);
+    if (old.sa_handler == SIG_IGN) ::sigaction(s, &old, nullptr);
   }
 
   before_start(pid);

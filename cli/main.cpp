@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <string_view>
@@ -13,14 +14,38 @@
 #include "commands.hpp"
 #include "holdfast/error.hpp"
 
+namespace {
+
+// `holdfast lock` (and holdfast as `flock`) ends here: its lock is released or handed to the
+// command, and its output is flushed below. All exit() would add is destroying static objects,
+// chiefly CLI11's validators and the standard streams (~35,000 instructions, and the pages they
+// touch, while each source that includes CLI11 had its own validators; docs/PERFORMANCE.md).
+// Sanitizer builds leave through exit(), which runs the leak check.
+[[noreturn]] void end_lock_command(int status) {
+  std::fflush(nullptr);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  std::exit(status);
+#else
+  std::_Exit(status);
+#endif
+}
+
+}  // namespace
+
 // Everything a subcommand throws is caught below; what could still escape (std::bad_alloc while
 // building the parser) ends the process with terminate's message, which is acceptable there.
 int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   using namespace holdfast;
   // `holdfast lock` (and holdfast installed as `flock`) parse like flock(1), not through CLI11.
   const std::string_view invoked = argc > 0 ? std::string_view(argv[0]) : std::string_view();
-  if (invoked.substr(invoked.rfind('/') + 1) == "flock") return cli::lock_main({argv, argv + argc}, "flock");
-  if (argc > 1 && std::string_view(argv[1]) == "lock") return cli::lock_main({argv + 1, argv + argc}, "holdfast lock");
+  if (invoked.substr(invoked.rfind('/') + 1) == "flock") {
+    const int status = cli::lock_main({argv, argv + argc}, "flock");
+    end_lock_command(status);
+  }
+  if (argc > 1 && std::string_view(argv[1]) == "lock") {
+    const int status = cli::lock_main({argv + 1, argv + argc}, "holdfast lock");
+    end_lock_command(status);
+  }
   CLI::App app{"holdfast — exact tools for processes that coordinate through the filesystem:\n"
                "locks, exactly-one instances, durable hand-offs and filesystem probes.\n"
                "Exit codes: see docs/EXIT_CODES.md (0 ok, 1 conflict/timeout, 64 usage, 65 corrupt\n"

@@ -54,6 +54,14 @@ ProcessIdentity self_identity();
 // when this is nullopt.
 std::optional<ProcessIdentity> identity_of(pid_t pid);
 
+// identity_of() for a child this process has just forked (fork, vfork, or clone without
+// CLONE_NEWPID/CLONE_NEWTIME), called while this process has not changed the namespaces its
+// children get (unshare or setns of pid or time; holdfast never does). Such a child is in this
+// process's pid and time namespaces, and the pid fork returned and the start time read from
+// /proc are in them too, so both are taken from self_identity(): only the child's /proc stat is
+// read (holdfast lock names its command this way, at every run).
+std::optional<ProcessIdentity> identity_of_forked_child(pid_t child);
+
 enum class Liveness {
   alive,    // verified: same host, same boot, pid exists with the recorded start time
   dead,     // proven: rebooted, pid gone or exited (zombie with no live thread), or pid reused

@@ -169,6 +169,16 @@ std::optional<ProcessIdentity> identity_of(pid_t pid) {
   return id;
 }
 
+std::optional<ProcessIdentity> identity_of_forked_child(pid_t child) {
+  ProcessIdentity id = self_identity();
+  id.pid = child;
+  auto entry = system_process_table().lookup(child);
+  if (entry.state != ProcessTable::Entry::State::running) return std::nullopt;
+  id.start_time = entry.start_time;
+  if (!id.verifiable()) return std::nullopt;
+  return id;
+}
+
 ProcessIdentity self_identity() {
   static const ProcessIdentity cached = [] {
     bool running = false;
