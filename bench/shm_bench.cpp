@@ -7,6 +7,12 @@
 //         shm        LockFile(shm) acquire()+release(): holder record + fencing token included
 //         shm_fair   the same with LockOptions::fair
 //         shm_shared the same in shared mode
+//         shm_none   shm with LockOptions::grant_time = none (no clock read per grant)
+//         guard      LockFile::Guard (the scoped fast path): token + record, precise grant time
+//         guard_coarse  the same, grant time from CLOCK_REALTIME_COARSE
+//         guard_none    the same, no grant time (acquired_unix_ns 0)
+//         clock      clock_gettime(CLOCK_REALTIME) alone, and clock_coarse (_COARSE): what the
+//                    grant time costs, beside the lock
 //   holdfast_shm_bench loop VARIANT ITERATIONS
 //       just the loop, for callgrind (instructions per operation, independent of load)
 //   holdfast_shm_bench contended VARIANT PROCS SECONDS
@@ -31,6 +37,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -76,16 +83,22 @@ LockOptions shm_options(const std::string& variant) {
   o.backend = Backend::shm;
   o.fair = variant == "shm_fair";
   o.mode = variant == "shm_shared" ? LockMode::shared : LockMode::exclusive;
+  if (variant == "shm_none" || variant == "guard_none") o.grant_time = holdfast::GrantTime::none;
+  if (variant == "guard_coarse") o.grant_time = holdfast::GrantTime::coarse;
   return o;
 }
 
-bool is_shm(const std::string& v) { return v.rfind("shm", 0) == 0; }
+bool is_guard(const std::string& v) { return v.rfind("guard", 0) == 0; }
+bool is_shm(const std::string& v) { return v.rfind("shm", 0) == 0 || is_guard(v); }
 
 // One variant's lock+unlock, bound to its lock: for the uncontended loop and the contended run.
 class Locker {
  public:
-  Locker(const std::string& variant, const std::string& path, pthread_mutex_t* m) : variant_(variant), m_(m) {
+  Locker(const std::string& variant, const std::string& path, pthread_mutex_t* m)
+      : variant_(variant), m_(m), guard_(is_guard(variant)) {
     if (is_shm(variant)) lf_.emplace(LockFile::open(path, shm_options(variant)));
+    if (variant == "clock") clock_ = CLOCK_REALTIME;
+    if (variant == "clock_coarse") clock_ = CLOCK_REALTIME_COARSE;
     if (variant == "flock") fd_ = ::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
   }
   ~Locker() {
@@ -96,7 +109,16 @@ class Locker {
   // Locks, runs `inside`, unlocks.
   template <typename F>
   void once(F&& inside) {
-    if (lf_) {
+    if (guard_) {
+      LockFile::Guard g(*lf_);
+      inside();
+      benchmark::DoNotOptimize(g.token());
+    } else if (clock_ >= 0) {
+      timespec ts{};
+      ::clock_gettime(clock_, &ts);
+      inside();
+      benchmark::DoNotOptimize(ts);
+    } else if (lf_) {
       Lock l = lf_->acquire();
       inside();
       benchmark::DoNotOptimize(l.token());
@@ -115,6 +137,8 @@ class Locker {
   std::string variant_;
   pthread_mutex_t* m_;
   std::optional<LockFile> lf_;
+  bool guard_ = false;
+  clockid_t clock_ = -1;
   int fd_ = -1;
 };
 
@@ -217,7 +241,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "holdfast_shm_bench: %s\n", e.what());
     return 1;
   }
-  for (const char* v : {"pthread", "robust", "shm", "shm_fair", "shm_shared"}) {
+  for (const char* v : {"pthread", "robust", "shm", "shm_fair", "shm_shared", "shm_none", "guard", "guard_coarse",
+                        "guard_none", "clock", "clock_coarse"}) {
     benchmark::RegisterBenchmark((std::string("uncontended/") + v).c_str(), uncontended, std::string(v));
   }
   benchmark::Initialize(&argc, argv);

@@ -259,6 +259,21 @@ std::optional<Lock> LockFile::acquire_until(std::chrono::steady_clock::time_poin
   return Lock(std::move(state));
 }
 
+// The fast path where it applies (shm, exclusive: the backend was resolved at open); a Lock from
+// acquire() everywhere else.
+LockFile::Guard::Guard(LockFile& file) : impl_(file.impl_.get()) {
+  if (impl_->backend == Backend::shm && impl_->options.mode == LockMode::exclusive) {
+    token_ = lock_internal::shm_guard_acquire(*impl_->files, impl_->options);
+  } else {
+    lock_.emplace(file.acquire());
+    token_ = lock_->token();
+  }
+}
+
+LockFile::Guard::~Guard() {
+  if (!lock_) lock_internal::shm_guard_release(*impl_->files, impl_->options);
+}
+
 Backend LockFile::backend() const noexcept { return impl_->backend; }
 const std::string& LockFile::path() const noexcept { return impl_->files->target.path; }
 

@@ -57,6 +57,10 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
   } else {
     rc = ::pthread_mutex_lock(m);
   }
+  return robust_mutex_outcome(m, rc);
+}
+
+MutexLock robust_mutex_outcome(pthread_mutex_t* m, int rc) noexcept {
   switch (rc) {
     case 0: return {MutexResult::acquired, 0};
     case EOWNERDEAD:

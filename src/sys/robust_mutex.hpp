@@ -50,6 +50,17 @@ struct MutexLock {
 // (`deadline` null).
 MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* deadline) noexcept;
 
+// What pthread_mutex_lock's (or trylock's, timedlock's) return value `rc` on `m` means, with an
+// EOWNERDEAD made consistent at once (as robust_mutex_lock does).
+MutexLock robust_mutex_outcome(pthread_mutex_t* m, int rc) noexcept;
+
+// robust_mutex_lock(m, false, nullptr) with the common case (acquired at once or after a wait)
+// inline: for callers whose whole grant costs about as much as a function call.
+inline MutexLock robust_mutex_lock_forever(pthread_mutex_t* m) noexcept {
+  const int rc = ::pthread_mutex_lock(m);
+  return rc == 0 ? MutexLock{MutexResult::acquired, 0} : robust_mutex_outcome(m, rc);
+}
+
 // Unlocks `m`; 0 or an errno value (EPERM: this thread does not own it).
 int robust_mutex_unlock(pthread_mutex_t* m) noexcept;
 
