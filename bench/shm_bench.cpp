@@ -4,6 +4,8 @@
 //       uncontended lock+unlock, one process:
 //         pthread    pthread_mutex (PTHREAD_PROCESS_SHARED) in a MAP_SHARED mapping: the goal's baseline
 //         robust     the same, robust and error-checking (what the shm backend builds on)
+//         robust_inline  that mutex through sys::robust_mutex_lock_forever/unlock_fast (glibc's
+//                    protocol inline, as the shm gate is taken)
 //         shm        LockFile(shm) acquire()+release(): holder record + fencing token included
 //         shm_fair   the same with LockOptions::fair
 //         shm_shared the same in shared mode
@@ -44,6 +46,7 @@
 #include <vector>
 
 #include "holdfast/lock.hpp"
+#include "sys/robust_mutex.hpp"
 
 namespace {
 
@@ -118,6 +121,10 @@ class Locker {
       ::clock_gettime(clock_, &ts);
       inside();
       benchmark::DoNotOptimize(ts);
+    } else if (variant_ == "robust_inline") {
+      holdfast::sys::robust_mutex_lock_forever(m_);
+      inside();
+      holdfast::sys::robust_mutex_unlock_fast(m_);
     } else if (lf_) {
       Lock l = lf_->acquire();
       inside();
@@ -148,7 +155,7 @@ std::string fresh_path(const std::string& tag) {
 
 void uncontended(benchmark::State& state, const std::string& variant) {
   const std::string path = fresh_path(variant);
-  pthread_mutex_t* m = variant == "pthread" || variant == "robust" ? make_mutex(variant == "robust") : nullptr;
+  pthread_mutex_t* m = variant == "pthread" || variant.rfind("robust", 0) == 0 ? make_mutex(variant != "pthread") : nullptr;
   {
     Locker locker(variant, path, m);
     for (auto _ : state) locker.once([] {});
@@ -167,7 +174,7 @@ struct Shared {
 
 int contended(const std::string& variant, int procs, double seconds) {
   const std::string path = fresh_path("contended-" + variant);
-  pthread_mutex_t* m = variant == "pthread" || variant == "robust" ? make_mutex(variant == "robust") : nullptr;
+  pthread_mutex_t* m = variant == "pthread" || variant.rfind("robust", 0) == 0 ? make_mutex(variant != "pthread") : nullptr;
   auto* sh = new (shared_map(sizeof(Shared))) Shared{};
   constexpr size_t kMaxSamples = 4'000'000;
   auto* waits = static_cast<uint32_t*>(shared_map(kMaxSamples * sizeof(uint32_t)));
@@ -220,7 +227,7 @@ int contended(const std::string& variant, int procs, double seconds) {
 
 int loop(const std::string& variant, long iterations) {
   const std::string path = fresh_path("loop-" + variant);
-  pthread_mutex_t* m = variant == "pthread" || variant == "robust" ? make_mutex(variant == "robust") : nullptr;
+  pthread_mutex_t* m = variant == "pthread" || variant.rfind("robust", 0) == 0 ? make_mutex(variant != "pthread") : nullptr;
   {
     Locker locker(variant, path, m);
     for (long i = 0; i < iterations; ++i) locker.once([] {});
@@ -241,7 +248,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "holdfast_shm_bench: %s\n", e.what());
     return 1;
   }
-  for (const char* v : {"pthread", "robust", "shm", "shm_fair", "shm_shared", "shm_none", "guard", "guard_coarse",
+  for (const char* v : {"pthread", "robust", "robust_inline", "shm", "shm_fair", "shm_shared", "shm_none", "guard", "guard_coarse",
                         "guard_none", "clock", "clock_coarse"}) {
     benchmark::RegisterBenchmark((std::string("uncontended/") + v).c_str(), uncontended, std::string(v));
   }

@@ -22,14 +22,6 @@ namespace holdfast::lock_internal {
 std::unique_ptr<Lock::State> shm_acquire(const Target& target, const LockOptions& options, const WaitSpec& wait,
                                          const std::shared_ptr<OpenFiles>& files);
 
-// LockFile::Guard's fast path (exclusive mode, through a LockFile's `files`): takes the lock,
-// waiting forever, and returns the grant's token. Throws holdfast::Error as shm_acquire does, and
-// when `files` has a live grant (files.busy); nothing is held then.
-uint64_t shm_guard_acquire(OpenFiles& files, const LockOptions& options);
-// Releases what shm_guard_acquire took, if the calling thread owns it (a forked child's copy
-// releases nothing).
-void shm_guard_release(OpenFiles& files, const LockOptions& options) noexcept;
-
 // What an shm lock's mapping says, read without taking the lock.
 struct ShmHolders {
   std::string mapping;          // its file in the state directory

@@ -392,7 +392,9 @@ std::vector<std::shared_ptr<ShmMapping>>& detached_mappings() {
 // self_deadlock); throws for a broken mutex. The common case (wait forever, granted) is inline.
 inline sys::MutexResult lock_mutex(pthread_mutex_t* m, const WaitSpec& wait, const ShmMapping& mapping) {
   if (wait.kind != WaitSpec::forever) return lock_mutex_bounded(m, wait, mapping);
-  const sys::MutexLock r = sys::robust_mutex_lock(m, false, nullptr);
+  // The fair gate is a priority-inheritance mutex: glibc's alone (the kernel owns its handoff).
+  const sys::MutexLock r = m == &mapping.map->fair_gate ? sys::robust_mutex_lock(m, false, nullptr)
+                                                         : sys::robust_mutex_lock_forever(m);
   return r.result == sys::MutexResult::acquired ? r.result : judge_outcome(r, mapping);
 }
 
@@ -639,7 +641,7 @@ class ShmGrant final : public Lock::State {
 
   void unlock_gates() noexcept {
     Layout* m = mapping_->map;
-    if (holds_gate_) sys::robust_mutex_unlock(&m->gate);
+    if (holds_gate_) sys::robust_mutex_unlock_fast(&m->gate);
     holds_gate_ = false;
     if (holds_fair_) sys::robust_mutex_unlock(&m->fair_gate);
     holds_fair_ = false;
@@ -662,7 +664,7 @@ class ShmGrant final : public Lock::State {
     // is unlocked; if it succeeds, the second is ours too.
     if (holds_gate_) {
       stop_for_test(mapping_->hook, "shm-release");
-      if (int rc = sys::robust_mutex_unlock_if_owner(&m->gate); rc != 0) return rc;
+      if (int rc = sys::robust_mutex_unlock_fast(&m->gate); rc != 0) return rc;
       holds_gate_ = false;
     }
     if (holds_fair_) {
@@ -775,25 +777,22 @@ struct GuardHold {
 
 }  // namespace
 
-uint64_t shm_guard_acquire(OpenFiles& files, const LockOptions& options) {
-  if (files.busy) [[unlikely]] throw_busy(files);
-  ShmMapping& mapping = files.shm ? *files.shm : open_guard_mapping(files);
-  Layout* m = mapping.map;
-  GuardHold hold{m};
-  if (options.fair) [[unlikely]] {
-    const auto r = sys::robust_mutex_lock_forever(&m->fair_gate);
-    if (r.result != sys::MutexResult::acquired) judge_guard_lock(r, mapping, files);
-    hold.fair = true;
-  }
-  const auto r = sys::robust_mutex_lock_forever(&m->gate);
-  if (r.result != sys::MutexResult::acquired) [[unlikely]] judge_guard_lock(r, mapping, files);
+namespace {
+
+// Holding the gate (and the fair gate when `fair_held`): everything a guard grant does after
+// the gate, in every case (readers inside, a token epoch to start, a record to write in full,
+// test hooks). Releases what it holds if it throws.
+[[gnu::noinline]] uint64_t guard_after_gate(OpenFiles& files, ShmMapping& mapping, const LockOptions& options,
+                                            bool fair_held) {
+  GuardHold hold(mapping.map);
   hold.gate = true;
+  hold.fair = fair_held;
   stop_for_test(mapping.hook, "shm-gate-locked");
-  if (m->readers.load(std::memory_order_acquire) != 0) [[unlikely]] guard_wait_for_readers(mapping, files);
+  if (mapping.map->readers.load(std::memory_order_acquire) != 0) guard_wait_for_readers(mapping, files);
   const uint64_t token = issue_token(mapping);
   const uint64_t nonce = token ^ mapping.nonce_key;
   const int64_t when = grant_time_ns(options.grant_time);
-  if (!write_slot_head(mapping, token, nonce, when, 1, sys::current_pid())) [[unlikely]] {
+  if (!write_slot_head(mapping, token, nonce, when, 1, sys::current_pid())) {
     guard_write_full(mapping, files, options, token, nonce, when);
   }
   stop_for_test(mapping.hook, "shm-granted");
@@ -803,15 +802,116 @@ uint64_t shm_guard_acquire(OpenFiles& files, const LockOptions& options) {
   return token;
 }
 
-void shm_guard_release(OpenFiles& files, const LockOptions& options) noexcept {
-  files.busy = false;
+// A guard grant in every case: the LockFile's first (the mapping is opened), fair mode, test
+// hooks, a LockFile already granting (refused).
+[[gnu::noinline]] uint64_t guard_acquire_slow(OpenFiles& files, const LockOptions& options) {
+  if (files.busy) throw_busy(files);
+  ShmMapping& mapping = files.shm ? *files.shm : open_guard_mapping(files);
+  Layout* m = mapping.map;
+  GuardHold hold(m);
+  if (options.fair) {
+    const auto r = sys::robust_mutex_lock(&m->fair_gate, false, nullptr);  // priority inheritance: glibc's
+    if (r.result != sys::MutexResult::acquired) judge_guard_lock(r, mapping, files);
+    hold.fair = true;
+  }
+  const auto r = sys::robust_mutex_lock_forever(&m->gate);
+  if (r.result != sys::MutexResult::acquired) judge_guard_lock(r, mapping, files);
+  hold.fair = false;  // guard_after_gate holds both now
+  return guard_after_gate(files, mapping, options, options.fair);
+}
+
+// The gate was not simply taken: recovered from a dead owner (then held), or refused (throws,
+// nothing held).
+[[gnu::noinline]] uint64_t guard_gate_outcome(OpenFiles& files, ShmMapping& mapping, const sys::MutexLock& r,
+                                              const LockOptions& options) {
+  judge_guard_lock(r, mapping, files);
+  return guard_after_gate(files, mapping, options, false);
+}
+
+[[gnu::noinline]] void guard_release_slow(OpenFiles& files, const LockOptions& options) noexcept {
   ShmMapping& mapping = *files.shm;
   stop_for_test(mapping.hook, "shm-release");
   // Not the owner (a forked child's copy of the guard): nothing is unlocked, and the fair gate
   // is not ours either.
-  if (sys::robust_mutex_unlock_if_owner(&mapping.map->gate) != 0) return;
+  if (sys::robust_mutex_unlock_fast(&mapping.map->gate) != 0) return;
   if (options.fair) sys::robust_mutex_unlock_if_owner(&mapping.map->fair_gate);
 }
+
+}  // namespace
+
+}  // namespace holdfast::lock_internal
+
+namespace holdfast {
+
+using lock_internal::guard_acquire_slow;
+using lock_internal::guard_after_gate;
+using lock_internal::guard_gate_outcome;
+using lock_internal::guard_release_slow;
+using lock_internal::kCounterMask;
+using lock_internal::Layout;
+using lock_internal::OpenFiles;
+using lock_internal::RecordSlot;
+using lock_internal::ShmMapping;
+
+// The uncontended repeated grant inline: the gate (glibc's robust protocol, inline), then the
+// token and the record slot's own fields, when the slot still holds this LockFile's last record
+// and nothing unusual is pending; every other case goes to guard_acquire_slow/guard_after_gate.
+LockFile::Guard::Guard(LockFile& file) : impl_(file.impl_.get()) {
+  Impl& impl = *impl_;
+  if (!impl.guard_fast) [[unlikely]] {
+    lock_.emplace(file.acquire());
+    token_ = lock_->token();
+    return;
+  }
+  OpenFiles& files = *impl.files;
+  ShmMapping* mapping = files.shm.get();
+  if (files.busy || mapping == nullptr || impl.options.fair || !mapping->hook.point.empty()) [[unlikely]] {
+    token_ = guard_acquire_slow(files, impl.options);
+    return;
+  }
+  Layout* m = mapping->map;
+  const sys::MutexLock r = sys::robust_mutex_lock_forever(&m->gate);
+  if (r.result != sys::MutexResult::acquired) [[unlikely]] {
+    token_ = guard_gate_outcome(files, *mapping, r, impl.options);
+    return;
+  }
+  RecordSlot& slot = m->record;
+  const uint64_t token = m->last_token.load(std::memory_order_relaxed) + 1;
+  const uint64_t seq = slot.seq.load(std::memory_order_relaxed);
+  if (m->readers.load(std::memory_order_acquire) != 0 || (token & kCounterMask) == 0 || seq != mapping->written_seq ||
+      mapping->written_processes != 1 || mapping->written_pid != sys::robust_detail::t_state.pid) [[unlikely]] {
+    token_ = guard_after_gate(files, *mapping, impl.options, false);
+    return;
+  }
+  m->last_token.store(token, std::memory_order_relaxed);  // issued for good (issue_token)
+  // The slot's own fields under its sequence counter (write_slot_head); seq is even here.
+  slot.seq.store(seq + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  slot.token.store(token, std::memory_order_relaxed);
+  slot.nonce.store(token ^ mapping->nonce_key, std::memory_order_relaxed);
+  slot.acquired_unix_ns.store(lock_internal::grant_time_ns(impl.options.grant_time), std::memory_order_relaxed);
+  slot.seq.store(seq + 2, std::memory_order_release);
+  mapping->written_seq = seq + 2;
+  files.busy = true;
+  token_ = token;
+}
+
+LockFile::Guard::~Guard() {
+  if (lock_) return;  // ~Lock releases
+  OpenFiles& files = *impl_->files;
+  files.busy = false;
+  ShmMapping& mapping = *files.shm;
+  if (impl_->options.fair || !mapping.hook.point.empty()) [[unlikely]] {
+    guard_release_slow(files, impl_->options);
+    return;
+  }
+  // Not the owner (a forked child's copy of the guard): nothing is unlocked.
+  sys::robust_mutex_unlock_fast(&mapping.map->gate);
+}
+
+}  // namespace holdfast
+
+namespace holdfast::lock_internal {
 
 std::optional<ShmHolders> inspect_shm(int lock_fd, const struct stat& st) {
   std::string why;

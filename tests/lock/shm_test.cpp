@@ -156,9 +156,11 @@ void enter(Detector& d, uint64_t token, int i, bool expect_reaps) {
   if (!d.occupant.compare_exchange_strong(expected, 0)) d.overlaps.fetch_add(1);
 }
 
-// How a worker takes the lock: not at all (the detector's control), Lock, LockFile::Guard, or
-// the two alternately through one LockFile.
-enum class Via { nothing, lock, guard, alternate };
+// How a worker takes the lock: not at all (the detector's control), Lock, LockFile::Guard, the
+// two alternately through one LockFile, or a guard alternating with a timed acquire (glibc's
+// pthread_mutex_timedlock, where acquire() and the guard use the inline uncontended path: both
+// implementations of one robust mutex, on one word and one robust list).
+enum class Via { nothing, lock, guard, alternate, alternate_timed };
 
 int worker(Detector& d, const std::string& path, const LockOptions& options, Via via, bool kills) {
   auto lf = LockFile::open(path, options);
@@ -166,6 +168,10 @@ int worker(Detector& d, const std::string& path, const LockOptions& options, Via
     if (via == Via::lock || (via == Via::alternate && i % 2 == 0)) {
       Lock l = lf.acquire();
       enter(d, l.token(), i, kills);
+    } else if (via == Via::alternate_timed && i % 2 == 0) {
+      auto l = lf.acquire_until(Clock::now() + 3600s);
+      if (!l) return 3;
+      enter(d, l->token(), i, kills);
     } else if (via != Via::nothing) {
       LockFile::Guard g(lf);
       enter(d, g.token(), i, kills);
@@ -242,10 +248,12 @@ TEST_P(ShmKill, RandomSigkillsNeverDoubleGrantNorLoseTheLock) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shm, ShmKill,
-                         ::testing::Combine(::testing::Values(false, true), ::testing::Values(Via::lock, Via::guard)),
+                         ::testing::Combine(::testing::Values(false, true),
+                                            ::testing::Values(Via::lock, Via::guard, Via::alternate_timed)),
                          [](const auto& info) {
+                           const Via via = std::get<1>(info.param);
                            return std::string(std::get<0>(info.param) ? "fair" : "plain") +
-                                  (std::get<1>(info.param) == Via::guard ? "_guard" : "");
+                                  (via == Via::guard ? "_guard" : via == Via::alternate_timed ? "_guard_and_timed" : "");
                          });
 
 // ---- shared and exclusive ----
@@ -774,7 +782,7 @@ TEST(ShmGuard, EightProcessesNeverOverlapAndTokensRiseAcrossGuardsAndLocks) {
   StateDir state;
   testing::TempDir dir;
   for (bool fair : {false, true}) {
-    for (Via via : {Via::guard, Via::alternate}) {
+    for (Via via : {Via::guard, Via::alternate, Via::alternate_timed}) {
       Shared<Detector> d;
       run_workers(*d, dir / "lock", shm(LockMode::exclusive, fair), via, 8, 0);
       EXPECT_EQ(d->overlaps.load(), 0) << "fair=" << fair;
