@@ -33,7 +33,7 @@ echo "uncontended (Google Benchmark, $reps interleaved repetitions)..." >&2
 : >"$work/callgrind.txt"
 if command -v valgrind >/dev/null; then
   echo "uncontended under callgrind..." >&2
-  for v in pthread robust shm shm_fair shm_shared shm_none guard guard_coarse guard_none clock clock_coarse; do
+  for v in pthread robust robust_inline shm shm_fair shm_shared shm_none guard guard_coarse guard_none clock clock_coarse; do
     for n in 10000 30000; do
       valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$SHM_BENCH" loop "$v" "$n" 2>"$work/cg.log"
       echo "$v $n $(grep -oE 'Collected : [0-9]+' "$work/cg.log" | awk '{print $3}')" >>"$work/callgrind.txt"
@@ -61,7 +61,7 @@ print()
 print("| variant | ns | / pthread | ≤ 2x |")
 print("|---|---:|---:|:---:|")
 base = med["pthread"]
-UNCONTENDED = ("pthread", "robust", "shm", "shm_fair", "shm_shared", "shm_none", "guard", "guard_coarse",
+UNCONTENDED = ("pthread", "robust", "robust_inline", "shm", "shm_fair", "shm_shared", "shm_none", "guard", "guard_coarse",
                "guard_none", "clock", "clock_coarse")
 for v in UNCONTENDED:
     r = med[v][1] / base[1]

@@ -380,7 +380,9 @@ std::vector<std::shared_ptr<ShmMapping>>& detached_mappings() {
       r = sys::robust_mutex_lock(m, true, nullptr);
     } else {
       const timespec when = realtime_deadline(wait.deadline);
-      r = sys::robust_mutex_lock(m, false, &when);
+      // Plain mutexes are waited for in slices (sys::kPlainWaitSliceNs says why); the fair gate
+      // is handed over by the kernel.
+      r = m == &mapping.map->fair_gate ? sys::robust_mutex_lock(m, false, &when) : sys::robust_mutex_wait_plain(m, &when);
       // The wall clock may have been stepped: the steady deadline is the one that counts.
       if (r.result == sys::MutexResult::timed_out && !wait.expired()) continue;
     }

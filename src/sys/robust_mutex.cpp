@@ -109,6 +109,22 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
   return robust_mutex_outcome(m, rc);
 }
 
+MutexLock robust_mutex_wait_plain(pthread_mutex_t* m, const timespec* deadline) noexcept {
+  for (;;) {
+    timespec slice{};
+    ::clock_gettime(CLOCK_REALTIME, &slice);
+    slice.tv_nsec += kPlainWaitSliceNs;
+    if (slice.tv_nsec >= 1'000'000'000) {
+      slice.tv_sec += 1;
+      slice.tv_nsec -= 1'000'000'000;
+    }
+    const bool last = deadline != nullptr && (deadline->tv_sec < slice.tv_sec ||
+                                              (deadline->tv_sec == slice.tv_sec && deadline->tv_nsec <= slice.tv_nsec));
+    const MutexLock r = robust_mutex_lock(m, false, last ? deadline : &slice);
+    if (r.result != MutexResult::timed_out || last) return r;
+  }
+}
+
 MutexLock robust_mutex_outcome(pthread_mutex_t* m, int rc) noexcept {
   switch (rc) {
     case 0: return {MutexResult::acquired, 0};

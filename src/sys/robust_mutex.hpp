@@ -152,15 +152,29 @@ inline bool unlock_fast(pthread_mutex_t* m, ThreadState& t) noexcept {
 }
 }  // namespace robust_detail
 
+// How long a waiter on a `plain` robust mutex sleeps before it looks again. The kernel's
+// owner-death handling cannot wake everyone a dead owner should have woken: an owner SIGKILLed
+// between its release of the word and its wake-up call, while a third thread takes the word in
+// between, leaves a sleeping waiter whose FUTEX_WAITERS bit is gone with the word — nobody will
+// ever wake it (the kernel wakes on a pending release only when the word is still free). So
+// waiters on plain mutexes never sleep unbounded: each slice ends, the waiter looks again and
+// sets FUTEX_WAITERS again. Such a loss costs one waiter at most one slice, never the lock.
+// (Priority-inheritance mutexes are handed over by the kernel, which knows its waiters.)
+inline constexpr long kPlainWaitSliceNs = 100'000'000;
+
+// Waits for `m` (plain) in slices of kPlainWaitSliceNs, until it is taken or until the
+// CLOCK_REALTIME time `*deadline` (null: forever).
+MutexLock robust_mutex_wait_plain(pthread_mutex_t* m, const timespec* deadline) noexcept;
+
 // robust_mutex_lock(m, false, nullptr), with the uncontended case inline and without glibc's
-// dispatch on the mutex kind. For `plain` robust mutexes only.
+// dispatch on the mutex kind, and waits in slices (kPlainWaitSliceNs). For `plain` robust
+// mutexes only.
 inline MutexLock robust_mutex_lock_forever(pthread_mutex_t* m) noexcept {
   robust_detail::ThreadState& t = robust_detail::t_state;
   if ((t.ready > 0 || (t.ready == 0 && robust_detail::init_thread() > 0)) && robust_detail::lock_fast(m, t)) {
     return MutexLock{MutexResult::acquired, 0};
   }
-  const int rc = ::pthread_mutex_lock(m);
-  return rc == 0 ? MutexLock{MutexResult::acquired, 0} : robust_mutex_outcome(m, rc);
+  return robust_mutex_wait_plain(m, nullptr);
 }
 
 // robust_mutex_unlock_if_owner, with the common case inline. For `plain` robust mutexes only.

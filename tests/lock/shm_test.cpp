@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -976,6 +977,71 @@ TEST(ShmGuard, AForkedChildsCopyNeverReleasesTheParentsLock) {
   });
   EXPECT_EQ(testing::wait_child(child), 0);
   EXPECT_FALSE(Lock::try_acquire(path, shm()));
+}
+
+// True while `pid` sleeps in a futex wait (FUTEX_WAIT or FUTEX_WAIT_BITSET).
+bool waiting_in_futex(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/syscall");
+  long nr = -1;
+  std::string addr, op;
+  if (!(in >> nr >> addr >> op)) return false;
+  const long code = std::strtol(op.c_str(), nullptr, 16) & 127;
+  return nr == SYS_futex && (code == FUTEX_WAIT || code == FUTEX_WAIT_BITSET);
+}
+
+// A holder SIGKILLed between releasing the gate's word and waking its waiter, while a third
+// process took the word meanwhile, leaves a sleeping waiter whose FUTEX_WAITERS bit is gone with
+// the word: the kernel wakes nobody (the word is not free), and the next release sees no waiter.
+// Made here by hand (the bit cleared in the word of a held gate): the waiter must still get the
+// lock, by looking again after its wait slice, for Lock and for the guard, blocking and timed.
+TEST(ShmGuard, AWaiterWhoseWakeUpWasLostStillGetsTheLock) {
+  StateDir state;
+  testing::TempDir dir;
+  const std::string path = dir / "lock";
+  { auto l = Lock::acquire(path, shm()); }
+  const std::string mapping = state.mapping();
+  ASSERT_FALSE(mapping.empty());
+  int fd = ::open(mapping.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* word = reinterpret_cast<std::atomic<uint32_t>*>(static_cast<char*>(p) + 0x140);  // Layout::gate
+  for (int how = 0; how < 3; ++how) {
+    auto held = Lock::acquire(path, shm());
+    ASSERT_EQ(word->load() & FUTEX_TID_MASK, static_cast<uint32_t>(::gettid())) << "the gate is not at 0x140";
+    pid_t waiter = testing::fork_child([&] {
+      auto lf = LockFile::open(path, shm());
+      if (how == 0) {
+        LockFile::Guard g(lf);
+      } else if (how == 1) {
+        auto l = lf.acquire();
+      } else {
+        if (!lf.acquire_until(Clock::now() + 3600s)) return 2;
+      }
+      return 0;
+    });
+    const auto give_up = Clock::now() + 60s;
+    while (!(waiting_in_futex(waiter) && (word->load() & FUTEX_WAITERS) != 0) && Clock::now() < give_up) {
+      std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_NE(word->load() & FUTEX_WAITERS, 0U) << "the waiter never slept";
+    uint32_t expected = word->load();
+    ASSERT_TRUE(word->compare_exchange_strong(expected, expected & ~uint32_t{FUTEX_WAITERS}));
+    held.release();  // sees no waiter: wakes nobody
+    int status = 0;
+    pid_t done = 0;
+    while ((done = ::waitpid(waiter, &status, WNOHANG)) == 0 && Clock::now() < give_up) {
+      std::this_thread::sleep_for(1ms);
+    }
+    if (done == 0) {
+      ::kill(waiter, SIGKILL);
+      ::waitpid(waiter, &status, 0);
+      FAIL() << "way " << how << ": the waiter slept on with the lock free";
+    }
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "way " << how;
+  }
+  ::munmap(p, 4096);
 }
 
 // Other backends and shared mode: the guard holds a Lock, with the same exclusion.
