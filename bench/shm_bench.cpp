@@ -97,55 +97,77 @@ bool is_shm(const std::string& v) { return v.rfind("shm", 0) == 0 || is_guard(v)
 // One variant's lock+unlock, bound to its lock: for the uncontended loop and the contended run.
 class Locker {
  public:
-  Locker(const std::string& variant, const std::string& path, pthread_mutex_t* m)
-      : variant_(variant), m_(m), guard_(is_guard(variant)) {
-    if (is_shm(variant)) lf_.emplace(LockFile::open(path, shm_options(variant)));
-    if (variant == "clock") clock_ = CLOCK_REALTIME;
-    if (variant == "clock_coarse") clock_ = CLOCK_REALTIME_COARSE;
-    if (variant == "flock") fd_ = ::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+  Locker(const std::string& variant, const std::string& path, pthread_mutex_t* m) : m_(m) {
+    if (is_shm(variant)) {
+      lf_.emplace(LockFile::open(path, shm_options(variant)));
+      kind_ = is_guard(variant) ? Kind::guard : Kind::lock;
+    } else if (variant == "clock" || variant == "clock_coarse") {
+      kind_ = Kind::clock;
+      clock_ = variant == "clock" ? CLOCK_REALTIME : CLOCK_REALTIME_COARSE;
+    } else if (variant == "robust_inline") {
+      kind_ = Kind::robust_inline;
+    } else if (variant == "flock") {
+      kind_ = Kind::flock;
+      fd_ = ::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+    }
   }
   ~Locker() {
     if (fd_ >= 0) ::close(fd_);
   }
   Locker(const Locker&) = delete;
   Locker& operator=(const Locker&) = delete;
-  // Locks, runs `inside`, unlocks.
+  // Locks, runs `inside`, unlocks. One switch, decided at construction: every variant pays the
+  // same few instructions of dispatch, pthread included.
   template <typename F>
   void once(F&& inside) {
-    if (guard_) {
-      LockFile::Guard g(*lf_);
-      inside();
-      benchmark::DoNotOptimize(g.token());
-    } else if (clock_ >= 0) {
-      timespec ts{};
-      ::clock_gettime(clock_, &ts);
-      inside();
-      benchmark::DoNotOptimize(ts);
-    } else if (variant_ == "robust_inline") {
-      holdfast::sys::robust_mutex_lock_forever(m_);
-      inside();
-      holdfast::sys::robust_mutex_unlock_fast(m_);
-    } else if (lf_) {
-      Lock l = lf_->acquire();
-      inside();
-      benchmark::DoNotOptimize(l.token());
-    } else if (fd_ >= 0) {
-      ::flock(fd_, LOCK_EX);
-      inside();
-      ::flock(fd_, LOCK_UN);
-    } else {
-      pthread_mutex_lock(m_);
-      inside();
-      pthread_mutex_unlock(m_);
+    switch (kind_) {
+      case Kind::pthread: {
+        pthread_mutex_lock(m_);
+        inside();
+        pthread_mutex_unlock(m_);
+        break;
+      }
+      case Kind::robust_inline: {
+        holdfast::sys::robust_mutex_lock_forever(m_);
+        inside();
+        holdfast::sys::robust_mutex_unlock_fast(m_);
+        break;
+      }
+      case Kind::guard: {
+        LockFile::Guard g(*lf_);
+        inside();
+        benchmark::DoNotOptimize(g.token());
+        break;
+      }
+      case Kind::lock: {
+        Lock l = lf_->acquire();
+        inside();
+        benchmark::DoNotOptimize(l.token());
+        break;
+      }
+      case Kind::clock: {
+        timespec ts{};
+        ::clock_gettime(clock_, &ts);
+        inside();
+        benchmark::DoNotOptimize(ts);
+        break;
+      }
+      case Kind::flock: {
+        ::flock(fd_, LOCK_EX);
+        inside();
+        ::flock(fd_, LOCK_UN);
+        break;
+      }
     }
   }
 
  private:
-  std::string variant_;
+  // pthread: pthread_mutex_lock/unlock on m_ (plain or robust, as made).
+  enum class Kind { pthread, robust_inline, guard, lock, clock, flock };
+  Kind kind_ = Kind::pthread;
   pthread_mutex_t* m_;
   std::optional<LockFile> lf_;
-  bool guard_ = false;
-  clockid_t clock_ = -1;
+  clockid_t clock_ = CLOCK_REALTIME;
   int fd_ = -1;
 };
 

@@ -342,6 +342,9 @@ struct LockFile::Impl {
   std::shared_ptr<lock_internal::OpenFiles> files;
   // LockFile::Guard takes the shm fast path: the shm backend in exclusive mode (decided at open).
   bool guard_fast = false;
+  // Its inline path: files->shm once open, when neither fair mode nor a test hook needs the
+  // out-of-line one (set by the first guard grant).
+  lock_internal::ShmMapping* guard_mapping = nullptr;
 
   // A grant as `wait` allows; null if the wait ended first. One at a time (files->busy).
   std::unique_ptr<Lock::State> acquire(const lock_internal::WaitSpec& wait);

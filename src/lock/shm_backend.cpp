@@ -784,7 +784,7 @@ namespace {
 // Holding the gate (and the fair gate when `fair_held`): everything a guard grant does after
 // the gate, in every case (readers inside, a token epoch to start, a record to write in full,
 // test hooks). Releases what it holds if it throws.
-[[gnu::noinline]] uint64_t guard_after_gate(OpenFiles& files, ShmMapping& mapping, const LockOptions& options,
+[[gnu::noinline, gnu::cold]] uint64_t guard_after_gate(OpenFiles& files, ShmMapping& mapping, const LockOptions& options,
                                             bool fair_held) {
   GuardHold hold(mapping.map);
   hold.gate = true;
@@ -806,7 +806,7 @@ namespace {
 
 // A guard grant in every case: the LockFile's first (the mapping is opened), fair mode, test
 // hooks, a LockFile already granting (refused).
-[[gnu::noinline]] uint64_t guard_acquire_slow(OpenFiles& files, const LockOptions& options) {
+[[gnu::noinline, gnu::cold]] uint64_t guard_acquire_slow(OpenFiles& files, const LockOptions& options) {
   if (files.busy) throw_busy(files);
   ShmMapping& mapping = files.shm ? *files.shm : open_guard_mapping(files);
   Layout* m = mapping.map;
@@ -824,13 +824,13 @@ namespace {
 
 // The gate was not simply taken: recovered from a dead owner (then held), or refused (throws,
 // nothing held).
-[[gnu::noinline]] uint64_t guard_gate_outcome(OpenFiles& files, ShmMapping& mapping, const sys::MutexLock& r,
+[[gnu::noinline, gnu::cold]] uint64_t guard_gate_outcome(OpenFiles& files, ShmMapping& mapping, const sys::MutexLock& r,
                                               const LockOptions& options) {
   judge_guard_lock(r, mapping, files);
   return guard_after_gate(files, mapping, options, false);
 }
 
-[[gnu::noinline]] void guard_release_slow(OpenFiles& files, const LockOptions& options) noexcept {
+[[gnu::noinline, gnu::cold]] void guard_release_slow(OpenFiles& files, const LockOptions& options) noexcept {
   ShmMapping& mapping = *files.shm;
   stop_for_test(mapping.hook, "shm-release");
   // Not the owner (a forked child's copy of the guard): nothing is unlocked, and the fair gate
@@ -860,15 +860,16 @@ using lock_internal::ShmMapping;
 // and nothing unusual is pending; every other case goes to guard_acquire_slow/guard_after_gate.
 LockFile::Guard::Guard(LockFile& file) : impl_(file.impl_.get()) {
   Impl& impl = *impl_;
-  if (!impl.guard_fast) [[unlikely]] {
-    lock_.emplace(file.acquire());
-    token_ = lock_->token();
-    return;
-  }
   OpenFiles& files = *impl.files;
-  ShmMapping* mapping = files.shm.get();
-  if (files.busy || mapping == nullptr || impl.options.fair || !mapping->hook.point.empty()) [[unlikely]] {
+  ShmMapping* mapping = impl.guard_mapping;
+  if (mapping == nullptr || files.busy) [[unlikely]] {
+    if (!impl.guard_fast) {
+      lock_.emplace(file.acquire());
+      token_ = lock_->token();
+      return;
+    }
     token_ = guard_acquire_slow(files, impl.options);
+    if (!impl.options.fair && files.shm->hook.point.empty()) impl.guard_mapping = files.shm.get();
     return;
   }
   Layout* m = mapping->map;
@@ -900,15 +901,15 @@ LockFile::Guard::Guard(LockFile& file) : impl_(file.impl_.get()) {
 
 LockFile::Guard::~Guard() {
   if (lock_) return;  // ~Lock releases
-  OpenFiles& files = *impl_->files;
+  Impl& impl = *impl_;
+  OpenFiles& files = *impl.files;
   files.busy = false;
-  ShmMapping& mapping = *files.shm;
-  if (impl_->options.fair || !mapping.hook.point.empty()) [[unlikely]] {
-    guard_release_slow(files, impl_->options);
+  if (impl.guard_mapping == nullptr) [[unlikely]] {
+    guard_release_slow(files, impl.options);
     return;
   }
   // Not the owner (a forked child's copy of the guard): nothing is unlocked.
-  sys::robust_mutex_unlock_fast(&mapping.map->gate);
+  sys::robust_mutex_unlock_fast(&impl.guard_mapping->map->gate);
 }
 
 }  // namespace holdfast

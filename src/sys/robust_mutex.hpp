@@ -79,13 +79,13 @@ struct ThreadState {
 // Reset in a forked child (its one thread has a new TID and glibc re-registers its list).
 extern constinit thread_local ThreadState t_state __attribute__((tls_model("initial-exec")));
 // Looks this thread's state up (once per thread); returns ready.
-int init_thread() noexcept;
+[[gnu::cold]] int init_thread() noexcept;
 // futex(FUTEX_WAKE, 1) on the word, shared (robust mutexes' waiters wait on the shared futex).
-void wake_one(pthread_mutex_t* m) noexcept;
+[[gnu::cold]] void wake_one(pthread_mutex_t* m) noexcept;
 // After the fast path took a word whose __owner was not 0: not recoverable (someone unlocked it
 // without making it consistent) gives it back and returns false (glibc then says so); any other
 // value is overwritten.
-bool accept_owner_field(pthread_mutex_t* m, ThreadState& t) noexcept;
+[[gnu::cold]] bool accept_owner_field(pthread_mutex_t* m, ThreadState& t) noexcept;
 
 // glibc's robust-list entry of a mutex: the __list.__next field (robust_list_head.futex_offset
 // leads from there to the word); __prev fields point at the previous entry's __next field.
@@ -164,7 +164,7 @@ inline constexpr long kPlainWaitSliceNs = 100'000'000;
 
 // Waits for `m` (plain) in slices of kPlainWaitSliceNs, until it is taken or until the
 // CLOCK_REALTIME time `*deadline` (null: forever).
-MutexLock robust_mutex_wait_plain(pthread_mutex_t* m, const timespec* deadline) noexcept;
+[[gnu::cold]] MutexLock robust_mutex_wait_plain(pthread_mutex_t* m, const timespec* deadline) noexcept;
 
 // robust_mutex_lock(m, false, nullptr), with the uncontended case inline and without glibc's
 // dispatch on the mutex kind, and waits in slices (kPlainWaitSliceNs). For `plain` robust
