@@ -806,7 +806,10 @@ TEST(ShmGuard, TokensStrictlyIncreaseAcrossGuardsAndLocksOfOneLock) {
   };
   for (int i = 0; i < 3; ++i) {
     { LockFile::Guard g(lf); rises(g.token(), "guard"); }
+    // The slot still holds lf's record: a repeated grant (the inline path), then a Lock after it.
+    { LockFile::Guard g(lf); rises(g.token(), "repeated guard"); }
     rises(lf.acquire().token(), "lock through the guard's LockFile");
+    { LockFile::Guard g(lf); rises(g.token(), "guard after a Lock of its LockFile"); }
     { LockFile::Guard g(other); rises(g.token(), "guard through another LockFile"); }
     rises(Lock::acquire(path, shm()).token(), "Lock::acquire");
     pid_t child = testing::fork_child([&] {
