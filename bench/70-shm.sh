@@ -33,7 +33,7 @@ echo "uncontended (Google Benchmark, $reps interleaved repetitions)..." >&2
 : >"$work/callgrind.txt"
 if command -v valgrind >/dev/null; then
   echo "uncontended under callgrind..." >&2
-  for v in pthread robust shm shm_fair shm_shared; do
+  for v in pthread robust robust_inline shm shm_fair shm_shared shm_none guard guard_coarse guard_none clock clock_coarse; do
     for n in 10000 30000; do
       valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$SHM_BENCH" loop "$v" "$n" 2>"$work/cg.log"
       echo "$v $n $(grep -oE 'Collected : [0-9]+' "$work/cg.log" | awk '{print $3}')" >>"$work/callgrind.txt"
@@ -44,7 +44,7 @@ fi
 echo "contended: $PROCS processes, ${SECONDS_PER_RUN}s per run, two rounds..." >&2
 : >"$work/contended.jsonl"
 for round in 1 2; do
-  for v in pthread robust shm shm_fair flock; do
+  for v in pthread robust shm shm_fair guard flock; do
     "$SHM_BENCH" contended "$v" "$PROCS" "$SECONDS_PER_RUN" >>"$work/contended.jsonl"
   done
 done
@@ -61,9 +61,12 @@ print()
 print("| variant | ns | / pthread | ≤ 2x |")
 print("|---|---:|---:|:---:|")
 base = med["pthread"]
-for v in ("pthread", "robust", "shm", "shm_fair", "shm_shared"):
+UNCONTENDED = ("pthread", "robust", "robust_inline", "shm", "shm_fair", "shm_shared", "shm_none", "guard", "guard_coarse",
+               "guard_none", "clock", "clock_coarse")
+for v in UNCONTENDED:
     r = med[v][1] / base[1]
-    print(f"| {v} | {med[v][0]:,.1f} ({med[v][1]:,.1f}) | {r:.1f}x | {'yes' if r <= 2 else '**NO**'} |")
+    verdict = "(a clock read alone)" if v.startswith("clock") else "yes" if r <= 2 else "**NO**"
+    print(f"| {v} | {med[v][0]:,.1f} ({med[v][1]:,.2f}) | {r:.2f}x | {verdict} |")
 cg = {}
 for line in open(os.path.join(work, "callgrind.txt")):
     f = line.split()
@@ -76,9 +79,9 @@ if cg:
     print("| variant | instructions | / pthread |")
     print("|---|---:|---:|")
     per = {v: (c[30000] - c[10000]) / 20000 for v, c in cg.items()}
-    for v in ("pthread", "robust", "shm", "shm_fair", "shm_shared"):
+    for v in UNCONTENDED:
         if v in per:
-            print(f"| {v} | {per[v]:,.0f} | {per[v] / per['pthread']:.1f}x |")
+            print(f"| {v} | {per[v]:,.0f} | {per[v] / per['pthread']:.2f}x |")
 runs = collections.defaultdict(list)
 for line in open(os.path.join(work, "contended.jsonl")):
     j = json.loads(line)
@@ -90,11 +93,12 @@ print()
 print("| variant | procs | grants/s | / pthread | handoffs/s | / pthread | wait p50 | wait p99 | wait max |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 med_run = {}
-for v in ("pthread", "robust", "shm", "shm_fair", "flock"):
+CONTENDED = ("pthread", "robust", "shm", "shm_fair", "guard", "flock")
+for v in CONTENDED:
     rs = sorted(runs[v], key=lambda j: j["grants_per_s"])
     med_run[v] = rs[len(rs) // 2]
 pb = med_run["pthread"]
-for v in ("pthread", "robust", "shm", "shm_fair", "flock"):
+for v in CONTENDED:
     j = med_run[v]
     print(f"| {v} | {j['procs']} | {j['grants_per_s']:,.0f} | {j['grants_per_s'] / pb['grants_per_s']:.2f}x | "
           f"{j['handoffs_per_s']:,.0f} | {j['handoffs_per_s'] / max(pb['handoffs_per_s'], 1):.2f}x | "

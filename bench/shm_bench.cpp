@@ -4,9 +4,17 @@
 //       uncontended lock+unlock, one process:
 //         pthread    pthread_mutex (PTHREAD_PROCESS_SHARED) in a MAP_SHARED mapping: the goal's baseline
 //         robust     the same, robust and error-checking (what the shm backend builds on)
+//         robust_inline  that mutex through sys::robust_mutex_lock_forever/unlock_fast (glibc's
+//                    protocol inline, as the shm gate is taken)
 //         shm        LockFile(shm) acquire()+release(): holder record + fencing token included
 //         shm_fair   the same with LockOptions::fair
 //         shm_shared the same in shared mode
+//         shm_none   shm with LockOptions::grant_time = none (no clock read per grant)
+//         guard      LockFile::Guard (the scoped fast path): token + record, precise grant time
+//         guard_coarse  the same, grant time from CLOCK_REALTIME_COARSE
+//         guard_none    the same, no grant time (acquired_unix_ns 0)
+//         clock      clock_gettime(CLOCK_REALTIME) alone, and clock_coarse (_COARSE): what the
+//                    grant time costs, beside the lock
 //   holdfast_shm_bench loop VARIANT ITERATIONS
 //       just the loop, for callgrind (instructions per operation, independent of load)
 //   holdfast_shm_bench contended VARIANT PROCS SECONDS
@@ -31,12 +39,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "holdfast/lock.hpp"
+#include "sys/robust_mutex.hpp"
 
 namespace {
 
@@ -76,45 +86,88 @@ LockOptions shm_options(const std::string& variant) {
   o.backend = Backend::shm;
   o.fair = variant == "shm_fair";
   o.mode = variant == "shm_shared" ? LockMode::shared : LockMode::exclusive;
+  if (variant == "shm_none" || variant == "guard_none") o.grant_time = holdfast::GrantTime::none;
+  if (variant == "guard_coarse") o.grant_time = holdfast::GrantTime::coarse;
   return o;
 }
 
-bool is_shm(const std::string& v) { return v.rfind("shm", 0) == 0; }
+bool is_guard(const std::string& v) { return v.rfind("guard", 0) == 0; }
+bool is_shm(const std::string& v) { return v.rfind("shm", 0) == 0 || is_guard(v); }
 
 // One variant's lock+unlock, bound to its lock: for the uncontended loop and the contended run.
 class Locker {
  public:
-  Locker(const std::string& variant, const std::string& path, pthread_mutex_t* m) : variant_(variant), m_(m) {
-    if (is_shm(variant)) lf_.emplace(LockFile::open(path, shm_options(variant)));
-    if (variant == "flock") fd_ = ::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+  Locker(const std::string& variant, const std::string& path, pthread_mutex_t* m) : m_(m) {
+    if (is_shm(variant)) {
+      lf_.emplace(LockFile::open(path, shm_options(variant)));
+      kind_ = is_guard(variant) ? Kind::guard : Kind::lock;
+    } else if (variant == "clock" || variant == "clock_coarse") {
+      kind_ = Kind::clock;
+      clock_ = variant == "clock" ? CLOCK_REALTIME : CLOCK_REALTIME_COARSE;
+    } else if (variant == "robust_inline") {
+      kind_ = Kind::robust_inline;
+    } else if (variant == "flock") {
+      kind_ = Kind::flock;
+      fd_ = ::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+    }
   }
   ~Locker() {
     if (fd_ >= 0) ::close(fd_);
   }
   Locker(const Locker&) = delete;
   Locker& operator=(const Locker&) = delete;
-  // Locks, runs `inside`, unlocks.
+  // Locks, runs `inside`, unlocks. One switch, decided at construction: every variant pays the
+  // same few instructions of dispatch, pthread included.
   template <typename F>
   void once(F&& inside) {
-    if (lf_) {
-      Lock l = lf_->acquire();
-      inside();
-      benchmark::DoNotOptimize(l.token());
-    } else if (fd_ >= 0) {
-      ::flock(fd_, LOCK_EX);
-      inside();
-      ::flock(fd_, LOCK_UN);
-    } else {
-      pthread_mutex_lock(m_);
-      inside();
-      pthread_mutex_unlock(m_);
+    switch (kind_) {
+      case Kind::pthread: {
+        pthread_mutex_lock(m_);
+        inside();
+        pthread_mutex_unlock(m_);
+        break;
+      }
+      case Kind::robust_inline: {
+        holdfast::sys::robust_mutex_lock_forever(m_);
+        inside();
+        holdfast::sys::robust_mutex_unlock_fast(m_);
+        break;
+      }
+      case Kind::guard: {
+        LockFile::Guard g(*lf_);
+        inside();
+        benchmark::DoNotOptimize(g.token());
+        break;
+      }
+      case Kind::lock: {
+        Lock l = lf_->acquire();
+        inside();
+        benchmark::DoNotOptimize(l.token());
+        break;
+      }
+      case Kind::clock: {
+        timespec ts{};
+        ::clock_gettime(clock_, &ts);
+        inside();
+        benchmark::DoNotOptimize(ts);
+        break;
+      }
+      case Kind::flock: {
+        ::flock(fd_, LOCK_EX);
+        inside();
+        ::flock(fd_, LOCK_UN);
+        break;
+      }
     }
   }
 
  private:
-  std::string variant_;
+  // pthread: pthread_mutex_lock/unlock on m_ (plain or robust, as made).
+  enum class Kind { pthread, robust_inline, guard, lock, clock, flock };
+  Kind kind_ = Kind::pthread;
   pthread_mutex_t* m_;
   std::optional<LockFile> lf_;
+  clockid_t clock_ = CLOCK_REALTIME;
   int fd_ = -1;
 };
 
@@ -124,7 +177,7 @@ std::string fresh_path(const std::string& tag) {
 
 void uncontended(benchmark::State& state, const std::string& variant) {
   const std::string path = fresh_path(variant);
-  pthread_mutex_t* m = variant == "pthread" || variant == "robust" ? make_mutex(variant == "robust") : nullptr;
+  pthread_mutex_t* m = variant == "pthread" || variant.rfind("robust", 0) == 0 ? make_mutex(variant != "pthread") : nullptr;
   {
     Locker locker(variant, path, m);
     for (auto _ : state) locker.once([] {});
@@ -143,7 +196,7 @@ struct Shared {
 
 int contended(const std::string& variant, int procs, double seconds) {
   const std::string path = fresh_path("contended-" + variant);
-  pthread_mutex_t* m = variant == "pthread" || variant == "robust" ? make_mutex(variant == "robust") : nullptr;
+  pthread_mutex_t* m = variant == "pthread" || variant.rfind("robust", 0) == 0 ? make_mutex(variant != "pthread") : nullptr;
   auto* sh = new (shared_map(sizeof(Shared))) Shared{};
   constexpr size_t kMaxSamples = 4'000'000;
   auto* waits = static_cast<uint32_t*>(shared_map(kMaxSamples * sizeof(uint32_t)));
@@ -196,7 +249,7 @@ int contended(const std::string& variant, int procs, double seconds) {
 
 int loop(const std::string& variant, long iterations) {
   const std::string path = fresh_path("loop-" + variant);
-  pthread_mutex_t* m = variant == "pthread" || variant == "robust" ? make_mutex(variant == "robust") : nullptr;
+  pthread_mutex_t* m = variant == "pthread" || variant.rfind("robust", 0) == 0 ? make_mutex(variant != "pthread") : nullptr;
   {
     Locker locker(variant, path, m);
     for (long i = 0; i < iterations; ++i) locker.once([] {});
@@ -217,7 +270,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "holdfast_shm_bench: %s\n", e.what());
     return 1;
   }
-  for (const char* v : {"pthread", "robust", "shm", "shm_fair", "shm_shared"}) {
+  for (const char* v : {"pthread", "robust", "robust_inline", "shm", "shm_fair", "shm_shared", "shm_none", "guard", "guard_coarse",
+                        "guard_none", "clock", "clock_coarse"}) {
     benchmark::RegisterBenchmark((std::string("uncontended/") + v).c_str(), uncontended, std::string(v));
   }
   benchmark::Initialize(&argc, argv);

@@ -55,10 +55,11 @@ int run_holder(const std::string& path, bool json) {
       }
       std::printf("    command  %s\n", join(r.command).c_str());
       time_t secs = static_cast<time_t>(r.acquired_unix_ns / 1000000000);
-      char when[64];
+      char when[64] = "not recorded (grant_time none)";
       struct tm tm {};
-      ::localtime_r(&secs, &tm);
-      std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S %z", &tm);
+      if (r.acquired_unix_ns != 0 && ::localtime_r(&secs, &tm) != nullptr) {
+        std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S %z", &tm);
+      }
       std::printf("    since    %s\n", when);
       if (r.lease_ms > 0) std::printf("    lease    %lld ms\n", static_cast<long long>(r.lease_ms));
     } else if (info.record_corrupt) {

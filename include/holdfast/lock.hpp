@@ -39,6 +39,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -52,6 +53,12 @@ namespace holdfast {
 
 enum class Backend { automatic, ofd, flock, excl, link, shm };
 enum class LockMode { exclusive, shared };
+// How a grant's record tells when it was granted (HolderRecord::acquired_unix_ns).
+enum class GrantTime {
+  precise,  // CLOCK_REALTIME (the default)
+  coarse,   // CLOCK_REALTIME_COARSE: the last timer tick, up to one jiffy (1-10 ms) early, ~5x cheaper
+  none,     // not read: acquired_unix_ns is 0 ("not recorded"); the clock costs more than an shm lock
+};
 
 std::string_view to_string(Backend backend) noexcept;
 std::string_view to_string(LockMode mode) noexcept;
@@ -107,6 +114,10 @@ struct LockOptions {
   // (the kernel hands the lock to the longest waiter), so no waiter is overtaken by later ones.
   // Other backends refuse it with Error(exit_code::usage) (docs/LOCKS.md says why).
   bool fair = false;
+  // The time in each grant's record. The shm backend honours it (Lock and LockFile::Guard), where
+  // reading CLOCK_REALTIME costs ~4x the whole uncontended lock; the other backends always record
+  // the precise time (their grant is system calls that cost far more than the clock).
+  GrantTime grant_time = GrantTime::precise;
 };
 
 class Lock {
@@ -182,6 +193,7 @@ class Lock {
 // exclude each other like separate processes).
 class LockFile {
  public:
+  class Guard;
   // Resolves the backend and checks the directory; files are opened on first acquisition.
   // Throws holdfast::Error as Lock::acquire does.
   static LockFile open(const std::string& path, const LockOptions& options = {});
@@ -201,6 +213,45 @@ class LockFile {
   struct Impl;
   explicit LockFile(std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
+};
+
+// A scoped exclusive grant through a LockFile, for hot loops: the constructor blocks until the
+// lock is held (as LockFile::acquire), the destructor releases it. Same exclusion, fencing token
+// (strictly increasing across guards and Locks of the same path), holder record (what
+// read_holder_record and `holdfast holder` show) and owner-death recovery as a Lock. It lives on
+// the stack of the thread that took it — it cannot be moved, copied or allocated with new — and
+// must not outlive its LockFile. One grant at a time per LockFile: constructing a Guard while a
+// Lock or Guard taken through the same LockFile is alive throws holdfast::Error (70), as
+// LockFile::acquire does; a thread that already holds the lock through another handle gets an
+// Error too (it would wait on itself forever). A forked child's copy of a Guard never releases
+// the parent's lock.
+//
+// On the shm backend (exclusive mode) it is the fast path: no allocation, no grant object, no
+// system call when uncontended — the gate, the token, and the record slot's per-grant fields
+// (token, nonce, LockOptions::grant_time), the rest of the record being written only when the slot
+// no longer holds this handle's last one. Its record's nonce is derived from the token (unique per
+// grant, as the token is). Everywhere else (other backends, shared mode) it holds a Lock from
+// LockFile::acquire(), so code written against it works with every backend.
+class LockFile::Guard {
+ public:
+  // Throws holdfast::Error as LockFile::acquire does.
+  explicit Guard(LockFile& file);
+  // Releases the lock (errors are ignored, as ~Lock does).
+  ~Guard();
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+  Guard(Guard&&) = delete;
+  Guard& operator=(Guard&&) = delete;
+  static void* operator new(size_t) = delete;
+  static void* operator new[](size_t) = delete;
+
+  // This grant's fencing token.
+  uint64_t token() const noexcept { return token_; }
+
+ private:
+  Impl* impl_;
+  std::optional<Lock> lock_;  // where the fast path does not apply
+  uint64_t token_ = 0;
 };
 
 // ---- reading a lock without taking it ----

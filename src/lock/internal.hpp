@@ -330,3 +330,23 @@ std::pair<HolderState, std::string> judge_dotlock(const std::string& path);
 // there is none.
 std::optional<HolderRecord> read_side_record(int fd, const struct stat& st);
 }  // namespace holdfast::lock_internal
+
+namespace holdfast {
+// A LockFile's state: here (not in lock.cpp) so that LockFile::Guard's fast path in
+// shm_backend.cpp reads it directly.
+struct LockFile::Impl {
+  LockOptions options;
+  Backend backend;
+  // Shared with the grants taken through it, so a grant that outlives the LockFile still owns
+  // its descriptor.
+  std::shared_ptr<lock_internal::OpenFiles> files;
+  // LockFile::Guard takes the shm fast path: the shm backend in exclusive mode (decided at open).
+  bool guard_fast = false;
+  // Its inline path: files->shm once open, when neither fair mode nor a test hook needs the
+  // out-of-line one (set by the first guard grant).
+  lock_internal::ShmMapping* guard_mapping = nullptr;
+
+  // A grant as `wait` allows; null if the wait ended first. One at a time (files->busy).
+  std::unique_ptr<Lock::State> acquire(const lock_internal::WaitSpec& wait);
+};
+}  // namespace holdfast

@@ -204,26 +204,18 @@ bool Lock::held() const noexcept { return state_ && state_->held(); }
 
 namespace holdfast {
 
-struct LockFile::Impl {
-  LockOptions options;
-  Backend backend;
-  // Shared with the grants taken through it, so a grant that outlives the LockFile still owns
-  // its descriptor.
-  std::shared_ptr<lock_internal::OpenFiles> files;
-
-  std::unique_ptr<Lock::State> acquire(const WaitSpec& wait) {
-    // A second lock on the same open file description would be granted at once (a no-op
-    // conversion), and releasing either would free both: refuse instead.
-    if (files->busy) {
-      if (wait.kind == WaitSpec::forever) {
-        throw Error(files->target.path, "lock",
-                    "this LockFile already holds the lock (it would wait on itself forever)", exit_code::software);
-      }
-      return nullptr;
+std::unique_ptr<Lock::State> LockFile::Impl::acquire(const WaitSpec& wait) {
+  // A second lock on the same open file description would be granted at once (a no-op
+  // conversion), and releasing either would free both: refuse instead.
+  if (files->busy) {
+    if (wait.kind == WaitSpec::forever) {
+      throw Error(files->target.path, "lock", "this LockFile already holds the lock (it would wait on itself forever)",
+                  exit_code::software);
     }
-    return acquire_with(files->target, backend, options, wait, files);
+    return nullptr;
   }
-};
+  return acquire_with(files->target, backend, options, wait, files);
+}
 
 LockFile LockFile::open(const std::string& path, const LockOptions& options) {
   auto impl = std::make_unique<Impl>();
@@ -233,6 +225,7 @@ LockFile LockFile::open(const std::string& path, const LockOptions& options) {
   impl->options = options;
   impl->backend = resolve_backend(impl->files->target, options);
   impl->options.backend = impl->backend;
+  impl->guard_fast = impl->backend == Backend::shm && options.mode == LockMode::exclusive;
   return LockFile(std::move(impl));
 }
 

@@ -116,14 +116,19 @@ struct Layout {
 static_assert(sizeof(Layout) <= kMapSize);
 static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free);
 
-// Test hook: HOLDFAST_TEST_SHM_STOP_AT=<point> makes the process stop itself (SIGSTOP) at that
-// point of an acquire or release, so a test can SIGKILL it exactly there. Read once per mapping.
+// Test hook: HOLDFAST_TEST_SHM_STOP_AT=<point>[:<n>] makes the process stop itself (SIGSTOP) the
+// n-th time (default: the first) it passes that point of an acquire or release, so a test can
+// SIGKILL it exactly there (":2" reaches a repeated grant's paths). Read once per mapping.
+struct TestHook {
+  std::string point;  // empty: no hook
+  int passes_left = 0;  // passes of `point` before the one that stops
+};
 // Out of line: a grant passes six points, and without the hook each costs one test.
-[[gnu::noinline, gnu::cold]] void stop_at(const std::string& hook, std::string_view point) {
-  if (hook == point) ::raise(SIGSTOP);
+[[gnu::noinline, gnu::cold]] void stop_at(TestHook& hook, std::string_view point) {
+  if (hook.point == point && hook.passes_left-- == 0) ::raise(SIGSTOP);
 }
-inline void stop_for_test(const std::string& hook, std::string_view point) {
-  if (!hook.empty()) [[unlikely]] stop_at(hook, point);
+inline void stop_for_test(TestHook& hook, std::string_view point) {
+  if (!hook.point.empty()) [[unlikely]] stop_at(hook, point);
 }
 
 uint64_t unix_seconds() {
@@ -195,7 +200,10 @@ struct ShmMapping {
   std::string file;     // the mapping's path in the state directory
   struct stat lock_st {};  // the lock file it belongs to
   Layout* map = nullptr;
-  std::string hook;     // HOLDFAST_TEST_SHM_STOP_AT
+  TestHook hook;        // HOLDFAST_TEST_SHM_STOP_AT
+  // LockFile::Guard's nonce of a grant is its token xor this (random per open mapping): unique
+  // per grant as tokens are, without a read-modify-write per grant.
+  uint64_t nonce_key = 0;
   // The record slot's sequence number after this process's last write, and how many processes it
   // wrote: if the slot still has it, nobody wrote since, and only the per-grant fields change.
   uint64_t written_seq = 0;
@@ -331,7 +339,13 @@ std::shared_ptr<ShmMapping> open_mapping(const Target& target, int lock_fd, cons
   // The mapping keeps the file's pages; the descriptor is no longer needed (the epoch is synced
   // through msync on the mapping itself).
   const char* hook = std::getenv("HOLDFAST_TEST_SHM_STOP_AT");  // NOLINT(concurrency-mt-unsafe)
-  if (hook != nullptr) mapping->hook = hook;
+  if (hook != nullptr) {
+    const std::string_view h(hook);
+    const size_t colon = h.find(':');
+    mapping->hook.point = std::string(h.substr(0, colon));
+    if (colon != std::string_view::npos) mapping->hook.passes_left = std::max(0, std::atoi(hook + colon + 1) - 1);
+  }
+  mapping->nonce_key = sys::random_u64();
   return mapping;
 }
 
@@ -366,7 +380,9 @@ std::vector<std::shared_ptr<ShmMapping>>& detached_mappings() {
       r = sys::robust_mutex_lock(m, true, nullptr);
     } else {
       const timespec when = realtime_deadline(wait.deadline);
-      r = sys::robust_mutex_lock(m, false, &when);
+      // Plain mutexes are waited for in slices (sys::kPlainWaitSliceNs says why); the fair gate
+      // is handed over by the kernel.
+      r = m == &mapping.map->fair_gate ? sys::robust_mutex_lock(m, false, &when) : sys::robust_mutex_wait_plain(m, &when);
       // The wall clock may have been stepped: the steady deadline is the one that counts.
       if (r.result == sys::MutexResult::timed_out && !wait.expired()) continue;
     }
@@ -378,12 +394,131 @@ std::vector<std::shared_ptr<ShmMapping>>& detached_mappings() {
 // self_deadlock); throws for a broken mutex. The common case (wait forever, granted) is inline.
 inline sys::MutexResult lock_mutex(pthread_mutex_t* m, const WaitSpec& wait, const ShmMapping& mapping) {
   if (wait.kind != WaitSpec::forever) return lock_mutex_bounded(m, wait, mapping);
-  const sys::MutexLock r = sys::robust_mutex_lock(m, false, nullptr);
+  // The fair gate is a priority-inheritance mutex: glibc's alone (the kernel owns its handoff).
+  const sys::MutexLock r = m == &mapping.map->fair_gate ? sys::robust_mutex_lock(m, false, nullptr)
+                                                         : sys::robust_mutex_lock_forever(m);
   return r.result == sys::MutexResult::acquired ? r.result : judge_outcome(r, mapping);
 }
 
 bool acquired(sys::MutexResult r) {
   return r == sys::MutexResult::acquired || r == sys::MutexResult::acquired_owner_died;
+}
+
+// The time a grant's record gives (LockOptions::grant_time).
+int64_t grant_time_ns(GrantTime how) noexcept {
+  if (how == GrantTime::precise) return unix_ns_now();
+  if (how == GrantTime::none) return 0;
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME_COARSE, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+
+// The 32-bit counter ran out: a new epoch, durably, before any token of it. Holding the gate.
+[[gnu::noinline]] uint64_t new_epoch(ShmMapping& mapping) {
+  Layout* m = mapping.map;
+  const uint64_t epoch = std::max({m->durable_epoch.load() + 1, (m->last_token.load() >> 32) + 1, unix_seconds()});
+  if (epoch > kCounterMask) {
+    throw Error(mapping.file, "fencing tokens exhausted", "the epoch reached 2^32", exit_code::data);
+  }
+  m->durable_epoch.store(epoch);
+  if (::msync(m, kMapSize, MS_SYNC) != 0) throw Error(errno, mapping.file, "cannot sync fencing epoch");
+  return (epoch << 32) | 1;
+}
+
+// Issues the next fencing token, holding the gate: one atomic store, so a holder that dies
+// anywhere either never handed it out or consumed it for good.
+inline uint64_t issue_token(ShmMapping& mapping) {
+  Layout* m = mapping.map;
+  uint64_t token = m->last_token.load(std::memory_order_relaxed) + 1;
+  if ((token & kCounterMask) == 0) [[unlikely]] token = new_epoch(mapping);
+  m->last_token.store(token, std::memory_order_relaxed);
+  stop_for_test(mapping.hook, "shm-token-issued");
+  return token;
+}
+
+// Stores a grant's own fields (token, nonce, time) in the record slot, under its sequence
+// counter, when the slot still holds this handle's last complete record with `processes`
+// processes, the first `pid`; false, and nothing written, when it does not (write_slot then
+// writes it all). Exclusive holders only.
+inline bool write_slot_head(ShmMapping& mapping, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns,
+                            size_t processes, pid_t pid) {
+  RecordSlot& r = mapping.map->record;
+  const uint64_t seq = r.seq.load(std::memory_order_relaxed);
+  if (seq != mapping.written_seq || processes != mapping.written_processes || pid != mapping.written_pid) {
+    return false;
+  }
+  r.seq.store(seq | 1, std::memory_order_relaxed);  // odd: being written
+  std::atomic_thread_fence(std::memory_order_release);
+  r.token.store(token, std::memory_order_relaxed);
+  r.nonce.store(nonce, std::memory_order_relaxed);
+  r.acquired_unix_ns.store(acquired_unix_ns, std::memory_order_relaxed);
+  stop_for_test(mapping.hook, "shm-record-torn");
+  r.seq.store((seq | 1) + 1, std::memory_order_release);
+  mapping.written_seq = (seq | 1) + 1;
+  return true;
+}
+
+// The fixed-size record slot, under its sequence counter: only the grant's own fields when the
+// slot still has the rest from this handle's last write. Exclusive holders only.
+void write_slot(ShmMapping& mapping, const HolderRecord& record) {
+  RecordSlot& r = mapping.map->record;
+  const size_t n = std::min(record.processes.size(), kRecordProcesses);
+  if (write_slot_head(mapping, record.token, record.nonce, record.acquired_unix_ns, n, record.processes.front().pid)) {
+    return;
+  }
+  const uint64_t seq = r.seq.load(std::memory_order_relaxed);
+  r.seq.store(seq | 1, std::memory_order_relaxed);  // odd: being written (even if a writer died mid-way)
+  std::atomic_thread_fence(std::memory_order_release);
+  r.token.store(record.token, std::memory_order_relaxed);
+  r.nonce.store(record.nonce, std::memory_order_relaxed);
+  r.acquired_unix_ns.store(record.acquired_unix_ns, std::memory_order_relaxed);
+  for (size_t i = 0; i < n; ++i) {
+    const ProcessIdentity& p = record.processes[i];
+    r.process[i].pid.store(static_cast<uint64_t>(p.pid), std::memory_order_relaxed);
+    r.process[i].start_time.store(p.start_time, std::memory_order_relaxed);
+    r.process[i].pid_ns.store(p.pid_ns, std::memory_order_relaxed);
+    r.process[i].time_ns.store(p.time_ns, std::memory_order_relaxed);
+  }
+  r.processes.store(static_cast<uint32_t>(n), std::memory_order_relaxed);
+  stop_for_test(mapping.hook, "shm-record-torn");
+  // argv joined by NUL, cut at kCommandBytes, copied a word at a time.
+  char buf[kCommandBytes];
+  size_t used = 0;
+  for (const std::string& arg : record.command) {
+    if (used >= sizeof buf) break;
+    const size_t take = std::min(arg.size(), sizeof buf - used);
+    std::memcpy(buf + used, arg.data(), take);
+    used += take;
+    if (used < sizeof buf) buf[used++] = '\0';
+  }
+  std::memset(buf + used, 0, (8 - used % 8) % 8);
+  for (size_t w = 0; w * 8 < used; ++w) {
+    uint64_t word = 0;
+    std::memcpy(&word, buf + w * 8, 8);
+    r.command[w].store(word, std::memory_order_relaxed);
+  }
+  r.command_bytes.store(static_cast<uint32_t>(used), std::memory_order_relaxed);
+  r.seq.store((seq | 1) + 1, std::memory_order_release);
+  mapping.written_seq = (seq | 1) + 1;
+  mapping.written_processes = n;
+  mapping.written_pid = record.processes.front().pid;
+}
+
+// Holding the gate (so no reader can enter), waits for the readers inside to leave. Returns
+// acquired, or what stopped the wait (the gate is still held then).
+sys::MutexResult wait_for_readers(ShmMapping& mapping, const WaitSpec& wait) {
+  Layout* m = mapping.map;
+  uint64_t bits = m->readers.load(std::memory_order_acquire);
+  while (bits != 0) {
+    const int i = __builtin_ctzll(bits);
+    bits &= bits - 1;
+    const auto r = lock_mutex(&m->reader[i].mutex, wait, mapping);
+    if (!acquired(r)) return r;
+    // A reader clears its bit before unlocking; one that died did not.
+    m->readers.fetch_and(~(uint64_t{1} << i), std::memory_order_acq_rel);
+    sys::robust_mutex_unlock(&m->reader[i].mutex);
+  }
+  return sys::MutexResult::acquired;
 }
 
 // A grant of the shm lock. Destroying it releases what it took, in the thread that took it.
@@ -455,22 +590,8 @@ class ShmGrant final : public Lock::State {
   }
 
   bool take_exclusive(const WaitSpec& wait, const LockOptions& options) {
-    Layout* m = mapping_->map;
-    // Holding the gate, no reader can enter; wait for the ones inside to leave.
-    uint64_t bits = m->readers.load(std::memory_order_acquire);
-    while (bits != 0) {
-      const int i = __builtin_ctzll(bits);
-      bits &= bits - 1;
-      const auto r = lock_mutex(&m->reader[i].mutex, wait, *mapping_);
-      if (!acquired(r)) return refused(r, wait);
-      // A reader clears its bit before unlocking; one that died did not.
-      m->readers.fetch_and(~(uint64_t{1} << i), std::memory_order_acq_rel);
-      sys::robust_mutex_unlock(&m->reader[i].mutex);
-    }
-    uint64_t token = m->last_token.load(std::memory_order_relaxed) + 1;
-    if ((token & kCounterMask) == 0) token = new_epoch();
-    m->last_token.store(token, std::memory_order_relaxed);
-    stop_for_test(mapping_->hook, "shm-token-issued");
+    if (const auto r = wait_for_readers(*mapping_, wait); !acquired(r)) return refused(r, wait);
+    const uint64_t token = issue_token(*mapping_);
     fill_record(token, options);
     write_record();
     stop_for_test(mapping_->hook, "shm-granted");
@@ -503,18 +624,6 @@ class ShmGrant final : public Lock::State {
     return true;
   }
 
-  // The 32-bit counter ran out: a new epoch, durably, before any token of it.
-  uint64_t new_epoch() {
-    Layout* m = mapping_->map;
-    const uint64_t epoch = std::max({m->durable_epoch.load() + 1, (m->last_token.load() >> 32) + 1, unix_seconds()});
-    if (epoch > kCounterMask) {
-      throw Error(mapping_->file, "fencing tokens exhausted", "the epoch reached 2^32", exit_code::data);
-    }
-    m->durable_epoch.store(epoch);
-    if (::msync(m, kMapSize, MS_SYNC) != 0) throw Error(errno, mapping_->file, "cannot sync fencing epoch");
-    return (epoch << 32) | 1;
-  }
-
   // The grant's record, with `token` and the time of the grant: the LockFile's own record, lent
   // to this grant (no copy, no move), or a copy of it while a Lock from an earlier grant is still
   // alive (its record() must stay its own).
@@ -524,64 +633,17 @@ class ShmGrant final : public Lock::State {
       record_cached_ = true;
     }
     record.token = token;
-    record.acquired_unix_ns = unix_ns_now();
+    record.acquired_unix_ns = grant_time_ns(options.grant_time);
   }
 
-  // The fixed-size record slot, under its sequence counter. Exclusive holders only.
+  // The record slot (write_slot). Exclusive holders only.
   void write_record() {
-    if (mode != LockMode::exclusive) return;
-    RecordSlot& r = mapping_->map->record;
-    const uint64_t seq = r.seq.load(std::memory_order_relaxed);
-    const size_t n = std::min(record.processes.size(), kRecordProcesses);
-    const bool rewrite_all = seq != mapping_->written_seq || n != mapping_->written_processes ||
-                             mapping_->written_pid != record.processes.front().pid;
-    r.seq.store(seq | 1, std::memory_order_relaxed);  // odd: being written (even if a writer died mid-way)
-    std::atomic_thread_fence(std::memory_order_release);
-    r.token.store(record.token, std::memory_order_relaxed);
-    r.nonce.store(record.nonce, std::memory_order_relaxed);
-    r.acquired_unix_ns.store(record.acquired_unix_ns, std::memory_order_relaxed);
-    if (!rewrite_all) {
-      // Nobody wrote since this handle's last record: processes and command are already there.
-      stop_for_test(mapping_->hook, "shm-record-torn");
-      r.seq.store((seq | 1) + 1, std::memory_order_release);
-      mapping_->written_seq = (seq | 1) + 1;
-      return;
-    }
-    for (size_t i = 0; i < n; ++i) {
-      const ProcessIdentity& p = record.processes[i];
-      r.process[i].pid.store(static_cast<uint64_t>(p.pid), std::memory_order_relaxed);
-      r.process[i].start_time.store(p.start_time, std::memory_order_relaxed);
-      r.process[i].pid_ns.store(p.pid_ns, std::memory_order_relaxed);
-      r.process[i].time_ns.store(p.time_ns, std::memory_order_relaxed);
-    }
-    r.processes.store(static_cast<uint32_t>(n), std::memory_order_relaxed);
-    stop_for_test(mapping_->hook, "shm-record-torn");
-    // argv joined by NUL, cut at kCommandBytes, copied a word at a time.
-    char buf[kCommandBytes];
-    size_t used = 0;
-    for (const std::string& arg : record.command) {
-      if (used >= sizeof buf) break;
-      const size_t take = std::min(arg.size(), sizeof buf - used);
-      std::memcpy(buf + used, arg.data(), take);
-      used += take;
-      if (used < sizeof buf) buf[used++] = '\0';
-    }
-    std::memset(buf + used, 0, (8 - used % 8) % 8);
-    for (size_t w = 0; w * 8 < used; ++w) {
-      uint64_t word = 0;
-      std::memcpy(&word, buf + w * 8, 8);
-      r.command[w].store(word, std::memory_order_relaxed);
-    }
-    r.command_bytes.store(static_cast<uint32_t>(used), std::memory_order_relaxed);
-    r.seq.store((seq | 1) + 1, std::memory_order_release);
-    mapping_->written_seq = (seq | 1) + 1;
-    mapping_->written_processes = n;
-    mapping_->written_pid = record.processes.front().pid;
+    if (mode == LockMode::exclusive) write_slot(*mapping_, record);
   }
 
   void unlock_gates() noexcept {
     Layout* m = mapping_->map;
-    if (holds_gate_) sys::robust_mutex_unlock(&m->gate);
+    if (holds_gate_) sys::robust_mutex_unlock_fast(&m->gate);
     holds_gate_ = false;
     if (holds_fair_) sys::robust_mutex_unlock(&m->fair_gate);
     holds_fair_ = false;
@@ -604,7 +666,7 @@ class ShmGrant final : public Lock::State {
     // is unlocked; if it succeeds, the second is ours too.
     if (holds_gate_) {
       stop_for_test(mapping_->hook, "shm-release");
-      if (int rc = sys::robust_mutex_unlock_if_owner(&m->gate); rc != 0) return rc;
+      if (int rc = sys::robust_mutex_unlock_fast(&m->gate); rc != 0) return rc;
       holds_gate_ = false;
     }
     if (holds_fair_) {
@@ -658,6 +720,201 @@ std::unique_ptr<Lock::State> shm_acquire(const Target& target, const LockOptions
     files->shm.reset();
   }
 }
+
+namespace {
+
+// What a guard's acquire has taken so far, let go again if it throws before the grant.
+struct GuardHold {
+  Layout* m;
+  bool fair = false;
+  bool gate = false;
+  explicit GuardHold(Layout* mapped) : m(mapped) {}
+  GuardHold(const GuardHold&) = delete;
+  GuardHold& operator=(const GuardHold&) = delete;
+  ~GuardHold() {
+    if (gate) sys::robust_mutex_unlock(&m->gate);
+    if (fair) sys::robust_mutex_unlock(&m->fair_gate);
+  }
+};
+
+[[noreturn, gnu::cold]] void throw_busy(const OpenFiles& files) {
+  throw Error(files.target.path, "lock", "this LockFile already holds the lock (one grant at a time per LockFile)",
+              exit_code::software);
+}
+
+[[noreturn, gnu::cold]] void throw_self_deadlock(const OpenFiles& files) {
+  throw Error(files.target.path, "shm lock", "this thread already holds it; it would wait on itself forever",
+              exit_code::software);
+}
+
+// The LockFile's mapping, opened (and validated) on its first grant.
+[[gnu::noinline]] ShmMapping& open_guard_mapping(OpenFiles& files) {
+  struct stat st {};
+  sys::UniqueFd lock_fd = open_lock_path(files.target, st);
+  files.shm = open_mapping(files.target, lock_fd.get(), st);
+  return *files.shm;
+}
+
+// A lock of a gate that did not simply succeed: recovered from a dead owner (counted), or
+// refused (this thread holds it), or broken (throws).
+[[gnu::noinline]] void judge_guard_lock(const sys::MutexLock& r, const ShmMapping& mapping, const OpenFiles& files) {
+  if (judge_outcome(r, mapping) == sys::MutexResult::self_deadlock) throw_self_deadlock(files);
+}
+
+[[gnu::noinline]] void guard_wait_for_readers(ShmMapping& mapping, const OpenFiles& files) {
+  const auto r = wait_for_readers(mapping, WaitSpec{WaitSpec::forever, {}});
+  if (r == sys::MutexResult::self_deadlock) throw_self_deadlock(files);  // a reader slot of this thread's
+}
+
+// The whole record (the slot holds another holder's, or none of this handle's yet).
+[[gnu::noinline]] void guard_write_full(ShmMapping& mapping, OpenFiles& files, const LockOptions& options,
+                                        uint64_t token, uint64_t nonce, int64_t acquired_unix_ns) {
+  HolderRecord record = files.records.take(Backend::shm, LockMode::exclusive, options);
+  record.token = token;
+  record.nonce = nonce;
+  record.acquired_unix_ns = acquired_unix_ns;
+  write_slot(mapping, record);
+  files.records.give_back(std::move(record), true);
+}
+
+}  // namespace
+
+namespace {
+
+// Holding the gate (and the fair gate when `fair_held`): everything a guard grant does after
+// the gate, in every case (readers inside, a token epoch to start, a record to write in full,
+// test hooks). Releases what it holds if it throws.
+[[gnu::noinline, gnu::cold]] uint64_t guard_after_gate(OpenFiles& files, ShmMapping& mapping, const LockOptions& options,
+                                            bool fair_held) {
+  GuardHold hold(mapping.map);
+  hold.gate = true;
+  hold.fair = fair_held;
+  stop_for_test(mapping.hook, "shm-gate-locked");
+  if (mapping.map->readers.load(std::memory_order_acquire) != 0) guard_wait_for_readers(mapping, files);
+  const uint64_t token = issue_token(mapping);
+  const uint64_t nonce = token ^ mapping.nonce_key;
+  const int64_t when = grant_time_ns(options.grant_time);
+  if (!write_slot_head(mapping, token, nonce, when, 1, sys::current_pid())) {
+    guard_write_full(mapping, files, options, token, nonce, when);
+  }
+  stop_for_test(mapping.hook, "shm-granted");
+  hold.gate = false;
+  hold.fair = false;
+  files.busy = true;
+  return token;
+}
+
+// A guard grant in every case: the LockFile's first (the mapping is opened), fair mode, test
+// hooks, a LockFile already granting (refused).
+[[gnu::noinline, gnu::cold]] uint64_t guard_acquire_slow(OpenFiles& files, const LockOptions& options) {
+  if (files.busy) throw_busy(files);
+  ShmMapping& mapping = files.shm ? *files.shm : open_guard_mapping(files);
+  Layout* m = mapping.map;
+  GuardHold hold(m);
+  if (options.fair) {
+    const auto r = sys::robust_mutex_lock(&m->fair_gate, false, nullptr);  // priority inheritance: glibc's
+    if (r.result != sys::MutexResult::acquired) judge_guard_lock(r, mapping, files);
+    hold.fair = true;
+  }
+  const auto r = sys::robust_mutex_lock_forever(&m->gate);
+  if (r.result != sys::MutexResult::acquired) judge_guard_lock(r, mapping, files);
+  hold.fair = false;  // guard_after_gate holds both now
+  return guard_after_gate(files, mapping, options, options.fair);
+}
+
+// The gate was not simply taken: recovered from a dead owner (then held), or refused (throws,
+// nothing held).
+[[gnu::noinline, gnu::cold]] uint64_t guard_gate_outcome(OpenFiles& files, ShmMapping& mapping, const sys::MutexLock& r,
+                                              const LockOptions& options) {
+  judge_guard_lock(r, mapping, files);
+  return guard_after_gate(files, mapping, options, false);
+}
+
+[[gnu::noinline, gnu::cold]] void guard_release_slow(OpenFiles& files, const LockOptions& options) noexcept {
+  ShmMapping& mapping = *files.shm;
+  stop_for_test(mapping.hook, "shm-release");
+  // Not the owner (a forked child's copy of the guard): nothing is unlocked, and the fair gate
+  // is not ours either.
+  if (sys::robust_mutex_unlock_fast(&mapping.map->gate) != 0) return;
+  if (options.fair) sys::robust_mutex_unlock_if_owner(&mapping.map->fair_gate);
+}
+
+}  // namespace
+
+}  // namespace holdfast::lock_internal
+
+namespace holdfast {
+
+using lock_internal::guard_acquire_slow;
+using lock_internal::guard_after_gate;
+using lock_internal::guard_gate_outcome;
+using lock_internal::guard_release_slow;
+using lock_internal::kCounterMask;
+using lock_internal::Layout;
+using lock_internal::OpenFiles;
+using lock_internal::RecordSlot;
+using lock_internal::ShmMapping;
+
+// The uncontended repeated grant inline: the gate (glibc's robust protocol, inline), then the
+// token and the record slot's own fields, when the slot still holds this LockFile's last record
+// and nothing unusual is pending; every other case goes to guard_acquire_slow/guard_after_gate.
+LockFile::Guard::Guard(LockFile& file) : impl_(file.impl_.get()) {
+  Impl& impl = *impl_;
+  OpenFiles& files = *impl.files;
+  ShmMapping* mapping = impl.guard_mapping;
+  if (mapping == nullptr || files.busy) [[unlikely]] {
+    if (!impl.guard_fast) {
+      lock_.emplace(file.acquire());
+      token_ = lock_->token();
+      return;
+    }
+    token_ = guard_acquire_slow(files, impl.options);
+    if (!impl.options.fair && files.shm->hook.point.empty()) impl.guard_mapping = files.shm.get();
+    return;
+  }
+  Layout* m = mapping->map;
+  const sys::MutexLock r = sys::robust_mutex_lock_forever(&m->gate);
+  if (r.result != sys::MutexResult::acquired) [[unlikely]] {
+    token_ = guard_gate_outcome(files, *mapping, r, impl.options);
+    return;
+  }
+  RecordSlot& slot = m->record;
+  const uint64_t token = m->last_token.load(std::memory_order_relaxed) + 1;
+  const uint64_t seq = slot.seq.load(std::memory_order_relaxed);
+  if (m->readers.load(std::memory_order_acquire) != 0 || (token & kCounterMask) == 0 || seq != mapping->written_seq ||
+      mapping->written_processes != 1 || mapping->written_pid != sys::robust_detail::t_state.pid) [[unlikely]] {
+    token_ = guard_after_gate(files, *mapping, impl.options, false);
+    return;
+  }
+  m->last_token.store(token, std::memory_order_relaxed);  // issued for good (issue_token)
+  // The slot's own fields under its sequence counter (write_slot_head); seq is even here.
+  slot.seq.store(seq + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  slot.token.store(token, std::memory_order_relaxed);
+  slot.nonce.store(token ^ mapping->nonce_key, std::memory_order_relaxed);
+  slot.acquired_unix_ns.store(lock_internal::grant_time_ns(impl.options.grant_time), std::memory_order_relaxed);
+  slot.seq.store(seq + 2, std::memory_order_release);
+  mapping->written_seq = seq + 2;
+  files.busy = true;
+  token_ = token;
+}
+
+LockFile::Guard::~Guard() {
+  if (lock_) return;  // ~Lock releases
+  Impl& impl = *impl_;
+  OpenFiles& files = *impl.files;
+  files.busy = false;
+  if (impl.guard_mapping == nullptr) [[unlikely]] {
+    guard_release_slow(files, impl.options);
+    return;
+  }
+  // Not the owner (a forked child's copy of the guard): nothing is unlocked.
+  sys::robust_mutex_unlock_fast(&impl.guard_mapping->map->gate);
+}
+
+}  // namespace holdfast
+
+namespace holdfast::lock_internal {
 
 std::optional<ShmHolders> inspect_shm(int lock_fd, const struct stat& st) {
   std::string why;

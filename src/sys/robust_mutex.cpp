@@ -1,10 +1,15 @@
 #include "sys/robust_mutex.hpp"
 
 #include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cstddef>
+#include <mutex>
 #include <thread>
 
 #if defined(__SANITIZE_THREAD__)
@@ -16,6 +21,50 @@
 #endif
 
 namespace holdfast::sys {
+
+namespace robust_detail {
+
+constinit thread_local ThreadState t_state __attribute__((tls_model("initial-exec")));
+
+int init_thread() noexcept {
+  ThreadState& t = t_state;
+  t.ready = -1;
+#if !defined(HOLDFAST_TSAN) && __PTHREAD_MUTEX_HAVE_PREV
+  // The list glibc registered for this thread, and the offset from an entry to its futex word:
+  // the fast path links entries exactly as glibc does, so it must be glibc's list and layout.
+  robust_list_head* head = nullptr;
+  size_t len = 0;
+  if (::syscall(SYS_get_robust_list, 0, &head, &len) != 0 || head == nullptr || len != sizeof(robust_list_head)) {
+    return t.ready;
+  }
+  constexpr long kOffset = static_cast<long>(offsetof(pthread_mutex_t, __data.__lock)) -
+                           static_cast<long>(offsetof(pthread_mutex_t, __data.__list.__next));
+  if (head->futex_offset != kOffset) return t.ready;
+  static std::once_flag reset_at_fork;
+  std::call_once(reset_at_fork, [] { ::pthread_atfork(nullptr, nullptr, [] { t_state = ThreadState{}; }); });
+  t.head = head;
+  t.tid = static_cast<int>(::gettid());
+  t.pid = static_cast<int>(::getpid());
+  t.ready = 1;
+#endif
+  return t.ready;
+}
+
+void wake_one(pthread_mutex_t* m) noexcept { ::syscall(SYS_futex, &m->__data.__lock, FUTEX_WAKE, 1, nullptr, nullptr, 0); }
+
+bool accept_owner_field(pthread_mutex_t* m, ThreadState& t) noexcept {
+  constexpr int kNotRecoverable = INT_MAX - 1;  // glibc's PTHREAD_MUTEX_NOTRECOVERABLE
+  if (m->__data.__owner != kNotRecoverable) return true;
+  // Give the word back as glibc's unlock would; glibc's own lock then reports ENOTRECOVERABLE.
+  if ((static_cast<unsigned>(__atomic_exchange_n(&m->__data.__lock, 0, __ATOMIC_RELEASE)) & FUTEX_WAITERS) != 0) {
+    wake_one(m);
+  }
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  t.head->list_op_pending = nullptr;
+  return false;
+}
+
+}  // namespace robust_detail
 
 int robust_mutex_init(pthread_mutex_t* m, RobustKind kind) noexcept {
   pthread_mutexattr_t attr;
@@ -57,6 +106,26 @@ MutexLock robust_mutex_lock(pthread_mutex_t* m, bool try_only, const timespec* d
   } else {
     rc = ::pthread_mutex_lock(m);
   }
+  return robust_mutex_outcome(m, rc);
+}
+
+MutexLock robust_mutex_wait_plain(pthread_mutex_t* m, const timespec* deadline) noexcept {
+  for (;;) {
+    timespec slice{};
+    ::clock_gettime(CLOCK_REALTIME, &slice);
+    slice.tv_nsec += kPlainWaitSliceNs;
+    if (slice.tv_nsec >= 1'000'000'000) {
+      slice.tv_sec += 1;
+      slice.tv_nsec -= 1'000'000'000;
+    }
+    const bool last = deadline != nullptr && (deadline->tv_sec < slice.tv_sec ||
+                                              (deadline->tv_sec == slice.tv_sec && deadline->tv_nsec <= slice.tv_nsec));
+    const MutexLock r = robust_mutex_lock(m, false, last ? deadline : &slice);
+    if (r.result != MutexResult::timed_out || last) return r;
+  }
+}
+
+MutexLock robust_mutex_outcome(pthread_mutex_t* m, int rc) noexcept {
   switch (rc) {
     case 0: return {MutexResult::acquired, 0};
     case EOWNERDEAD:
