@@ -29,6 +29,7 @@
 #include "holdfast/lock.hpp"
 #include "lock_args.hpp"
 #include "lock_etcd.hpp"
+#include "lock_run.hpp"
 #include "sys/fd.hpp"
 #include "sys/process.hpp"
 #include "sys/spawn.hpp"
@@ -41,15 +42,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-
 // The forwarded signals, blocked for the lifetime of the object (and in every thread started
 // meanwhile, such as the lease's keepalive thread) and read from a signalfd instead.
 class SignalsToFd {
  public:
   SignalsToFd() {
     sigemptyset(&set_);
-    for (int s : kForwarded) {
+    for (int s : kForwardedSignals) {
       struct sigaction old {};
       ::sigaction(s, nullptr, &old);
       if (old.sa_handler != SIG_IGN) sigaddset(&set_, s);  // ignored at start (nohup): stays ignored
@@ -66,7 +65,7 @@ class SignalsToFd {
   int pending() const noexcept {
     sigset_t p;
     sigpending(&p);
-    for (int s : kForwarded) {
+    for (int s : kForwardedSignals) {
       if (sigismember(&set_, s) == 1 && sigismember(&p, s) == 1) return s;
     }
     return 0;
@@ -128,13 +127,6 @@ bool notify_ready() {
   constexpr char kReady[] = "READY=1";
   const auto size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
   return ::sendto(fd.get(), kReady, sizeof kReady - 1, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), size) >= 0;
-}
-
-// The spawned command's exit status as `holdfast lock` reports it (128+N for signal N).
-int status_of(int status) noexcept {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return exit_code::os_error;
 }
 
 // Waits up to `limit` for the child to exit (its pidfd becomes readable). True if it did.
@@ -281,7 +273,7 @@ int lock_etcd(const LockInvocation& inv, const std::string& prog) {
     }
     return exit_code::lock_lost;
   }
-  const int status = status_of(child.wait());
+  const int status = command_exit_status(child.wait());
   try {
     lock->release();
   } catch (const EtcdError& e) {

@@ -19,8 +19,6 @@
 namespace holdfast::cli {
 namespace {
 
-constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-
 // The pid signals are forwarded to; 0 once the child is about to be reaped (never a reaped pid).
 volatile sig_atomic_t g_child = 0;
 
@@ -59,12 +57,6 @@ void report_exec_failure(const CommandSpec& spec, int err) noexcept {
       left -= static_cast<size_t>(n);
     }
   }
-}
-
-int status_of(int status) noexcept {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return exit_code::os_error;  // as flock(1)
 }
 
 // The forked command until it is reaped: destroying it before wait() kills and reaps it, so no
@@ -109,7 +101,7 @@ class BlockForwarded {
   BlockForwarded() noexcept {
     sigset_t set;
     sigemptyset(&set);
-    for (int s : kForwarded) sigaddset(&set, s);
+    for (int s : kForwardedSignals) sigaddset(&set, s);
     ::sigprocmask(SIG_BLOCK, &set, &previous_);
   }
   ~BlockForwarded() { ::sigprocmask(SIG_SETMASK, &previous_, nullptr); }
@@ -150,6 +142,12 @@ class BlockForwarded {
 }
 
 }  // namespace
+
+int command_exit_status(int wait_status) noexcept {
+  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+  return exit_code::os_error;  // as flock(1)
+}
 
 int exec_failure_status(int err) noexcept { return err == ENOMEM ? exit_code::os_error : exit_code::unavailable; }
 
@@ -202,7 +200,7 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
   // No SA_RESTART: wait() loops on EINTR, and a runtime that defers handlers to the next
   // interrupted call (ThreadSanitizer does) would otherwise never forward the signal.
   forward.sa_flags = 0;
-  for (int s : kForwarded) {
+  for (int s : kForwardedSignals) {
     // One call where the signal was not ignored (the usual case). The forwarded signals are
     // blocked here, so none is handled between installing the forwarder and putting back an
     // ignore found at start (nohup), which stays ignored.
@@ -215,7 +213,7 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
   stop_for_test_at(hook, "before-start");
   if (!spec.hold_until_named) {
     ::sigprocmask(SIG_SETMASK, &blocked.previous(), nullptr);
-    return status_of(child.wait(hook));
+    return command_exit_status(child.wait(hook));
   }
   ssize_t sent;
   while ((sent = ::send(parent_end.get(), "g", 1, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
@@ -232,7 +230,7 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
   }
   parent_end.reset();
   ::sigprocmask(SIG_SETMASK, &blocked.previous(), nullptr);
-  return status_of(child.wait(hook));
+  return command_exit_status(child.wait(hook));
 }
 
 int exec_in_place(const CommandSpec& spec) {

@@ -12,6 +12,7 @@
 //     released costs an error, never a SIGPIPE death of holdfast with the lock left behind.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <functional>
@@ -34,6 +35,13 @@ struct CommandSpec {
   // vfork (no page tables copied), and before_start runs while it may already be running.
   bool hold_until_named = true;
 };
+
+// The signals `holdfast lock` forwards to its command (see above), whatever backend holds the lock.
+inline constexpr int kForwardedSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+// The command's wait status as `holdfast lock` exits with it, as flock(1) does: its exit status,
+// 128+N if signal N killed it, EX_OSERR (71) otherwise.
+int command_exit_status(int wait_status) noexcept;
 
 // flock(1)'s exit status when exec fails: 69 (EX_UNAVAILABLE), or 71 (EX_OSERR) for ENOMEM.
 int exec_failure_status(int err) noexcept;
