@@ -136,10 +136,11 @@ void open_state_files(OpenFiles& files, LockMode mode) {
     auto opener = [paths](bool& created) { return open_state_file(paths, paths.fence, &created); };
     bool created = false;
     struct stat st {};
-    int fd = open_state_file(paths, paths.fence, &created, &st);
-    if (fd < 0) return;  // unwritable or not ours to trust (see open_state_file): no token
-    files.fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created, &st));
-    if (!files.per_grant) files.fence->keep_mapped();
+    // Unwritable or not ours to trust (see open_state_file): no token; the record may still be.
+    if (int fd = open_state_file(paths, paths.fence, &created, &st); fd >= 0) {
+      files.fence.emplace(fence::FenceFile::adopt(paths.fence, opener, sys::UniqueFd(fd), created, &st));
+      if (!files.per_grant) files.fence->keep_mapped();
+    }
   }
   if (mode == LockMode::exclusive && !files.record_fd) {
     struct stat st {};
@@ -147,7 +148,9 @@ void open_state_files(OpenFiles& files, LockMode mode) {
     if (fd < 0) return;
     files.record_fd.reset(fd);
     files.record_size = st.st_size;
-    if (!files.per_grant && files.fence->local()) files.record_map = sys::SharedMapping(fd, kRecordMapBytes);
+    if (!files.per_grant && files.fence && files.fence->local()) {
+      files.record_map = sys::SharedMapping(fd, kRecordMapBytes);
+    }
   }
 }
 
@@ -178,6 +181,7 @@ class KernelGrant final : public Lock::State {
   void add_holder_process(const ProcessIdentity& process) override {
     record.processes.push_back(process);
     record_cached_ = false;  // no longer the cached shape: written in full from now on
+    open_state_files(*files, mode);  // again if a failed write closed the record file
     write_side_record();
   }
 
@@ -202,9 +206,8 @@ class KernelGrant final : public Lock::State {
   // The record is informational for kernel locks (the kernel is the truth): a state directory
   // that cannot take it costs the record, never the lock.
   void write_side_record() {
-    if (mode != LockMode::exclusive || !files->side_state) return;
-    open_state_files(*files, mode);
-    if (!files->record_fd) return;
+    // Opened by the caller (open_state_files); a file that could not be opened costs the record.
+    if (mode != LockMode::exclusive || !files->record_fd) return;
     learn_record_size();
     if (record_cached_) {
       // Within the file's size (holdfast never truncates a state file): a store, no syscall.
