@@ -6,7 +6,7 @@
 // printed by main as one line "holdfast X: PATH: CONTEXT: CAUSE".
 #pragma once
 
-#include <CLI/CLI.hpp>
+#include "cli11.hpp"
 #include <functional>
 #include <string>
 #include <vector>

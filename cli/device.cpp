@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <fmt/format.h>
 #include <functional>
-#include <iostream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 

@@ -1,7 +1,6 @@
 // holdfast digest: print content digests (sha256sum-style), or check a list of them.
 #include <cstdio>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 #include <vector>
 

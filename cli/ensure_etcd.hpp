@@ -5,7 +5,7 @@
 // and the lock exits 90, so the instance ends). The etcd key's record names the host.
 #pragma once
 
-#include <CLI/CLI.hpp>
+#include "cli11.hpp"
 #include <string>
 #include <vector>
 

@@ -1,7 +1,7 @@
 // holdfast: make processes coordinate correctly through the filesystem.
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
+#include "cli11.hpp"
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -46,6 +46,8 @@ int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
     const int status = cli::lock_main({argv + 1, argv + argc}, "holdfast lock");
     end_lock_command(status);
   }
+  // Every other subcommand may print through CLI11 (help, usage errors) or read std::cin.
+  cli::use_standard_streams();
   CLI::App app{"holdfast — exact tools for processes that coordinate through the filesystem:\n"
                "locks, exactly-one instances, durable hand-offs and filesystem probes.\n"
                "Exit codes: see docs/EXIT_CODES.md (0 ok, 1 conflict/timeout, 64 usage, 65 corrupt\n"
