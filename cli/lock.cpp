@@ -160,7 +160,7 @@ int lock_descriptor(const LockInvocation& inv, const std::string& prog) {
     ::fcntl(inv.fd, F_SETFD, FD_CLOEXEC);
   }
   if (inv.no_fork) return exec_in_place(spec);
-  return run_command(spec, [](pid_t) {});
+  return run_command(spec, [](pid_t, const ForkBracket&) {});
 }
 
 Backend backend_of(const LockInvocation& inv) {
@@ -201,7 +201,7 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
     // flock(1) unlocks a descriptor it has just opened, which holds no lock: nothing to do.
     if (inv.verbose) std::printf("%s: executing %s\n", prog.c_str(), inv.command.front().c_str());
     CommandSpec spec{inv.command, prog, -1, false};
-    return inv.no_fork ? exec_in_place(spec) : run_command(spec, [](pid_t) {});
+    return inv.no_fork ? exec_in_place(spec) : run_command(spec, [](pid_t, const ForkBracket&) {});
   }
   // `auto` is resolved by the library (flock(2) where kernel locks are enforced, so flock(1),
   // python filelock and Go's lockedfile users of the same file are excluded; the verdict is
@@ -261,8 +261,8 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
     // and a dotlock's record already names this process (whose identity exec keeps).
     return exec_in_place(spec);  // returns only on failure; ~Lock releases
   }
-  int status = run_command(spec, [&](pid_t child) {
-    auto id = identity_of_forked_child(child);
+  int status = run_command(spec, [&](pid_t child, const ForkBracket& fork) {
+    auto id = identity_of_forked_child(child, fork);
     if (!id) {
       // A dotlock is held while a process it names lives: a command it does not name would run
       // unprotected once holdfast dies. A kernel lock is held by the inherited descriptor itself.

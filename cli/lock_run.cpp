@@ -151,7 +151,7 @@ int command_exit_status(int wait_status) noexcept {
 
 int exec_failure_status(int err) noexcept { return err == ENOMEM ? exit_code::os_error : exit_code::unavailable; }
 
-int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& before_start) {
+int run_command(const CommandSpec& spec, const std::function<void(pid_t, const ForkBracket&)>& before_start) {
   // Read once and kept from the command (a nested holdfast must not stop too).
   const char* hook_env = std::getenv("HOLDFAST_TEST_STOP_AT");
   const std::string hook_point = hook_env != nullptr ? hook_env : "";
@@ -171,6 +171,7 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
   std::fflush(nullptr);  // nothing buffered is written twice (by the child's exit paths)
   const pid_t parent = ::getpid();
   pid_t pid = -1;
+  ForkBracket fork_time;  // the command's start time, for before_start
   if (spec.hold_until_named) {
     pid = ::fork();
     if (pid == 0) {
@@ -189,6 +190,7 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
     // execvp or _exit (the analyzer cannot see into it).
     if (pid == 0) child_main(spec, exec, -1, parent, blocked.previous());  // NOLINT(clang-analyzer-unix.Vfork)
   }
+  fork_time.close();
   if (pid < 0) throw Error(errno, "", "cannot fork");
   Child child(pid);
   child_end.reset();
@@ -209,7 +211,7 @@ int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& befor
     if (old.sa_handler == SIG_IGN) ::sigaction(s, &old, nullptr);
   }
 
-  before_start(pid);
+  before_start(pid, fork_time);
   stop_for_test_at(hook, "before-start");
   if (!spec.hold_until_named) {
     ::sigprocmask(SIG_SETMASK, &blocked.previous(), nullptr);

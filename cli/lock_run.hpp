@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "holdfast/identity.hpp"
+
 namespace holdfast::cli {
 
 struct CommandSpec {
@@ -46,10 +48,11 @@ int command_exit_status(int wait_status) noexcept;
 // flock(1)'s exit status when exec fails: 69 (EX_UNAVAILABLE), or 71 (EX_OSERR) for ENOMEM.
 int exec_failure_status(int err) noexcept;
 
-// Forks the command and (spec.hold_until_named) holds it at a handshake until `before_start(pid)`
-// has returned (e.g. the holder record now names it); if that throws, the command is killed,
-// reaped, and the exception propagates. Then waits for it. Returns its exit status, or 128+N if signal N killed it.
-int run_command(const CommandSpec& spec, const std::function<void(pid_t)>& before_start);
+// Forks the command and (spec.hold_until_named) holds it at a handshake until
+// `before_start(pid, fork)` has returned (e.g. the holder record now names it; `fork` brackets
+// the fork, for the command's start time); if that throws, the command is killed, reaped, and
+// the exception propagates. Then waits for it. Returns its exit status, or 128+N if signal N killed it.
+int run_command(const CommandSpec& spec, const std::function<void(pid_t, const ForkBracket&)>& before_start);
 
 // Replaces this process with the command (-F). Returns only if exec failed, having printed why;
 // the result is the exit status to use (exec_failure_status).

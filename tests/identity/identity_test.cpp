@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +20,54 @@ TEST(Identity, SelfIsAliveAndMatchesProc) {
   EXPECT_GT(me.start_time, 0u);
   EXPECT_FALSE(me.boot_id.empty());
   EXPECT_EQ(judge_liveness(me).liveness, Liveness::alive);
+}
+
+// ns_inode reads the namespace links' text ("pid:[4026531836]"); it must name the inode that
+// stat(2) finds through the link, which older records hold and other readers compute.
+TEST(Identity, NamespaceInodesAreThoseStatFinds) {
+  struct stat pid_ns {}, time_ns {};
+  ASSERT_EQ(::stat("/proc/self/ns/pid", &pid_ns), 0);
+  ASSERT_EQ(::stat("/proc/self/ns/time", &time_ns), 0);
+  const auto me = self_identity();
+  EXPECT_EQ(me.pid_ns, static_cast<uint64_t>(pid_ns.st_ino));
+  EXPECT_EQ(me.time_ns, static_cast<uint64_t>(time_ns.st_ino));
+  EXPECT_EQ(system_process_table().pid_ns(), static_cast<uint64_t>(pid_ns.st_ino));
+  EXPECT_EQ(system_process_table().time_ns(), static_cast<uint64_t>(time_ns.st_ino));
+}
+
+// A fork bracketed within one clock tick gives the start time /proc shows for the child; one that
+// is not closed, or that spans ticks, gives none (and /proc is read).
+TEST(ForkBracket, GivesTheStartTimeProcShows) {
+  int bracketed = 0;
+  for (int round = 0; round < 200 && bracketed < 20; ++round) {
+    int gate[2];
+    ASSERT_EQ(::pipe(gate), 0);
+    ForkBracket fork;
+    EXPECT_FALSE(fork.start_time()) << "not closed yet";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(gate[1]);
+      char c;
+      (void)!::read(gate[0], &c, 1);
+      ::_exit(0);
+    }
+    fork.close();
+    ASSERT_GT(pid, 0);
+    ::close(gate[0]);
+    const auto from_proc = identity_of(pid);
+    const auto from_bracket = identity_of_forked_child(pid, fork);
+    ::close(gate[1]);
+    testing::wait_child(pid);
+    ASSERT_TRUE(from_proc);
+    ASSERT_TRUE(from_bracket);
+    EXPECT_EQ(from_bracket->start_time, from_proc->start_time) << "round " << round;
+    EXPECT_EQ(*from_bracket, *from_proc);
+    if (fork.start_time()) {
+      EXPECT_EQ(*fork.start_time(), from_proc->start_time) << "round " << round;
+      ++bracketed;
+    }
+  }
+  EXPECT_GT(bracketed, 0) << "no fork of 200 fell within one clock tick";
 }
 
 TEST(Identity, ExitedAndReapedChildIsDead) {
