@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -32,18 +33,18 @@ bool parse_stat(const std::string& text, char& state, uint64_t& start_time, pid_
   const auto close = static_cast<size_t>(static_cast<const char*>(found) - text.data());
   if (close + 2 >= text.size()) return false;
   const char* p = text.c_str() + close + 2;  // field 3
+  const char* const text_end = text.data() + text.size();
   state = *p;
   // Advance from field 3 to field 22: 19 separators.
   for (int field = 3; field < 22; ++field) {
     p = std::strchr(p, ' ');
     if (p == nullptr) return false;
     ++p;
-    if (field == 3 && parent != nullptr) *parent = static_cast<pid_t>(std::strtol(p, nullptr, 10));
+    if (field == 3 && parent != nullptr) std::from_chars(p, text_end, *parent);
   }
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(p, &end, 10);
-  if (end == p || errno != 0) return false;
+  // from_chars, not strtoull: no locale, and no page of libc's number parsing mapped for it.
+  uint64_t v = 0;
+  if (std::from_chars(p, text_end, v).ec != std::errc()) return false;
   start_time = v;
   return true;
 }
@@ -83,10 +84,9 @@ uint64_t ns_inode(const std::string& link) {
   text[n] = '\0';
   const char* open = std::strchr(text, '[');
   if (open == nullptr) return 0;
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long inode = std::strtoull(open + 1, &end, 10);
-  if (end == open + 1 || *end != ']' || errno != 0) return 0;
+  uint64_t inode = 0;
+  const auto [end, ec] = std::from_chars(open + 1, text + n, inode);
+  if (ec != std::errc() || end == text + n || *end != ']') return 0;
   return inode;
 }
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/hex.hpp"
 #include "holdfast/error.hpp"
 #include "lock/internal.hpp"
 #include "sys/file.hpp"
@@ -27,10 +28,8 @@ std::string state_key(int fd, const struct stat& st) {
     btime_s = static_cast<uint64_t>(sx.stx_btime.tv_sec);
     btime_ns = sx.stx_btime.tv_nsec;
   }
-  char key[160];
-  std::snprintf(key, sizeof key, "%x.%x.%llx.%llx.%x", major(st.st_dev), minor(st.st_dev),
-                static_cast<unsigned long long>(st.st_ino), static_cast<unsigned long long>(btime_s), btime_ns);
-  return key;
+  return hex(major(st.st_dev)) + "." + hex(minor(st.st_dev)) + "." + hex(st.st_ino) + "." + hex(btime_s) + "." +
+         hex(btime_ns);
 }
 
 // Creates the state directory (sticky, world-writable like /tmp, so every user who can lock a

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/hex.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/probe.hpp"
 #include "holdfast/identity.hpp"
@@ -66,11 +67,9 @@ std::optional<std::string> mount_key(const std::string& path) {
   // verdicts are found by the lock that consults them).
   if (auto m = sys::stat_mount(unique.stx_mnt_id)) {
     if (m->major != unique.stx_dev_major || m->minor != unique.stx_dev_minor) return std::nullopt;  // raced a mount change
-    char flags[48];
-    std::snprintf(flags, sizeof flags, " attr=%llx sb=%x", static_cast<unsigned long long>(m->attributes), m->sb_flags);
     return "boot=" + boot + " mnt=" + std::to_string(m->unique_id) + " dev=" + std::to_string(m->major) + ":" +
-           std::to_string(m->minor) + " type=" + m->fstype + " source=" + m->source + flags +
-           " options=" + m->super_options;
+           std::to_string(m->minor) + " type=" + m->fstype + " source=" + m->source + " attr=" + hex(m->attributes) +
+           " sb=" + hex(m->sb_flags) + " options=" + m->super_options;
   }
   // Before Linux 6.11: the old, reusable id finds the mount's line in mountinfo.
   struct statx old{};

@@ -26,6 +26,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/hex.hpp"
 #include "probe/internal.hpp"
 #include "sys/fd.hpp"
 #include "sys/file.hpp"
@@ -73,9 +74,7 @@ void make_dirs(const std::string& dir) {
 std::string file_name(const std::string& key) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a: a name, not a security boundary (the key is checked)
   for (char c : key) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-  char name[32];
-  std::snprintf(name, sizeof name, "%016" PRIx64, h);
-  return name;
+  return hex(h, 16);
 }
 
 // Split by hand, not with std::istringstream: every `holdfast lock` with the `auto` backend reads

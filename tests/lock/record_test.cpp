@@ -1,12 +1,32 @@
 // The holder record's hand-written JSON must parse back (with nlohmann) to the same record.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
+#include "common/hex.hpp"
 #include "holdfast/lock.hpp"
 
 namespace holdfast {
 namespace {
+
+// State file names, verdict file names and mount keys are built with hex() where they were built
+// with printf: files already on disk must keep their names (a holder of an older build keeps its
+// record and tokens there).
+TEST(Hex, FormatsAsPrintfDoes) {
+  std::vector<uint64_t> values = {0, 1, 9, 10, 15, 16, 0xabc, 0xffffffffULL, 0x100000000ULL, ~0ULL};
+  for (uint64_t v = 1; v != 0 && values.size() < 200; v = v * 7 + 3) values.push_back(v);
+  for (uint64_t v : values) {
+    char plain[32], padded[32];
+    std::snprintf(plain, sizeof plain, "%llx", static_cast<unsigned long long>(v));
+    std::snprintf(padded, sizeof padded, "%016llx", static_cast<unsigned long long>(v));
+    EXPECT_EQ(hex(v), plain);
+    EXPECT_EQ(hex(v, 16), padded);
+  }
+  EXPECT_EQ(hex(0xabc, 2), "abc");
+}
 
 HolderRecord sample() {
   HolderRecord r;
