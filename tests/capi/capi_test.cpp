@@ -20,6 +20,7 @@
 
 namespace {
 
+using holdfast::testing::StateDir;
 using holdfast::testing::TempDir;
 
 TEST(CApi, LockStatusCodesAndTokens) {
@@ -214,9 +215,7 @@ std::string contents(const std::string& path) {
 // message naming the path and both tokens; the target keeps the newer holder's content.
 TEST(CApi, FencedWriteRefusesAnOlderTokenAfterANewerWrite) {
   TempDir dir;
-  const char* old_state = std::getenv("HOLDFAST_STATE_DIR");
-  const std::string saved = old_state != nullptr ? old_state : "";
-  ::setenv("HOLDFAST_STATE_DIR", (dir / "state").c_str(), 1);
+  StateDir state;
   const std::string f = dir / "data";
   uint64_t accepted = 99;
   ASSERT_EQ(hf_accepted_fence(f.c_str(), &accepted), HF_OK) << hf_error_message();
@@ -238,11 +237,6 @@ TEST(CApi, FencedWriteRefusesAnOlderTokenAfterANewerWrite) {
   // A NULL path is a usage error, not a crash.
   EXPECT_EQ(hf_write_fenced(nullptr, "x", 1, 0, -1, 9), HF_ERROR);
   EXPECT_EQ(hf_error_exit_code(), 64);
-  if (old_state != nullptr) {
-    ::setenv("HOLDFAST_STATE_DIR", saved.c_str(), 1);
-  } else {
-    ::unsetenv("HOLDFAST_STATE_DIR");
-  }
 }
 
 }  // namespace

@@ -28,22 +28,10 @@ using namespace holdfast::testing::durable;
 
 namespace {
 
-// Points HOLDFAST_STATE_DIR (inherited by the CLI children) at a fresh directory for one test.
+// Each test with a fresh state directory (HOLDFAST_STATE_DIR) inside its temporary directory.
 class FencedWrite : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const char* old = std::getenv("HOLDFAST_STATE_DIR");
-    previous_ = old != nullptr ? std::optional<std::string>(old) : std::nullopt;
-    ::setenv("HOLDFAST_STATE_DIR", (dir / "state").c_str(), 1);
-  }
-  void TearDown() override {
-    if (previous_) {
-      ::setenv("HOLDFAST_STATE_DIR", previous_->c_str(), 1);
-    } else {
-      ::unsetenv("HOLDFAST_STATE_DIR");
-    }
-  }
-  std::string state() const { return dir / "state"; }
+  std::string state() const { return state_dir_.path(); }
   // The fence records in the state directory.
   std::vector<std::string> records() const {
     std::vector<std::string> out;
@@ -59,7 +47,7 @@ class FencedWrite : public ::testing::Test {
   }
 
   TempDir dir;
-  std::optional<std::string> previous_;
+  StateDir state_dir_{dir / "state"};  // HOLDFAST_STATE_DIR, inherited by the CLI children
 };
 
 WriteOptions fenced(uint64_t token, bool sync = true) {

@@ -66,25 +66,7 @@ void expect_unchanged(const Snapshot& a, const Snapshot& b, const std::string& w
   EXPECT_EQ(a.siblings, b.siblings) << what << ": something appeared beside the lock file";
 }
 
-// Points the state directory at a private one for the test's lifetime.
-class StateDir {
- public:
-  StateDir() : previous_(std::getenv("HOLDFAST_STATE_DIR") ? std::getenv("HOLDFAST_STATE_DIR") : "") {
-    ::setenv("HOLDFAST_STATE_DIR", (dir_ / "state").c_str(), 1);
-  }
-  ~StateDir() {
-    if (previous_.empty()) {
-      ::unsetenv("HOLDFAST_STATE_DIR");
-    } else {
-      ::setenv("HOLDFAST_STATE_DIR", previous_.c_str(), 1);
-    }
-  }
-  std::string path() const { return dir_ / "state"; }
-
- private:
-  testing::TempDir dir_;
-  std::string previous_;
-};
+using testing::StateDir;  // HOLDFAST_STATE_DIR, private to one test
 
 // Takes and releases every lock the backend offers on `path` (exclusive, then shared), with a
 // holder process added, as `holdfast lock` does.
@@ -257,14 +239,11 @@ TEST(DataSafetyFlock, HolderSeesAForeignFlockWithoutRecord) {
 TEST(DataSafetyFlock, UnusableStateDirectoryStillLocks) {
   testing::TempDir dir;
   std::ofstream(dir / "not-a-dir") << "x";
-  ::setenv("HOLDFAST_STATE_DIR", (dir / "not-a-dir").c_str(), 1);
-  {
-    auto l = Lock::acquire(dir / "l", LockOptions{Backend::flock, LockMode::exclusive, {}, {}});
-    EXPECT_TRUE(l.held());
-    EXPECT_EQ(l.token(), 0u);
-    EXPECT_FALSE(Lock::try_acquire(dir / "l", LockOptions{Backend::flock, LockMode::exclusive, {}, {}}));
-  }
-  ::unsetenv("HOLDFAST_STATE_DIR");
+  StateDir state(dir / "not-a-dir");
+  auto l = Lock::acquire(dir / "l", LockOptions{Backend::flock, LockMode::exclusive, {}, {}});
+  EXPECT_TRUE(l.held());
+  EXPECT_EQ(l.token(), 0u);
+  EXPECT_FALSE(Lock::try_acquire(dir / "l", LockOptions{Backend::flock, LockMode::exclusive, {}, {}}));
 }
 
 }  // namespace

@@ -26,29 +26,7 @@ namespace {
 
 using holdfast::testing::TempDir;
 
-// Points HOLDFAST_STATE_DIR at a private directory for the test's lifetime.
-class StateDir {
- public:
-  explicit StateDir(const std::string& dir) {
-    const char* prev = std::getenv("HOLDFAST_STATE_DIR");
-    had_ = prev != nullptr;
-    if (had_) previous_ = prev;
-    ::setenv("HOLDFAST_STATE_DIR", dir.c_str(), 1);
-  }
-  ~StateDir() {
-    if (had_) {
-      ::setenv("HOLDFAST_STATE_DIR", previous_.c_str(), 1);
-    } else {
-      ::unsetenv("HOLDFAST_STATE_DIR");
-    }
-  }
-  StateDir(const StateDir&) = delete;
-  StateDir& operator=(const StateDir&) = delete;
-
- private:
-  bool had_ = false;
-  std::string previous_;
-};
+using testing::StateDir;  // HOLDFAST_STATE_DIR, private to one test
 
 class HandleCache : public ::testing::TestWithParam<Backend> {};
 

@@ -55,37 +55,18 @@ bool sanitized() {
 #endif
 }
 
-// The state directory (where the mapping lives) of one test: a temp dir, restored after.
-class StateDir {
- public:
-  StateDir() {
-    if (const char* prev = std::getenv("HOLDFAST_STATE_DIR")) previous_ = prev;
-    ::setenv("HOLDFAST_STATE_DIR", (dir_ / "state").c_str(), 1);
-  }
-  ~StateDir() {
-    if (previous_.empty()) {
-      ::unsetenv("HOLDFAST_STATE_DIR");
-    } else {
-      ::setenv("HOLDFAST_STATE_DIR", previous_.c_str(), 1);
-    }
-  }
-  StateDir(const StateDir&) = delete;
-  StateDir& operator=(const StateDir&) = delete;
-  std::string path() const { return dir_ / "state"; }
-  // The one mapping in it.
-  std::string mapping() const {
-    glob_t g{};
-    std::string pattern = path() + "/*.shm";
-    std::string found;
-    if (::glob(pattern.c_str(), 0, nullptr, &g) == 0 && g.gl_pathc == 1) found = g.gl_pathv[0];
-    ::globfree(&g);
-    return found;
-  }
+// The state directory (where the mapping lives) of one test.
+using testing::StateDir;
 
- private:
-  testing::TempDir dir_;
-  std::string previous_;
-};
+// The one shm mapping in `state`; empty if there is none or more than one.
+std::string mapping_in(const StateDir& state) {
+  glob_t g{};
+  const std::string pattern = state.path() + "/*.shm";
+  std::string found;
+  if (::glob(pattern.c_str(), 0, nullptr, &g) == 0 && g.gl_pathc == 1) found = g.gl_pathv[0];
+  ::globfree(&g);
+  return found;
+}
 
 LockOptions shm(LockMode mode = LockMode::exclusive, bool fair = false) {
   LockOptions o;
@@ -585,7 +566,7 @@ TEST(ShmLock, NothingIsCreatedBesideTheLockFileAndItIsNeverWritten) {
   EXPECT_EQ(before.st_mode, after.st_mode);
   auto listing = testing::run({"ls", "-A", dir.path()});
   EXPECT_EQ(listing.out, "data\n");
-  EXPECT_FALSE(state.mapping().empty());
+  EXPECT_FALSE(mapping_in(state).empty());
 }
 
 // ---- the mapping: corrupt, truncated, previous boot, another pid namespace ----
@@ -602,7 +583,7 @@ TEST(ShmMapping, CorruptOrTruncatedFailsClosedWithOneLine) {
   testing::TempDir dir;
   const std::string path = dir / "lock";
   { auto l = Lock::acquire(path, shm()); }
-  const std::string mapping = state.mapping();
+  const std::string mapping = mapping_in(state);
   ASSERT_FALSE(mapping.empty());
   patch(mapping, 0, "garbage!");
   try {
@@ -632,7 +613,7 @@ TEST(ShmMapping, APreviousBootsMappingIsReinitialisedAndTokensKeepRising) {
     l.detach();  // "held" when the machine went down: its futex word names a thread of that boot
   }
   // Another boot's id in the header (offset 16).
-  patch(state.mapping(), 16, std::string("00000000-0000-0000-0000-000000000000", 36));
+  patch(mapping_in(state), 16, std::string("00000000-0000-0000-0000-000000000000", 36));
   auto l = Lock::acquire_until(path, shm(), Clock::now() + 60s);
   ASSERT_TRUE(l);
   EXPECT_GT(l->token() >> 32, token >> 32) << "a new boot starts a new epoch";
@@ -1006,7 +987,7 @@ TEST(ShmGuard, AWaiterWhoseWakeUpWasLostStillGetsTheLock) {
   testing::TempDir dir;
   const std::string path = dir / "lock";
   { auto l = Lock::acquire(path, shm()); }
-  const std::string mapping = state.mapping();
+  const std::string mapping = mapping_in(state);
   ASSERT_FALSE(mapping.empty());
   int fd = ::open(mapping.c_str(), O_RDWR | O_CLOEXEC);
   ASSERT_GE(fd, 0);
@@ -1065,7 +1046,7 @@ TEST(ShmGuard, ANotRecoverableGateIsRefusedNotTaken) {
   const std::string path = dir / "lock";
   auto lf = LockFile::open(path, shm());
   { LockFile::Guard g(lf); }  // the LockFile's first grant: its next one takes the inline path
-  int fd = ::open(state.mapping().c_str(), O_RDWR | O_CLOEXEC);
+  int fd = ::open(mapping_in(state).c_str(), O_RDWR | O_CLOEXEC);
   ASSERT_GE(fd, 0);
   void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   ::close(fd);

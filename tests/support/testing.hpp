@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +28,37 @@ class TempDir {
 
  private:
   std::string path_;
+};
+
+// Sets the environment variable `name` to `value` for its lifetime (children forked or run
+// meanwhile inherit it), then puts back what was there: the old value, or no variable. On every
+// path out of a test, a failed ASSERT included.
+class ScopedEnv {
+ public:
+  ScopedEnv(std::string name, const std::string& value);
+  ~ScopedEnv();
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> previous_;
+};
+
+// A holdfast state directory of its own (HOLDFAST_STATE_DIR) for its lifetime: this test's
+// fences, records and shm mappings, apart from every other test's. path() need not exist yet:
+// holdfast creates it at the first lock.
+class StateDir {
+ public:
+  StateDir() : StateDir(std::string()) {}
+  // At `path` instead of inside a fresh temporary directory.
+  explicit StateDir(const std::string& path) : path_(path.empty() ? dir_ / "state" : path), env_("HOLDFAST_STATE_DIR", path_) {}
+  const std::string& path() const { return path_; }
+
+ private:
+  TempDir dir_;
+  std::string path_;
+  ScopedEnv env_;  // last: restored before the directory is removed
 };
 
 struct CommandResult {
