@@ -7,11 +7,10 @@
 #include <bit>
 #include <cerrno>
 #include <chrono>
-#include <cinttypes>
-#include <cstdio>
 #include <cstring>
 #include <functional>
 
+#include "common/hex.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/identity.hpp"
 #include "sys/file.hpp"
@@ -334,8 +333,7 @@ uint64_t FenceFile::next() {
     }
     epoch = std::max(s.epoch + 1, unix_seconds());
     if (epoch > kCounterMax) epoch = s.epoch + 1;  // after 2106: keep strictly increasing
-    char line[kEpochSize + 1];
-    std::snprintf(line, sizeof line, "E %016" PRIx64 " %s %016" PRIx64, epoch, this_boot_id().c_str(), host_hash());
+    const std::string line = "E " + hex(epoch, 16) + " " + this_boot_id() + " " + hex(host_hash(), 16);
     if (int rc = sys::pwrite_all(fd_.get(), padded(line, kEpochSize), kEpochOffset); rc < 0) {
       throw Error(-rc, path_, "cannot write fencing epoch");
     }

@@ -17,7 +17,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -27,6 +26,7 @@
 #include <string_view>
 
 #include "common/hex.hpp"
+#include "common/lines.hpp"
 #include "probe/internal.hpp"
 #include "sys/fd.hpp"
 #include "sys/file.hpp"
@@ -77,25 +77,16 @@ std::string file_name(const std::string& key) {
   return hex(h, 16);
 }
 
-// Split by hand, not with std::istringstream: every `holdfast lock` with the `auto` backend reads
-// this file, and a C++ stream's first construction builds the classic locale (~40,000
-// instructions, more than the rest of the lookup).
+// Split by next_line, not with std::istringstream: every `holdfast lock` with the `auto` backend
+// reads this file.
 std::optional<StoredVerdicts> parse(std::string_view text, const std::string& key) {
   size_t pos = 0;
-  // The next line without its newline, as std::getline gives it; nullopt past the end.
-  auto next_line = [&]() -> std::optional<std::string_view> {
-    if (pos >= text.size()) return std::nullopt;
-    const size_t end = std::min(text.find('\n', pos), text.size());
-    const std::string_view line = text.substr(pos, end - pos);
-    pos = end + 1;
-    return line;
-  };
-  auto line = next_line();
+  auto line = next_line(text, pos);
   if (!line || *line != kMagic) return std::nullopt;
-  line = next_line();
+  line = next_line(text, pos);
   if (!line || line->substr(0, 4) != "key " || line->substr(4) != key) return std::nullopt;
   StoredVerdicts v;
-  while ((line = next_line())) {
+  while ((line = next_line(text, pos))) {
     const auto sp = line->find(' ');
     if (sp == std::string_view::npos) continue;
     const std::string_view name = line->substr(0, sp);

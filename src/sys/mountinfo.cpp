@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 
+#include "common/lines.hpp"
 #include "sys/file.hpp"
 
 namespace holdfast::sys {
@@ -62,11 +63,8 @@ std::string_view next_field(std::string_view line, size_t& pos) {
 std::vector<MountEntry> parse_mountinfo(std::string_view text) {
   std::vector<MountEntry> out;
   size_t line_start = 0;
-  while (line_start < text.size()) {
-    size_t line_end = text.find('\n', line_start);
-    if (line_end == std::string_view::npos) line_end = text.size();
-    const std::string_view line = text.substr(line_start, line_end - line_start);
-    line_start = line_end + 1;
+  while (const auto next = next_line(text, line_start)) {
+    const std::string_view line = *next;
     size_t pos = 0;
     MountEntry m;
     const std::string_view id = next_field(line, pos);
