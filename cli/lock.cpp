@@ -185,6 +185,10 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
   options.command = inv.command;
   options.allow_unsafe_backend = inv.allow_unsafe;
   options.fair = inv.fair;
+  // A kernel lock's record names the command, which exists only after the fork: written then,
+  // while the command starts (the kernel lock is the truth). With -F the record names this
+  // process, whose pid the command keeps, and must be there before exec.
+  if (!inv.no_fork) options.record_write = RecordWrite::at_first_added_holder;
   const bool lease = options.stale_after.count() > 0;
   // An shm lock belongs to holdfast's thread, and exec ends it (the kernel frees a robust mutex
   // at exec as at exit): nothing could hold it for an exec'd command.
@@ -265,7 +269,8 @@ int lock_path(const LockInvocation& inv, const std::string& prog) {
     auto id = identity_of_forked_child(child, fork);
     if (!id) {
       // A dotlock is held while a process it names lives: a command it does not name would run
-      // unprotected once holdfast dies. A kernel lock is held by the inherited descriptor itself.
+      // unprotected once holdfast dies. A kernel lock is held by the inherited descriptor itself
+      // (its record, which would name processes nobody could verify, is then not written).
       if (!kernel) {
         throw Error(inv.path, "cannot record the command's identity", "refusing to run it under a record that "
                     "does not name it", exit_code::os_error);

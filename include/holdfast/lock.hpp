@@ -60,6 +60,9 @@ enum class GrantTime {
   none,     // not read: acquired_unix_ns is 0 ("not recorded"); the clock costs more than an shm lock
 };
 
+// When a kernel grant's holder record is written (LockOptions::record_write).
+enum class RecordWrite { at_grant, at_first_added_holder };
+
 std::string_view to_string(Backend backend) noexcept;
 std::string_view to_string(LockMode mode) noexcept;
 // Parses "auto", "ofd", "flock", "excl", "link", "shm"; nullopt otherwise.
@@ -118,6 +121,17 @@ struct LockOptions {
   // reading CLOCK_REALTIME costs ~4x the whole uncontended lock; the other backends always record
   // the precise time (their grant is system calls that cost far more than the clock).
   GrantTime grant_time = GrantTime::precise;
+  // When an exclusive kernel (ofd, flock) grant writes its holder record. at_grant: before the
+  // acquire returns, naming this process. at_first_added_holder: at the first
+  // Lock::add_holder_process(), naming this process and the added one, so a caller that is about
+  // to start the process that will hold the lock (holdfast lock) reads the identities while that
+  // process starts instead of before. Until then (and for good, if no holder is ever added) the
+  // record file keeps the previous grant's record and Lock::record() names no process; the
+  // token is issued at the grant either way.
+  // A kernel lock's record is informative (the kernel lock is the truth: inspect_holder reports
+  // the lock held throughout). Dotlocks and shm always write at the grant: their record is what
+  // proves the holder alive.
+  RecordWrite record_write = RecordWrite::at_grant;
 };
 
 class Lock {

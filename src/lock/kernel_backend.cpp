@@ -124,8 +124,9 @@ Locked lock_fd(int fd, const Target& target, Backend backend, bool exclusive, co
 // its record at once instead of opening files first: recovery is then the kernel's alone.
 // Opening takes nothing and writes no content (only an empty file may be created); the fence is
 // read and written, and the record written, only under the lock. A file that cannot be opened
-// costs the token or the record, never the lock (the kernel is the truth).
-void open_state_files(OpenFiles& files, LockMode mode) {
+// costs the token or the record, never the lock (the kernel is the truth). `record`: false when
+// the grant writes its record later (RecordWrite::at_first_added_holder), which opens it then.
+void open_state_files(OpenFiles& files, LockMode mode, bool record) {
   if (!files.side_state_checked) {
     files.side_state = side_state_for(files.lock_fd.get(), files.st, &files.side_state_why);
     files.side_state_checked = true;
@@ -142,7 +143,7 @@ void open_state_files(OpenFiles& files, LockMode mode) {
       if (!files.per_grant) files.fence->keep_mapped();
     }
   }
-  if (mode == LockMode::exclusive && !files.record_fd) {
+  if (record && mode == LockMode::exclusive && !files.record_fd) {
     struct stat st {};
     int fd = open_state_file(*files.side_state, files.side_state->record, nullptr, &st);
     if (fd < 0) return;
@@ -152,6 +153,11 @@ void open_state_files(OpenFiles& files, LockMode mode) {
       files.record_map = sys::SharedMapping(fd, kRecordMapBytes);
     }
   }
+}
+
+// Whether the grant's record waits for its first added holder (LockOptions::record_write).
+bool writes_record_later(const LockOptions& options) noexcept {
+  return options.mode == LockMode::exclusive && options.record_write == RecordWrite::at_first_added_holder;
 }
 
 // A kernel lock held through files.lock_fd. Destroying it releases what it took: unlock (only in
@@ -179,23 +185,43 @@ class KernelGrant final : public Lock::State {
   }
 
   void add_holder_process(const ProcessIdentity& process) override {
+    if (deferred_) {
+      // The record finish() left out: this process first, then the one added, with the token
+      // and the time of the grant.
+      HolderRecord full = files->records.take(backend, mode, deferred_->options);
+      full.token = record.token;
+      full.acquired_unix_ns = record.acquired_unix_ns;
+      record = std::move(full);
+      deferred_.reset();
+    }
     record.processes.push_back(process);
     record_cached_ = false;  // no longer the cached shape: written in full from now on
-    open_state_files(*files, mode);  // again if a failed write closed the record file
+    open_state_files(*files, mode, true);  // again if a failed write closed the record file
     write_side_record();
   }
 
   int fd() const noexcept override { return held_ ? files->lock_fd.get() : -1; }
 
-  // Issues the token and writes the record. Throws (and the grant, destroyed, unlocks).
+  // Issues the token and writes the record, or only issues the token when the record is written
+  // at the first added holder (`options.record_write`; the record then has no process yet).
+  // Throws (and the grant, destroyed, unlocks).
   void finish(const LockOptions& options) {
+    if (writes_record_later(options)) {
+      deferred_.emplace(Deferred{options});
+      record.backend = backend;
+      record.mode = mode;
+      record.acquired_unix_ns = unix_ns_now();
+      open_state_files(*files, mode, false);
+      if (files->side_state && files->fence) record.token = files->fence->next();
+      return;
+    }
     if (record_lent_) {
       record.acquired_unix_ns = unix_ns_now();  // token 0 and a fresh nonce: lend() set them
     } else {
       record = files->records.take(backend, mode, options);
     }
     record_cached_ = true;
-    open_state_files(*files, mode);  // opened before the wait; again only if that failed
+    open_state_files(*files, mode, true);  // opened before the wait; again only if that failed
     if (!files->side_state || !files->fence) return;  // no state directory, or no fence: no token
     record.token = mode == LockMode::exclusive ? files->fence->next() : files->fence->current();
     // Shared holders leave the record alone: several of them would overwrite each other.
@@ -203,6 +229,12 @@ class KernelGrant final : public Lock::State {
   }
 
  private:
+  // The options a record written later is made with (make_record's command and lease).
+  struct Deferred {
+    LockOptions options;
+  };
+  std::optional<Deferred> deferred_;
+
   // The record is informational for kernel locks (the kernel is the truth): a state directory
   // that cannot take it costs the record, never the lock.
   void write_side_record() {
@@ -292,9 +324,10 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
   for (;;) {
     if (!files->lock_fd || files->access != access) open_lock_file(target, access, *files);
     // The record is borrowed and the state files opened before locking: making them may throw,
-    // and nothing is held yet.
-    Loan loan(files->records, files->records.lend(backend, options.mode, options));
-    open_state_files(*files, options.mode);
+    // and nothing is held yet. A record written later is neither borrowed nor opened now.
+    const bool later = writes_record_later(options);
+    Loan loan(files->records, later ? nullptr : files->records.lend(backend, options.mode, options));
+    open_state_files(*files, options.mode, !later);
     const Locked locked = lock_fd(files->lock_fd.get(), target, backend, exclusive, wait);
     if (locked == Locked::wait_ended) return nullptr;
     if (locked == Locked::needs_write_access) {

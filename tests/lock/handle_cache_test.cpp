@@ -316,6 +316,55 @@ TEST(KernelWaiter, OpensItsStateFilesBeforeItBlocks) {
   }
 }
 
+// RecordWrite::at_first_added_holder (what `holdfast lock` uses when it forks its command): the
+// grant issues its token at once but leaves the record file alone, still the previous grant's,
+// until the first holder is added; the record then names this process and the added one, with
+// the grant's token and the time of the grant. A grant that never adds one writes no record.
+// Through Lock::acquire and through a LockFile (whose record file is mapped).
+TEST(KernelRecordLater, WaitsForTheFirstAddedHolderAndTheTokenDoesNot) {
+  for (Backend backend : {Backend::ofd, Backend::flock}) {
+    SCOPED_TRACE(std::string(to_string(backend)));
+    TempDir dir;
+    StateDir state(dir / "state");
+    const std::string path = dir / "a.lock";
+    LockOptions now{backend};
+    LockOptions later{backend};
+    later.record_write = RecordWrite::at_first_added_holder;
+    auto other = identity_of(::getppid());
+    ASSERT_TRUE(other);
+
+    uint64_t previous_token = Lock::acquire(path, now).token();
+    auto lf = LockFile::open(path, later);
+    for (int round = 0; round < 4; ++round) {
+      SCOPED_TRACE("round " + std::to_string(round));
+      const int64_t before = lock_internal::unix_ns_now();
+      auto l = round % 2 == 0 ? Lock::acquire(path, later) : lf.acquire();
+      const int64_t after = lock_internal::unix_ns_now();
+      EXPECT_GT(l.token(), previous_token);
+      EXPECT_TRUE(l.record().processes.empty());
+      auto on_disk = read_holder_record(path);
+      ASSERT_TRUE(on_disk);
+      EXPECT_EQ(on_disk->token, previous_token) << "the record was written before a holder was added";
+      EXPECT_EQ(inspect_holder(path).state, HolderState::held);
+      if (round == 3) break;  // no holder added: the record stays the previous grant's
+      l.add_holder_process(*other);
+      on_disk = read_holder_record(path);
+      ASSERT_TRUE(on_disk);
+      ASSERT_EQ(on_disk->processes.size(), 2U);
+      EXPECT_EQ(on_disk->processes[0], self_identity());
+      EXPECT_EQ(on_disk->processes[1], *other);
+      EXPECT_EQ(on_disk->token, l.token());
+      EXPECT_EQ(on_disk->backend, backend);
+      EXPECT_GE(on_disk->acquired_unix_ns, before);
+      EXPECT_LE(on_disk->acquired_unix_ns, after);
+      EXPECT_EQ(on_disk->nonce, l.record().nonce);
+      EXPECT_EQ(on_disk->acquired_unix_ns, l.record().acquired_unix_ns);
+      previous_token = l.token();
+    }
+    EXPECT_EQ(read_holder_record(path)->token, previous_token);
+  }
+}
+
 // A dotlock waiter sleeps on its live holder's pidfd and on the lock's directory: whenever the
 // holder dies (before, while or after the waiter starts waiting), the waiter is woken, proves the
 // death and reclaims. Repeated so that the death lands at different moments of the wait.
