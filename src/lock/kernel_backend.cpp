@@ -185,14 +185,14 @@ class KernelGrant final : public Lock::State {
   }
 
   void add_holder_process(const ProcessIdentity& process) override {
-    if (deferred_) {
+    if (record_options_) {
       // The record finish() left out: this process first, then the one added, with the token
       // and the time of the grant.
-      HolderRecord full = files->records.take(backend, mode, deferred_->options);
+      HolderRecord full = files->records.take(backend, mode, *record_options_);
       full.token = record.token;
       full.acquired_unix_ns = record.acquired_unix_ns;
       record = std::move(full);
-      deferred_.reset();
+      record_options_.reset();
     }
     record.processes.push_back(process);
     record_cached_ = false;  // no longer the cached shape: written in full from now on
@@ -207,7 +207,7 @@ class KernelGrant final : public Lock::State {
   // Throws (and the grant, destroyed, unlocks).
   void finish(const LockOptions& options) {
     if (writes_record_later(options)) {
-      deferred_.emplace(Deferred{options});
+      record_options_ = options;
       record.backend = backend;
       record.mode = mode;
       record.acquired_unix_ns = unix_ns_now();
@@ -229,11 +229,9 @@ class KernelGrant final : public Lock::State {
   }
 
  private:
-  // The options a record written later is made with (make_record's command and lease).
-  struct Deferred {
-    LockOptions options;
-  };
-  std::optional<Deferred> deferred_;
+  // Set while the record waits for its first added holder: what it is then made with
+  // (make_record's command and lease).
+  std::optional<LockOptions> record_options_;
 
   // The record is informational for kernel locks (the kernel is the truth): a state directory
   // that cannot take it costs the record, never the lock.
