@@ -61,6 +61,8 @@ class SignalsToFd {
   SignalsToFd(const SignalsToFd&) = delete;
   SignalsToFd& operator=(const SignalsToFd&) = delete;
   int fd() const noexcept { return fd_.get(); }
+  // The signal mask this process had before: the command's, as flock(1)'s command gets its own.
+  const sigset_t& previous() const noexcept { return previous_; }
   // A forwarded signal that arrived and has not been read: 0 if none.
   int pending() const noexcept {
     sigset_t p;
@@ -239,9 +241,24 @@ int lock_etcd(const LockInvocation& inv, const std::string& prog) {
   request.env.push_back("ETCD_LOCK_KEY=" + lock->key());
   // Without holdfast nobody renews the lease: the command must not outlive it unnoticed.
   request.parent_death_signal = SIGKILL;
+  // As flock(1)'s command (and holdfast lock's on a file): inherited descriptors (`3>file`),
+  // signals ignored at start (nohup) and the signal mask holdfast started with.
+  request.inheritance = sys::SpawnRequest::Inheritance::like_exec;
+  request.signal_mask = signals.previous();
   // The record names holdfast (the lease's keeper, the command's parent) and the command line;
   // not rewritten with the command's pid: that would be one more consensus write per grant.
-  sys::Child child = sys::spawn(request);
+  std::optional<sys::Child> spawned;
+  try {
+    spawned.emplace(sys::spawn(request));
+  } catch (const sys::SpawnError& e) {
+    if (e.step() != "exec") throw;
+    // flock(1)'s message and status for a command it cannot execute (the lease is revoked by
+    // ~EtcdLock, guarded).
+    std::fprintf(stderr, "%s: failed to execute %s: %s\n", prog.c_str(), inv.command.front().c_str(),
+                 std::strerror(e.child_errno()));
+    return exec_failure_status(e.child_errno());
+  }
+  sys::Child& child = *spawned;
 
   // Run until the command exits, forwarding signals, or until the lock is lost.
   bool lost = false;

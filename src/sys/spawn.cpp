@@ -100,6 +100,18 @@ void close_all_except(int* keep, size_t n) noexcept {
   ::syscall(SYS_close_range, lo, UINT_MAX, 0);
 }
 
+// What exec does to dispositions, done before the mask opens: a handler of the parent's never
+// runs in the child; ignored signals stay ignored.
+void default_caught_signals() noexcept {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    struct sigaction old {};
+    if (::sigaction(sig, nullptr, &old) != 0) continue;  // EINVAL for numbers the kernel does not have
+    if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN) ::sigaction(sig, &dfl, nullptr);
+  }
+}
+
 [[noreturn]] void run_child(const SpawnRequest& req, int report_fd, char* const* argv,
                             char* const* envp, pid_t parent, char* self_pid_slot) noexcept {
   // 1. The report pipe must survive the shuffle: move it off every target number.
@@ -129,12 +141,17 @@ void close_all_except(int* keep, size_t n) noexcept {
     if (::dup2(fresh[i], target) < 0) child_fail(report_fd, target, errno);
     keep[nkeep++] = target;
   }
-  // 4. Nothing else of the parent's survives (the fresh copies and the report pipe are cloexec;
-  //    close them anyway except the report pipe, which exec closes).
-  keep[nkeep++] = report_fd;
-  close_all_except(keep, nkeep);
-
-  reset_signals();
+  if (req.inheritance == SpawnRequest::Inheritance::clean_slate) {
+    // 4. Nothing else of the parent's survives (the fresh copies and the report pipe are
+    //    cloexec; close them anyway except the report pipe, which exec closes).
+    keep[nkeep++] = report_fd;
+    close_all_except(keep, nkeep);
+    reset_signals();
+  } else {
+    // 4. What exec keeps stays (the fresh copies and the report pipe are cloexec).
+    default_caught_signals();
+    ::sigprocmask(SIG_SETMASK, &req.signal_mask, nullptr);
+  }
   if (req.session == SpawnRequest::Session::new_session && ::setsid() < 0) {
     child_fail(report_fd, kStepSession, errno);
   }

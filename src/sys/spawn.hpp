@@ -1,13 +1,20 @@
-// sys/spawn: the one way holdfast starts another program (fork + exec), with the descriptor
-// plumbing checked and every failure before exec reported to the parent.
+// sys/spawn: how holdfast starts another program (fork + exec), with the descriptor plumbing
+// checked and every failure before exec reported to the parent. (The one exception is the
+// command of `holdfast lock` on a file, started by cli/lock_run.cpp with vfork and no report
+// pipe: flock(1)'s own hot path, whose exec failures the child reports as flock(1) does.)
 //
 // Contract of spawn():
-//   * The child gets exactly: fds 0-2 as the parent has them unless remapped, plus every
-//     `fds` target (dup'ed from its source, FD_CLOEXEC cleared). Every other descriptor >= 3 is
-//     closed. Targets may be any number the child's RLIMIT_NOFILE allows, and may name each
-//     other's sources (the shuffle goes through fresh low descriptors, never through a fixed
-//     high base, so it works with RLIMIT_NOFILE as low as (number of mappings + 4)).
-//   * Signal dispositions are reset to default and the signal mask is cleared.
+//   * Inheritance::clean_slate (the default, for services): the child gets exactly fds 0-2 as
+//     the parent has them unless remapped, plus every `fds` target (dup'ed from its source,
+//     FD_CLOEXEC cleared); every other descriptor >= 3 is closed; signal dispositions are reset
+//     to default and the signal mask is cleared.
+//   * Inheritance::like_exec (a command run for a user, as flock(1) runs one): the child keeps
+//     what a plain exec would keep — every descriptor without FD_CLOEXEC, ignored signals
+//     ignored (nohup) — plus the `fds` targets; caught signals go back to default (exec would
+//     do it; here before any can be delivered) and the signal mask becomes `signal_mask`.
+//   * Targets may be any number the child's RLIMIT_NOFILE allows, and may name each other's
+//     sources (the shuffle goes through fresh low descriptors, never through a fixed high base,
+//     so it works with RLIMIT_NOFILE as low as (number of mappings + 4)).
 //   * Then, in this order: session/process group, chdir, umask, setgroups/setgid/setuid
 //     (privileges are dropped last so chdir into a directory only the parent's user can reach
 //     still works), PR_SET_PDEATHSIG (after the uid change, which would clear it), execve.
@@ -18,6 +25,7 @@
 //     parent may be multithreaded.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <optional>
@@ -50,6 +58,9 @@ struct SpawnRequest {
   // If set: the child's environment also gets NAME=<the child's own pid> (as systemd passes
   // WATCHDOG_PID), written after fork without allocating.
   std::string self_pid_env;
+  enum class Inheritance { clean_slate, like_exec };
+  Inheritance inheritance = Inheritance::clean_slate;
+  sigset_t signal_mask{};  // like_exec: the child's signal mask (clean_slate: empty)
 };
 
 // A step before exec failed. what() is "EXECUTABLE: cannot execute: CAUSE" for exec itself, else

@@ -1,4 +1,4 @@
-// Tests for sys::spawn, the one spawn helper (launcher daemons, wait --via).
+// Tests for sys::spawn, the spawn helper (launcher daemons, wait --via, the etcd lock's command).
 #include "sys/spawn.hpp"
 
 #include <fcntl.h>
@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -126,6 +127,53 @@ TEST(Spawn, ChildSeesOnlyItsMappedDescriptorsAndItsSettings) {
   EXPECT_NE(text.find("0027"), std::string::npos) << text;
   ::close(leak);
   ::close(out[0]);
+}
+
+// Inheritance::like_exec keeps what a plain exec keeps: an inheritable descriptor stays open, an
+// ignored signal stays ignored, a caught one is back to default, and the mask is the request's.
+// clean_slate (the default) keeps none of it. Run in a forked child: dispositions and the mask
+// are the whole process's.
+TEST(Spawn, LikeExecKeepsWhatExecKeepsAndCleanSlateDoesNot) {
+  for (auto how : {SpawnRequest::Inheritance::like_exec, SpawnRequest::Inheritance::clean_slate}) {
+    const bool like_exec = how == SpawnRequest::Inheritance::like_exec;
+    EXPECT_EQ(in_child([how, like_exec] {
+                ::signal(SIGHUP, SIG_IGN);
+                ::signal(SIGUSR1, [](int) {});
+                int out[2];
+                if (::pipe2(out, O_CLOEXEC) != 0) return 10;
+                const int given = ::open("/dev/null", O_WRONLY);  // inheritable
+                // Read by cat itself (dash clears the mask at its start, grep catches SIGSEGV).
+                SpawnRequest req;
+                req.executable = "/bin/cat";
+                req.argv = {"cat", "/proc/self/status"};
+                req.fds = {{1, out[1]}};
+                req.inheritance = how;
+                sigemptyset(&req.signal_mask);
+                sigaddset(&req.signal_mask, SIGUSR2);
+                auto child = spawn(req);
+                ::close(out[1]);
+                std::string status;
+                std::istringstream lines(read_all(out[0]));
+                for (std::string line; std::getline(lines, line);) {
+                  if (line.rfind("SigBlk:", 0) == 0 || line.rfind("SigIgn:", 0) == 0 || line.rfind("SigCgt:", 0) == 0) {
+                    status += line + "\n";
+                  }
+                }
+                if (child.wait() != 0) return 11;
+                const std::string want = like_exec ? "SigBlk:\t0000000000000800\nSigIgn:\t0000000000000001\n"
+                                                     "SigCgt:\t0000000000000000\n"
+                                                   : "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+                                                     "SigCgt:\t0000000000000000\n";
+                if (status != want) return 12;
+                auto probe = shell("[ -e /proc/self/fd/" + std::to_string(given) + " ]");
+                probe.inheritance = how;
+                auto prober = spawn(probe);
+                const int rc = prober.wait();
+                return WIFEXITED(rc) && (WEXITSTATUS(rc) == 0) == like_exec ? 0 : 13;
+              }),
+              0)
+        << (like_exec ? "like_exec" : "clean_slate");
+  }
 }
 
 TEST(Spawn, DestroyingAnUnwaitedChildKillsAndReapsIt) {

@@ -173,6 +173,67 @@ TEST(EtcdCli, ExcludesEtcdctlLockOnTheSameName) {
   EXPECT_EQ(back.out, "1\n");  // our key is where etcdctl looks for holders
 }
 
+// The command runs as flock(1)'s does (regression: it was started as a service, with every
+// descriptor but 0-2 closed and every signal reset): it writes through the descriptor it was
+// given (`3>file`), a signal ignored at start (nohup) is still ignored, and its signal mask is the
+// one holdfast started with. flock(1), run the same way, gives the expected output. A command
+// that exists but cannot be executed gets flock(1)'s message and status (69).
+TEST(EtcdCli, TheCommandInheritsWhatFlock1sCommandInherits) {
+  REQUIRE_ETCD();
+  EtcdCluster etcd(1);
+  testing::TempDir dir;
+  const std::vector<std::vector<std::string>> tools = {
+      {"flock", dir / "F"}, {testing::holdfast_path(), "lock", "--backend", etcd.url("p"), "n"}};
+  auto with_command = [](std::vector<std::string> tool, const std::vector<std::string>& command) {
+    tool.insert(tool.end(), command.begin(), command.end());
+    return tool;
+  };
+  // Dispositions and mask, read by the command itself (no shell in between: dash clears the mask).
+  std::vector<std::string> seen;
+  {
+    sigset_t usr2;
+    sigset_t before;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    ::sigprocmask(SIG_BLOCK, &usr2, &before);
+    struct sigaction ignore {};
+    struct sigaction hup_before {};
+    ignore.sa_handler = SIG_IGN;
+    ::sigaction(SIGHUP, &ignore, &hup_before);
+    struct sigaction pipe_before {};
+    ::sigaction(SIGPIPE, nullptr, &pipe_before);
+    for (const auto& tool : tools) {
+      ::signal(SIGPIPE, SIG_DFL);  // testing::run ignores it in this process after each fork
+      auto r = testing::run(with_command(tool, {"grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"}));
+      EXPECT_EQ(r.exit_code, 0) << tool.front() << ": " << r.err;
+      seen.push_back(r.out);
+    }
+    ::sigaction(SIGPIPE, &pipe_before, nullptr);
+    ::sigaction(SIGHUP, &hup_before, nullptr);
+    ::sigprocmask(SIG_SETMASK, &before, nullptr);
+  }
+  ASSERT_NE(seen[0].find("SigBlk:\t0000000000000800"), std::string::npos) << seen[0];  // USR2 blocked
+  ASSERT_NE(seen[0].find("SigIgn:\t0000000000000001"), std::string::npos) << seen[0];  // HUP ignored
+  EXPECT_EQ(seen[1], seen[0]);
+  // A descriptor it was given.
+  for (const auto& tool : tools) {
+    const std::string out = dir / "out";
+    sys::UniqueFd given(::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644));  // inheritable
+    ASSERT_TRUE(given);
+    const std::string n = std::to_string(given.get());
+    auto r = testing::run(with_command(tool, {"sh", "-c", "echo through-" + n + " >&" + n}));
+    EXPECT_EQ(r.exit_code, 0) << tool.front() << ": " << r.err;
+    EXPECT_EQ(testing::read_file(out), "through-" + n + "\n") << tool.front();
+  }
+
+  const std::string not_executable = dir / "data";
+  { std::ofstream(not_executable) << "#!/bin/sh\n"; }
+  ::chmod(not_executable.c_str(), 0644);
+  const auto refused = testing::holdfast({"lock", "--backend", etcd.url("p"), "n", not_executable});
+  EXPECT_EQ(refused.exit_code, 69) << refused.err;
+  EXPECT_NE(refused.err.find("failed to execute " + not_executable), std::string::npos) << refused.err;
+}
+
 // -w gives up at its deadline, leaving no queue key; a signal while waiting ends holdfast (by that
 // signal) and its lease is revoked at once (no waiting for the TTL).
 TEST(EtcdCli, TimeoutAndInterruptWhileWaitingLeaveNoKey) {
