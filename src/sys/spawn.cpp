@@ -112,7 +112,9 @@ void default_caught_signals() noexcept {
   }
 }
 
-[[noreturn]] void run_child(const SpawnRequest& req, int report_fd, char* const* argv,
+// `script_argv`: like_exec only (else null), the argv that runs the executable with /bin/sh when
+// the kernel does not know its format (ENOEXEC), as execvp(3) and so flock(1) do.
+[[noreturn]] void run_child(const SpawnRequest& req, int report_fd, char* const* argv, char* const* script_argv,
                             char* const* envp, pid_t parent, char* self_pid_slot) noexcept {
   // 1. The report pipe must survive the shuffle: move it off every target number.
   if (is_target(req, report_fd)) {
@@ -178,7 +180,9 @@ void default_caught_signals() noexcept {
     for (int i = 0; i < n; ++i) self_pid_slot[i] = digits[n - 1 - i];
   }
   ::execve(req.executable.c_str(), argv, envp);
-  child_fail(report_fd, kStepExec, errno);
+  const int err = errno;
+  if (err == ENOEXEC && script_argv != nullptr) ::execve(script_argv[0], script_argv, envp);
+  child_fail(report_fd, kStepExec, err);
 }
 
 }  // namespace
@@ -242,6 +246,12 @@ Child spawn(const SpawnRequest& request) {
   argv.reserve(request.argv.size() + 1);
   for (const auto& a : request.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  std::vector<char*> script_argv;  // /bin/sh EXECUTABLE ARGS... (argv[0] aside)
+  std::string shell = "/bin/sh";
+  if (request.inheritance == SpawnRequest::Inheritance::like_exec) {
+    script_argv = {shell.data(), const_cast<char*>(request.executable.c_str())};
+    script_argv.insert(script_argv.end(), argv.begin() + 1, argv.end());  // with the final null
+  }
   std::vector<char*> envp;
   envp.reserve(request.env.size() + 1);
   for (const auto& e : request.env) envp.push_back(const_cast<char*>(e.c_str()));
@@ -261,7 +271,10 @@ Child spawn(const SpawnRequest& request) {
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw Error(errno, request.executable, "spawn: fork");
-  if (pid == 0) run_child(request, report_w.get(), argv.data(), envp.data(), parent, self_pid_slot);
+  if (pid == 0) {
+    run_child(request, report_w.get(), argv.data(), script_argv.empty() ? nullptr : script_argv.data(), envp.data(),
+              parent, self_pid_slot);
+  }
   report_w.reset();
   int pidfd = pidfd_open_nothrow(pid);  // our unreaped child: the pid cannot be reused yet
   Child child(pid, UniqueFd(pidfd >= 0 ? pidfd : -1));

@@ -11,7 +11,9 @@
 //   * Inheritance::like_exec (a command run for a user, as flock(1) runs one): the child keeps
 //     what a plain exec would keep — every descriptor without FD_CLOEXEC, ignored signals
 //     ignored (nohup) — plus the `fds` targets; caught signals go back to default (exec would
-//     do it; here before any can be delivered) and the signal mask becomes `signal_mask`.
+//     do it; here before any can be delivered) and the signal mask becomes `signal_mask`. An
+//     executable whose format the kernel does not know (ENOEXEC: a script without `#!`) is run
+//     by /bin/sh, as execvp(3) runs it.
 //   * Targets may be any number the child's RLIMIT_NOFILE allows, and may name each other's
 //     sources (the shuffle goes through fresh low descriptors, never through a fixed high base,
 //     so it works with RLIMIT_NOFILE as low as (number of mappings + 4)).

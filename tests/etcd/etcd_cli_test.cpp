@@ -176,8 +176,9 @@ TEST(EtcdCli, ExcludesEtcdctlLockOnTheSameName) {
 // The command runs as flock(1)'s does (regression: it was started as a service, with every
 // descriptor but 0-2 closed and every signal reset): it writes through the descriptor it was
 // given (`3>file`), a signal ignored at start (nohup) is still ignored, and its signal mask is the
-// one holdfast started with. flock(1), run the same way, gives the expected output. A command
-// that exists but cannot be executed gets flock(1)'s message and status (69).
+// one holdfast started with; a script without "#!" runs with /bin/sh. flock(1), run the same way,
+// gives the expected output. A command that exists but cannot be executed gets flock(1)'s message
+// and status (69).
 TEST(EtcdCli, TheCommandInheritsWhatFlock1sCommandInherits) {
   REQUIRE_ETCD();
   EtcdCluster etcd(1);
@@ -224,6 +225,16 @@ TEST(EtcdCli, TheCommandInheritsWhatFlock1sCommandInherits) {
     auto r = testing::run(with_command(tool, {"sh", "-c", "echo through-" + n + " >&" + n}));
     EXPECT_EQ(r.exit_code, 0) << tool.front() << ": " << r.err;
     EXPECT_EQ(testing::read_file(out), "through-" + n + "\n") << tool.front();
+  }
+
+  // A script without "#!": execvp(3), and so flock(1), runs it with /bin/sh.
+  const std::string script = dir / "script";
+  { std::ofstream(script) << "echo ran $1\n"; }
+  ::chmod(script.c_str(), 0755);
+  for (const auto& tool : tools) {
+    auto r = testing::run(with_command(tool, {script, "it"}));
+    EXPECT_EQ(r.exit_code, 0) << tool.front() << ": " << r.err;
+    EXPECT_EQ(r.out, "ran it\n") << tool.front();
   }
 
   const std::string not_executable = dir / "data";
