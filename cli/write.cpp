@@ -1,13 +1,12 @@
 // holdfast write: atomically and durably replace a file with stdin, or with a command's output.
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
-#include <system_error>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
@@ -16,6 +15,9 @@
 #include "holdfast/atomic_write.hpp"
 #include "durable/write_fence.hpp"
 #include "holdfast/error.hpp"
+#include "sys/fd.hpp"
+#include "sys/process.hpp"
+#include "sys/spawn.hpp"
 
 extern "C" char** environ;  // unistd.h declares it only under _GNU_SOURCE
 
@@ -65,53 +67,39 @@ void copy_into(int fd, AtomicWriter& writer, const std::string& what) {
   }
 }
 
-// The producer: COMMAND with stdout on a pipe, stdin and stderr inherited. Reaped exactly once.
-class Producer {
- public:
-  explicit Producer(const std::vector<std::string>& command) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw Error(errno, command.front(), "pipe");
-    read_end_ = fds[0];
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    std::vector<char*> argv;
-    for (const auto& a : command) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    int err = ::posix_spawnp(&pid_, argv.front(), &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    if (err != 0) {
-      ::close(read_end_);
-      pid_ = -1;
-      throw Error(command.front(), "run producer", std::generic_category().message(err),
-                  err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
-    }
-  }
-  Producer(const Producer&) = delete;
-  Producer& operator=(const Producer&) = delete;
-  ~Producer() {
-    if (read_end_ >= 0) ::close(read_end_);
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      (void)wait();
-    }
-  }
-  int read_end() const noexcept { return read_end_; }
-  // Waits for the exit; returns the status as a shell reports it (128+N for signal N).
-  int wait() {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  }
-
- private:
-  pid_t pid_ = -1;
-  int read_end_ = -1;
+// The producer: COMMAND with its stdout on a pipe and everything else as a shell's child has it
+// (sys::spawn's like_exec: descriptors, ignored signals, this process's signal mask). Killed
+// and reaped by `child`'s destructor if the copy fails.
+struct Producer {
+  sys::UniqueFd output;
+  sys::Child child;
 };
+
+[[noreturn]] void throw_cannot_run(const std::string& name, int err) {
+  throw Error(name, "run producer", std::strerror(err), err == ENOENT ? exit_code::not_found : exit_code::cannot_exec);
+}
+
+Producer start_producer(const std::vector<std::string>& command) {
+  int err = 0;
+  auto executable = sys::find_executable(command.front(), err);
+  if (!executable) throw_cannot_run(command.front(), err);
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw Error(errno, command.front(), "pipe");
+  sys::UniqueFd read_end(fds[0]);
+  const sys::UniqueFd write_end(fds[1]);  // the child's copy only, once spawned: EOF when it exits
+  sys::SpawnRequest request;
+  request.executable = *executable;
+  request.argv = command;
+  for (char** e = environ; *e != nullptr; ++e) request.env.emplace_back(*e);
+  request.fds = {{STDOUT_FILENO, write_end.get()}};
+  request.inheritance = sys::SpawnRequest::Inheritance::like_exec;
+  ::sigprocmask(SIG_SETMASK, nullptr, &request.signal_mask);
+  try {
+    return Producer{std::move(read_end), sys::spawn(request)};
+  } catch (const sys::SpawnError& e) {
+    throw_cannot_run(command.front(), e.child_errno());
+  }
+}
 }  // namespace
 
 Run add_write(CLI::App& root) {
@@ -178,9 +166,10 @@ Run add_write(CLI::App& root) {
       writer.commit();
       return exit_code::ok;
     }
-    Producer producer(args->command);
-    copy_into(producer.read_end(), writer, args->command.front());
-    int status = producer.wait();
+    Producer producer = start_producer(args->command);
+    copy_into(producer.output.get(), writer, args->command.front());
+    const int raw = producer.child.wait();
+    const int status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + (WIFSIGNALED(raw) ? WTERMSIG(raw) : 0);
     if (status != 0) {
       writer.abort();
       throw Error(args->path, "not replaced",

@@ -89,6 +89,30 @@ TEST(WriteOwner, RefusesRatherThanReownAFile) {
 
 // ---- D6: a failing producer never replaces the target ----
 
+// The producer runs as a shell's child would: a descriptor holdfast was given reaches it, and a
+// signal ignored at start is still ignored in it (nohup).
+TEST(WriteProducer, InheritsDescriptorsAndIgnoredSignalsAsAShellsChild) {
+  TempDir dir;
+  const std::string f = dir / "data";
+  const std::string source = dir / "source";
+  spit(source, "from-a-descriptor\n");
+  const int given = ::open(source.c_str(), O_RDONLY);  // inheritable
+  ASSERT_GE(given, 0);
+  struct sigaction ignore {};
+  struct sigaction before {};
+  ignore.sa_handler = SIG_IGN;
+  ::sigaction(SIGHUP, &ignore, &before);
+  auto r = hf({"write", f, "--", "sh", "-c", "cat <&" + std::to_string(given) + "; grep ^SigIgn /proc/$$/status"});
+  ::sigaction(SIGHUP, &before, nullptr);
+  ::close(given);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string written = slurp(f);
+  EXPECT_EQ(written.substr(0, written.find('\n') + 1), "from-a-descriptor\n");
+  // dash ignores nothing itself; SIGPIPE may be ignored by the test harness too.
+  const auto ign = written.substr(written.find("SigIgn:") + 8, 16);
+  EXPECT_EQ(std::stoull(ign, nullptr, 16) & 1U, 1U) << written;  // SIGHUP still ignored
+}
+
 TEST(WriteProducer, CommitsOnlyWhenTheCommandSucceeds) {
   TempDir dir;
   std::string f = dir / "data";
