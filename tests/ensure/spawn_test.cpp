@@ -137,6 +137,7 @@ TEST(Spawn, LikeExecKeepsWhatExecKeepsAndCleanSlateDoesNot) {
   for (auto how : {SpawnRequest::Inheritance::like_exec, SpawnRequest::Inheritance::clean_slate}) {
     const bool like_exec = how == SpawnRequest::Inheritance::like_exec;
     EXPECT_EQ(in_child([how, like_exec] {
+                ::signal(SIGPIPE, SIG_DFL);  // ignored by testing::run in a process that called it
                 ::signal(SIGHUP, SIG_IGN);
                 ::signal(SIGUSR1, [](int) {});
                 int out[2];
