@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <sstream>
 #include <string>
 
@@ -153,18 +154,20 @@ TEST(Spawn, LikeExecKeepsWhatExecKeepsAndCleanSlateDoesNot) {
                 sigaddset(&req.signal_mask, SIGUSR2);
                 auto child = spawn(req);
                 ::close(out[1]);
+                // The standard signals only (1-31): glibc keeps 32 and 33 for itself and cannot
+                // reset them, and `make` starts its children with them ignored.
                 std::string status;
                 std::istringstream lines(read_all(out[0]));
                 for (std::string line; std::getline(lines, line);) {
-                  if (line.rfind("SigBlk:", 0) == 0 || line.rfind("SigIgn:", 0) == 0 || line.rfind("SigCgt:", 0) == 0) {
-                    status += line + "\n";
+                  for (const char* field : {"SigBlk:", "SigIgn:", "SigCgt:"}) {
+                    if (line.rfind(field, 0) != 0) continue;
+                    const uint64_t bits = std::stoull(line.substr(std::strlen(field)), nullptr, 16);
+                    status += std::string(field) + " " + std::to_string(bits & 0x7fffffffU) + "\n";
                   }
                 }
                 if (child.wait() != 0) return 11;
-                const std::string want = like_exec ? "SigBlk:\t0000000000000800\nSigIgn:\t0000000000000001\n"
-                                                     "SigCgt:\t0000000000000000\n"
-                                                   : "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
-                                                     "SigCgt:\t0000000000000000\n";
+                // SIGUSR2 is 1 << 11, SIGHUP 1 << 0.
+                const std::string want = like_exec ? "SigBlk: 2048\nSigIgn: 1\nSigCgt: 0\n" : "SigBlk: 0\nSigIgn: 0\nSigCgt: 0\n";
                 if (status != want) return 12;
                 auto probe = shell("[ -e /proc/self/fd/" + std::to_string(given) + " ]");
                 probe.inheritance = how;
