@@ -37,8 +37,9 @@ std::optional<std::string> find_executable(const std::string& name, int& err);
 // Closes every descriptor >= 3 except those in `keep`. Uses close_range(2); async-signal-safe.
 void close_fds_except(const std::vector<int>& keep) noexcept;
 
-// Resets every signal disposition to default and unblocks all signals (for a child before exec:
-// ignored signals and the mask survive exec).
+// Resets every signal disposition a program may change to default and unblocks all signals (for
+// a child before exec: ignored signals and the mask survive exec). glibc refuses its own two
+// (32 and 33), which every glibc program sets up for itself; so they keep what they had.
 void reset_signals() noexcept;
 
 // CLOCK_BOOTTIME and CLOCK_REALTIME in nanoseconds. BOOTTIME is comparable across processes.

@@ -7,7 +7,8 @@
 //   * Inheritance::clean_slate (the default, for services): the child gets exactly fds 0-2 as
 //     the parent has them unless remapped, plus every `fds` target (dup'ed from its source,
 //     FD_CLOEXEC cleared); every other descriptor >= 3 is closed; signal dispositions are reset
-//     to default and the signal mask is cleared.
+//     to default (all but glibc's own 32 and 33: see reset_signals) and the signal mask is
+//     cleared.
 //   * Inheritance::like_exec (a command run for a user, as flock(1) runs one): the child keeps
 //     what a plain exec would keep — every descriptor without FD_CLOEXEC, ignored signals
 //     ignored (nohup) — plus the `fds` targets; caught signals go back to default (exec would
