@@ -1,7 +1,6 @@
 // holdfast write: atomically and durably replace a file with stdin, or with a command's output.
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,6 +14,7 @@
 #include "holdfast/atomic_write.hpp"
 #include "durable/write_fence.hpp"
 #include "holdfast/error.hpp"
+#include "lock_run.hpp"
 #include "sys/fd.hpp"
 #include "sys/process.hpp"
 #include "sys/spawn.hpp"
@@ -168,8 +168,7 @@ Run add_write(CLI::App& root) {
     }
     Producer producer = start_producer(args->command);
     copy_into(producer.output.get(), writer, args->command.front());
-    const int raw = producer.child.wait();
-    const int status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + (WIFSIGNALED(raw) ? WTERMSIG(raw) : 0);
+    const int status = command_exit_status(producer.child.wait());
     if (status != 0) {
       writer.abort();
       throw Error(args->path, "not replaced",
