@@ -116,7 +116,10 @@ struct PendingWrite {
   std::string path;  // absolute
   uint64_t size = 0;
   Digest digest;
-  int64_t time_unix_ns = 0;
+  int64_t time_unix_ns = 0;  // when it was recorded (after the rename)
+  // The written file's inode and mtime (0: not recorded, as in journals of earlier versions).
+  uint64_t ino = 0;
+  int64_t mtime_ns = 0;
   friend bool operator==(const PendingWrite&, const PendingWrite&) = default;
 };
 
@@ -167,6 +170,9 @@ PendingResult wait_pending(const std::string& journal, const WaitOptions& option
 
 // Why the recorded write `entry` can never be confirmed any more ("" if it still can): its host
 // file is missing, or it was modified after the record and no longer has the recorded content.
+// A file whose inode, size and mtime are still those recorded is not read. Any other is read and
+// compared: a file's timestamps come from a clock coarser than the record's time, so an edit
+// right after the write can carry an mtime older than the record.
 std::string pending_obsolete(const PendingWrite& entry);
 
 }  // namespace holdfast

@@ -98,6 +98,7 @@ struct AtomicWriter::State {
   std::optional<Hasher> hasher;         // for the journal
   std::optional<Hasher> expect_hasher;  // for options.expect_digest
   uint64_t bytes = 0;
+  struct stat written {};  // the temp file's inode and mtime once its content is complete (journal)
   bool finished = false;
 
   void discard() noexcept {
@@ -319,6 +320,9 @@ void AtomicWriter::commit() {
     }
     if (s.tmpname.empty()) fail(EEXIST, "link temp file");
   }
+  // The journal's entry names this inode and mtime: `wait --pending` then knows the file unchanged
+  // without reading it (rename keeps both; it changes only the ctime).
+  if (s.hasher && ::fstat(s.tmpfd.get(), &s.written) != 0) fail(errno, "fstat temp file");
   // close(2) can report deferred write errors (NFS); check it before the content becomes visible.
   int fd = s.tmpfd.release();
   if (::close(fd) != 0 && errno != EINTR) fail(errno, "close temp file");
@@ -337,7 +341,8 @@ void AtomicWriter::commit() {
   if (s.hasher) {
     std::string journal = s.options.journal.empty() ? default_journal_path() : s.options.journal;
     try {
-      journal_record(journal, PendingWrite{s.target, s.bytes, s.hasher->finish(), now_unix_ns()});
+      journal_record(journal, PendingWrite{s.target, s.bytes, s.hasher->finish(), now_unix_ns(),
+                                           static_cast<uint64_t>(s.written.st_ino), sys::mtime_ns(s.written)});
     } catch (const Error& e) {
       // The commit happened: say so, with a code no pre-commit failure uses.
       throw Error(s.requested, "replaced; not recorded in " + journal, e.what(), exit_code::temp_fail);

@@ -57,6 +57,10 @@ std::string serialise(const std::vector<PendingWrite>& entries) {
                      {"size", e.size},
                      {"digest", e.digest.to_string()},
                      {"time_unix_ns", e.time_unix_ns}};
+    if (e.ino != 0) {
+      j["ino"] = e.ino;
+      j["mtime_ns"] = e.mtime_ns;
+    }
     out += j.dump() + "\n";
   }
   return out;
@@ -102,7 +106,8 @@ std::vector<PendingWrite> journal_read(const std::string& journal) {
       auto digest = Digest::parse(j.at("digest").get<std::string>());
       if (!digest) continue;
       out.push_back(PendingWrite{j.at("path").get<std::string>(), j.at("size").get<uint64_t>(), *digest,
-                                 j.value("time_unix_ns", int64_t{0})});
+                                 j.value("time_unix_ns", int64_t{0}), j.value("ino", uint64_t{0}),
+                                 j.value("mtime_ns", int64_t{0})});
     } catch (const nlohmann::json::exception&) {
       continue;  // a malformed line never blocks the others
     }

@@ -545,9 +545,11 @@ PendingResult wait_pending(const std::string& journal, const WaitOptions& option
 std::string pending_obsolete(const PendingWrite& entry) {
   struct stat st {};
   if (int r = sys::lstat_nothrow(entry.path, st); r != 0) return r == -ENOENT ? "missing on this host" : "";
-  int64_t mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  if (entry.time_unix_ns == 0 || mtime_ns <= entry.time_unix_ns) return "";
   if (!S_ISREG(st.st_mode)) return "replaced on this host by something that is not a regular file";
+  if (entry.ino != 0 && static_cast<uint64_t>(st.st_ino) == entry.ino && sys::mtime_ns(st) == entry.mtime_ns &&
+      static_cast<uint64_t>(st.st_size) == entry.size) {
+    return "";
+  }
   try {
     auto now = digest_file(entry.path, entry.digest.alg);
     if (now.size == entry.size && now.digest == entry.digest) return "";

@@ -46,6 +46,11 @@ int fstat_nothrow(int fd, struct stat& st) noexcept;
 int stat_nothrow(const std::string& path, struct stat& st) noexcept;
 int lstat_nothrow(const std::string& path, struct stat& st) noexcept;
 
+// The modification time of `st` in nanoseconds since the epoch.
+inline int64_t mtime_ns(const struct stat& st) noexcept {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
 // True if both stats name the same inode.
 inline bool same_inode(const struct stat& a, const struct stat& b) noexcept {
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;

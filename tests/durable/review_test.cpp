@@ -15,6 +15,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/wait.hpp"
 #include "support/faultfs.hpp"
+#include "sys/fd.hpp"
 #include "support/testing.hpp"
 #include "util.hpp"
 
@@ -347,6 +348,27 @@ TEST_F(PendingJournal, MissingOrReplacedFilesAreDroppedWithAWarning) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["dropped"].size(), 2U);
   EXPECT_EQ(j["cleared"].size(), 1U);
+  EXPECT_TRUE(journal_read(journal).empty());
+}
+
+// An edit made in the same clock tick as the recorded write can carry an mtime older than the
+// record's time (timestamps come from the kernel's coarse clock): it must still be seen. The edit
+// keeps the inode, and its mtime is set just before the record's time, as that clock can leave it.
+TEST_F(PendingJournal, AnEditWhoseMtimeIsOlderThanTheRecordIsStillSeen) {
+  ASSERT_EQ(write("a.py", "v1").exit_code, 0);
+  const auto entries = journal_read(journal);
+  ASSERT_EQ(entries.size(), 1U);
+  {
+    sys::UniqueFd fd(::open((dir / "a.py").c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::write(fd.get(), "edited at once", 14), 14);
+    const int64_t t = entries[0].time_unix_ns - 1000;
+    const timespec times[2] = {{0, UTIME_OMIT}, {t / 1000000000, t % 1000000000}};
+    ASSERT_EQ(::futimens(fd.get(), times), 0);
+  }
+  auto r = hf({"wait", "--pending", "--journal", journal, "--timeout", "3s"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find((dir / "a.py") + ": dropped from " + journal + ": modified on this host"), std::string::npos) << r.err;
   EXPECT_TRUE(journal_read(journal).empty());
 }
 
