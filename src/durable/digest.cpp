@@ -1,7 +1,7 @@
 #include "holdfast/digest.hpp"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
+#include <nettle/sha2.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -12,7 +12,6 @@
 
 #include "holdfast/error.hpp"
 #include "sys/file.hpp"
-#include "sys/shared_library.hpp"
 
 namespace holdfast {
 
@@ -33,34 +32,6 @@ std::string lower(std::string_view s) {
   std::string out(s);
   for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
-}
-
-// OpenSSL's libcrypto is loaded when the first sha256 Hasher is made, not linked: linked (even
-// statically) its start-up code runs in every process, and `holdfast lock F -- true` is
-// measured against flock(1) per invocation (OPENSSL_cpuid_setup alone executes CPUID, a VM exit
-// each, at every start). Only sha256 pays for it. The header gives the types and signatures.
-struct CryptoApi {
-  EVP_MD_CTX* (*ctx_new)();
-  void (*ctx_free)(EVP_MD_CTX*);
-  const EVP_MD* (*sha256)();
-  int (*init)(EVP_MD_CTX*, const EVP_MD*, ENGINE*);
-  int (*update)(EVP_MD_CTX*, const void*, size_t);
-  int (*final)(EVP_MD_CTX*, unsigned char*, unsigned int*);
-};
-
-const CryptoApi& crypto_api() {
-  static const CryptoApi api = [] {
-    static const sys::SharedLibrary lib("libcrypto.so.3", "sha256 needs OpenSSL's libcrypto");
-    CryptoApi a{};
-    lib.bind(a.ctx_new, "EVP_MD_CTX_new");
-    lib.bind(a.ctx_free, "EVP_MD_CTX_free");
-    lib.bind(a.sha256, "EVP_sha256");
-    lib.bind(a.init, "EVP_DigestInit_ex");
-    lib.bind(a.update, "EVP_DigestUpdate");
-    lib.bind(a.final, "EVP_DigestFinal_ex");
-    return a;
-  }();
-  return api;
 }
 
 bool all_hex(std::string_view s) {
@@ -109,12 +80,13 @@ std::string tagged_line(const Digest& digest, std::string_view name) {
   return alg + " (" + std::string(name) + ") = " + digest.hex;
 }
 
+// sha256 is GNU Nettle's, linked (statically in the static `holdfast`): SHA-NI where the CPU has
+// it, chosen once per process (docs/PERFORMANCE.md, "The static command").
 struct Hasher::State {
   XXH3_state_t* xxh = nullptr;
-  EVP_MD_CTX* evp = nullptr;
+  sha256_ctx sha{};
   ~State() {
     if (xxh != nullptr) XXH3_freeState(xxh);
-    if (evp != nullptr) crypto_api().ctx_free(evp);
   }
 };
 
@@ -123,11 +95,7 @@ Hasher::Hasher(DigestAlg alg) : alg_(alg), state_(std::make_unique<State>()) {
     state_->xxh = XXH3_createState();
     if (state_->xxh == nullptr || XXH3_128bits_reset(state_->xxh) != XXH_OK) throw std::bad_alloc();
   } else {
-    const CryptoApi& crypto = crypto_api();
-    state_->evp = crypto.ctx_new();
-    if (state_->evp == nullptr || crypto.init(state_->evp, crypto.sha256(), nullptr) != 1) {
-      throw Error("", "sha256", "OpenSSL EVP_DigestInit_ex failed", exit_code::software);
-    }
+    sha256_init(&state_->sha);
   }
 }
 
@@ -140,7 +108,7 @@ void Hasher::update(std::string_view chunk) noexcept {
   if (alg_ == DigestAlg::xxh128) {
     XXH3_128bits_update(state_->xxh, chunk.data(), chunk.size());
   } else {
-    crypto_api().update(state_->evp, chunk.data(), chunk.size());
+    sha256_update(&state_->sha, chunk.size(), reinterpret_cast<const uint8_t*>(chunk.data()));  // NOLINT(cppcoreguidelines-pro-type-reinterpret-cast): bytes
   }
 }
 
@@ -150,12 +118,9 @@ Digest Hasher::finish() {
     XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(state_->xxh));
     return Digest{alg_, to_hex(canon.digest, sizeof canon.digest)};
   }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (crypto_api().final(state_->evp, md, &len) != 1) {
-    throw Error("", "sha256", "OpenSSL EVP_DigestFinal_ex failed", exit_code::software);
-  }
-  return Digest{alg_, to_hex(md, len)};
+  unsigned char md[SHA256_DIGEST_SIZE];
+  sha256_digest(&state_->sha, sizeof md, md);
+  return Digest{alg_, to_hex(md, sizeof md)};
 }
 
 Digest digest_bytes(DigestAlg alg, std::string_view data) {
