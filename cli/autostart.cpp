@@ -11,6 +11,7 @@
 
 #include "autostart/autostart.hpp"
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "duration.hpp"
 #include "holdfast/error.hpp"
 
@@ -51,14 +52,6 @@ constexpr const char* kUsage =
     "file not written by install is in the way (named), 75 another autostart holds the tree's\n"
     "lock over 30 s, 77 permission denied. status: 0 installed and enabled, 1\n"
     "installed but changed/missing/not enabled, 3 not installed. See docs/AUTOSTART.md.\n";
-
-std::string self_path() {
-  std::string buf(4096, '\0');
-  ssize_t n = ::readlink("/proc/self/exe", buf.data(), buf.size());
-  if (n <= 0) throw Error(errno, "/proc/self/exe", "cannot find the holdfast binary (pass --holdfast PATH)");
-  buf.resize(static_cast<size_t>(n));
-  return buf;
-}
 
 Error usage_error(const std::string& what, const std::string& cause) {
   return Error(what, "invalid argument", cause, exit_code::usage);
@@ -151,7 +144,7 @@ Parsed parse(const std::vector<std::string>& args) {
             : (::geteuid() == 0 ? autostart::Scope::system : autostart::Scope::user);
   if (r.name.empty() && p.verb != "status") throw usage_error(p.verb, "missing NAME");
   if (p.verb == "install") {
-    if (r.holdfast_path.empty()) r.holdfast_path = self_path();
+    if (r.holdfast_path.empty()) r.holdfast_path = public_executable();
     // The supervise options the unit itself depends on.
     const auto& s = r.supervise_args;
     for (size_t k = 0; k < s.size(); ++k) {
@@ -191,6 +184,7 @@ Run add_autostart(CLI::App& root) {
   sub->prefix_command();
   sub->set_help_flag();
   return [sub] {
+    hand_over_if_static("autostart (the user database)");
     auto p = parse(sub->remaining());
     if (p.help) {
       std::printf("%s", kUsage);

@@ -9,10 +9,12 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "duration.hpp"
 #include "ensure_etcd.hpp"
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
+#include "sys/linkage.hpp"
 
 namespace holdfast::cli {
 
@@ -41,6 +43,7 @@ struct UserInfo {
   std::vector<gid_t> groups;
 };
 UserInfo lookup_user(const std::string& text) {
+  sys::require_dynamic_loader("the user database", "--user");
   passwd* pw = nullptr;
   char* end = nullptr;
   unsigned long num = std::strtoul(text.c_str(), &end, 10);
@@ -63,6 +66,7 @@ gid_t lookup_group(const std::string& text) {
   char* end = nullptr;
   unsigned long num = std::strtoul(text.c_str(), &end, 10);
   if (!text.empty() && *end == '\0') return static_cast<gid_t>(num);
+  sys::require_dynamic_loader("the group database", "--group");
   group* gr = ::getgrnam(text.c_str());
   if (gr == nullptr) throw Error("--group", "unknown group", text, exit_code::usage);
   return gr->gr_gid;
@@ -141,6 +145,9 @@ Run add_ensure(CLI::App& root) {
   return [args] {
     EnsureOptions options;
     options.ready = ReadySpec::parse(args->ready);
+    if (!args->etcd.backend.empty()) hand_over_if_static("the etcd backend (libcurl)");
+    if (!args->user.empty() || !args->group.empty()) hand_over_if_static("--user and --group (the name service)");
+    if (options.ready.needs_name_service()) hand_over_if_static("--ready tcp:HOST (the name service)");
     auto timeout = parse_duration(args->ready_timeout, "--ready-timeout", Infinite::allowed);
     options.ready_timeout = timeout == kNoLimit ? std::chrono::milliseconds(std::chrono::hours(24 * 365 * 100))
                                                 : std::chrono::ceil<std::chrono::milliseconds>(timeout);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/etcd.hpp"
 #include "holdfast/lock.hpp"
@@ -125,7 +126,10 @@ Run add_holder(CLI::App& root) {
   cmd->footer("Exit codes: 0 free, 1 held, 2 stale (dotlock holder proven dead), 65 record corrupt and\n"
               "no kernel lock on the file (treated as held), 66 missing directory, 77 permission denied.");
   return [path, json, backend, etcd] {
-    if (is_etcd_url(*backend)) return run_etcd_holder(*backend, *etcd, *path, *json);
+    if (is_etcd_url(*backend)) {
+      hand_over_if_static("the etcd backend (libcurl)");
+      return run_etcd_holder(*backend, *etcd, *path, *json);
+    }
     if (!backend->empty()) throw Error("", "--backend " + *backend, "holder reads files, or etcd:// URLs", exit_code::usage);
     return run_holder(*path, *json);
   };

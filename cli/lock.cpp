@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "duration.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
@@ -175,7 +176,10 @@ Backend backend_of(const LockInvocation& inv) {
 
 // `lock [options] FILE|DIR COMMAND...`
 int lock_path(const LockInvocation& inv, const std::string& prog) {
-  if (inv.backend && is_etcd_url(*inv.backend)) return lock_etcd(inv, prog);
+  if (inv.backend && is_etcd_url(*inv.backend)) {
+    hand_over_if_static("the etcd backend (libcurl)");
+    return lock_etcd(inv, prog);
+  }
   if (inv.path.empty()) throw Error(ENOENT, "", "cannot open lock file");  // as open("") in flock(1)
   const Wait w = wait_of(inv);
   LockOptions options;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "holdfast/error.hpp"
 
 namespace {
@@ -36,6 +37,7 @@ namespace {
 // building the parser) ends the process with terminate's message, which is acceptable there.
 int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape)
   using namespace holdfast;
+  cli::keep_arguments(argv);
   // `holdfast lock` (and holdfast installed as `flock`) parse like flock(1), not through CLI11.
   const std::string_view invoked = argc > 0 ? std::string_view(argv[0]) : std::string_view();
   if (invoked.substr(invoked.rfind('/') + 1) == "flock") {

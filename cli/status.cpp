@@ -4,6 +4,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "ensure_etcd.hpp"
 #include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
@@ -62,6 +63,7 @@ Run add_status(CLI::App& root) {
   add_etcd_backend_flags(sub, args->etcd);
   return [args] {
     if (!args->etcd.backend.empty()) {
+      hand_over_if_static("the etcd backend (libcurl)");
       if (args->name.empty()) throw Error("--backend", "status on etcd", "needs NAME", exit_code::usage);
       return status_etcd(args->etcd, args->name, args->json);
     }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "ensure_etcd.hpp"
 #include "duration.hpp"
 #include "holdfast/ensure.hpp"
@@ -76,6 +77,7 @@ Run add_stop(CLI::App& root) {
   sub->add_option("--state-dir", args->state_dir, "State directory (see holdfast ensure --help)");
   add_etcd_backend_flags(sub, args->etcd);
   return [args] {
+    if (!args->etcd.backend.empty()) hand_over_if_static("the etcd backend (libcurl)");
     StopOptions options;
     options.state_dir = args->state_dir;
     options.signal = parse_signal(args->signal);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "hand_over.hpp"
 #include "duration.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/supervise.hpp"
@@ -116,6 +117,7 @@ Run add_supervise(CLI::App& root) {
   return [a] {
     SuperviseOptions o;
     o.base.ready = ReadySpec::parse(a->ready);
+    if (o.base.ready.needs_name_service()) hand_over_if_static("--ready tcp:HOST (the name service)");
     auto rt = parse_duration(a->ready_timeout, "--ready-timeout", Infinite::allowed);
     o.base.ready_timeout = rt == kNoLimit ? std::chrono::milliseconds(0) : std::chrono::ceil<std::chrono::milliseconds>(rt);
     o.base.log_path = a->log;

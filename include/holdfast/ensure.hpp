@@ -53,6 +53,9 @@ struct ReadySpec {
   // every client means the same file). Throws Error(exit_code::usage) naming the text otherwise.
   static ReadySpec parse(std::string_view text);
   std::string to_string() const;
+  // True for tcp: with a host name rather than an IPv4 or IPv6 address: resolving it takes the
+  // name service (nsswitch.conf), which only a dynamically linked process may use.
+  bool needs_name_service() const noexcept;
 };
 
 // How the daemon is started (start-stop-daemon / systemd conventions). The supervisor itself

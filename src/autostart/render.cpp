@@ -8,6 +8,7 @@
 
 #include "autostart/autostart.hpp"
 #include "holdfast/error.hpp"
+#include "sys/linkage.hpp"
 
 namespace holdfast::autostart {
 
@@ -46,6 +47,7 @@ std::string uninstall_hint(const Request& r) {
 Host Host::detect(const std::string& root) {
   Host h;
   h.uid = ::geteuid();
+  sys::require_dynamic_loader("the user database", "autostart: the user's name and home");
   const passwd* pw = ::getpwuid(h.uid);
   h.user = pw != nullptr ? pw->pw_name : std::to_string(h.uid);
   h.home = env_path("HOME");

@@ -17,6 +17,7 @@
 
 #include "ensure/internal.hpp"
 #include "sys/file.hpp"
+#include "sys/linkage.hpp"
 #include "sys/process.hpp"
 
 namespace holdfast::ensure_detail {
@@ -143,6 +144,12 @@ bool ReadinessProbe::tcp_connects() {
     resolved_at_ns_ = now;
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    if (spec_.needs_name_service()) {
+      sys::require_dynamic_loader("the host database", "--ready tcp:" + spec_.host);
+    } else {
+      hints.ai_flags |= AI_NUMERICHOST;  // an address: no name service involved
+    }
     addrinfo* res = nullptr;
     if (::getaddrinfo(spec_.host.c_str(), std::to_string(spec_.port).c_str(), &hints, &res) != 0) return false;
     for (addrinfo* a = res; a != nullptr; a = a->ai_next) {

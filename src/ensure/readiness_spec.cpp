@@ -1,4 +1,5 @@
 // Readiness: the --ready specs.
+#include <arpa/inet.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -83,6 +84,12 @@ std::string ReadySpec::to_string() const {
     case Kind::file: return "file:" + path;
   }
   return "none";
+}
+
+bool ReadySpec::needs_name_service() const noexcept {
+  if (kind != Kind::tcp) return false;
+  unsigned char address[sizeof(in6_addr)];
+  return ::inet_pton(AF_INET, host.c_str(), address) != 1 && ::inet_pton(AF_INET6, host.c_str(), address) != 1;
 }
 
 }  // namespace holdfast

@@ -5,11 +5,14 @@
 #include <utility>
 
 #include "holdfast/error.hpp"
+#include "sys/linkage.hpp"
 
 namespace holdfast::sys {
 
 SharedLibrary::SharedLibrary(std::string soname, std::string purpose)
-    : soname_(std::move(soname)), purpose_(std::move(purpose)), handle_(::dlopen(soname_.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+    : soname_(std::move(soname)), purpose_(std::move(purpose)) {
+  require_dynamic_loader(soname_, purpose_);
+  handle_ = ::dlopen(soname_.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle_ == nullptr) {
     const char* why = ::dlerror();
     throw Error(soname_, purpose_, why != nullptr ? why : "cannot load", exit_code::unavailable);

@@ -8,7 +8,8 @@ namespace holdfast::sys {
 
 // A shared library loaded with dlopen(RTLD_NOW | RTLD_LOCAL) and never unloaded (its functions
 // may be in use until the process ends). Construction throws holdfast::Error(unavailable, 69)
-// naming the library and `purpose` ("etcd backend needs libcurl") if it cannot be loaded; bind()
+// naming the library and `purpose` ("etcd backend needs libcurl") if it cannot be loaded, or if
+// this process is statically linked (sys/linkage.hpp) and so must not load anything; bind()
 // throws the same way for a missing symbol. Immutable after construction; safe to share.
 class SharedLibrary {
  public:

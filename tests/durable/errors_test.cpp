@@ -154,7 +154,8 @@ TEST_P(FaultWrite, WriteErrorLeavesTargetIntact) {
 
 INSTANTIATE_TEST_SUITE_P(Errno, FaultWrite, ::testing::Values("EIO", "ENOSPC"));
 
-// faultfs cannot fail fsync, so a tiny LD_PRELOAD shim makes the Nth fsync(2) fail with EIO.
+// faultfs cannot fail fsync, so a tiny LD_PRELOAD shim makes the Nth fsync(2) fail with EIO. A
+// static holdfast loads no shim: the test runs its dynamically linked build (the same objects).
 std::string build_fsync_shim(const TempDir& dir) {
   std::string src = dir / "shim.c";
   spit(src,
@@ -176,7 +177,7 @@ TEST(WriteErrors, FsyncFailureIsFatal) {
   if (shim.empty()) GTEST_SKIP() << "no C compiler for the fsync shim";
   spit(dir / "t", "old");
   // 1st fsync = the temp file's data: fatal, target untouched, temp gone.
-  auto r = run({"env", "ASAN_OPTIONS=verify_asan_link_order=0", "LD_PRELOAD=" + shim, "FAIL_FSYNC_N=1", cli_path(), "write", dir / "t"}, "new");
+  auto r = run({"env", "ASAN_OPTIONS=verify_asan_link_order=0", "LD_PRELOAD=" + shim, "FAIL_FSYNC_N=1", dynamic_holdfast_path(), "write", dir / "t"}, "new");
   if (r.err.find("ASan") != std::string::npos) GTEST_SKIP() << "LD_PRELOAD conflicts with sanitizers";
   EXPECT_EQ(r.exit_code, exit_code::io_error);
   EXPECT_TRUE(one_line(r.err)) << r.err;
@@ -187,11 +188,11 @@ TEST(WriteErrors, FsyncFailureIsFatal) {
   std::erase_if(names, [](const std::string& n) { return n.starts_with("shim"); });
   EXPECT_EQ(names, std::vector<std::string>{"t"});
   // 2nd fsync = the directory after the rename: still an error (durability unknown), never ok.
-  auto d = run({"env", "ASAN_OPTIONS=verify_asan_link_order=0", "LD_PRELOAD=" + shim, "FAIL_FSYNC_N=2", cli_path(), "write", dir / "t"}, "new");
+  auto d = run({"env", "ASAN_OPTIONS=verify_asan_link_order=0", "LD_PRELOAD=" + shim, "FAIL_FSYNC_N=2", dynamic_holdfast_path(), "write", dir / "t"}, "new");
   EXPECT_EQ(d.exit_code, exit_code::io_error);
   EXPECT_NE(d.err.find("durability unknown"), std::string::npos) << d.err;
   // sync reports it too.
-  auto s = run({"env", "ASAN_OPTIONS=verify_asan_link_order=0", "LD_PRELOAD=" + shim, "FAIL_FSYNC_N=1", cli_path(), "sync", dir / "t"});
+  auto s = run({"env", "ASAN_OPTIONS=verify_asan_link_order=0", "LD_PRELOAD=" + shim, "FAIL_FSYNC_N=1", dynamic_holdfast_path(), "sync", dir / "t"});
   EXPECT_EQ(s.exit_code, exit_code::io_error);
   EXPECT_NE(s.err.find("fsync"), std::string::npos);
 }

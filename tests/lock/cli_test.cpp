@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "holdfast/ensure.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/lock.hpp"
 #include "support/testing.hpp"
@@ -350,15 +351,14 @@ TEST(LockRecord, NamesTheCommandWithItsOwnIdentity) {
 }
 
 // Every shared library the command needs is loaded and resolved at each start, before `lock`
-// runs: libm alone cost ~0.1 ms of a ~1 ms `holdfast lock F -- true` (docs/PERFORMANCE.md).
-// Those it uses for other subcommands (libcurl for etcd, libcrypto for sha256) are loaded when
-// used, and nothing of libm is used. Sanitizer runtimes are allowed. Only an optimized build is
-// what users run and what is measured: unoptimized, header libraries call ceil and ldexp.
+// runs: libm alone cost ~0.1 ms of a ~1 ms `holdfast lock F -- true` (docs/PERFORMANCE.md). The
+// optimized, unsanitized build links it statically (HOLDFAST_CLI_STATIC_LINKED): no dynamic
+// loader runs at all, and what needs one goes to holdfast-dynamic (HandOver, below). A dynamic
+// build needs libc and Nettle (sha256) only; libcurl (etcd) is loaded when used, nothing of libm
+// is used, sanitizer runtimes are allowed. Only an optimized build is what users run and what is
+// measured: unoptimized, header libraries call ceil and ldexp.
 TEST(CommandStart, NeedsNoSharedLibraryBeyondLibc) {
-#ifndef NDEBUG
-  GTEST_SKIP() << "an unoptimized build calls libm from header libraries; the optimized build is checked";
-#endif
-  auto r = testing::run({"readelf", "-d", testing::holdfast_path()});
+  auto r = testing::run({"readelf", "-d", "-l", testing::holdfast_path()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<std::string> needed;
   std::istringstream in(r.out);
@@ -368,14 +368,96 @@ TEST(CommandStart, NeedsNoSharedLibraryBeyondLibc) {
     if (open == std::string::npos || name == std::string::npos) continue;
     needed.push_back(line.substr(name + 1, line.find(']', name) - name - 1));
   }
+#if HOLDFAST_CLI_STATIC_LINKED
+  EXPECT_TRUE(needed.empty()) << r.out;
+  EXPECT_EQ(r.out.find("INTERP"), std::string::npos) << "the command asks for a dynamic loader:\n" << r.out;
+#else
+#ifndef NDEBUG
+  GTEST_SKIP() << "an unoptimized build calls libm from header libraries; the optimized build is checked";
+#endif
   EXPECT_NE(std::find(needed.begin(), needed.end(), "libc.so.6"), needed.end()) << r.out;
   for (const auto& lib : needed) {
-    const bool allowed = lib == "libc.so.6" || lib.rfind("ld-linux", 0) == 0 || lib.rfind("libasan", 0) == 0 ||
-                         lib.rfind("libubsan", 0) == 0 || lib.rfind("libtsan", 0) == 0;
+    const bool allowed = lib == "libc.so.6" || lib.rfind("libnettle.so", 0) == 0 || lib.rfind("ld-linux", 0) == 0 ||
+                         lib.rfind("libasan", 0) == 0 || lib.rfind("libubsan", 0) == 0 || lib.rfind("libtsan", 0) == 0;
     EXPECT_TRUE(allowed) << lib << " is loaded at every start of the command";
+  }
+#endif
+}
+
+// The static `holdfast` hands what needs the dynamic loader (etcd's libcurl; users, groups and
+// host names from the name service) to holdfast-dynamic by execv(2), before doing anything: the
+// same pid, the same arguments. Tested on a copy of the command in a directory of its own, beside
+// a stand-in holdfast-dynamic that reports what it was given (or beside nothing).
+class HandOver : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#if !HOLDFAST_CLI_STATIC_LINKED
+    GTEST_SKIP() << "this build's holdfast is linked dynamically: it hands nothing over";
+#endif
+    ASSERT_EQ(testing::run({"cp", testing::holdfast_path(), copy}).exit_code, 0);
+  }
+  void stand_in() {
+    std::ofstream(dir / "holdfast-dynamic") << "#!/bin/sh\necho \"dynamic $$: $*\"\nexit 7\n";
+    ASSERT_EQ(::chmod((dir / "holdfast-dynamic").c_str(), 0755), 0);
+  }
+  testing::TempDir dir;
+  std::string copy = dir / "holdfast";
+};
+
+TEST_F(HandOver, EtcdRunsInTheDynamicBuildWithTheSamePidAndArguments) {
+  stand_in();
+  const std::string script = "echo \"static $$\"; exec " + copy + " lock --backend etcd://127.0.0.1:1/p -w 1 NAME true";
+  auto r = testing::run({"sh", "-c", script});
+  EXPECT_EQ(r.exit_code, 7) << r.out << r.err;
+  const auto pid = r.out.substr(7, r.out.find('\n') - 7);
+  EXPECT_EQ(r.out, "static " + pid + "\ndynamic " + pid + ": lock --backend etcd://127.0.0.1:1/p -w 1 NAME true\n") << r.err;
+}
+
+TEST_F(HandOver, EveryNeedOfTheNameServiceOrLibcurlGoesOver) {
+  stand_in();
+  const std::vector<std::vector<std::string>> invocations = {
+      {"holder", "--backend", "etcd://127.0.0.1:1/p", "NAME"},
+      {"status", "--backend", "etcd://127.0.0.1:1/p", "NAME"},
+      {"stop", "--backend", "etcd://127.0.0.1:1/p", "NAME"},
+      {"ensure", "--backend", "etcd://127.0.0.1:1/p", "NAME", "--", "true"},
+      {"ensure", "--user", "nobody", "NAME", "--", "true"},
+      {"ensure", "--group", "nogroup", "NAME", "--", "true"},
+      {"ensure", "--ready", "tcp:localhost:1", "NAME", "--", "true"},
+      {"supervise", "--ready", "tcp:localhost:1", "NAME", "--", "true"},
+      {"autostart", "status", "NAME"},
+  };
+  for (const auto& args : invocations) {
+    std::vector<std::string> argv{copy};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = testing::run(argv);
+    EXPECT_EQ(r.exit_code, 7) << args[0] << " " << args[1] << ": " << r.out << r.err;
+    EXPECT_NE(r.out.find("dynamic "), std::string::npos) << args[0] << " " << args[1] << ": " << r.out << r.err;
   }
 }
 
+TEST_F(HandOver, WithoutTheDynamicBuildItFailsWithOneLineNamingIt) {
+  auto r = testing::run({copy, "lock", "--backend", "etcd://127.0.0.1:1/p", "NAME", "true"});
+  EXPECT_EQ(r.exit_code, exit_code::unavailable) << r.err;
+  EXPECT_NE(r.err.find("holdfast-dynamic"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("etcd backend"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+// What the static command can do itself never goes over: locks, sha256 (Nettle, linked), tcp
+// readiness on an address.
+TEST_F(HandOver, LocksSha256AndAddressesStayInTheStaticCommand) {
+  testing::StateDir state;
+  const std::string file = dir / "F";
+  EXPECT_EQ(testing::run({copy, "lock", file, "--", "true"}).exit_code, 0);
+  EXPECT_EQ(testing::run({copy, "lock", "-F", file, "true"}).exit_code, 0);
+  auto digest = testing::run({copy, "digest", "--alg", "sha256", "-"}, "abc\n");
+  EXPECT_EQ(digest.exit_code, 0) << digest.err;
+  EXPECT_EQ(digest.out, "edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb  -\n");
+  EXPECT_FALSE(ReadySpec::parse("tcp:127.0.0.1:80").needs_name_service());
+  EXPECT_FALSE(ReadySpec::parse("tcp:[::1]:80").needs_name_service());
+  EXPECT_TRUE(ReadySpec::parse("tcp:localhost:80").needs_name_service());
+  EXPECT_FALSE(ReadySpec::parse("unix:/x").needs_name_service());
+}
 
 // libstdc++ 12's <iostream> gives each source that includes it a static std::ios_base::Init,
 // which builds the standard streams and the classic locale before main in every process: ~50,000

@@ -80,6 +80,12 @@ std::string holdfast_path() {
 #endif
 }
 
+std::string dynamic_holdfast_path() {
+  const std::string path = holdfast_path();
+  const std::string dynamic = path.substr(0, path.rfind('/') + 1) + "holdfast-dynamic";
+  return ::access(dynamic.c_str(), X_OK) == 0 ? dynamic : path;
+}
+
 namespace {
 void drain(int fd, std::string& into) {
   char buf[4096];

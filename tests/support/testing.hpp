@@ -75,6 +75,10 @@ CommandResult holdfast(const std::vector<std::string>& args, const std::string& 
                        std::chrono::seconds timeout = std::chrono::seconds(120));
 // Path of the holdfast command built alongside the tests.
 std::string holdfast_path();
+// The same command linked dynamically: holdfast-dynamic beside a static holdfast (README, "The
+// static command"), else holdfast_path(). For tests that need the dynamic loader themselves, such
+// as an LD_PRELOAD shim.
+std::string dynamic_holdfast_path();
 
 // In a forked child: replaces the process with `argv` (argv[0] is looked up in PATH unless it
 // contains a '/'). Never returns: if the exec fails the child exits 127, as a shell does for a
