@@ -6,6 +6,18 @@ build_dir=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cmake --install "$build_dir" --prefix "$work/prefix" > /dev/null
+
+# The installed command, where the build linked it statically, hands what needs the dynamic loader
+# to the installed LIBEXECDIR/holdfast/holdfast-dynamic (README, "The static command"): an etcd
+# lock on a closed port must fail as etcd unreachable, not as a missing holdfast-dynamic.
+if [ -e "$build_dir/holdfast-dynamic" ]; then
+  [ -x "$work/prefix/libexec/holdfast/holdfast-dynamic" ] || { echo "holdfast-dynamic not installed"; exit 1; }
+  out=$("$work/prefix/bin/holdfast" lock --backend etcd://127.0.0.1:1/p NAME true 2>&1) && { echo "etcd lock succeeded: $out"; exit 1; }
+  case "$out" in
+    *"etcd unreachable"*) ;;
+    *) echo "the installed holdfast did not hand over: $out"; exit 1 ;;
+  esac
+fi
 mkdir -p "$work/src"
 cat > "$work/src/CMakeLists.txt" <<'CMAKE'
 cmake_minimum_required(VERSION 3.25)
