@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "duration.hpp"
+#include "hand_over.hpp"
 #include "holdfast/error.hpp"
 #include "holdfast/etcd.hpp"
 #include "holdfast/identity.hpp"
@@ -30,13 +31,6 @@ int print_remote(const std::string& name, const EtcdEnsured& ensured, bool json)
   return 0;
 }
 
-std::string self_executable() {
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) throw Error(errno, "/proc/self/exe", "cannot find holdfast's own executable");
-  return std::string(buf, static_cast<size_t>(n));
-}
-
 }  // namespace
 
 void add_etcd_backend_flags(CLI::App* sub, EtcdBackendArgs& args) {
@@ -53,7 +47,7 @@ void add_etcd_backend_flags(CLI::App* sub, EtcdBackendArgs& args) {
 int ensure_etcd(const EtcdBackendArgs& etcd, const std::string& name, const std::vector<std::string>& command,
                 EnsureOptions options, bool json) {
   try {
-    const EtcdEnsured result = ensure_running(options_of(etcd), name, command, std::move(options), self_executable());
+    const EtcdEnsured result = ensure_running(options_of(etcd), name, command, std::move(options), this_executable());
     if (result.elsewhere) return print_remote(name, result, json);
     const Instance& inst = *result.local;
     if (json) {

@@ -21,16 +21,20 @@ std::string handed_over_by;  // the static command's path, in holdfast-dynamic a
 
 constexpr const char* kHandedOverBy = "HOLDFAST_HANDED_OVER_BY";
 
-std::string executable_path() {
+}  // namespace
+
+std::string this_executable() {
   char path[PATH_MAX];
   const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
   if (n <= 0) throw Error(errno, "/proc/self/exe", "cannot find holdfast's own executable");
   return std::string(path, static_cast<size_t>(n));
 }
 
+namespace {
+
 // The directory of this process's executable (/proc/self/exe: `flock` may be a symlink to it).
 std::string executable_directory() {
-  const std::string path = executable_path();
+  const std::string path = this_executable();
   return path.substr(0, path.rfind('/'));
 }
 
@@ -53,14 +57,14 @@ void keep_arguments(char** argv) {
   }
 }
 
-std::string public_executable() { return handed_over_by.empty() ? executable_path() : handed_over_by; }
+std::string public_executable() { return handed_over_by.empty() ? this_executable() : handed_over_by; }
 
 void hand_over_if_static(std::string_view need) {
   if (!sys::statically_linked()) return;
   if (kept_argv == nullptr) throw Error("", "hand over", "main() kept no arguments", exit_code::software);
   const std::string path = dynamic_build();
   std::fflush(nullptr);
-  if (::setenv(kHandedOverBy, executable_path().c_str(), 1) != 0) throw Error(errno, path, "hand over");
+  if (::setenv(kHandedOverBy, this_executable().c_str(), 1) != 0) throw Error(errno, path, "hand over");
   ::execv(path.c_str(), kept_argv);
   const int err = errno;
   ::unsetenv(kHandedOverBy);

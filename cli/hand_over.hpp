@@ -18,6 +18,11 @@ namespace holdfast::cli {
 // children never see it.
 void keep_arguments(char** argv);
 
+// The path of this process's executable (/proc/self/exe): holdfast-dynamic after a hand-over,
+// which is what a process that must load libcurl (the etcd backend's keeper) has to run. Throws
+// holdfast::Error if it cannot be read.
+std::string this_executable();
+
 // The path of the `holdfast` the user ran: in holdfast-dynamic after a hand-over, the static
 // command's (which passes it in HOLDFAST_HANDED_OVER_BY); otherwise this process's executable.
 // What names holdfast to run later (a boot unit's ExecStart) names this one. Throws

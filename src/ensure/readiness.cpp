@@ -175,8 +175,7 @@ bool ReadinessProbe::ready() {
     case ReadySpec::Kind::file: {
       struct stat st {};
       if (::stat(spec_.path.c_str(), &st) != 0) return false;
-      int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-      return mtime >= not_before_ns_;
+      return sys::mtime_ns(st) >= not_before_ns_;
     }
     default: return false;
   }

@@ -916,7 +916,7 @@ void Supervisor::check_watchdog(Clock::time_point now) {
     // The heartbeat's mtime (CLOCK_REALTIME) counts from its age now.
     struct stat st {};
     if (::stat(options_.heartbeat_file.c_str(), &st) == 0) {
-      const int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+      const int64_t mtime = sys::mtime_ns(st);
       const auto age = std::chrono::nanoseconds(std::max<int64_t>(0, sys::realtime_ns() - mtime));
       if (age < *options_.watchdog && mtime >= record_.spawned_unix_ns - 1000000000) {
         watchdog_deadline_ = now + (*options_.watchdog - std::chrono::duration_cast<milliseconds>(age));
