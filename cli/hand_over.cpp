@@ -32,16 +32,11 @@ std::string this_executable() {
 
 namespace {
 
-// The directory of this process's executable (/proc/self/exe: `flock` may be a symlink to it).
-std::string executable_directory() {
-  const std::string path = this_executable();
-  return path.substr(0, path.rfind('/'));
-}
-
-// holdfast-dynamic beside the executable (a build tree), else where `make install` puts it
-// relative to BINDIR (HOLDFAST_DYNAMIC_FROM_BINDIR, from CMake).
-std::string dynamic_build() {
-  const std::string dir = executable_directory();
+// holdfast-dynamic beside `executable` (a build tree), else where `make install` puts it relative
+// to BINDIR (HOLDFAST_DYNAMIC_FROM_BINDIR, from CMake). `executable` is this_executable(), so the
+// one found beside a `flock` symlink is the one beside the real file.
+std::string dynamic_build(const std::string& executable) {
+  const std::string dir = executable.substr(0, executable.rfind('/'));
   std::string path = dir + "/holdfast-dynamic";
   if (::access(path.c_str(), X_OK) == 0) return path;
   return dir + "/" HOLDFAST_DYNAMIC_FROM_BINDIR "/holdfast-dynamic";
@@ -62,9 +57,10 @@ std::string public_executable() { return handed_over_by.empty() ? this_executabl
 void hand_over_if_static(std::string_view need) {
   if (!sys::statically_linked()) return;
   if (kept_argv == nullptr) throw Error("", "hand over", "main() kept no arguments", exit_code::software);
-  const std::string path = dynamic_build();
+  const std::string executable = this_executable();
+  const std::string path = dynamic_build(executable);
   std::fflush(nullptr);
-  if (::setenv(kHandedOverBy, this_executable().c_str(), 1) != 0) throw Error(errno, path, "hand over");
+  if (::setenv(kHandedOverBy, executable.c_str(), 1) != 0) throw Error(errno, path, "hand over");
   ::execv(path.c_str(), kept_argv);
   const int err = errno;
   ::unsetenv(kHandedOverBy);
