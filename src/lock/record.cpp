@@ -174,12 +174,23 @@ char* put_field(char* p, const char (&lit)[N], uint64_t v, bool negative = false
 }  // namespace
 
 // Formatted into one stack buffer: this runs on every grant.
+//
+// The token takes kTokenWidth bytes whatever its value: its digits, then spaces (JSON allows
+// whitespace after a value). A dotlock is visible with token 0 before its token is issued, and a
+// record is rewritten in place; the page cache lets a concurrent reader see the new bytes up to
+// any point and the old ones after it. With the token's width fixed, the rewrite changes only the
+// token's own bytes, so such a reader still finds the holder's identity intact (or a token that
+// does not parse: held). A token of varying width shifted everything after it, and a torn read
+// could parse as a record naming another, dead process: a live holder's dotlock was reclaimed.
 size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns,
                           RecordHeadCache* cache) {
   // 51 bytes of literals, three numbers of at most 20 digits, a sign, and the last one's slack.
   static_assert(kRecordHeadRoom >= 51 + 3 * 20 + 1 + kDecimalSlack);
-  char* p = put_field(out, "{\"holdfast\":1,\"token\":", token, false, cache ? &cache->token : nullptr);
-  p = put_field(p, ",\"nonce\":", nonce);
+  static constexpr char kTokenField[] = "{\"holdfast\":1,\"token\":";
+  char* const token_end = out + sizeof kTokenField - 1 + kTokenWidth;
+  char* p = put_field(out, kTokenField, token, false, cache ? &cache->token : nullptr);
+  std::memset(p, ' ', static_cast<size_t>(token_end - p));  // also over put_decimal's slack
+  p = put_field(token_end, ",\"nonce\":", nonce);
   const bool negative = acquired_unix_ns < 0;
   const uint64_t magnitude =
       negative ? uint64_t{0} - static_cast<uint64_t>(acquired_unix_ns) : static_cast<uint64_t>(acquired_unix_ns);
@@ -248,9 +259,12 @@ std::string HolderRecord::to_json() const {
 }
 
 std::optional<HolderRecord> HolderRecord::parse(std::string_view text) {
-  // Records rewritten in place are padded with trailing spaces; a torn or partial record fails
-  // to parse and the caller treats the lock as held (fail closed). Every field is checked for its
-  // type inside the try: a record of the wrong shape is "not a record", never an exception.
+  // Records rewritten in place are padded with trailing spaces. A partial record fails to parse
+  // and the caller treats the lock as held (fail closed). A torn one (read during a rewrite)
+  // either fails to parse or names the writing holder first: a rewrite changes no byte before
+  // the processes but the fixed-width token's (format_record_head), and keeps the processes
+  // already named in place. Every field is checked for its type inside the try: a record of the
+  // wrong shape is "not a record", never an exception.
   auto j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return std::nullopt;
   try {

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -13,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -72,6 +74,9 @@ TEST_P(DotlockTest, EightReclaimersExactlyOneWinnerPerRound) {
   struct Shared {
     std::atomic<int> winners;
     std::atomic<int> errors;
+    std::atomic<int> release_errors;
+    char first_error[512];
+    char first_release_error[512];
   };
   auto* shared = static_cast<Shared*>(testing::shared_memory(sizeof(Shared)));
   new (shared) Shared{};
@@ -88,23 +93,41 @@ TEST_P(DotlockTest, EightReclaimersExactlyOneWinnerPerRound) {
         std::optional<Lock> l;
         try {
           l = Lock::try_acquire(path, opts(backend));
-        } catch (const std::exception&) {
-          shared->errors.fetch_add(1);
+        } catch (const std::exception& e) {
+          if (shared->errors.fetch_add(1) == 0) {
+            std::snprintf(shared->first_error, sizeof shared->first_error, "round %d: %s", r, e.what());
+          }
         }
         if (l) shared->winners.fetch_add(1);
         v = 1;
         (void)!::write(done, &v, 8);
         if (::read(finish, &v, 8) != 8) return 3;
-        if (l) l->release();
+        if (l) {
+          try {
+            l->release();
+          } catch (const std::exception& e) {
+            if (shared->release_errors.fetch_add(1) == 0) {
+              std::snprintf(shared->first_release_error, sizeof shared->first_release_error, "round %d: %s", r,
+                            e.what());
+            }
+          }
+        }
         v = 1;
         (void)!::write(done, &v, 8);
       }
       return 0;
     }));
   }
+  // False if the workers did not all answer within a minute (one died, or hangs): the test
+  // then fails and stops instead of waiting for ctest's timeout.
   auto wait_done = [&] {
     uint64_t total = 0, v = 0;
-    while (total < kWorkers && ::read(done, &v, 8) == 8) total += v;
+    while (total < kWorkers) {
+      struct pollfd ready {done, POLLIN, 0};
+      if (::poll(&ready, 1, 60000) != 1 || ::read(done, &v, 8) != 8) return false;
+      total += v;
+    }
+    return true;
   };
   int bad_rounds = 0;
   for (int r = 0; r < rounds; ++r) {
@@ -112,15 +135,21 @@ TEST_P(DotlockTest, EightReclaimersExactlyOneWinnerPerRound) {
     shared->winners = 0;
     uint64_t v = kWorkers;
     (void)!::write(start, &v, 8);
-    wait_done();  // every worker has tried; winners still hold
-    if (shared->winners.load() != 1) ++bad_rounds;
+    bool answered = wait_done();  // every worker has tried; winners still hold
+    if (answered && shared->winners.load() != 1) ++bad_rounds;
     v = kWorkers;
     (void)!::write(finish, &v, 8);
-    wait_done();  // winners released
+    answered = answered && wait_done();  // winners released
+    if (!answered) {
+      ADD_FAILURE() << "round " << r << ": a worker did not answer within a minute";
+      for (pid_t k : kids) ::kill(k, SIGKILL);
+      break;
+    }
   }
   for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
   EXPECT_EQ(bad_rounds, 0) << "rounds without exactly one winner";
-  EXPECT_EQ(shared->errors.load(), 0);
+  EXPECT_EQ(shared->errors.load(), 0) << shared->first_error;
+  EXPECT_EQ(shared->release_errors.load(), 0) << shared->first_release_error;
   // Reclaim leaves nothing behind: no markers, temp files or moved-aside victims.
   for (const auto& name : list_dir(dir.path())) {
     EXPECT_TRUE(name == "lock.fence") << "leftover file " << name;

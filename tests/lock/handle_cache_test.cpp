@@ -213,7 +213,8 @@ TEST(UniqueValues, NeverRepeatWithinAProcessAndDifferAcrossAFork) {
 }
 
 // The head's integers are formatted eight digits at a time: every length from 1 to 20 digits,
-// each power of ten and its neighbours, and values with zero runs inside, as std::to_chars does.
+// each power of ten and its neighbours, and values with zero runs inside, as std::to_chars does
+// (the token then padded with spaces to 20 bytes).
 TEST(HolderRecordHead, EveryDigitCountFormatsAsToChars) {
   std::vector<uint64_t> values = {0, UINT64_MAX, 100000000, 10000000000000000ULL, 1000000000000000001ULL,
                                   12345678900000000ULL, 10000000010000000ULL, 9999999999999999999ULL};
@@ -236,7 +237,9 @@ TEST(HolderRecordHead, EveryDigitCountFormatsAsToChars) {
   lock_internal::RecordHeadCache cache;
   for (uint64_t v : values) {
     for (uint64_t w : {v, v + 1, v + 2}) {
-      const std::string want = "{\"holdfast\":1,\"token\":" + decimal(w) + ",\"nonce\":" + decimal(~w) +
+      const std::string token = decimal(w);  // padded to its fixed width (format_record_head)
+      const std::string want = "{\"holdfast\":1,\"token\":" + token + std::string(20 - token.size(), ' ') +
+                               ",\"nonce\":" + decimal(~w) +
                                ",\"acquired_unix_ns\":" + decimal(static_cast<int64_t>(w));
       std::string head;
       lock_internal::append_record_head(head, w, ~w, static_cast<int64_t>(w));

@@ -93,5 +93,69 @@ TEST(HolderRecord, TruncatedOrForeignRecordsDoNotParse) {
   EXPECT_FALSE(HolderRecord::parse("12345\n")) << "a pid alone (a classic pidfile) is not a record";
 }
 
+// A record file is rewritten in place while others may read it: a dotlock gets its token after
+// it is visible (token 0 first), and a holder added later rewrites it longer. The page cache
+// does not make a write atomic for a concurrent reader: it may read the new bytes up to any
+// point and the old ones after it. Whatever such a reader parses must name the holder that is
+// writing, or fail to parse (held: fail closed). A mix that parsed with another process list
+// made a live holder's dotlock look stale and reclaimable: two holders at once.
+// The process list as text, for readable failures.
+std::string who(const std::vector<ProcessIdentity>& processes) {
+  std::string out;
+  for (const auto& p : processes) {
+    out += std::to_string(p.pid) + "/" + std::to_string(p.start_time) + "/" + p.boot_id + "/" + p.host + "/" +
+           p.machine_id + ";";
+  }
+  return out;
+}
+
+std::vector<std::string> torn_mixes(const std::string& before, const std::string& after_unpadded) {
+  // As write_padded writes it over `before`: padded with spaces to the old size, newline last.
+  std::string after = after_unpadded;
+  if (after.size() < before.size()) {
+    after.pop_back();
+    after.resize(before.size() - 1, ' ');
+    after.push_back('\n');
+  }
+  std::vector<std::string> mixes;
+  for (size_t k = 0; k <= after.size(); ++k) {
+    // The writer has copied the first k bytes; the reader sees the old ones after them (and, if
+    // the file has not grown yet, the old size).
+    std::string mix = after.substr(0, k);
+    if (k < before.size()) mix += before.substr(k);
+    mixes.push_back(std::move(mix));
+  }
+  return mixes;
+}
+
+TEST(HolderRecord, AReaderOfATokenBeingIssuedInPlaceSeesTheHolderOrNothing) {
+  HolderRecord record = sample();
+  record.token = 0;  // as a dotlock appears
+  const std::string before = record.to_json();
+  for (uint64_t token : std::vector<uint64_t>{1, 42, uint64_t{1} << 32 | 7, 7710624558805417987ULL, ~uint64_t{0}}) {
+    record.token = token;
+    const std::string after = record.to_json();
+    EXPECT_EQ(after.size(), before.size()) << "issuing the token must not move the bytes after it";
+    for (const std::string& mix : torn_mixes(before, after)) {
+      auto seen = HolderRecord::parse(mix);
+      if (seen) EXPECT_EQ(who(seen->processes), who(record.processes)) << mix;
+    }
+  }
+}
+
+TEST(HolderRecord, AReaderOfAHolderBeingAddedInPlaceSeesTheFirstHolderOrNothing) {
+  HolderRecord record = sample();
+  record.processes.resize(1);
+  const std::string before = record.to_json();
+  record.processes.push_back({777, 123, "another-boot", "another-host"});
+  for (const std::string& mix : torn_mixes(before, record.to_json())) {
+    auto seen = HolderRecord::parse(mix);
+    if (seen) {
+      ASSERT_FALSE(seen->processes.empty());
+      EXPECT_EQ(who({seen->processes.front()}), who({record.processes.front()})) << mix;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace holdfast
