@@ -74,7 +74,7 @@ struct HolderRecord {
   // the command `holdfast lock` runs). A dotlock is stale only when all of them are dead.
   std::vector<ProcessIdentity> processes;
   uint64_t token = 0;              // fencing token of this grant
-  uint64_t nonce = 0;              // random, unique per grant
+  uint64_t nonce = 0;              // unique per grant (a handle's start at random, then consecutive)
   Backend backend = Backend::ofd;
   LockMode mode = LockMode::exclusive;
   int64_t acquired_unix_ns = 0;    // wall-clock time of the grant

@@ -85,7 +85,8 @@ int write_padded(int fd, std::string& text, off_t& file_size) {
 HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& options) {
   HolderRecord r;
   r.processes.push_back(self_identity());
-  // Unique per grant and unpredictable; getrandom(2) once per process, not per grant.
+  // Unique per grant; getrandom(2) once per process, not per grant. A LockFile's later grants
+  // take RecordCache::next_nonce.
   r.nonce = sys::unique_u64();
   r.backend = backend;
   r.mode = mode;
@@ -128,7 +129,7 @@ HolderRecord RecordCache::take(Backend backend, LockMode mode, const LockOptions
     spare_.reset();
     unclaim();
     r.token = 0;
-    r.nonce = sys::unique_u64();
+    r.nonce = next_nonce(self);
     r.acquired_unix_ns = unix_ns_now();
     return r;
   }
@@ -167,8 +168,18 @@ HolderRecord* RecordCache::lend(Backend backend, LockMode mode, const LockOption
     lent_.processes.erase(lent_.processes.begin() + 1, lent_.processes.end());  // added by the last borrower
   }
   lent_.token = 0;
-  lent_.nonce = sys::unique_u64();
+  lent_.nonce = next_nonce(self);
   return &lent_;
+}
+
+uint64_t RecordCache::next_nonce(pid_t self) noexcept {
+  if (nonce_pid_.load(std::memory_order_relaxed) != self) {
+    // First grant in this process (or after a fork). Two threads racing here each store a random
+    // start; either way every fetch_add below returns a value of its own.
+    nonce_next_.store(sys::unique_u64(), std::memory_order_relaxed);
+    nonce_pid_.store(self, std::memory_order_relaxed);
+  }
+  return nonce_next_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void RecordCache::give_back(HolderRecord&& record, bool unchanged) noexcept {

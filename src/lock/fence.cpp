@@ -270,16 +270,17 @@ void FenceFile::reopen_if_replaced() {
 uint64_t FenceFile::next() {
   reopen_if_replaced();
   char buf[kEpochSize + kCounterSize];
-  // The stat just made says the whole layout is there: read and bump it through the mapping.
+  // The stat just made says the whole layout is there: read and bump it through the mapping, in
+  // place (only a holder of the lock writes it, and we hold it).
   const bool mapped = !map_.empty() && known_size_ >= static_cast<off_t>(sizeof buf);
-  ssize_t n = static_cast<ssize_t>(sizeof buf);
+  std::string_view bytes;
   if (mapped) {
-    std::memcpy(buf, map_.data(), sizeof buf);
+    bytes = std::string_view(map_.data(), sizeof buf);
   } else {
-    n = read_state(fd_.get(), buf);
+    const ssize_t n = read_state(fd_.get(), buf);
+    if (n < 0) throw Error(static_cast<int>(-n), path_, "cannot read fencing-token file");
+    bytes = std::string_view(buf, static_cast<size_t>(n));
   }
-  if (n < 0) throw Error(static_cast<int>(-n), path_, "cannot read fencing-token file");
-  const std::string_view bytes(buf, static_cast<size_t>(n));
   // The epoch line changes once per boot: when its bytes are the ones last parsed (and found
   // valid, of this boot and host), only the counter line needs parsing.
   const bool epoch_seen = epoch_cache_valid_ && bytes.size() >= kEpochSize &&

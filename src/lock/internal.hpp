@@ -71,8 +71,9 @@ HolderRecord make_record(Backend backend, LockMode mode, const LockOptions& opti
 // grant (token, nonce, time), the tail everything else (backend, mode, lease, processes,
 // command), which a LockFile formats once and keeps (RecordCache).
 void append_record_head(std::string& out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns);
-// The digits of a head's token and time above their last eight, as last formatted: they change
-// once in 10^8 grants and every 100 ms, so a repeated grant formats only the last eight.
+// The digits of a head's token, nonce and time above their last eight, as last formatted: they
+// change once in 10^8 grants (token, a RecordCache's nonce) and every 100 ms, so a repeated grant
+// formats only the last eight.
 struct RecordHeadCache {
   struct High {
     uint64_t value = UINT64_MAX;  // no value has this high part
@@ -80,6 +81,7 @@ struct RecordHeadCache {
     char text[24];  // at most 12 digits, and room to format them eight at a time
   };
   High token;
+  High nonce;
   High time;
 };
 // The head formatted at `out`, which has room for kRecordHeadRoom bytes; returns its length.
@@ -141,6 +143,12 @@ class RecordCache {
   void claim() noexcept;
   void unclaim() noexcept { claimed_.store(false, std::memory_order_release); }
   std::atomic<bool> claimed_{false};
+  // A grant's nonce: unique per grant, from a random start per RecordCache and process, then
+  // consecutive, so that a repeated grant formats only its last eight digits (RecordHeadCache).
+  // A forked child draws a start of its own.
+  uint64_t next_nonce(pid_t self) noexcept;
+  std::atomic<uint64_t> nonce_next_{0};
+  std::atomic<pid_t> nonce_pid_{0};
   pid_t pid_ = 0;
   // append_record_tail of the cached record: of take()'s and of lend()'s, which are the same
   // make_record of this process (written only by take() and lend()).

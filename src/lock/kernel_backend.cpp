@@ -126,7 +126,17 @@ Locked lock_fd(int fd, const Target& target, Backend backend, bool exclusive, co
 // read and written, and the record written, only under the lock. A file that cannot be opened
 // costs the token or the record, never the lock (the kernel is the truth). `record`: false when
 // the grant writes its record later (RecordWrite::at_first_added_holder), which opens it then.
-void open_state_files(OpenFiles& files, LockMode mode, bool record) {
+void open_missing_state_files(OpenFiles& files, LockMode mode, bool record);
+inline void open_state_files(OpenFiles& files, LockMode mode, bool record) {
+  // Everything is open already (a repeated grant): no call.
+  if (files.side_state_checked &&
+      (!files.side_state || (files.fence && (!record || mode != LockMode::exclusive || files.record_fd)))) {
+    return;
+  }
+  open_missing_state_files(files, mode, record);
+}
+
+void open_missing_state_files(OpenFiles& files, LockMode mode, bool record) {
   if (!files.side_state_checked) {
     files.side_state = side_state_for(files.lock_fd.get(), files.st, &files.side_state_why);
     files.side_state_checked = true;

@@ -190,7 +190,7 @@ size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acq
   char* const token_end = out + sizeof kTokenField - 1 + kTokenWidth;
   char* p = put_field(out, kTokenField, token, false, cache ? &cache->token : nullptr);
   std::memset(p, ' ', static_cast<size_t>(token_end - p));  // also over put_decimal's slack
-  p = put_field(token_end, ",\"nonce\":", nonce);
+  p = put_field(token_end, ",\"nonce\":", nonce, false, cache ? &cache->nonce : nullptr);
   const bool negative = acquired_unix_ns < 0;
   const uint64_t magnitude =
       negative ? uint64_t{0} - static_cast<uint64_t>(acquired_unix_ns) : static_cast<uint64_t>(acquired_unix_ns);

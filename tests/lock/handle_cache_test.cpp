@@ -185,6 +185,39 @@ TEST_P(HandleCache, ForkedChildUsingItsParentsLockFileNamesItself) {
   EXPECT_EQ(on_disk->processes.front(), self_identity());
 }
 
+// A LockFile's nonces are consecutive from a random start (so that a grant formats only their
+// last digits): a child forked with the LockFile must start afresh, or its grants would carry
+// the very nonces its parent's next grants carry.
+TEST_P(HandleCache, ForkedChildUsingItsParentsLockFileNeverRepeatsItsNonces) {
+  TempDir dir;
+  StateDir state(dir / "state");
+  const std::string path = dir / "a.lock";
+  auto lf = LockFile::open(path, LockOptions{GetParam()});
+  constexpr int kGrants = 20;
+  for (int i = 0; i < 3; ++i) lf.acquire().release();  // the parent's start is drawn and used
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = holdfast::testing::fork_child([&] {
+    for (int i = 0; i < kGrants; ++i) {
+      auto l = lf.acquire();
+      const uint64_t nonce = l.record().nonce;
+      if (::write(fds[1], &nonce, sizeof nonce) != static_cast<ssize_t>(sizeof nonce)) return 1;
+    }
+    return 0;
+  });
+  ::close(fds[1]);
+  std::set<uint64_t> nonces;
+  uint64_t nonce = 0;
+  while (::read(fds[0], &nonce, sizeof nonce) == static_cast<ssize_t>(sizeof nonce)) nonces.insert(nonce);
+  ::close(fds[0]);
+  ASSERT_EQ(holdfast::testing::wait_child(child), 0);
+  ASSERT_EQ(nonces.size(), static_cast<size_t>(kGrants));
+  for (int i = 0; i < kGrants; ++i) {
+    auto l = lf.acquire();
+    EXPECT_TRUE(nonces.insert(l.record().nonce).second) << "the parent's grant " << i << " repeats a child's nonce";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, HandleCache, ::testing::Values(Backend::ofd, Backend::flock, Backend::excl,
                                                                    Backend::link, Backend::shm),
                          [](const auto& info) { return std::string(to_string(info.param)); });
