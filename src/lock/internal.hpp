@@ -84,10 +84,10 @@ struct RecordHeadCache {
   High nonce;
   High time;
 };
-// The head formatted at `out`, which has room for kRecordHeadRoom bytes; returns its length.
-// The token is padded with spaces to kTokenWidth bytes, so that issuing it (a dotlock appears
-// with token 0) rewrites no byte but its own (see format_record_head).
+// The width of a head's token: its digits, padded with spaces, so that issuing it (a dotlock
+// appears with token 0) rewrites no byte but its own (see format_record_head).
 inline constexpr size_t kTokenWidth = 20;  // the digits of UINT64_MAX
+// The head formatted at `out`, which has room for kRecordHeadRoom bytes; returns its length.
 // `cache`, when given, is used and updated (one cache per formatting thread).
 inline constexpr size_t kRecordHeadRoom = 128;
 size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acquired_unix_ns,
