@@ -321,8 +321,13 @@ nlohmann::json Client::call(std::string_view path, const nlohmann::json& body, m
     // within the budget. The time left is shared among the endpoints not yet tried in this round
     // (a fast failure leaves more for the next ones). The keepalive depends on it: its budget is
     // what is left of the lease's validity, and it must reach a live member within it.
-    const size_t untried = options_.endpoints.size() - tried % options_.endpoints.size();
-    const auto attempt = std::min(left, std::max(kMinAttempt, left / static_cast<long>(untried)));
+    // The last endpoint of a round gets half of what is left, not all of it: during an election
+    // the live members answer "no leader" at once, and a frozen member last in the round would
+    // otherwise spend the rest of the budget before they are asked again.
+    const size_t endpoints = options_.endpoints.size();
+    const size_t untried = endpoints - tried % endpoints;
+    const long share = untried == 1 && endpoints > 1 ? 2 : static_cast<long>(untried);
+    const auto attempt = std::min(left, std::max(kMinAttempt, left / share));
     const auto attempt_sent = Clock::now();
     Attempt a = perform(url_of(path), payload, std::max(attempt, milliseconds(1)), nullptr, nullptr);
     if (a.curl != CURLE_OK) {
