@@ -452,11 +452,35 @@ TEST(EtcdLock, UnreachableEndpointsFailWithUnavailable) {
   }
 }
 
-// A TCP endpoint that closes its first connection unanswered (as etcd's TLS port does with a
-// plain-HTTP request) and holds every later one open without a word, until destroyed.
-class ClosesThenHangs {
+// A TCP endpoint on 127.0.0.1 that stands in for an etcd member, until destroyed. Nothing
+// listens on its port before `listening_after` (connections are refused); from then on it
+//   - closes_first: closes its first connection unanswered (as etcd's TLS port does with a
+//     plain-HTTP request) and holds every later one open without a word;
+//   - frozen: holds every connection open without a word (a SIGSTOPped member);
+//   - answers: answers every request with HTTP 200 and an empty JSON object.
+class FakeMember {
  public:
-  ClosesThenHangs() : port_(testing::free_ports(1).front()) {
+  enum Behaviour { closes_first, frozen, answers };
+  explicit FakeMember(Behaviour behaviour, std::chrono::milliseconds listening_after = 0ms)
+      : port_(testing::free_ports(1).front()), behaviour_(behaviour), listening_after_(listening_after) {
+    server_ = std::thread([this] { serve(); });
+  }
+  ~FakeMember() {
+    stop_ = true;
+    server_.join();
+    for (int fd : held_) ::close(fd);
+    if (listener_ >= 0) ::close(listener_);
+  }
+  FakeMember(const FakeMember&) = delete;
+  FakeMember& operator=(const FakeMember&) = delete;
+  int port() const { return port_; }
+
+ private:
+  void serve() {
+    const auto start = std::chrono::steady_clock::now();
+    while (!stop_ && std::chrono::steady_clock::now() - start < listening_after_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -465,40 +489,35 @@ class ClosesThenHangs {
     const int one = 1;
     ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener_, 16) != 0) {
-      throw std::runtime_error("cannot listen on 127.0.0.1");
+      ADD_FAILURE() << "cannot listen on 127.0.0.1:" << port_;
+      return;
     }
-    server_ = std::thread([this] { serve(); });
-  }
-  ~ClosesThenHangs() {
-    stop_ = true;
-    server_.join();
-    for (int fd : held_) ::close(fd);
-    ::close(listener_);
-  }
-  ClosesThenHangs(const ClosesThenHangs&) = delete;
-  ClosesThenHangs& operator=(const ClosesThenHangs&) = delete;
-  int port() const { return port_; }
-
- private:
-  void serve() {
     bool first = true;
     while (!stop_) {
       pollfd p{listener_, POLLIN, 0};
       if (::poll(&p, 1, 20) <= 0) continue;
       const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
       if (fd < 0) continue;
-      if (first) {
-        char buf[512];
-        (void)!::read(fd, buf, sizeof buf);  // the request, then a close without a reply
-        ::close(fd);
-        first = false;
-      } else {
+      const bool close_it = behaviour_ == answers || (behaviour_ == closes_first && first);
+      first = false;
+      if (!close_it) {
         held_.push_back(fd);
+        continue;
       }
+      char buf[4096];
+      (void)!::read(fd, buf, sizeof buf);  // the request (small: one read)
+      if (behaviour_ == answers) {
+        static constexpr char kReply[] =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+        (void)!::write(fd, kReply, sizeof kReply - 1);
+      }
+      ::close(fd);
     }
   }
   int port_;
-  int listener_ = -1;
+  Behaviour behaviour_;
+  std::chrono::milliseconds listening_after_;
+  int listener_ = -1;  // touched by the server thread only until it is joined
   std::atomic<bool> stop_{false};
   std::vector<int> held_;  // touched by the server thread only until it is joined
   std::thread server_;
@@ -508,7 +527,7 @@ class ClosesThenHangs {
 // when the last attempt, given only what was left of the budget, then ran out of time: the
 // running out says nothing about the endpoint (it made a loaded CI run report "unreachable").
 TEST(EtcdClient, AnEndpointThatClosedPlainHttpUnansweredWantsTlsEvenIfTheLastAttemptTimesOut) {
-  ClosesThenHangs endpoint;
+  FakeMember endpoint(FakeMember::closes_first);
   auto o = parse_etcd_url(fmt::format("etcd://127.0.0.1:{}/p", endpoint.port()));
   o.request_timeout = 600ms;
   etcd::Client client(o);
@@ -521,74 +540,14 @@ TEST(EtcdClient, AnEndpointThatClosedPlainHttpUnansweredWantsTlsEvenIfTheLastAtt
   }
 }
 
-// A TCP endpoint on 127.0.0.1 that, from `after` on, answers every request with HTTP 200 and
-// an empty JSON object; before that nothing listens on its port (connections are refused). With
-// `after` forever (a very long time), one that accepts connections and never answers: a frozen
-// member.
-class LateOrSilent {
- public:
-  LateOrSilent(std::chrono::milliseconds after, bool answers)
-      : port_(testing::free_ports(1).front()), after_(after), answers_(answers) {
-    server_ = std::thread([this] { serve(); });
-  }
-  ~LateOrSilent() {
-    stop_ = true;
-    server_.join();
-    for (int fd : held_) ::close(fd);
-    if (listener_ >= 0) ::close(listener_);
-  }
-  LateOrSilent(const LateOrSilent&) = delete;
-  LateOrSilent& operator=(const LateOrSilent&) = delete;
-  int port() const { return port_; }
-
- private:
-  void serve() {
-    const auto start = std::chrono::steady_clock::now();
-    while (!stop_ && std::chrono::steady_clock::now() - start < after_) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port_));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const int one = 1;
-    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener_, 16) != 0) return;
-    while (!stop_) {
-      pollfd p{listener_, POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) continue;
-      const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) continue;
-      if (!answers_) {
-        held_.push_back(fd);
-        continue;
-      }
-      char buf[4096];
-      (void)!::read(fd, buf, sizeof buf);  // the request (small: one read)
-      static constexpr char kReply[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
-                                       "Connection: close\r\n\r\n{}";
-      (void)!::write(fd, kReply, sizeof kReply - 1);
-      ::close(fd);
-    }
-  }
-  int port_;
-  std::chrono::milliseconds after_;
-  bool answers_;
-  int listener_ = -1;
-  std::atomic<bool> stop_{false};
-  std::vector<int> held_;  // touched by the server thread only until it is joined
-  std::thread server_;
-};
-
 // During an election the live members answer "no leader" at once, and a frozen member does not
 // answer at all. The frozen member, last in a round, must not be given the whole rest of the
 // budget: the live ones must be asked again within it. (A contention test's worker spent its
 // 10 s on the frozen member while the others were electing, and failed "unreachable".) Here the
 // live endpoint refuses connections for 300 ms, then answers; the frozen one comes second.
 TEST(EtcdClient, AFrozenMemberLastInARoundLeavesTimeForAnotherRound) {
-  LateOrSilent live(300ms, true);
-  LateOrSilent frozen(0ms, false);
+  FakeMember live(FakeMember::answers, 300ms);
+  FakeMember frozen(FakeMember::frozen);
   auto o = parse_etcd_url(fmt::format("etcd://127.0.0.1:{},127.0.0.1:{}/p", live.port(), frozen.port()));
   etcd::Client client(o);
   const auto start = std::chrono::steady_clock::now();
