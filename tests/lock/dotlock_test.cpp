@@ -80,6 +80,10 @@ TEST_P(DotlockTest, EightReclaimersExactlyOneWinnerPerRound) {
   };
   auto* shared = static_cast<Shared*>(testing::shared_memory(sizeof(Shared)));
   new (shared) Shared{};
+  // Counts an error of round `r`, keeping the first one's message.
+  auto count = [](std::atomic<int>& errors, char (&first)[512], int r, const std::exception& e) {
+    if (errors.fetch_add(1) == 0) std::snprintf(first, sizeof first, "round %d: %s", r, e.what());
+  };
   // Semaphore eventfds: writing 8 wakes all 8 workers at once; each reads 1.
   int start = ::eventfd(0, EFD_SEMAPHORE);
   int finish = ::eventfd(0, EFD_SEMAPHORE);
@@ -94,9 +98,7 @@ TEST_P(DotlockTest, EightReclaimersExactlyOneWinnerPerRound) {
         try {
           l = Lock::try_acquire(path, opts(backend));
         } catch (const std::exception& e) {
-          if (shared->errors.fetch_add(1) == 0) {
-            std::snprintf(shared->first_error, sizeof shared->first_error, "round %d: %s", r, e.what());
-          }
+          count(shared->errors, shared->first_error, r, e);
         }
         if (l) shared->winners.fetch_add(1);
         v = 1;
@@ -106,10 +108,7 @@ TEST_P(DotlockTest, EightReclaimersExactlyOneWinnerPerRound) {
           try {
             l->release();
           } catch (const std::exception& e) {
-            if (shared->release_errors.fetch_add(1) == 0) {
-              std::snprintf(shared->first_release_error, sizeof shared->first_release_error, "round %d: %s", r,
-                            e.what());
-            }
+            count(shared->release_errors, shared->first_release_error, r, e);
           }
         }
         v = 1;

@@ -93,12 +93,6 @@ TEST(HolderRecord, TruncatedOrForeignRecordsDoNotParse) {
   EXPECT_FALSE(HolderRecord::parse("12345\n")) << "a pid alone (a classic pidfile) is not a record";
 }
 
-// A record file is rewritten in place while others may read it: a dotlock gets its token after
-// it is visible (token 0 first), and a holder added later rewrites it longer. The page cache
-// does not make a write atomic for a concurrent reader: it may read the new bytes up to any
-// point and the old ones after it. Whatever such a reader parses must name the holder that is
-// writing, or fail to parse (held: fail closed). A mix that parsed with another process list
-// made a live holder's dotlock look stale and reclaimable: two holders at once.
 // The process list as text, for readable failures.
 std::string who(const std::vector<ProcessIdentity>& processes) {
   std::string out;
@@ -109,6 +103,13 @@ std::string who(const std::vector<ProcessIdentity>& processes) {
   return out;
 }
 
+// A record file is rewritten in place while others may read it: a dotlock gets its token after
+// it is visible (token 0 first), and a holder added later rewrites it longer. The page cache
+// does not make a write atomic for a concurrent reader: it may read the new bytes up to any
+// point and the old ones after it. Whatever such a reader parses must name the holder that is
+// writing, or fail to parse (held: fail closed). A mix that parsed with another process list
+// made a live holder's dotlock look stale and reclaimable: two holders at once.
+// Every such mix of `before` and its rewrite `after_unpadded`.
 std::vector<std::string> torn_mixes(const std::string& before, const std::string& after_unpadded) {
   // As write_padded writes it over `before`: padded with spaces to the old size, newline last.
   std::string after = after_unpadded;
