@@ -218,9 +218,9 @@ TEST(HolderCli, ReportsFreeHeldAndStale) {
   auto record = wait_for_record(dir / "d", 2);
   ASSERT_TRUE(record);
   ASSERT_TRUE(wait_for_exec(record->processes.back().pid, "sleep"));
-  ::kill(record->processes.back().pid, SIGKILL);
   ::kill(h, SIGKILL);
   testing::wait_child(h);
+  ::kill(record->processes.back().pid, SIGKILL);
   for (int i = 0; i < 500 && ::kill(record->processes.back().pid, 0) == 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(holdfast({"holder", dir / "d"}).exit_code, 2);
 }
