@@ -8,6 +8,9 @@
 //   <fs>:<backend>:bare      the bare primitive: OFD lock+unlock / flock LOCK_EX+LOCK_UN on an open
 //                            fd; for dotlocks open(O_EXCL)+close+unlink / link+unlink
 //   <fs>:<backend>:path      Lock::acquire(path) + release (opens lock and fence files each time)
+//   <fs>:<backend>:paired    the handle and the syscalls loop in alternating batches on one lock
+//                            file; counter handle_over_mirror is the median of the batch pairs'
+//                            ratios (robust to the machine's speed drifting between benchmarks)
 // bench/10-lock.sh turns the JSON output into ratios. Keep the syscalls loops in step with
 // src/lock: `bash bench/10-lock.sh` prints holdfast's and the mirror's syscalls per operation
 // (under strace, when installed) so a drift shows up as a mismatch.
@@ -25,11 +28,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -201,104 +207,220 @@ struct flock whole_file(short type) {
 
 // ---- the syscalls each backend makes per acquisition (see strace -f of the handle loop) ----
 
-void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backend) {
-  sample_record(path, backend);
-  const std::string base = state_base(path);
-  const std::string fence_path = base + ".fence";
-  const std::string record = read_all(base + ".holder");  // padded to the file's size, as holdfast writes it
-  int fd = ::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
-  int fence = ::open(fence_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
-  int rec = ::open((base + ".holder").c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
-  check(fd >= 0 && fence >= 0 && rec >= 0, "open " + path + " and its state files");
-  const bool ofd = backend == Backend::ofd;
-  const struct flock wr = whole_file(F_WRLCK);
-  const struct flock un = whole_file(F_UNLCK);
-  // holdfast maps the fence (its first 128 bytes) and the record file's first page shared on a
-  // local filesystem: the counter and the record are loads and stores, not syscalls.
-  char* fmap = static_cast<char*>(::mmap(nullptr, kFenceRead, PROT_READ | PROT_WRITE, MAP_SHARED, fence, 0));
-  char* rmap = static_cast<char*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, rec, 0));
-  check(fmap != MAP_FAILED && rmap != MAP_FAILED, "mmap state files");
-  char fbuf[kFenceRead];
-  for (auto _ : state) {
-    if (ofd) {
-      check(::fcntl(fd, F_OFD_SETLKW, &wr) == 0, "F_OFD_SETLKW");  // kernel_lock
+// The handle's syscalls on a kernel lock, one acquire+release per step(). Holds exactly what the
+// handle holds: the lock file and both state files open, the fence and the record mapped.
+class KernelMirror {
+ public:
+  KernelMirror(const std::string& path, Backend backend)
+      : path_(path),
+        fence_path_(state_base(path) + ".fence"),
+        record_(read_all(state_base(path) + ".holder")),  // padded to the file's size, as holdfast writes it
+        ofd_(backend == Backend::ofd) {
+    const std::string holder = state_base(path) + ".holder";
+    fd_ = ::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    fence_ = ::open(fence_path_.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    rec_ = ::open(holder.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    check(fd_ >= 0 && fence_ >= 0 && rec_ >= 0, "open " + path + " and its state files");
+    // holdfast maps the fence (its first 128 bytes) and the record file's first page shared on a
+    // local filesystem: the counter and the record are loads and stores, not syscalls.
+    fmap_ = static_cast<char*>(::mmap(nullptr, kFenceRead, PROT_READ | PROT_WRITE, MAP_SHARED, fence_, 0));
+    rmap_ = static_cast<char*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, rec_, 0));
+    check(fmap_ != MAP_FAILED && rmap_ != MAP_FAILED, "mmap state files");
+  }
+  KernelMirror(const KernelMirror&) = delete;
+  KernelMirror& operator=(const KernelMirror&) = delete;
+  ~KernelMirror() {
+    ::munmap(fmap_, kFenceRead);
+    ::munmap(rmap_, 4096);
+    ::close(rec_);
+    ::close(fence_);
+    ::close(fd_);
+  }
+
+  void step() {
+    if (ofd_) {
+      check(::fcntl(fd_, F_OFD_SETLKW, &wr_) == 0, "F_OFD_SETLKW");  // kernel_lock
     } else {
-      check(::flock(fd, LOCK_EX) == 0, "flock");
+      check(::flock(fd_, LOCK_EX) == 0, "flock");
     }
     struct stat now;
-    check(::stat(path.c_str(), &now) == 0, "stat");              // inode re-check
-    check(::stat(fence_path.c_str(), &now) == 0, "stat fence");  // fence file not replaced
-    std::memcpy(fbuf, fmap, sizeof fbuf);
+    check(::stat(path_.c_str(), &now) == 0, "stat");              // inode re-check
+    check(::stat(fence_path_.c_str(), &now) == 0, "stat fence");  // fence file not replaced
+    char fbuf[kFenceRead];
+    std::memcpy(fbuf, fmap_, sizeof fbuf);
     increment_counter(fbuf);
-    std::memcpy(fmap + kCounterOffset, fbuf + kCounterOffset, kCounterSize);
-    std::memcpy(rmap, record.data(), record.size());
+    std::memcpy(fmap_ + kCounterOffset, fbuf + kCounterOffset, kCounterSize);
+    std::memcpy(rmap_, record_.data(), record_.size());
     benchmark::ClobberMemory();
-    if (ofd) {
-      check(::fcntl(fd, F_OFD_SETLK, &un) == 0, "F_OFD_SETLK unlock");
+    if (ofd_) {
+      check(::fcntl(fd_, F_OFD_SETLK, &un_) == 0, "F_OFD_SETLK unlock");
     } else {
-      check(::flock(fd, LOCK_UN) == 0, "flock LOCK_UN");
+      check(::flock(fd_, LOCK_UN) == 0, "flock LOCK_UN");
     }
   }
-  ::munmap(fmap, kFenceRead);
-  ::munmap(rmap, 4096);
-  ::close(rec);
-  ::close(fence);
-  ::close(fd);
+
+ private:
+  const std::string path_;
+  const std::string fence_path_;
+  const std::string record_;
+  const bool ofd_;
+  const struct flock wr_ = whole_file(F_WRLCK);
+  const struct flock un_ = whole_file(F_UNLCK);
+  int fd_ = -1;
+  int fence_ = -1;
+  int rec_ = -1;
+  char* fmap_ = nullptr;
+  char* rmap_ = nullptr;
+};
+
+// The handle's syscalls on a dotlock, one acquire+release per step(): create a temp file with
+// the token-0 record, publish it (link or rename), check, issue the token, release by moving aside.
+class DotlockMirror {
+ public:
+  DotlockMirror(const std::string& path, Backend backend, Sample sample)
+      : sample_(std::move(sample)),
+        fence_path_(path + ".fence"),
+        dir_(path.substr(0, path.rfind('/'))),
+        base_(path.substr(path.rfind('/') + 1)),
+        tmp_("." + base_ + ".new.0123456789abcdef"),
+        aside_("." + base_ + ".gone.0123456789abcdef"),
+        link_(backend == Backend::link),
+        name_counter_(random_u64()) {  // temp names: any unique value (holdfast mixes a counter)
+    fence_ = ::open(fence_path_.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    check(fence_ >= 0, "open " + fence_path_);
+    fmap_ = static_cast<char*>(::mmap(nullptr, kFenceRead, PROT_READ | PROT_WRITE, MAP_SHARED, fence_, 0));
+    check(fmap_ != MAP_FAILED, "mmap fence");
+  }
+  DotlockMirror(const DotlockMirror&) = delete;
+  DotlockMirror& operator=(const DotlockMirror&) = delete;
+  ~DotlockMirror() {
+    ::munmap(fmap_, kFenceRead);
+    ::close(fence_);
+  }
+
+  void step() {
+    // Every name relative to the lock's directory, resolved once per acquire.
+    int d = ::open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    check(d >= 0, "open dir");
+    hex16(++name_counter_, tmp_.data() + tmp_.size() - 16);
+    int fd = ::openat(d, tmp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0644);
+    check(fd >= 0, "open temp");
+    const std::string& record = sample_.record;
+    check(::pwrite(fd, record.data(), sample_.first_record, 0) == static_cast<ssize_t>(sample_.first_record),
+          "pwrite temp");
+    struct stat mine, now;
+    check(::fstat(fd, &mine) == 0, "fstat");
+    if (link_) {
+      check(::linkat(d, tmp_.c_str(), d, base_.c_str(), 0) == 0, "link");
+      check(::fstat(fd, &now) == 0 && now.st_nlink >= 2, "fstat link count");
+      check(::unlinkat(d, tmp_.c_str(), 0) == 0, "unlink temp");
+    } else {
+      check(::renameat2(d, tmp_.c_str(), d, base_.c_str(), RENAME_NOREPLACE) == 0, "renameat2");
+    }
+    check(::fstatat(d, base_.c_str(), &now, 0) == 0, "stat");         // post-create check
+    check(::stat(fence_path_.c_str(), &now) == 0, "stat fence");  // fence file not replaced
+    char fbuf[kFenceRead];
+    std::memcpy(fbuf, fmap_, sizeof fbuf);
+    increment_counter(fbuf);
+    std::memcpy(fmap_ + kCounterOffset, fbuf + kCounterOffset, kCounterSize);
+    benchmark::ClobberMemory();
+    check(::pwrite(fd, record.data(), record.size(), 0) == static_cast<ssize_t>(record.size()), "pwrite record");
+    // release: check it is ours, move aside, check again, unlink
+    check(::fstatat(d, base_.c_str(), &now, 0) == 0, "stat name");
+    hex16(++name_counter_, aside_.data() + aside_.size() - 16);
+    check(::renameat(d, base_.c_str(), d, aside_.c_str()) == 0, "rename aside");
+    check(::fstatat(d, aside_.c_str(), &now, 0) == 0, "stat aside");
+    check(::unlinkat(d, aside_.c_str(), 0) == 0, "unlink aside");
+    ::close(fd);
+    ::close(d);
+  }
+
+ private:
+  const Sample sample_;
+  const std::string fence_path_;
+  const std::string dir_;
+  const std::string base_;
+  std::string tmp_;    // its last 16 characters are rewritten for every name
+  std::string aside_;  // likewise
+  const bool link_;
+  uint64_t name_counter_;
+  int fence_ = -1;
+  char* fmap_ = nullptr;
+};
+
+void bm_kernel_syscalls(benchmark::State& state, std::string path, Backend backend) {
+  sample_record(path, backend);
+  KernelMirror mirror(path, backend);
+  for (auto _ : state) mirror.step();
   set_counters(state);
 }
 
 void bm_dotlock_syscalls(benchmark::State& state, std::string path, Backend backend) {
-  const Sample s = sample_record(path, backend);
-  const std::string fence_path = path + ".fence";
-  int fence = ::open(fence_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
-  check(fence >= 0, "open " + fence_path);
-  char* fmap = static_cast<char*>(::mmap(nullptr, kFenceRead, PROT_READ | PROT_WRITE, MAP_SHARED, fence, 0));
-  check(fmap != MAP_FAILED, "mmap fence");
-  const std::string dir = path.substr(0, path.rfind('/'));
-  const std::string base = path.substr(path.rfind('/') + 1);
-  std::string tmp = "." + base + ".new.0123456789abcdef";
-  std::string aside = "." + base + ".gone.0123456789abcdef";
-  char* tmp_hex = tmp.data() + tmp.size() - 16;
-  char* aside_hex = aside.data() + aside.size() - 16;
-  const bool link_backend = backend == Backend::link;
-  uint64_t name_counter = random_u64();  // temp names: any unique value (holdfast mixes a counter)
-  char fbuf[kFenceRead];
-  for (auto _ : state) {
-    // Every name relative to the lock's directory, resolved once per acquire.
-    int d = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    check(d >= 0, "open dir");
-    hex16(++name_counter, tmp_hex);
-    int fd = ::openat(d, tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0644);
-    check(fd >= 0, "open temp");
-    check(::pwrite(fd, s.record.data(), s.first_record, 0) == static_cast<ssize_t>(s.first_record), "pwrite temp");
-    struct stat mine, now;
-    check(::fstat(fd, &mine) == 0, "fstat");
-    if (link_backend) {
-      check(::linkat(d, tmp.c_str(), d, base.c_str(), 0) == 0, "link");
-      check(::fstat(fd, &now) == 0 && now.st_nlink >= 2, "fstat link count");
-      check(::unlinkat(d, tmp.c_str(), 0) == 0, "unlink temp");
-    } else {
-      check(::renameat2(d, tmp.c_str(), d, base.c_str(), RENAME_NOREPLACE) == 0, "renameat2");
-    }
-    check(::fstatat(d, base.c_str(), &now, 0) == 0, "stat");       // post-create check
-    check(::stat(fence_path.c_str(), &now) == 0, "stat fence");  // fence file not replaced
-    std::memcpy(fbuf, fmap, sizeof fbuf);
-    increment_counter(fbuf);
-    std::memcpy(fmap + kCounterOffset, fbuf + kCounterOffset, kCounterSize);
-    benchmark::ClobberMemory();
-    check(::pwrite(fd, s.record.data(), s.record.size(), 0) == static_cast<ssize_t>(s.record.size()), "pwrite record");
-    // release: check it is ours, move aside, check again, unlink
-    check(::fstatat(d, base.c_str(), &now, 0) == 0, "stat name");
-    hex16(++name_counter, aside_hex);
-    check(::renameat(d, base.c_str(), d, aside.c_str()) == 0, "rename aside");
-    check(::fstatat(d, aside.c_str(), &now, 0) == 0, "stat aside");
-    check(::unlinkat(d, aside.c_str(), 0) == 0, "unlink aside");
-    ::close(fd);
-    ::close(d);
-  }
-  ::munmap(fmap, kFenceRead);
-  ::close(fence);
+  DotlockMirror mirror(path, backend, sample_record(path, backend));
+  for (auto _ : state) mirror.step();
   set_counters(state);
+}
+
+// The handle and its mirror on the same lock file, timed in alternating batches: each iteration
+// is one pair (kBatch handle acquire+release, kBatch mirror steps, in turn first), and the pair's
+// ratio is handle time / mirror time. The counter handle_over_mirror is the median of the pairs'
+// ratios. Why: this machine is shared, and its speed moves by tens of percent between benchmarks
+// seconds apart (the same binary's handle/mirror ratio measured 1.0x to 1.8x). Batches a few
+// hundred microseconds apart see the same machine, so the pair's ratio cancels the drift.
+void bm_paired(benchmark::State& state, std::string path, Backend backend) {
+  constexpr int kBatch = 32;
+  const bool kernel = backend == Backend::ofd || backend == Backend::flock;
+  auto lf = LockFile::open(path, LockOptions{backend});
+  std::unique_ptr<KernelMirror> kernel_mirror;
+  std::unique_ptr<DotlockMirror> dotlock_mirror;
+  if (kernel) {
+    sample_record(path, backend);
+    kernel_mirror = std::make_unique<KernelMirror>(path, backend);
+  } else {
+    dotlock_mirror = std::make_unique<DotlockMirror>(path, backend, sample_record(path, backend));
+  }
+  auto run_mirror = [&] {
+    if (kernel) {
+      for (int i = 0; i < kBatch; ++i) kernel_mirror->step();
+    } else {
+      for (int i = 0; i < kBatch; ++i) dotlock_mirror->step();
+    }
+  };
+  auto run_handle = [&] {
+    for (int i = 0; i < kBatch; ++i) {
+      auto l = lf.acquire();
+      l.release();
+    }
+  };
+  auto timed = [](auto& run) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::vector<double> ratios, handle_ns, mirror_ns;
+  bool handle_first = true;
+  for (auto _ : state) {
+    double h = 0, m = 0;
+    if (handle_first) {
+      h = timed(run_handle);
+      m = timed(run_mirror);
+    } else {
+      m = timed(run_mirror);
+      h = timed(run_handle);
+    }
+    handle_first = !handle_first;
+    ratios.push_back(h / m);
+    handle_ns.push_back(h / kBatch);
+    mirror_ns.push_back(m / kBatch);
+  }
+  auto median = [](std::vector<double>& v) {
+    if (v.empty()) return 0.0;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  state.counters["handle_over_mirror"] = median(ratios);
+  state.counters["handle_ns"] = median(handle_ns);
+  state.counters["mirror_ns"] = median(mirror_ns);
 }
 
 // ---- the bare primitives ----
@@ -351,6 +473,7 @@ void register_all() {
                                        path, backend),
           benchmark::RegisterBenchmark((prefix + "bare").c_str(), bm_bare, bare_path, backend),
           benchmark::RegisterBenchmark((prefix + "path").c_str(), bm_path, path, backend),
+          benchmark::RegisterBenchmark((prefix + "paired").c_str(), bm_paired, path, backend),
       };
       for (auto* r : regs) {
         r->UseRealTime()->Unit(benchmark::kNanosecond);
