@@ -189,7 +189,12 @@ size_t format_record_head(char* out, uint64_t token, uint64_t nonce, int64_t acq
   static constexpr char kTokenField[] = "{\"holdfast\":1,\"token\":";
   char* const token_end = out + sizeof kTokenField - 1 + kTokenWidth;
   char* p = put_field(out, kTokenField, token, false, cache ? &cache->token : nullptr);
-  std::memset(p, ' ', static_cast<size_t>(token_end - p));  // also over put_decimal's slack
+  // Spaces up to token_end (at most kTokenWidth - 1 of them, and over put_decimal's slack), as
+  // one store of fixed size: what lands past token_end is overwritten by the fields that follow,
+  // or lies past the head.
+  constexpr size_t kSpaceFill = 24;
+  static_assert(kTokenWidth - 1 <= kSpaceFill && sizeof kTokenField - 1 + kTokenWidth + kSpaceFill <= kRecordHeadRoom);
+  std::memset(p, ' ', kSpaceFill);
   p = put_field(token_end, ",\"nonce\":", nonce, false, cache ? &cache->nonce : nullptr);
   const bool negative = acquired_unix_ns < 0;
   const uint64_t magnitude =
