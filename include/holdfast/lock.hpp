@@ -244,8 +244,10 @@ class LockFile {
 // system call when uncontended — the gate, the token, and the record slot's per-grant fields
 // (token, nonce, LockOptions::grant_time), the rest of the record being written only when the slot
 // no longer holds this handle's last one. Its record's nonce is derived from the token (unique per
-// grant, as the token is). Everywhere else (other backends, shared mode) it holds a Lock from
-// LockFile::acquire(), so code written against it works with every backend.
+// grant, as the token is). On ofd and flock (exclusive mode, the record written at the grant) it
+// makes a Lock's system calls and writes the same record, without a grant object: no allocation,
+// no reference count. Everywhere else (dotlocks, shared mode, RecordWrite::at_first_added_holder)
+// it holds a Lock from LockFile::acquire(), so code written against it works with every backend.
 class LockFile::Guard {
  public:
   // Throws holdfast::Error as LockFile::acquire does.

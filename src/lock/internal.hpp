@@ -321,6 +321,7 @@ struct OpenFiles {
   std::optional<fence::FenceFile> fence;
   std::shared_ptr<ShmMapping> shm;  // shm backend: the validated mapping
   RecordCache records;  // this process's record, kept between grants
+  pid_t guard_owner = 0;  // the process whose LockFile::Guard holds the kernel lock (kernel_guard_acquire)
 };
 
 // Return null if the wait ended without the lock. Throw holdfast::Error.
@@ -328,6 +329,20 @@ std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backen
                                             const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files);
 std::unique_ptr<Lock::State> dotlock_acquire(const Target& target, Backend backend, const LockOptions& options,
                                              const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files);
+
+// LockFile::Guard on a kernel lock, without a grant object: the same lock, token and record as
+// kernel_acquire's exclusive grant. Applies to ofd and flock in exclusive mode with the record
+// written at the grant (LockOptions::record_write's default).
+bool kernel_guard_applies(Backend backend, const LockOptions& options) noexcept;
+// Waits for the lock of `files` (a LockFile's, not busy), issues its token into `token` and
+// writes the record; the grant is `files`' until kernel_guard_release. False, holding nothing,
+// when the LockFile's record is lent to a grant that has not ended (the caller takes a Lock).
+// Throws holdfast::Error as kernel_acquire does, holding nothing.
+bool kernel_guard_acquire(const Target& target, Backend backend, const LockOptions& options, OpenFiles& files,
+                          uint64_t& token);
+// Ends kernel_guard_acquire's grant: unlocks (only in the process that locked) and ends the
+// record's loan.
+void kernel_guard_release(Backend backend, OpenFiles& files) noexcept;
 }  // namespace lock_internal
 
 }  // namespace holdfast
@@ -353,6 +368,8 @@ struct LockFile::Impl {
   std::shared_ptr<lock_internal::OpenFiles> files;
   // LockFile::Guard takes the shm fast path: the shm backend in exclusive mode (decided at open).
   bool guard_fast = false;
+  // LockFile::Guard takes the kernel one (kernel_guard_applies, decided at open).
+  bool guard_kernel = false;
   // Its inline path: files->shm once open, when neither fair mode nor a test hook needs the
   // out-of-line one (set by the first guard grant).
   lock_internal::ShmMapping* guard_mapping = nullptr;

@@ -19,6 +19,7 @@
 #include "lock/internal.hpp"
 #include "sys/file.hpp"
 #include "sys/kernel_lock.hpp"
+#include "sys/process.hpp"
 
 namespace holdfast::lock_internal {
 namespace {
@@ -170,6 +171,63 @@ bool writes_record_later(const LockOptions& options) noexcept {
   return options.mode == LockMode::exclusive && options.record_write == RecordWrite::at_first_added_holder;
 }
 
+// Another handle (in this process or another) may have written a longer record since this one
+// learnt the file's size: padding only to the size known here would leave the end of that
+// record behind our newline, and the file would no longer parse. A grown file has its data at
+// the old end, where an ungrown one reads zero (the rest of the page the file ends in; the
+// mapping is at most one page of 4096 bytes, so any non-zero size below it ends in that page):
+// one load answers. Otherwise (no mapping, an empty file, a size beyond the mapping) the file
+// is asked.
+void learn_record_size(OpenFiles& files) noexcept {
+  const auto known = static_cast<size_t>(files.record_size);
+  if (!files.record_map.empty() && known != 0 && known < files.record_map.size() &&
+      files.record_map.data()[known] == '\0') {
+    return;
+  }
+  struct stat st {};
+  if (sys::fstat_nothrow(files.record_fd.get(), st) == 0) files.record_size = std::max(files.record_size, st.st_size);
+}
+
+// Writes `record`, an exclusive grant's, into the state directory's record file. `cached`: the
+// record still has files.records' invariant part, so only its head is formatted. The record is
+// informational for kernel locks (the kernel is the truth): a state directory that cannot take
+// it costs the record, never the lock.
+void write_side_record(OpenFiles& files, const HolderRecord& record, bool cached) {
+  // Opened by the caller (open_state_files); a file that could not be opened costs the record.
+  if (!files.record_fd) return;
+  learn_record_size(files);
+  if (cached) {
+    // Within the file's size (holdfast never truncates a state file): a store, no syscall.
+    if (!files.record_map.empty() && files.record_size <= static_cast<off_t>(files.record_map.size()) &&
+        files.records.store(record, files.record_map.data(), static_cast<size_t>(files.record_size))) {
+      return;
+    }
+    const std::string& text = files.records.format(record, files.record_size);
+    if (sys::pwrite_all(files.record_fd.get(), text, 0) < 0) {
+      files.record_fd.reset();
+      files.record_map.reset();
+      return;
+    }
+    files.record_size = std::max(files.record_size, static_cast<off_t>(text.size()));
+    return;
+  }
+  if (write_record(files.record_fd.get(), record, files.record_size) < 0) {
+    files.record_fd.reset();
+    files.record_map.reset();
+  }
+}
+
+// Under the lock: issues `record`'s token (exclusive grants; shared ones take the last one
+// issued) and, for exclusive grants, writes the record. Without a state directory or a fence
+// the token stays 0. Throws (the caller's grant, destroyed, unlocks).
+void issue_token_and_write_record(OpenFiles& files, HolderRecord& record, LockMode mode, bool cached) {
+  open_state_files(files, mode, true);  // opened before the wait; again only if that failed
+  if (!files.side_state || !files.fence) return;  // no state directory, or no fence: no token
+  record.token = mode == LockMode::exclusive ? files.fence->next() : files.fence->current();
+  // Shared holders leave the record alone: several of them would overwrite each other.
+  if (mode == LockMode::exclusive) write_side_record(files, record, cached);
+}
+
 // A kernel lock held through files.lock_fd. Destroying it releases what it took: unlock (only in
 // the process that locked) and, for per-grant files, close.
 class KernelGrant final : public Lock::State {
@@ -207,7 +265,7 @@ class KernelGrant final : public Lock::State {
     record.processes.push_back(process);
     record_cached_ = false;  // no longer the cached shape: written in full from now on
     open_state_files(*files, mode, true);  // again if a failed write closed the record file
-    write_side_record();
+    if (mode == LockMode::exclusive) write_side_record(*files, record, false);
   }
 
   int fd() const noexcept override { return held_ ? files->lock_fd.get() : -1; }
@@ -231,61 +289,13 @@ class KernelGrant final : public Lock::State {
       record = files->records.take(backend, mode, options);
     }
     record_cached_ = true;
-    open_state_files(*files, mode, true);  // opened before the wait; again only if that failed
-    if (!files->side_state || !files->fence) return;  // no state directory, or no fence: no token
-    record.token = mode == LockMode::exclusive ? files->fence->next() : files->fence->current();
-    // Shared holders leave the record alone: several of them would overwrite each other.
-    if (mode == LockMode::exclusive) write_side_record();
+    issue_token_and_write_record(*files, record, mode, true);
   }
 
  private:
   // Set while the record waits for its first added holder: what it is then made with
   // (make_record's command and lease).
   std::optional<LockOptions> record_options_;
-
-  // The record is informational for kernel locks (the kernel is the truth): a state directory
-  // that cannot take it costs the record, never the lock.
-  void write_side_record() {
-    // Opened by the caller (open_state_files); a file that could not be opened costs the record.
-    if (mode != LockMode::exclusive || !files->record_fd) return;
-    learn_record_size();
-    if (record_cached_) {
-      // Within the file's size (holdfast never truncates a state file): a store, no syscall.
-      if (!files->record_map.empty() && files->record_size <= static_cast<off_t>(files->record_map.size()) &&
-          files->records.store(record, files->record_map.data(), static_cast<size_t>(files->record_size))) {
-        return;
-      }
-      const std::string& text = files->records.format(record, files->record_size);
-      if (sys::pwrite_all(files->record_fd.get(), text, 0) < 0) {
-        files->record_fd.reset();
-        files->record_map.reset();
-        return;
-      }
-      files->record_size = std::max(files->record_size, static_cast<off_t>(text.size()));
-      return;
-    }
-    if (write_record(files->record_fd.get(), record, files->record_size) < 0) {
-      files->record_fd.reset();
-      files->record_map.reset();
-    }
-  }
-
-  // Another handle (in this process or another) may have written a longer record since this one
-  // learnt the file's size: padding only to the size known here would leave the end of that
-  // record behind our newline, and the file would no longer parse. A grown file has its data at
-  // the old end, where an ungrown one reads zero (the rest of the page the file ends in; the
-  // mapping is at most one page of 4096 bytes, so any non-zero size below it ends in that page):
-  // one load answers. Otherwise (no mapping, an empty file, a size beyond the mapping) the file
-  // is asked.
-  void learn_record_size() noexcept {
-    const auto known = static_cast<size_t>(files->record_size);
-    if (!files->record_map.empty() && known != 0 && known < files->record_map.size() &&
-        files->record_map.data()[known] == '\0') {
-      return;
-    }
-    struct stat st {};
-    if (sys::fstat_nothrow(files->record_fd.get(), st) == 0) files->record_size = std::max(files->record_size, st.st_size);
-  }
 
   void end() noexcept {
     if (!held_) return;
@@ -314,6 +324,7 @@ class Loan {
   ~Loan() {
     if (record != nullptr) records.end_loan();
   }
+  HolderRecord* get() const noexcept { return record; }
   HolderRecord* hand_over() noexcept { return std::exchange(record, nullptr); }
 
  private:
@@ -321,41 +332,105 @@ class Loan {
   HolderRecord* record;
 };
 
+// A kernel lock just taken, unlocked when this goes out of scope unless dismissed: between the
+// lock and the object that releases it (a KernelGrant, or a guard), nothing may leak it.
+class KernelUnlock {
+ public:
+  KernelUnlock(int fd, Backend backend) noexcept : fd_(fd), kind_(kind_of(backend)) {}
+  KernelUnlock(const KernelUnlock&) = delete;
+  KernelUnlock& operator=(const KernelUnlock&) = delete;
+  ~KernelUnlock() {
+    if (fd_ >= 0) sys::kernel_unlock(fd_, kind_);
+  }
+  void dismiss() noexcept { fd_ = -1; }
+
+ private:
+  int fd_;
+  const sys::KernelLockKind kind_;
+};
+
 }  // namespace
 
-std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backend, const LockOptions& options,
-                                            const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files) {
-  const bool exclusive = options.mode == LockMode::exclusive;
+namespace {
+
+// Takes the kernel lock on the inode `target` names now, as `wait` allows: opens the lock file
+// when it is not open with the access needed, and opens the state files before the wait (see
+// open_state_files; `record`: whether the grant writes its record now). The path may have been
+// unlinked or replaced between our open and our lock; then we would hold a lock nobody else can
+// see, so that one is dropped and the path opened again. Returns false if the wait ended first.
+// On true the lock is held on files.lock_fd, and nothing that can throw has run since: the
+// caller takes it over at once.
+bool lock_current_inode(const Target& target, Backend backend, LockMode mode, bool record, const WaitSpec& wait,
+                        OpenFiles& files) {
+  const bool exclusive = mode == LockMode::exclusive;
   // OFD write locks need a descriptor open for writing; flock(2) needs none (like flock(1)).
   int access = backend == Backend::ofd && exclusive ? O_WRONLY : O_RDONLY;
-  if (files->lock_fd && files->access == O_RDWR) access = O_RDWR;
+  if (files.lock_fd && files.access == O_RDWR) access = O_RDWR;
   for (;;) {
-    if (!files->lock_fd || files->access != access) open_lock_file(target, access, *files);
-    // The record is borrowed and the state files opened before locking: making them may throw,
-    // and nothing is held yet. A record written later is neither borrowed nor opened now.
-    const bool later = writes_record_later(options);
-    Loan loan(files->records, later ? nullptr : files->records.lend(backend, options.mode, options));
-    open_state_files(*files, options.mode, !later);
-    const Locked locked = lock_fd(files->lock_fd.get(), target, backend, exclusive, wait);
-    if (locked == Locked::wait_ended) return nullptr;
+    if (!files.lock_fd || files.access != access) open_lock_file(target, access, files);
+    open_state_files(files, mode, record);
+    const Locked locked = lock_fd(files.lock_fd.get(), target, backend, exclusive, wait);
+    if (locked == Locked::wait_ended) return false;
     if (locked == Locked::needs_write_access) {
       if (access == O_RDWR) throw Error(EBADF, target.path, "cannot take lock");
       access = O_RDWR;
       continue;
     }
-    auto grant = std::make_unique<KernelGrant>(files, backend, options.mode, loan.hand_over());
-
-    // The path may have been unlinked or replaced between our open and our lock; then we hold a
-    // lock nobody else can see. Only a lock on the inode the path names now counts.
     struct stat now;  // filled by a successful stat, read only then
-    if (sys::stat_nothrow(target.path, now) != 0 || !sys::same_inode(files->st, now)) {
-      grant.reset();            // unlocks
-      files->lock_fd.reset();   // reopen the path on the next round
-      continue;
-    }
-    grant->finish(options);
-    return grant;
+    if (sys::stat_nothrow(target.path, now) == 0 && sys::same_inode(files.st, now)) return true;
+    sys::kernel_unlock(files.lock_fd.get(), kind_of(backend));
+    files.lock_fd.reset();  // reopen the path on the next round
   }
+}
+
+}  // namespace
+
+std::unique_ptr<Lock::State> kernel_acquire(const Target& target, Backend backend, const LockOptions& options,
+                                            const WaitSpec& wait, const std::shared_ptr<OpenFiles>& files) {
+  // The record is borrowed and the state files opened before locking: making them may throw,
+  // and nothing is held yet. A record written later is neither borrowed nor opened now.
+  const bool later = writes_record_later(options);
+  Loan loan(files->records, later ? nullptr : files->records.lend(backend, options.mode, options));
+  if (!lock_current_inode(target, backend, options.mode, !later, wait, *files)) return nullptr;
+  // Held from here: the grant owns the lock (and the loan) before anything else can throw.
+  KernelUnlock unlock_if_no_grant(files->lock_fd.get(), backend);
+  auto grant = std::make_unique<KernelGrant>(files, backend, options.mode, loan.get());
+  loan.hand_over();  // the grant ends the loan now
+  unlock_if_no_grant.dismiss();
+  grant->finish(options);
+  return grant;
+}
+
+bool kernel_guard_applies(Backend backend, const LockOptions& options) noexcept {
+  return (backend == Backend::ofd || backend == Backend::flock) && options.mode == LockMode::exclusive &&
+         !writes_record_later(options);
+}
+
+bool kernel_guard_acquire(const Target& target, Backend backend, const LockOptions& options, OpenFiles& files,
+                          uint64_t& token) {
+  Loan loan(files.records, files.records.lend(backend, options.mode, options));
+  HolderRecord* record = loan.get();
+  // Still lent to a Lock of this LockFile (released, but not yet destroyed): the caller takes a
+  // Lock, which takes a record of its own.
+  if (record == nullptr) return false;
+  lock_current_inode(target, backend, options.mode, true, WaitSpec{WaitSpec::forever, {}}, files);
+  KernelUnlock unlock_on_error(files.lock_fd.get(), backend);
+  record->acquired_unix_ns = unix_ns_now();  // token 0 and a fresh nonce: lend() set them
+  issue_token_and_write_record(files, *record, options.mode, true);
+  unlock_on_error.dismiss();
+  loan.hand_over();  // kept until kernel_guard_release ends it
+  files.busy = true;
+  files.guard_owner = sys::current_pid();
+  token = record->token;
+  return true;
+}
+
+void kernel_guard_release(Backend backend, OpenFiles& files) noexcept {
+  // A forked child's copy of the guard only drops its own view: the parent's lock stays (as
+  // KernelGrant::end).
+  if (files.guard_owner == sys::current_pid()) sys::kernel_unlock(files.lock_fd.get(), kind_of(backend));
+  files.records.end_loan();
+  files.busy = false;
 }
 
 }  // namespace holdfast::lock_internal

@@ -226,6 +226,7 @@ LockFile LockFile::open(const std::string& path, const LockOptions& options) {
   impl->backend = resolve_backend(impl->files->target, options);
   impl->options.backend = impl->backend;
   impl->guard_fast = impl->backend == Backend::shm && options.mode == LockMode::exclusive;
+  impl->guard_kernel = lock_internal::kernel_guard_applies(impl->backend, impl->options);
   return LockFile(std::move(impl));
 }
 

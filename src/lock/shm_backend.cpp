@@ -864,6 +864,10 @@ LockFile::Guard::Guard(LockFile& file) : impl_(file.impl_.get()) {
   ShmMapping* mapping = impl.guard_mapping;
   if (mapping == nullptr || files.busy) [[unlikely]] {
     if (!impl.guard_fast) {
+      if (impl.guard_kernel && !files.busy &&
+          lock_internal::kernel_guard_acquire(files.target, impl.backend, impl.options, files, token_)) {
+        return;
+      }
       lock_.emplace(file.acquire());
       token_ = lock_->token();
       return;
@@ -903,6 +907,10 @@ LockFile::Guard::~Guard() {
   if (lock_) return;  // ~Lock releases
   Impl& impl = *impl_;
   OpenFiles& files = *impl.files;
+  if (impl.guard_kernel) {
+    lock_internal::kernel_guard_release(impl.backend, files);
+    return;
+  }
   files.busy = false;
   if (impl.guard_mapping == nullptr) [[unlikely]] {
     guard_release_slow(files, impl.options);

@@ -1070,7 +1070,7 @@ TEST(ShmGuard, ANotRecoverableGateIsRefusedNotTaken) {
 }
 
 // Other backends and shared mode: the guard holds a Lock, with the same exclusion.
-TEST(ShmGuard, OtherBackendsAndSharedModeHoldALock) {
+TEST(ShmGuard, FlockAndSharedModeGuardsExcludeWritersAndRelease) {
   StateDir state;
   testing::TempDir dir;
   const std::string path = dir / "lock";
