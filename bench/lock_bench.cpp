@@ -8,9 +8,11 @@
 //   <fs>:<backend>:bare      the bare primitive: OFD lock+unlock / flock LOCK_EX+LOCK_UN on an open
 //                            fd; for dotlocks open(O_EXCL)+close+unlink / link+unlink
 //   <fs>:<backend>:path      Lock::acquire(path) + release (opens lock and fence files each time)
+//   <fs>:<backend>:guard     LockFile::open once, then a LockFile::Guard per iteration
 //   <fs>:<backend>:paired    the handle and the syscalls loop in alternating batches on one lock
 //                            file; counter handle_over_mirror is the median of the batch pairs'
 //                            ratios (robust to the machine's speed drifting between benchmarks)
+//   <fs>:<backend>:paired_guard  the same with a Guard per iteration instead of a Lock
 // bench/10-lock.sh turns the JSON output into ratios. Keep the syscalls loops in step with
 // src/lock: `bash bench/10-lock.sh` prints holdfast's and the mirror's syscalls per operation
 // (under strace, when installed) so a drift shows up as a mismatch.
@@ -153,6 +155,15 @@ void bm_handle(benchmark::State& state, std::string path, Backend backend) {
   for (auto _ : state) {
     auto l = lf.acquire();
     l.release();
+  }
+  set_counters(state);
+}
+
+void bm_guard(benchmark::State& state, std::string path, Backend backend) {
+  auto lf = LockFile::open(path, LockOptions{backend});
+  for (auto _ : state) {
+    LockFile::Guard g(lf);
+    benchmark::DoNotOptimize(g.token());
   }
   set_counters(state);
 }
@@ -367,7 +378,7 @@ void bm_dotlock_syscalls(benchmark::State& state, std::string path, Backend back
 // ratios. Why: this machine is shared, and its speed moves by tens of percent between benchmarks
 // seconds apart (the same binary's handle/mirror ratio measured 1.0x to 1.8x). Batches a few
 // hundred microseconds apart see the same machine, so the pair's ratio cancels the drift.
-void bm_paired(benchmark::State& state, std::string path, Backend backend) {
+void bm_paired(benchmark::State& state, std::string path, Backend backend, bool guard) {
   constexpr int kBatch = 32;
   const bool kernel = backend == Backend::ofd || backend == Backend::flock;
   auto lf = LockFile::open(path, LockOptions{backend});
@@ -387,6 +398,13 @@ void bm_paired(benchmark::State& state, std::string path, Backend backend) {
     }
   };
   auto run_handle = [&] {
+    if (guard) {
+      for (int i = 0; i < kBatch; ++i) {
+        LockFile::Guard g(lf);
+        benchmark::DoNotOptimize(g.token());
+      }
+      return;
+    }
     for (int i = 0; i < kBatch; ++i) {
       auto l = lf.acquire();
       l.release();
@@ -473,7 +491,9 @@ void register_all() {
                                        path, backend),
           benchmark::RegisterBenchmark((prefix + "bare").c_str(), bm_bare, bare_path, backend),
           benchmark::RegisterBenchmark((prefix + "path").c_str(), bm_path, path, backend),
-          benchmark::RegisterBenchmark((prefix + "paired").c_str(), bm_paired, path, backend),
+          benchmark::RegisterBenchmark((prefix + "guard").c_str(), bm_guard, path, backend),
+          benchmark::RegisterBenchmark((prefix + "paired").c_str(), bm_paired, path, backend, false),
+          benchmark::RegisterBenchmark((prefix + "paired_guard").c_str(), bm_paired, path, backend, true),
       };
       for (auto* r : regs) {
         r->UseRealTime()->Unit(benchmark::kNanosecond);
