@@ -143,7 +143,7 @@ char* put_high(char* p, uint64_t high) {
 // kDecimalSlack bytes of room). `cache`, when given, holds the digits above the last eight as
 // last formatted, and is updated when they changed.
 constexpr size_t kDecimalSlack = 8;
-char* put_decimal(char* p, uint64_t v, RecordHeadCache::High* cache = nullptr) {
+[[gnu::always_inline]] inline char* put_decimal(char* p, uint64_t v, RecordHeadCache::High* cache = nullptr) {
   if (v < kTenTo8) return put_leading(p, static_cast<uint32_t>(v));
   const uint64_t high = v / kTenTo8;
   const auto low = static_cast<uint32_t>(v - high * kTenTo8);
