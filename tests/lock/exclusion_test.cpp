@@ -20,36 +20,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Lives in shared memory; every field is touched only through atomics.
-struct Detector {
-  std::atomic<int> inside;
-  std::atomic<int> overlaps;
-  std::atomic<uint64_t> entries;
-  std::atomic<uint64_t> last_token;
-  std::atomic<int> token_regressions;
-  std::atomic<int> readers_inside;
-  std::atomic<int> max_readers;
-};
-
-Detector* make_detector() {
-  auto* d = static_cast<Detector*>(testing::shared_memory(sizeof(Detector)));
-  new (d) Detector{};
-  return d;
-}
+using lock_testing::critical_section;
+using lock_testing::Detector;
+using lock_testing::make_detector;
 
 bool soak() { return std::getenv("HOLDFAST_SOAK") != nullptr; }
-
-// Inside the critical section: count entries, detect overlap and token order, and linger a
-// little so an overlap has a real chance to show.
-void critical_section(Detector* d, uint64_t token, int i) {
-  if (d->inside.fetch_add(1) != 0) d->overlaps.fetch_add(1);
-  uint64_t last = d->last_token.load();
-  if (token <= last) d->token_regressions.fetch_add(1);
-  d->last_token.store(token);
-  d->entries.fetch_add(1);
-  if (i % 7 == 0) sched_yield();
-  d->inside.fetch_sub(1);
-}
 
 class ExclusionTest : public lock_testing::BackendTest {};
 

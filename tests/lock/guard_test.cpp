@@ -9,7 +9,6 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <filesystem>
 #include <set>
 #include <string>
@@ -17,6 +16,7 @@
 #include "holdfast/error.hpp"
 #include "holdfast/identity.hpp"
 #include "holdfast/lock.hpp"
+#include "lock_test_helpers.hpp"
 #include "support/testing.hpp"
 
 namespace holdfast {
@@ -68,15 +68,7 @@ TEST_P(GuardTest, ExcludesOtherProcessesAndReleasesAtScopeEnd) {
 // Eight processes, each through its own LockFile, in guards: never two inside at once, and every
 // token above the one before it.
 TEST_P(GuardTest, EightProcessesNeverOverlapAndTokensRise) {
-  struct Detector {
-    std::atomic<int> inside;
-    std::atomic<int> overlaps;
-    std::atomic<uint64_t> last_token;
-    std::atomic<int> regressions;
-    std::atomic<int> entries;
-  };
-  auto* d = static_cast<Detector*>(testing::shared_memory(sizeof(Detector)));
-  new (d) Detector{};
+  lock_testing::Detector* d = lock_testing::make_detector();
   const int rounds = is_kernel(GetParam()) ? 400 : 60;
   std::vector<pid_t> kids;
   for (int k = 0; k < 8; ++k) {
@@ -84,21 +76,16 @@ TEST_P(GuardTest, EightProcessesNeverOverlapAndTokensRise) {
       auto lf = LockFile::open(path, options);
       for (int i = 0; i < rounds; ++i) {
         LockFile::Guard g(lf);
-        if (d->inside.fetch_add(1) != 0) d->overlaps.fetch_add(1);
-        if (g.token() <= d->last_token.load()) d->regressions.fetch_add(1);
-        d->last_token.store(g.token());
-        d->entries.fetch_add(1);
-        if (i % 5 == 0) ::sched_yield();
-        d->inside.fetch_sub(1);
+        lock_testing::critical_section(d, g.token(), i);
       }
       return 0;
     }));
   }
   for (pid_t k : kids) EXPECT_EQ(testing::wait_child(k), 0);
   EXPECT_EQ(d->overlaps.load(), 0);
-  EXPECT_EQ(d->regressions.load(), 0) << "fencing tokens must strictly increase";
-  EXPECT_EQ(d->entries.load(), 8 * rounds);
-  testing::free_shared_memory(d, sizeof(Detector));
+  EXPECT_EQ(d->token_regressions.load(), 0) << "fencing tokens must strictly increase";
+  EXPECT_EQ(d->entries.load(), 8U * rounds);
+  testing::free_shared_memory(d, sizeof(lock_testing::Detector));
 }
 
 // The record a guard writes names this process with the guard's token and a nonce of its own;

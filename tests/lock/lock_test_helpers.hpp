@@ -4,9 +4,13 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdint>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -64,6 +68,36 @@ inline void expect_replaced_path_not_granted_through_old_inode(Backend backend) 
   EXPECT_EQ(::read(acquired[0], &c, 1), 1);
   EXPECT_EQ(testing::wait_child(waiter), 0);
   ::close(acquired[0]);
+}
+
+// What processes contending for one lock saw inside it (make_detector, critical_section). Lives
+// in shared memory; every field is touched only through atomics.
+struct Detector {
+  std::atomic<int> inside;
+  std::atomic<int> overlaps;
+  std::atomic<uint64_t> entries;
+  std::atomic<uint64_t> last_token;
+  std::atomic<int> token_regressions;
+  std::atomic<int> readers_inside;
+  std::atomic<int> max_readers;
+};
+
+inline Detector* make_detector() {
+  auto* d = static_cast<Detector*>(testing::shared_memory(sizeof(Detector)));
+  new (d) Detector{};
+  return d;
+}
+
+// Inside the critical section: count entries, detect overlap and token order, and linger a
+// little so an overlap has a real chance to show.
+inline void critical_section(Detector* d, uint64_t token, int i) {
+  if (d->inside.fetch_add(1) != 0) d->overlaps.fetch_add(1);
+  uint64_t last = d->last_token.load();
+  if (token <= last) d->token_regressions.fetch_add(1);
+  d->last_token.store(token);
+  d->entries.fetch_add(1);
+  if (i % 7 == 0) sched_yield();
+  d->inside.fetch_sub(1);
 }
 
 }  // namespace holdfast::lock_testing
