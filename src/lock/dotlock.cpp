@@ -330,7 +330,7 @@ class DotlockGrant final : public Lock::State {
       : State(std::move(open_files), kind, LockMode::exclusive, std::move(initial)),
         dir_(std::move(dir)),
         file_(std::move(file)) {
-    files->busy = true;
+    claim_files();
     record_cached_ = true;  // taken from files->records by dotlock_acquire
   }
   ~DotlockGrant() override {

@@ -269,9 +269,17 @@ struct Lock::State {
   bool held() const noexcept { return held_; }
 
   // What the grant was taken through: a LockFile's open files (shared with it), or files opened
-  // for this grant alone. While a grant lives, files->busy is set so that the LockFile does not
-  // grant again (a second lock on the same open file description would be a silent no-op).
+  // for this grant alone. While a grant holds the lock, files->busy is set so that the LockFile
+  // does not grant again (a second lock on the same open file description would be a silent
+  // no-op).
   std::shared_ptr<lock_internal::OpenFiles> files;
+
+  // Sets files->busy for this grant (its constructor calls it once it holds the lock).
+  void claim_files() noexcept;
+  // Clears files->busy if this grant set it and has not cleared it yet (release, detach, or
+  // destruction, whichever comes first). A grant released and destroyed later must not clear
+  // the claim of a grant taken through the same files in between.
+  void end_claim() noexcept;
 
  private:
   std::optional<lock_internal::Target> own_target_;  // only for the constructor naming `where`
@@ -296,6 +304,7 @@ struct Lock::State {
   const bool record_lent_ = false;
 
  private:
+  bool claims_files_ = false;  // this grant set files->busy (claim_files) and has not cleared it
   const pid_t owner_pid_;
 };
 
@@ -306,7 +315,7 @@ namespace lock_internal {
 struct OpenFiles {
   Target target;  // the lock path, checked once
   bool per_grant = true;
-  bool busy = false;      // a grant taken through these files is alive
+  bool busy = false;      // a grant taken through these files holds the lock (Lock::State::claim_files)
   sys::UniqueFd lock_fd;  // kernel backends: the lock file
   struct stat st {};      // its inode
   int access = -1;        // O_RDONLY / O_WRONLY / O_RDWR it was opened with

@@ -235,7 +235,7 @@ class KernelGrant final : public Lock::State {
   // `lent`: files->records' record (RecordCache::lend), or null (the grant then takes one).
   KernelGrant(const std::shared_ptr<OpenFiles>& open_files, Backend kind, LockMode how, HolderRecord* lent)
       : State(open_files, kind, how, lent) {
-    files->busy = true;
+    claim_files();
   }
   ~KernelGrant() override { end(); }
   KernelGrant(const KernelGrant&) = delete;

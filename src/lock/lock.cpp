@@ -75,9 +75,20 @@ Lock::State::State(lock_internal::Target where, Backend kind, LockMode how, Hold
       record(own_record_),
       owner_pid_(sys::current_pid()) {}
 
+void Lock::State::claim_files() noexcept {
+  files->busy = true;
+  claims_files_ = true;
+}
+
+void Lock::State::end_claim() noexcept {
+  if (!claims_files_) return;
+  claims_files_ = false;
+  if (files) files->busy = false;
+}
+
 Lock::State::~State() {
+  end_claim();
   if (files) {
-    files->busy = false;
     if (record_lent_) {
       files->records.end_loan();
     } else if (record_cached_) {
@@ -168,9 +179,7 @@ void Lock::release() {
   if (!state_ || !state_->held()) return;
   struct EndClaim {
     State& s;
-    ~EndClaim() {
-      if (s.files) s.files->busy = false;
-    }
+    ~EndClaim() { s.end_claim(); }
   } end_claim{*state_};
   state_->release();
 }
@@ -178,7 +187,7 @@ void Lock::release() {
 void Lock::detach() noexcept {
   if (!state_) return;
   state_->detach();
-  if (state_->files) state_->files->busy = false;
+  state_->end_claim();
 }
 
 void Lock::add_holder_process(const ProcessIdentity& process) {

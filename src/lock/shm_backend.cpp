@@ -530,7 +530,7 @@ class ShmGrant final : public Lock::State {
       : State(open_files, Backend::shm, options.mode, open_files->records.lend(Backend::shm, options.mode, options)),
         mapping_(files->shm.get()),
         fair_(options.fair) {
-    files->busy = true;
+    claim_files();
   }
   ~ShmGrant() override { end(); }
 

@@ -2,14 +2,16 @@
 // lock without a grant object (kernel_guard_acquire); everywhere else it holds a Lock. Either
 // way it must keep a Lock's contract: exclusion against other processes and flock(1), a fencing
 // token that rises across guards and Locks, the record naming the holder, nothing leaked when a
-// grant fails half-way, and a forked child's copy that never releases its parent's lock.
-// (The shm fast path has its own tests in shm_test.cpp.)
+// grant fails half-way, and a forked child's copy that never releases its parent's lock. Also
+// the rule Guards share with Locks: one grant at a time per LockFile. (The shm fast path has its
+// own tests in shm_test.cpp.)
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -137,6 +139,21 @@ TEST_P(GuardTest, OneGrantAtATimePerLockFile) {
     EXPECT_FALSE(lf.try_acquire());
     EXPECT_THROW(lf.acquire(), Error);
   }
+  EXPECT_TRUE(lf.try_acquire());
+}
+
+// A Lock released but kept alive, destroyed only after the LockFile granted again, must not end
+// the later grant's claim: otherwise the LockFile grants a third time beside the second, which
+// on a kernel lock is the same open file description, granted at once.
+TEST_P(GuardTest, AReleasedLockDestroyedLaterLeavesTheNextGrantsClaim) {
+  auto lf = LockFile::open(path, options);
+  std::optional<Lock> first = lf.acquire();
+  first->release();
+  Lock second = lf.acquire();
+  first.reset();
+  ASSERT_FALSE(lf.try_acquire()) << "granted twice at once through one LockFile";
+  EXPECT_EQ(another_process_can_take(path, GetParam()), 0);
+  second.release();
   EXPECT_TRUE(lf.try_acquire());
 }
 
