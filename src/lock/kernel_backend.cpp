@@ -349,10 +349,6 @@ class KernelUnlock {
   const sys::KernelLockKind kind_;
 };
 
-}  // namespace
-
-namespace {
-
 // Takes the kernel lock on the inode `target` names now, as `wait` allows: opens the lock file
 // when it is not open with the access needed, and opens the state files before the wait (see
 // open_state_files; `record`: whether the grant writes its record now). The path may have been
