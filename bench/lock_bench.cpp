@@ -37,7 +37,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -222,12 +221,13 @@ struct flock whole_file(short type) {
 // handle holds: the lock file and both state files open, the fence and the record mapped.
 class KernelMirror {
  public:
-  KernelMirror(const std::string& path, Backend backend)
+  KernelMirror(const std::string& path, Backend backend) : KernelMirror(path, backend, state_base(path)) {}
+  KernelMirror(const std::string& path, Backend backend, const std::string& base)
       : path_(path),
-        fence_path_(state_base(path) + ".fence"),
-        record_(read_all(state_base(path) + ".holder")),  // padded to the file's size, as holdfast writes it
+        fence_path_(base + ".fence"),
+        record_(read_all(base + ".holder")),  // padded to the file's size, as holdfast writes it
         ofd_(backend == Backend::ofd) {
-    const std::string holder = state_base(path) + ".holder";
+    const std::string holder = base + ".holder";
     fd_ = ::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
     fence_ = ::open(fence_path_.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
     rec_ = ::open(holder.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -378,24 +378,11 @@ void bm_dotlock_syscalls(benchmark::State& state, std::string path, Backend back
 // ratios. Why: this machine is shared, and its speed moves by tens of percent between benchmarks
 // seconds apart (the same binary's handle/mirror ratio measured 1.0x to 1.8x). Batches a few
 // hundred microseconds apart see the same machine, so the pair's ratio cancels the drift.
-void bm_paired(benchmark::State& state, std::string path, Backend backend, bool guard) {
+template <class Mirror>
+void run_paired(benchmark::State& state, LockFile& lf, bool guard, Mirror& mirror) {
   constexpr int kBatch = 32;
-  const bool kernel = backend == Backend::ofd || backend == Backend::flock;
-  auto lf = LockFile::open(path, LockOptions{backend});
-  std::unique_ptr<KernelMirror> kernel_mirror;
-  std::unique_ptr<DotlockMirror> dotlock_mirror;
-  if (kernel) {
-    sample_record(path, backend);
-    kernel_mirror = std::make_unique<KernelMirror>(path, backend);
-  } else {
-    dotlock_mirror = std::make_unique<DotlockMirror>(path, backend, sample_record(path, backend));
-  }
   auto run_mirror = [&] {
-    if (kernel) {
-      for (int i = 0; i < kBatch; ++i) kernel_mirror->step();
-    } else {
-      for (int i = 0; i < kBatch; ++i) dotlock_mirror->step();
-    }
+    for (int i = 0; i < kBatch; ++i) mirror.step();
   };
   auto run_handle = [&] {
     if (guard) {
@@ -439,6 +426,18 @@ void bm_paired(benchmark::State& state, std::string path, Backend backend, bool 
   state.counters["handle_over_mirror"] = median(ratios);
   state.counters["handle_ns"] = median(handle_ns);
   state.counters["mirror_ns"] = median(mirror_ns);
+}
+
+void bm_paired(benchmark::State& state, std::string path, Backend backend, bool guard) {
+  auto lf = LockFile::open(path, LockOptions{backend});
+  if (backend == Backend::ofd || backend == Backend::flock) {
+    sample_record(path, backend);
+    KernelMirror mirror(path, backend);
+    run_paired(state, lf, guard, mirror);
+  } else {
+    DotlockMirror mirror(path, backend, sample_record(path, backend));
+    run_paired(state, lf, guard, mirror);
+  }
 }
 
 // ---- the bare primitives ----
